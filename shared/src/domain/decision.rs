@@ -1,0 +1,103 @@
+//! Decisions: the LLM's `DecisionResult` and the audit record in the seed's Bedrock Decision schema.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ids::SystemId;
+use super::mutation::Mutation;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Recommendation {
+    Approve,
+    Reject,
+    Defer,
+}
+
+impl Recommendation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "APPROVE",
+            Self::Reject => "REJECT",
+            Self::Defer => "DEFER",
+        }
+    }
+}
+
+/// What a decision engine (LLM or local) answers for one proposed mutation (seed dataclass).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionResult {
+    pub recommendation: Recommendation,
+    pub confidence: f64,
+    pub risk_assessment: RiskAssessment,
+    #[serde(default)]
+    pub benefits: Vec<String>,
+    #[serde(default)]
+    pub drawbacks: Vec<String>,
+    #[serde(default)]
+    pub mitigation_strategies: Vec<String>,
+    pub reasoning: String,
+    #[serde(default)]
+    pub estimated_impact: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RiskAssessment {
+    pub overall_risk: f64,
+    pub technical_risk: f64,
+    pub business_risk: f64,
+    pub operational_risk: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CostAnalysis {
+    pub tokens_used: u64,
+    /// The seed's float field, derived from `cost_nano_usd` for display; never summed.
+    pub cost_usd: f64,
+    pub processing_time_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_nano_usd: Option<u64>,
+}
+
+/// Who made a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecidedBy {
+    /// Risk at or below the auto-approve threshold.
+    Policy,
+    /// The mutation failed schema validation.
+    Validation,
+    /// An LLM role (Bedrock or the local engine: see `model_used`).
+    Engine,
+    /// A human, through an approval.
+    Operator,
+}
+
+/// The audit record of one decision, written once (seed "Bedrock Decision" schema plus ours).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub decision_id: String,
+    pub timestamp: DateTime<Utc>,
+    pub mutation_id: String,
+    pub model_used: String,
+    pub decision: Recommendation,
+    pub confidence: f64,
+    pub risk_assessment: RiskAssessment,
+    pub reasoning: String,
+    pub mitigation_strategies: Vec<String>,
+    pub estimated_outcomes: BTreeMap<String, String>,
+    pub cost_analysis: CostAnalysis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_id: Option<SystemId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_generation: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mutation: Option<Mutation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_by: Option<DecidedBy>,
+    /// The local `RiskAnalyzer` score that routed this decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_risk: Option<f64>,
+}

@@ -1,0 +1,334 @@
+//! System DNA: the gene schema, immutable generations and the head pointer.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::gene::{GeneDefError, GeneEntry, GeneSchema, Genes};
+use super::ids::{GeneName, InvalidId, SystemId, sha256_hex};
+use super::mutation::{Mutation, PlanStepRef};
+
+/// SHA-256 over the RFC 8785 canonical JSON of the gene values, as hex.
+///
+/// Subscribers receive the same value map in `DnaUpdated` and can recompute this to verify it.
+pub fn checksum(genes: &Genes) -> String {
+    let bytes = serde_json_canonicalizer::to_vec(genes).unwrap_or_default();
+    sha256_hex(&bytes)
+}
+
+/// A snapshot id in the seed's format (`snap_<yyyymmdd>_<hhmmss>_<micros>`), made unique per
+/// system and generation by a short suffix so two systems committing in the same microsecond differ.
+pub fn snapshot_id(system: &SystemId, generation: u64, at: DateTime<Utc>) -> String {
+    let suffix = &sha256_hex(format!("{system}/{generation}").as_bytes())[..8];
+    format!("snap_{}_{suffix}", at.format("%Y%m%d_%H%M%S_%6f"))
+}
+
+/// How a generation came to be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Origin {
+    /// Generation 0, from the DNA file.
+    Initial,
+    /// An approved mutation applied to the parent.
+    Mutation {
+        decision_id: String,
+        mutation: Mutation,
+    },
+    /// The genes of `restored` committed again: history is never rewritten.
+    Rollback {
+        restored: u64,
+        rolled_back: u64,
+        reason: String,
+    },
+}
+
+/// One immutable generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    pub system_id: SystemId,
+    pub generation: u64,
+    pub parent: Option<u64>,
+    pub genes: Genes,
+    pub checksum: String,
+    pub snapshot_id: String,
+    pub origin: Origin,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Generation {
+    pub fn new(
+        system_id: SystemId,
+        generation: u64,
+        parent: Option<u64>,
+        genes: Genes,
+        origin: Origin,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        let checksum = checksum(&genes);
+        let snapshot_id = snapshot_id(&system_id, generation, created_at);
+        Self {
+            system_id,
+            generation,
+            parent,
+            genes,
+            checksum,
+            snapshot_id,
+            origin,
+            created_at,
+        }
+    }
+
+    pub fn plan_step(&self) -> Option<&PlanStepRef> {
+        match &self.origin {
+            Origin::Mutation { mutation, .. } => mutation.plan_step.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeadStatus {
+    Stable,
+    Evaluating,
+    Paused,
+}
+
+impl HeadStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stable => "stable",
+            Self::Evaluating => "evaluating",
+            Self::Paused => "paused",
+        }
+    }
+}
+
+/// The open evaluation window of the generation under test.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub generation: u64,
+    /// The stable generation this one is compared against (none for a baseline).
+    pub parent: Option<u64>,
+    /// Fitness of the parent; `None` makes this a baseline measurement that is always kept.
+    pub baseline_fitness: Option<f64>,
+    pub started_at: DateTime<Utc>,
+    pub deadline: DateTime<Utc>,
+    pub samples_required: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_step: Option<PlanStepRef>,
+    #[serde(default)]
+    pub predicted_impact: f64,
+}
+
+/// The head pointer: which generation is current and what state it is in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    pub system_id: SystemId,
+    pub generation: u64,
+    pub status: HeadStatus,
+    /// The last generation whose evaluation was kept (or restored by rollback).
+    pub stable_generation: u64,
+    /// Fitness of `stable_generation`, once measured.
+    pub stable_fitness: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation: Option<Evaluation>,
+    /// Consecutive rollbacks, for conflict detection.
+    #[serde(default)]
+    pub rollback_streak: u32,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The aggregate view: schema, head and the immutable generations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemDna {
+    pub system_id: SystemId,
+    pub schema: GeneSchema,
+    pub head: Head,
+    pub generations: Vec<Generation>,
+}
+
+impl SystemDna {
+    pub fn current(&self) -> Option<&Generation> {
+        self.generations
+            .iter()
+            .find(|g| g.generation == self.head.generation)
+    }
+}
+
+/// The DNA file `evolve init --dna FILE` reads (DESIGN section 4).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DnaFile {
+    pub system_id: String,
+    pub genes: BTreeMap<String, GeneEntry>,
+}
+
+/// Why a DNA file was refused: every variant names what to fix.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DnaFileError {
+    #[error("not valid DNA JSON: {0}")]
+    Json(String),
+    #[error(transparent)]
+    SystemId(InvalidId),
+    #[error("gene {gene:?}: {source}")]
+    GeneName { gene: String, source: InvalidId },
+    #[error(transparent)]
+    Gene(#[from] GeneDefError),
+    #[error("the DNA has no genes")]
+    NoGenes,
+    #[error("gene {gene:?}, field \"value\": expected a {expected} value, got {got}")]
+    ValueType {
+        gene: String,
+        expected: super::gene::GeneKind,
+        got: Value,
+    },
+}
+
+impl DnaFile {
+    pub fn parse(text: &str) -> Result<(SystemId, GeneSchema, Genes), DnaFileError> {
+        let file: DnaFile =
+            serde_json::from_str(text).map_err(|e| DnaFileError::Json(e.to_string()))?;
+        file.validate()
+    }
+
+    pub fn validate(self) -> Result<(SystemId, GeneSchema, Genes), DnaFileError> {
+        let system_id = SystemId::parse(self.system_id).map_err(DnaFileError::SystemId)?;
+        if self.genes.is_empty() {
+            return Err(DnaFileError::NoGenes);
+        }
+        let mut schema = GeneSchema::new();
+        let mut genes = Genes::new();
+        for (raw_name, entry) in self.genes {
+            let name =
+                GeneName::parse(raw_name.clone()).map_err(|source| DnaFileError::GeneName {
+                    gene: raw_name.clone(),
+                    source,
+                })?;
+            let value = entry
+                .def
+                .spec
+                .value_from_json(&entry.value)
+                .ok_or_else(|| DnaFileError::ValueType {
+                    gene: raw_name.clone(),
+                    expected: entry.def.spec.kind(),
+                    got: entry.value.clone(),
+                })?;
+            entry.def.validate(&raw_name, &value)?;
+            schema.insert(name.clone(), entry.def);
+            genes.insert(name, value);
+        }
+        Ok((system_id, schema, genes))
+    }
+
+    /// Writes schema and values back in the file format.
+    pub fn from_parts(system_id: &SystemId, schema: &GeneSchema, genes: &Genes) -> Self {
+        let genes = schema
+            .iter()
+            .filter_map(|(name, def)| {
+                genes.get(name).map(|v| {
+                    (
+                        name.to_string(),
+                        GeneEntry {
+                            def: def.clone(),
+                            value: v.to_json(),
+                        },
+                    )
+                })
+            })
+            .collect();
+        Self {
+            system_id: system_id.to_string(),
+            genes,
+        }
+    }
+}
+
+/// Reads a value map (as sent in messages) against the schema, so ints stay ints.
+pub fn genes_from_json(schema: &GeneSchema, values: &Value) -> Option<Genes> {
+    let obj = values.as_object()?;
+    let mut genes = Genes::new();
+    for (name, def) in schema {
+        let v = obj.get(name.as_str())?;
+        genes.insert(name.clone(), def.spec.value_from_json(v)?);
+    }
+    Some(genes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"{
+      "system_id": "checkout-api",
+      "genes": {
+        "cache_size_mb": {"type": "int", "value": 256, "min": 16, "max": 4096, "max_step": 512,
+                          "risk_weight": 0.3, "description": "in-process LRU size"},
+        "timeout_s":     {"type": "float", "value": 2.5, "min": 0.1, "max": 30.0, "max_step": 2.0},
+        "compression":   {"type": "choice", "value": "lz4", "choices": ["none", "lz4", "zstd"]},
+        "prefetch":      {"type": "bool", "value": false},
+        "region":        {"type": "choice", "value": "eu-west-1", "choices": ["eu-west-1"], "frozen": true}
+      }
+    }"#;
+
+    #[test]
+    fn design_example_parses() {
+        let (id, schema, genes) = DnaFile::parse(EXAMPLE).expect("valid");
+        assert_eq!(id.as_str(), "checkout-api");
+        assert_eq!(schema.len(), 5);
+        assert!(schema[&GeneName::parse("region").expect("name")].frozen);
+        assert_eq!(
+            genes[&GeneName::parse("cache_size_mb").expect("name")],
+            super::super::gene::GeneValue::Int(256)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_gene_and_field() {
+        let bad = EXAMPLE.replace("\"value\": 256", "\"value\": 8");
+        let err = DnaFile::parse(&bad).expect_err("out of bounds").to_string();
+        assert!(
+            err.contains("cache_size_mb") && err.contains("value"),
+            "{err}"
+        );
+        let bad = EXAMPLE.replace("\"value\": 2.5", "\"value\": \"fast\"");
+        let err = DnaFile::parse(&bad).expect_err("wrong type").to_string();
+        assert!(err.contains("timeout_s"), "{err}");
+        let bad = EXAMPLE.replace("\"max_step\": 512", "\"max_step\": -1");
+        let err = DnaFile::parse(&bad).expect_err("bad step").to_string();
+        assert!(err.contains("max_step"), "{err}");
+        let bad = EXAMPLE.replace("\"risk_weight\": 0.3", "\"risk_weight\": 3");
+        assert!(
+            DnaFile::parse(&bad)
+                .expect_err("risk")
+                .to_string()
+                .contains("risk_weight")
+        );
+        let bad = EXAMPLE.replace("checkout-api", "Checkout API");
+        assert!(
+            DnaFile::parse(&bad)
+                .expect_err("id")
+                .to_string()
+                .contains("system id")
+        );
+        assert!(DnaFile::parse("{").is_err());
+    }
+
+    #[test]
+    fn checksum_is_canonical() {
+        let (_, schema, genes) = DnaFile::parse(EXAMPLE).expect("valid");
+        let sum = checksum(&genes);
+        assert_eq!(sum.len(), 64);
+        // Canonical JSON: sorted keys, no whitespace, integral floats without a point.
+        let canonical = serde_json_canonicalizer::to_string(&genes).expect("json");
+        assert_eq!(
+            canonical,
+            r#"{"cache_size_mb":256,"compression":"lz4","prefetch":false,"region":"eu-west-1","timeout_s":2.5}"#
+        );
+        assert_eq!(sum, sha256_hex(canonical.as_bytes()));
+        let round = genes_from_json(&schema, &serde_json::to_value(&genes).expect("json"))
+            .expect("reads back");
+        assert_eq!(checksum(&round), sum);
+    }
+}

@@ -1,0 +1,91 @@
+//! Fitness: what the running system reports about a generation. Higher is better.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ids::{MetricName, SystemId};
+
+/// One fitness measurement: a score and named metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitnessScore {
+    pub score: f64,
+    #[serde(default)]
+    pub metrics: BTreeMap<MetricName, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FitnessError {
+    #[error("score is not a finite number")]
+    NonFiniteScore,
+    #[error("metric {0} is not a finite number")]
+    NonFiniteMetric(MetricName),
+}
+
+impl FitnessScore {
+    pub fn validate(&self) -> Result<(), FitnessError> {
+        if !self.score.is_finite() {
+            return Err(FitnessError::NonFiniteScore);
+        }
+        if let Some((name, _)) = self.metrics.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(FitnessError::NonFiniteMetric(name.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// A stored fitness report. `score` is `None` when the evaluation failed (`error` says why).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FitnessSample {
+    pub id: String,
+    pub system_id: SystemId,
+    pub generation: u64,
+    pub checksum: String,
+    pub score: Option<f64>,
+    #[serde(default)]
+    pub metrics: BTreeMap<MetricName, f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+impl FitnessSample {
+    /// A sample counts toward an evaluation when it is for that generation and checksum and
+    /// carries a finite score.
+    pub fn is_valid_for(&self, generation: u64, checksum: &str) -> bool {
+        self.generation == generation
+            && self.checksum == checksum
+            && self.error.is_none()
+            && self.score.is_some_and(f64::is_finite)
+    }
+}
+
+/// One closed evaluation, for history views and the engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub generation: u64,
+    /// Mean valid score, when there was one.
+    pub fitness: Option<f64>,
+    pub outcome: EvaluationOutcome,
+    /// Fitness of the generation it was compared against.
+    pub baseline_fitness: Option<f64>,
+    /// Genes changed, as (name, from, to) numbers or values.
+    #[serde(default)]
+    pub changes: Vec<super::mutation::GeneChange>,
+    #[serde(default)]
+    pub predicted_impact: f64,
+    pub closed_at: DateTime<Utc>,
+}
+
+/// What the Rollback Manager did when a window closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvaluationOutcome {
+    /// Measured and kept.
+    Keep,
+    /// Measured worse than its parent: rolled back.
+    Rollback,
+    /// Too few valid samples by the window's end: rolled back by default.
+    Inconclusive,
+}

@@ -1,0 +1,324 @@
+//! The message envelope and bodies that chain the stages (DESIGN section 5).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::conflict::SystemConflict;
+use super::ids::{MetricName, SystemId, derive_id};
+use super::mutation::{Mutation, PlanStepRef};
+
+/// The queues of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Queue {
+    Analyze,
+    Strategize,
+    Decide,
+    Snapshot,
+    Fitness,
+    CostGuard,
+}
+
+impl Queue {
+    pub const ALL: [Queue; 6] = [
+        Self::Analyze,
+        Self::Strategize,
+        Self::Decide,
+        Self::Snapshot,
+        Self::Fitness,
+        Self::CostGuard,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Analyze => "analyze",
+            Self::Strategize => "strategize",
+            Self::Decide => "decide",
+            Self::Snapshot => "snapshot",
+            Self::Fitness => "fitness",
+            Self::CostGuard => "cost-guard",
+        }
+    }
+}
+
+/// The SNS topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Topic {
+    EvolutionEvents,
+    Alerts,
+}
+
+impl Topic {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::EvolutionEvents => "evolution-events",
+            Self::Alerts => "alerts",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum Destination {
+    Queue(Queue),
+    Topic(Topic),
+}
+
+/// What became of a proposed plan step, fed back to the plan cursor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum StepOutcome {
+    Kept { actual_impact: f64 },
+    RolledBack,
+    Rejected { reason: String },
+}
+
+/// Why a cycle is requested.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum CycleReason {
+    /// The tick found the system due.
+    Scheduled,
+    /// A plan step finished one way or another.
+    Step {
+        step: PlanStepRef,
+        #[serde(flatten)]
+        outcome: StepOutcome,
+    },
+    /// An operator or a conflict resolution moved the head.
+    HeadMoved,
+    /// Strategize produced no usable step; try again later.
+    PlanEmpty,
+    /// A conflict resolution asked to retry later.
+    RetryLater,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetScope {
+    Global,
+    System,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetPeriod {
+    Day,
+    Month,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetMode {
+    Normal,
+    Economy,
+    Paused,
+}
+
+impl BudgetMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Economy => "economy",
+            Self::Paused => "paused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertLevel {
+    Info,
+    Warning,
+    Critical,
+}
+
+/// An alert for operators (the `alerts` topic's payload).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    pub id: String,
+    pub level: AlertLevel,
+    pub kind: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_id: Option<SystemId>,
+    pub at: DateTime<Utc>,
+}
+
+/// The message bodies, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Body {
+    CycleRequested {
+        #[serde(flatten)]
+        reason: CycleReason,
+    },
+    AnalysisReady {
+        analysis_id: String,
+    },
+    MutationProposed {
+        mutation: Mutation,
+        /// How many times this proposal has been deferred.
+        #[serde(default)]
+        deferrals: u32,
+    },
+    MutationApproved {
+        decision_id: String,
+        mutation: Mutation,
+    },
+    RollbackRequested {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_generation: Option<u64>,
+        requested_by: String,
+        reason: String,
+    },
+    EvaluationDue {
+        generation: u64,
+    },
+    FitnessReported {
+        generation: u64,
+        checksum: String,
+        /// Absent when the evaluation failed; `error` says why.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        score: Option<f64>,
+        #[serde(default)]
+        metrics: BTreeMap<MetricName, f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    ConflictDetected {
+        conflict: SystemConflict,
+    },
+    DnaUpdated {
+        generation: u64,
+        genes: Value,
+        checksum: String,
+    },
+    DnaRolledBack {
+        generation: u64,
+        restored_generation: u64,
+        genes: Value,
+        checksum: String,
+    },
+    BudgetThresholdCrossed {
+        scope: BudgetScope,
+        period: BudgetPeriod,
+        percent: u32,
+    },
+    BudgetSweep {},
+    AlertRaised {
+        alert: Alert,
+    },
+}
+
+impl Body {
+    /// The `type` tag, for logs, metrics and message attributes.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::CycleRequested { .. } => "CycleRequested",
+            Self::AnalysisReady { .. } => "AnalysisReady",
+            Self::MutationProposed { .. } => "MutationProposed",
+            Self::MutationApproved { .. } => "MutationApproved",
+            Self::RollbackRequested { .. } => "RollbackRequested",
+            Self::EvaluationDue { .. } => "EvaluationDue",
+            Self::FitnessReported { .. } => "FitnessReported",
+            Self::ConflictDetected { .. } => "ConflictDetected",
+            Self::DnaUpdated { .. } => "DnaUpdated",
+            Self::DnaRolledBack { .. } => "DnaRolledBack",
+            Self::BudgetThresholdCrossed { .. } => "BudgetThresholdCrossed",
+            Self::BudgetSweep {} => "BudgetSweep",
+            Self::AlertRaised { .. } => "AlertRaised",
+        }
+    }
+
+    /// Where a message of this type goes. One fixed route per type.
+    pub fn destination(&self) -> Destination {
+        match self {
+            Self::CycleRequested { .. } => Destination::Queue(Queue::Analyze),
+            Self::AnalysisReady { .. } => Destination::Queue(Queue::Strategize),
+            Self::MutationProposed { .. } | Self::ConflictDetected { .. } => {
+                Destination::Queue(Queue::Decide)
+            }
+            Self::MutationApproved { .. }
+            | Self::RollbackRequested { .. }
+            | Self::EvaluationDue { .. } => Destination::Queue(Queue::Snapshot),
+            Self::FitnessReported { .. } => Destination::Queue(Queue::Fitness),
+            Self::BudgetThresholdCrossed { .. } | Self::BudgetSweep {} => {
+                Destination::Queue(Queue::CostGuard)
+            }
+            Self::DnaUpdated { .. } | Self::DnaRolledBack { .. } => {
+                Destination::Topic(Topic::EvolutionEvents)
+            }
+            Self::AlertRaised { .. } => Destination::Topic(Topic::Alerts),
+        }
+    }
+}
+
+/// The JSON envelope every message travels in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Idempotency key: a redelivery carries the same id.
+    pub id: String,
+    /// The id of the message (or tick) that caused this one.
+    #[serde(default)]
+    pub causation_id: String,
+    pub system_id: SystemId,
+    /// The head generation the sender saw; state transitions are conditioned on it.
+    #[serde(default)]
+    pub base_generation: u64,
+    pub sent_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub body: Body,
+}
+
+impl Envelope {
+    /// A message caused by `cause`, with an id derived from the cause, the stage and an index.
+    pub fn caused_by(
+        cause: &str,
+        stage: &str,
+        index: usize,
+        system_id: SystemId,
+        base_generation: u64,
+        sent_at: DateTime<Utc>,
+        body: Body,
+    ) -> Self {
+        Self {
+            id: derive_id("msg", &[cause, stage, &index.to_string()]),
+            causation_id: cause.to_owned(),
+            system_id,
+            base_generation,
+            sent_at,
+            body,
+        }
+    }
+}
+
+/// A message to send once the stage's changes are committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    pub destination: Destination,
+    pub envelope: Envelope,
+    /// SQS per-message delay (at most 900 s on SQS); ignored for topics.
+    #[serde(default)]
+    pub delay_seconds: u32,
+}
+
+impl Outgoing {
+    pub fn new(envelope: Envelope) -> Self {
+        Self {
+            destination: envelope.body.destination(),
+            envelope,
+            delay_seconds: 0,
+        }
+    }
+
+    #[must_use]
+    pub fn delayed(mut self, seconds: u32) -> Self {
+        self.delay_seconds = seconds.min(900);
+        self
+    }
+}

@@ -1,0 +1,25 @@
+//! Types and rules of the evolution domain. No I/O here.
+
+pub mod analysis;
+pub mod conflict;
+pub mod decision;
+pub mod dna;
+pub mod event;
+pub mod fitness;
+pub mod gene;
+pub mod ids;
+pub mod message;
+pub mod mutation;
+pub mod task;
+
+pub use analysis::*;
+pub use conflict::*;
+pub use decision::*;
+pub use dna::*;
+pub use event::*;
+pub use fitness::*;
+pub use gene::*;
+pub use ids::*;
+pub use message::*;
+pub use mutation::*;
+pub use task::*;

@@ -1,0 +1,8 @@
+//! The evolution suite's shared crate: domain, ports, stages, pipeline, local engine, adapters.
+
+pub mod bus;
+pub mod clock;
+pub mod cost;
+pub mod domain;
+pub mod llm;
+pub mod store;

@@ -1,0 +1,137 @@
+//! The `LanguageModel` port: the four LLM roles, each returning its typed result, the usage and
+//! the model that answered. Bedrock and the local engine both implement it.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    BudgetMode, DecisionResult, EvolutionAnalysis, GeneSchema, Genes, HistoryEntry, Mutation,
+    MutationStrategy, ResolutionStrategy, Role, SystemConflict, SystemId, TaskContext,
+};
+use crate::store::Usage;
+
+/// What every call carries besides its inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallContext {
+    pub system_id: SystemId,
+    /// The envelope that caused the call: the key for checkpoints and call ids.
+    pub envelope_id: String,
+    pub task: TaskContext,
+    pub budget_mode: BudgetMode,
+    /// When the answer must be in (the Lambda deadline or the role budget).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+impl CallContext {
+    pub fn role(&self) -> Role {
+        self.task.role
+    }
+}
+
+/// The DNA as the roles see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DnaView {
+    pub system_id: SystemId,
+    pub generation: u64,
+    pub schema: GeneSchema,
+    pub genes: Genes,
+    pub stable_fitness: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalyzeRequest {
+    pub ctx: CallContext,
+    pub dna: DnaView,
+    pub history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StrategizeRequest {
+    pub ctx: CallContext,
+    pub dna: DnaView,
+    pub history: Vec<HistoryEntry>,
+    pub analysis: EvolutionAnalysis,
+    /// The plan-length cap: steps past it are dropped.
+    pub max_steps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecideRequest {
+    pub ctx: CallContext,
+    pub dna: DnaView,
+    pub history: Vec<HistoryEntry>,
+    pub mutation: Mutation,
+    /// The local `RiskAnalyzer` score.
+    pub local_risk: f64,
+    /// Above this risk an answer may only be REJECT or DEFER.
+    pub risk_ceiling: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResolveRequest {
+    pub ctx: CallContext,
+    pub dna: DnaView,
+    pub conflict: SystemConflict,
+}
+
+/// A role's answer with what it cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmAnswer<T> {
+    pub value: T,
+    pub model_id: String,
+    pub usage: Usage,
+    pub cost_nano_usd: u64,
+    pub latency_ms: u64,
+    /// HTTP requests sent to Bedrock, retries included (0 for the local engine).
+    pub bedrock_requests: u32,
+    /// Set when the local engine answered in place of the routed model, with the reason.
+    pub fallback: Option<String>,
+}
+
+impl<T> LlmAnswer<T> {
+    /// An answer from the local engine: free and immediate.
+    pub fn local(value: T, model_id: &str) -> Self {
+        Self {
+            value,
+            model_id: model_id.to_owned(),
+            usage: Usage::default(),
+            cost_nano_usd: 0,
+            latency_ms: 0,
+            bedrock_requests: 0,
+            fallback: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LlmError {
+    /// Worth another delivery: every model and the fallback were unavailable for now.
+    #[error("language model unavailable: {0}")]
+    Unavailable(String),
+    /// The request cannot succeed as it is.
+    #[error("language model request invalid: {0}")]
+    Invalid(String),
+}
+
+impl LlmError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+#[async_trait]
+pub trait LanguageModel: Send + Sync + std::fmt::Debug {
+    async fn analyze(&self, req: &AnalyzeRequest)
+    -> Result<LlmAnswer<EvolutionAnalysis>, LlmError>;
+    async fn strategize(
+        &self,
+        req: &StrategizeRequest,
+    ) -> Result<LlmAnswer<MutationStrategy>, LlmError>;
+    async fn decide(&self, req: &DecideRequest) -> Result<LlmAnswer<DecisionResult>, LlmError>;
+    async fn resolve_conflict(
+        &self,
+        req: &ResolveRequest,
+    ) -> Result<LlmAnswer<ResolutionStrategy>, LlmError>;
+}

@@ -1,0 +1,309 @@
+//! The evolution store port, its transaction model, and its adapters.
+//!
+//! A stage never writes: it returns [`Write`]s. The pipeline commits them in one [`Transaction`]
+//! together with the idempotency record that stores the outgoing messages (the outbox). Every
+//! adapter must apply a transaction all-or-nothing and evaluate the conditions exactly as
+//! DynamoDB's `TransactWriteItems` would, so the SQLite store behaves like the cloud one.
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod memory;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{
+    Alert, AnalysisRecord, BudgetMode, DecisionRecord, EvolutionEvent, FitnessSample, GeneSchema,
+    Generation, Head, HeadStatus, HistoryEntry, Outgoing, Plan, PlanCursor, Role, SystemId,
+};
+
+/// Per-system settings kept in the registry, read by the stages and the tick.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemSettings {
+    /// Valid fitness samples needed to close an evaluation window early.
+    pub samples_required: u32,
+    /// How long an evaluation window stays open before it closes with what it has.
+    pub evaluation_window_seconds: u32,
+    /// How often the tick requests a cycle for an idle system.
+    pub cycle_interval_seconds: u32,
+}
+
+impl Default for SystemSettings {
+    fn default() -> Self {
+        Self {
+            samples_required: 1,
+            evaluation_window_seconds: 600,
+            cycle_interval_seconds: 900,
+        }
+    }
+}
+
+/// A system's registry entry (DynamoDB `PK=SYSTEMS`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SystemRecord {
+    pub system_id: SystemId,
+    pub schema: GeneSchema,
+    pub settings: SystemSettings,
+    pub created_at: DateTime<Utc>,
+    /// When the tick should next request a cycle.
+    pub next_cycle_at: DateTime<Utc>,
+    /// The open evaluation window's deadline, when one is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluation_deadline: Option<DateTime<Utc>>,
+}
+
+/// Token usage of one LLM call, as Bedrock reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_read_tokens: u64,
+    #[serde(default)]
+    pub cache_write_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+    }
+}
+
+/// The audit record of one LLM role call, whichever engine answered it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlmCallRecord {
+    pub call_id: String,
+    pub system_id: SystemId,
+    /// The envelope that caused the call.
+    pub envelope_id: String,
+    pub role: Role,
+    pub model_id: String,
+    pub usage: Usage,
+    pub cost_nano_usd: u64,
+    pub latency_ms: u64,
+    /// HTTP requests sent to Bedrock for this call, retries included.
+    pub bedrock_requests: u32,
+    /// Why the local engine answered instead of the routed model, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The current budget mode with when and why it was set (control state).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetState {
+    pub mode: BudgetMode,
+    pub changed_at: Option<DateTime<Utc>>,
+    pub reason: String,
+}
+
+impl Default for BudgetState {
+    fn default() -> Self {
+        Self {
+            mode: BudgetMode::Normal,
+            changed_at: None,
+            reason: "initial".into(),
+        }
+    }
+}
+
+/// A per-model circuit breaker, shared through control state so every function sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CircuitState {
+    pub model_id: String,
+    pub consecutive_failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_until: Option<DateTime<Utc>>,
+}
+
+/// One state change, with the condition DynamoDB would check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Write {
+    /// A new system: registry entry, head and generation 0. Fails if the system exists.
+    CreateSystem {
+        system: SystemRecord,
+        head: Head,
+        generation: Generation,
+    },
+    /// Upsert of the registry entry (schedule fields); the system must exist.
+    PutSystem { system: SystemRecord },
+    /// A new immutable generation. Fails if that generation exists.
+    PutGeneration { generation: Generation },
+    /// Moves the head. Fails unless the stored head is at `expected_generation` with
+    /// `expected_status`.
+    UpdateHead {
+        expected_generation: u64,
+        expected_status: HeadStatus,
+        head: Head,
+    },
+    /// Upsert by event id (a retry rewrites the same event).
+    PutEvent { event: EvolutionEvent },
+    /// An audit record. Fails if the decision id exists: decisions are written once.
+    PutDecision { decision: DecisionRecord },
+    /// Upsert by sample id.
+    PutFitnessSample { sample: FitnessSample },
+    /// Upsert by (system, generation): the record of a closed evaluation.
+    PutHistory {
+        system_id: SystemId,
+        entry: HistoryEntry,
+    },
+    /// A new plan. Fails if the plan id exists.
+    PutPlan { plan: Plan },
+    /// The plan cursor. `expected_version: None` means it must not exist yet; otherwise the
+    /// stored cursor must have that version.
+    PutCursor {
+        expected_version: Option<u64>,
+        cursor: PlanCursor,
+    },
+    /// Upsert by analysis id.
+    PutAnalysis { analysis: AnalysisRecord },
+    /// Upsert by call id.
+    PutLlmCall { call: LlmCallRecord },
+    /// Upsert by alert id.
+    PutAlert { alert: Alert },
+    /// Changes the budget mode. Fails unless the stored mode is `expected`.
+    SetBudgetMode {
+        expected: BudgetMode,
+        state: BudgetState,
+    },
+}
+
+/// The idempotency record written with a transaction: the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Completion {
+    pub key: String,
+    pub payload_hash: String,
+    pub outgoing: Vec<Outgoing>,
+    pub completed_at: DateTime<Utc>,
+    /// After this the record is ignored (DynamoDB TTL).
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Writes applied all-or-nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub writes: Vec<Write>,
+    pub completion: Option<Completion>,
+}
+
+/// The result of claiming an idempotency key (Powertools for AWS Lambda semantics).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// Ours to process.
+    Claimed,
+    /// Already processed: re-send the stored messages and acknowledge.
+    Completed { outgoing: Vec<Outgoing> },
+    /// Another invocation holds it until `until`: retry later.
+    InProgress { until: DateTime<Utc> },
+    /// The key was used for a different payload: a producer bug, never retried.
+    PayloadMismatch,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StoreError {
+    /// A condition failed: another writer got there first. Retrying re-reads and decides again.
+    #[error("condition failed: {0}")]
+    ConditionFailed(String),
+    /// The backend is unreachable, throttling, or timed out.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record cannot be read back.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The request itself is wrong (missing system for an update, oversized item).
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+}
+
+impl StoreError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::ConditionFailed(_) | Self::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The evolution store port.
+#[async_trait]
+pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
+    async fn get_system(&self, id: &SystemId) -> StoreResult<Option<SystemRecord>>;
+    async fn list_systems(&self) -> StoreResult<Vec<SystemRecord>>;
+    async fn get_head(&self, id: &SystemId) -> StoreResult<Option<Head>>;
+    async fn get_generation(
+        &self,
+        id: &SystemId,
+        generation: u64,
+    ) -> StoreResult<Option<Generation>>;
+    /// Generations in ascending order, starting after `after` (all when `None`), at most `limit`.
+    async fn list_generations(
+        &self,
+        id: &SystemId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Generation>>;
+    /// Events in ascending time order at or after `since`, at most `limit`.
+    async fn list_events(
+        &self,
+        id: &SystemId,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> StoreResult<Vec<EvolutionEvent>>;
+    async fn get_decision(
+        &self,
+        id: &SystemId,
+        decision_id: &str,
+    ) -> StoreResult<Option<DecisionRecord>>;
+    /// Decisions in ascending time order at or after `since`, at most `limit`.
+    async fn list_decisions(
+        &self,
+        id: &SystemId,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> StoreResult<Vec<DecisionRecord>>;
+    async fn list_fitness(&self, id: &SystemId, generation: u64)
+    -> StoreResult<Vec<FitnessSample>>;
+    /// The most recent closed evaluations, in ascending generation order, at most `limit`.
+    async fn list_history(&self, id: &SystemId, limit: usize) -> StoreResult<Vec<HistoryEntry>>;
+    async fn get_plan(&self, id: &SystemId, plan_id: &str) -> StoreResult<Option<Plan>>;
+    async fn get_cursor(&self, id: &SystemId) -> StoreResult<Option<PlanCursor>>;
+    async fn get_analysis(
+        &self,
+        id: &SystemId,
+        analysis_id: &str,
+    ) -> StoreResult<Option<AnalysisRecord>>;
+    /// LLM call records in ascending time order; all systems when `id` is `None`.
+    async fn list_llm_calls(
+        &self,
+        id: Option<&SystemId>,
+        since: Option<DateTime<Utc>>,
+    ) -> StoreResult<Vec<LlmCallRecord>>;
+    /// Alerts in ascending time order.
+    async fn list_alerts(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> StoreResult<Vec<Alert>>;
+
+    /// Claims `key` for processing until `in_progress_until`; see [`Claim`].
+    async fn claim(
+        &self,
+        key: &str,
+        payload_hash: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+    ) -> StoreResult<Claim>;
+    /// Drops an in-progress claim after a failure so the redelivery can claim it at once.
+    async fn release(&self, key: &str) -> StoreResult<()>;
+    /// Applies a transaction all-or-nothing. A failed condition is `ConditionFailed` naming it.
+    async fn commit(&self, tx: Transaction) -> StoreResult<()>;
+}
+
+/// Control state: budget mode and circuit breakers (DynamoDB `PK=CTRL`).
+#[async_trait]
+pub trait ControlState: Send + Sync + std::fmt::Debug {
+    async fn budget_state(&self) -> StoreResult<BudgetState>;
+    async fn circuit(&self, model_id: &str) -> StoreResult<Option<CircuitState>>;
+    async fn put_circuit(&self, state: &CircuitState) -> StoreResult<()>;
+}
