@@ -4,5 +4,6 @@ pub mod bus;
 pub mod clock;
 pub mod cost;
 pub mod domain;
+pub mod evaluator;
 pub mod llm;
 pub mod store;
