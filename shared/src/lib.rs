@@ -6,4 +6,6 @@ pub mod cost;
 pub mod domain;
 pub mod evaluator;
 pub mod llm;
+pub mod pipeline;
+pub mod stages;
 pub mod store;

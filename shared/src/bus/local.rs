@@ -36,6 +36,14 @@ struct Inner {
     sent: u64,
 }
 
+impl Inner {
+    /// Queues a delivery; the sequence number keeps equal visibility times in send order.
+    fn push(&mut self, delivery: Delivery, visible_at: DateTime<Utc>) {
+        self.seq += 1;
+        self.pending.insert((visible_at, self.seq), delivery);
+    }
+}
+
 #[derive(Debug)]
 pub struct LocalBus {
     clock: Arc<dyn Clock>,
@@ -57,12 +65,6 @@ impl LocalBus {
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn push(&self, inner: &mut Inner, delivery: Delivery, visible_at: DateTime<Utc>) {
-        inner.seq += 1;
-        let seq = inner.seq;
-        inner.pending.insert((visible_at, seq), delivery);
     }
 
     /// The earliest message visible at `now`, if any.
@@ -90,8 +92,7 @@ impl LocalBus {
     /// Puts a message back to be received again after `visibility` (a failed attempt).
     pub fn redeliver_later(&self, delivery: Delivery, visibility: Duration) {
         let at = self.clock.now() + visibility;
-        let mut inner = self.lock();
-        self.push(&mut inner, delivery, at);
+        self.lock().push(delivery, at);
     }
 
     pub fn dead_letter(&self, delivery: Delivery, reason: impl Into<String>) {
@@ -120,9 +121,7 @@ impl LocalBus {
     /// Enqueues a raw delivery, for tests that send malformed or duplicate messages.
     pub fn inject(&self, outgoing: Outgoing) {
         let now = self.clock.now() + Duration::seconds(i64::from(outgoing.delay_seconds));
-        let mut inner = self.lock();
-        self.push(
-            &mut inner,
+        self.lock().push(
             Delivery {
                 outgoing,
                 receive_count: 0,
@@ -147,8 +146,7 @@ impl Bus for LocalBus {
         for m in messages {
             let at = now + Duration::seconds(i64::from(m.delay_seconds));
             inner.sent += 1;
-            self.push(
-                &mut inner,
+            inner.push(
                 Delivery {
                     outgoing: m.clone(),
                     receive_count: 0,

@@ -195,6 +195,13 @@ impl DnaFile {
 
     pub fn validate(self) -> Result<(SystemId, GeneSchema, Genes), DnaFileError> {
         let system_id = SystemId::parse(self.system_id).map_err(DnaFileError::SystemId)?;
+        if system_id.is_global() {
+            return Err(DnaFileError::SystemId(InvalidId {
+                kind: "system id",
+                value: system_id.to_string(),
+                rule: "is reserved",
+            }));
+        }
         if self.genes.is_empty() {
             return Err(DnaFileError::NoGenes);
         }

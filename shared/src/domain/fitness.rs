@@ -70,11 +70,14 @@ pub struct HistoryEntry {
     pub outcome: EvaluationOutcome,
     /// Fitness of the generation it was compared against.
     pub baseline_fitness: Option<f64>,
-    /// Genes changed, as (name, from, to) numbers or values.
+    /// The values this generation's mutation set (empty for baselines).
     #[serde(default)]
     pub changes: Vec<super::mutation::GeneChange>,
     #[serde(default)]
     pub predicted_impact: f64,
+    /// The plan step that proposed this generation's mutation, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_step: Option<super::mutation::PlanStepRef>,
     pub closed_at: DateTime<Utc>,
 }
 

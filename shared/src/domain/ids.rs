@@ -17,6 +17,8 @@ pub struct InvalidId {
     pub rule: &'static str,
 }
 
+const GLOBAL_ID: &str = "_global";
+
 macro_rules! string_id {
     ($(#[$meta:meta])* $name:ident, $kind:literal, $rule:literal, $check:expr) => {
         $(#[$meta])*
@@ -74,7 +76,8 @@ string_id!(
     "system id",
     "1 to 64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit",
     |s| {
-        !s.is_empty()
+        s == GLOBAL_ID
+            || !s.is_empty()
             && s.len() <= 64
             && s.as_bytes()[0].is_ascii_alphanumeric()
             && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
@@ -106,6 +109,18 @@ string_id!(
             && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
     }
 );
+
+impl SystemId {
+    /// The id global messages (budget sweeps) travel under. No system can be created with it:
+    /// system ids must start with a letter or digit, and `init` refuses this one.
+    pub fn global() -> Self {
+        Self(GLOBAL_ID.to_owned())
+    }
+
+    pub fn is_global(&self) -> bool {
+        self.0 == GLOBAL_ID
+    }
+}
 
 /// Derives a stable id from its causes: `prefix_` + 24 hex digits of SHA-256 over the parts.
 ///

@@ -1,0 +1,282 @@
+//! The pipeline: decode a message, run its stage, commit the stage's writes together with the
+//! idempotency record (which stores the outgoing messages), then send. Shared by the Lambda
+//! handlers, the local runner and the worker, so every home runs the same code path.
+
+use chrono::Duration;
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::bus::{Bus, BusError};
+use crate::domain::{Body, Destination, Envelope, Queue, sha256_hex};
+use crate::stages::{self, Deps, StageError, StageOutput};
+use crate::store::{Claim, Completion, StoreError, Transaction};
+
+/// What became of a message that did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// The stage ran and its results were committed and sent.
+    Processed { summary: String, sent: usize },
+    /// A redelivery of a completed message: its stored messages were sent again.
+    Duplicate { resent: usize },
+}
+
+/// Why a message failed, split by what the consumer should do with it.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Leave it on the queue (a batch item failure): a redelivery can succeed.
+    #[error("retryable: {0}")]
+    Retryable(String),
+    /// Never retry blindly: move it to the dead-letter queue with this reason.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+impl PipelineError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Retryable(_))
+    }
+}
+
+impl From<StageError> for PipelineError {
+    fn from(e: StageError) -> Self {
+        let text = error_chain(&e);
+        if e.is_retryable() {
+            Self::Retryable(text)
+        } else {
+            Self::Permanent(text)
+        }
+    }
+}
+
+impl From<StoreError> for PipelineError {
+    fn from(e: StoreError) -> Self {
+        StageError::Store(e).into()
+    }
+}
+
+/// The error and its sources on one line, for logs and DLQ reasons.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Decodes a raw message body received on `queue` and handles it.
+///
+/// A body that is not a valid envelope, or a message type that does not belong on this queue,
+/// is a permanent failure: it goes to the DLQ with the reason.
+pub async fn handle_raw(
+    deps: &Deps,
+    bus: &dyn Bus,
+    queue: Queue,
+    raw: &str,
+) -> Result<Handled, PipelineError> {
+    let env: Envelope = serde_json::from_str(raw).map_err(|e| {
+        PipelineError::Permanent(format!(
+            "malformed message ({} bytes, sha256 {}): {e}",
+            raw.len(),
+            &sha256_hex(raw.as_bytes())[..16]
+        ))
+    })?;
+    let expected = Destination::Queue(queue);
+    if env.body.destination() != expected && !accepts(queue, &env.body) {
+        return Err(PipelineError::Permanent(format!(
+            "{} does not belong on the {} queue",
+            env.body.type_name(),
+            queue.as_str()
+        )));
+    }
+    handle(deps, bus, &env).await
+}
+
+/// The snapshot function also consumes the fitness queue.
+fn accepts(queue: Queue, body: &Body) -> bool {
+    queue == Queue::Snapshot && matches!(body, Body::FitnessReported { .. })
+}
+
+/// Handles one envelope exactly once in effect: claim, run, commit with the outbox, send.
+pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handled, PipelineError> {
+    let span = info_span!(
+        "message",
+        id = %env.id,
+        r#type = env.body.type_name(),
+        system_id = %env.system_id,
+        base_generation = env.base_generation
+    );
+    async move {
+        let payload = serde_json::to_vec(env).unwrap_or_default();
+        let hash = sha256_hex(&payload);
+        let now = deps.clock.now();
+        let until = now + Duration::seconds(deps.config.in_progress_seconds);
+        match deps.store.claim(&env.id, &hash, now, until).await? {
+            Claim::Claimed => {}
+            Claim::Completed { outgoing } => {
+                send(bus, &outgoing).await?;
+                debug!(resent = outgoing.len(), "duplicate delivery: outbox re-sent");
+                return Ok(Handled::Duplicate {
+                    resent: outgoing.len(),
+                });
+            }
+            Claim::InProgress { until } => {
+                return Err(PipelineError::Retryable(format!(
+                    "message {} is being processed elsewhere until {until}",
+                    env.id
+                )));
+            }
+            Claim::PayloadMismatch => {
+                return Err(PipelineError::Permanent(format!(
+                    "message id {} was already used for a different payload",
+                    env.id
+                )));
+            }
+        }
+        let output = match run_stage(deps, env).await {
+            Ok(output) => output,
+            Err(e) => {
+                release(deps, &env.id).await;
+                if !e.is_retryable() {
+                    warn!(error = %error_chain(&e), "permanent failure");
+                }
+                return Err(e.into());
+            }
+        };
+        commit_and_send(deps, bus, &env.id, &hash, output).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs the tick for the minute `scheduled_at` with the same exactly-once discipline.
+pub async fn tick(
+    deps: &Deps,
+    bus: &dyn Bus,
+    scheduled_at: chrono::DateTime<chrono::Utc>,
+) -> Result<Handled, PipelineError> {
+    let id = stages::tick::tick_id(scheduled_at);
+    let hash = sha256_hex(id.as_bytes());
+    let now = deps.clock.now();
+    let until = now + Duration::seconds(deps.config.in_progress_seconds);
+    match deps.store.claim(&id, &hash, now, until).await? {
+        Claim::Claimed => {}
+        Claim::Completed { outgoing } => {
+            send(bus, &outgoing).await?;
+            return Ok(Handled::Duplicate {
+                resent: outgoing.len(),
+            });
+        }
+        Claim::InProgress { until } => {
+            return Err(PipelineError::Retryable(format!(
+                "tick {id} is running elsewhere until {until}"
+            )));
+        }
+        Claim::PayloadMismatch => {
+            return Err(PipelineError::Permanent(format!("tick id {id} reused")));
+        }
+    }
+    match stages::tick::run(deps, scheduled_at).await {
+        Ok(output) => commit_and_send(deps, bus, &id, &hash, output).await,
+        Err(e) => {
+            release(deps, &id).await;
+            Err(e.into())
+        }
+    }
+}
+
+async fn run_stage(deps: &Deps, env: &Envelope) -> Result<StageOutput, StageError> {
+    use stages::{analyze, cost_guard, decide, snapshot, strategize};
+    match &env.body {
+        Body::CycleRequested { reason } => analyze::handle(deps, env, reason).await,
+        Body::AnalysisReady { analysis_id } => strategize::handle(deps, env, analysis_id).await,
+        Body::MutationProposed {
+            mutation,
+            deferrals,
+        } => decide::handle_proposal(deps, env, mutation, *deferrals).await,
+        Body::ConflictDetected { conflict } => decide::handle_conflict(deps, env, conflict).await,
+        Body::MutationApproved {
+            decision_id,
+            mutation,
+        } => snapshot::handle_approved(deps, env, decision_id, mutation).await,
+        Body::FitnessReported {
+            generation,
+            checksum,
+            score,
+            metrics,
+            error,
+        } => {
+            snapshot::handle_fitness(
+                deps,
+                env,
+                *generation,
+                checksum,
+                *score,
+                metrics,
+                error.as_deref(),
+            )
+            .await
+        }
+        Body::EvaluationDue { generation } => snapshot::handle_due(deps, env, *generation).await,
+        Body::RollbackRequested {
+            to_generation,
+            requested_by,
+            reason,
+        } => snapshot::handle_rollback(deps, env, *to_generation, requested_by, reason).await,
+        Body::BudgetThresholdCrossed { .. } | Body::BudgetSweep {} => {
+            cost_guard::handle(deps, env).await
+        }
+        body @ (Body::DnaUpdated { .. } | Body::DnaRolledBack { .. } | Body::AlertRaised { .. }) => {
+            Err(StageError::WrongStage(body.type_name()))
+        }
+    }
+}
+
+async fn commit_and_send(
+    deps: &Deps,
+    bus: &dyn Bus,
+    key: &str,
+    hash: &str,
+    output: StageOutput,
+) -> Result<Handled, PipelineError> {
+    let now = deps.clock.now();
+    let tx = Transaction {
+        writes: output.writes,
+        completion: Some(Completion {
+            key: key.to_owned(),
+            payload_hash: hash.to_owned(),
+            outgoing: output.messages.clone(),
+            completed_at: now,
+            expires_at: now + Duration::seconds(deps.config.idempotency_ttl_seconds),
+        }),
+    };
+    if let Err(e) = deps.store.commit(tx).await {
+        release(deps, key).await;
+        return Err(e.into());
+    }
+    // Committed: from here a failure only delays the messages; the redelivery re-sends them.
+    send(bus, &output.messages).await?;
+    debug!(summary = %output.summary, sent = output.messages.len(), "processed");
+    Ok(Handled::Processed {
+        summary: output.summary,
+        sent: output.messages.len(),
+    })
+}
+
+async fn send(bus: &dyn Bus, messages: &[crate::domain::Outgoing]) -> Result<(), PipelineError> {
+    if messages.is_empty() {
+        return Ok(());
+    }
+    bus.send(messages).await.map_err(|e| match e {
+        BusError::Unavailable(_) => PipelineError::Retryable(e.to_string()),
+        BusError::Refused(_) => PipelineError::Permanent(e.to_string()),
+    })
+}
+
+async fn release(deps: &Deps, key: &str) {
+    if let Err(e) = deps.store.release(key).await {
+        // The claim then expires on its own after `in_progress_seconds`.
+        warn!(error = %e, "could not release the idempotency claim");
+    }
+}

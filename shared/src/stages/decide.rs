@@ -1,0 +1,363 @@
+//! decide: scores each proposed mutation's risk locally, approves low risk by policy, asks the
+//! Decision Engine about the rest, and writes every decision to the audit trail once. Above the
+//! risk ceiling nothing may approve. Also resolves conflicts with one action from a fixed set.
+
+use std::collections::BTreeMap;
+
+use super::{
+    Deps, StageOutput, StageResult, call_context, call_record, cap, dna_view, load_system, reply,
+    risk,
+};
+use crate::cost::nano_to_usd;
+use crate::domain::{
+    Alert, AlertLevel, Body, Complexity, CostAnalysis, CycleReason, DecidedBy, DecisionRecord,
+    Envelope, EventType, EvolutionEvent, HeadStatus, Mutation, Recommendation, ResolutionAction,
+    Role, StepOutcome, SystemConflict, apply_mutation, derive_id,
+};
+use crate::llm::{DecideRequest, ResolveRequest};
+use crate::store::Write;
+
+/// Model id recorded for decisions made by policy or validation, without any engine.
+pub const POLICY_MODEL_ID: &str = "policy";
+
+pub async fn handle_proposal(
+    deps: &Deps,
+    env: &Envelope,
+    mutation: &Mutation,
+    deferrals: u32,
+) -> StageResult {
+    let (system, head) = load_system(deps, &env.system_id).await?;
+    if head.status != HeadStatus::Stable || head.generation != env.base_generation {
+        return Ok(StageOutput::noop(format!(
+            "stale proposal for generation {} (head at {}, {})",
+            env.base_generation,
+            head.generation,
+            head.status.as_str()
+        )));
+    }
+    let now = deps.clock.now();
+    let (dna, history) = dna_view(deps, &system, &head).await?;
+    let decision_id = derive_id("dec", &[&env.id]);
+    let mut out = StageOutput::default();
+
+    let base = DecisionRecord {
+        decision_id: decision_id.clone(),
+        timestamp: now,
+        mutation_id: mutation.id.clone(),
+        model_used: POLICY_MODEL_ID.into(),
+        decision: Recommendation::Reject,
+        confidence: 1.0,
+        risk_assessment: crate::domain::RiskAssessment {
+            overall_risk: 0.0,
+            technical_risk: 0.0,
+            business_risk: 0.0,
+            operational_risk: 0.0,
+        },
+        reasoning: String::new(),
+        mitigation_strategies: vec![],
+        estimated_outcomes: BTreeMap::new(),
+        cost_analysis: CostAnalysis {
+            tokens_used: 0,
+            cost_usd: 0.0,
+            processing_time_ms: 0,
+            cost_nano_usd: Some(0),
+        },
+        system_id: Some(env.system_id.clone()),
+        base_generation: Some(head.generation),
+        mutation: Some(mutation.clone()),
+        decided_by: Some(DecidedBy::Policy),
+        local_risk: None,
+    };
+
+    // Untrusted proposal: validate against the gene schema first.
+    if let Err(e) = apply_mutation(&dna.schema, &dna.genes, mutation) {
+        let record = DecisionRecord {
+            reasoning: format!("invalid mutation: {e}"),
+            decided_by: Some(DecidedBy::Validation),
+            ..base
+        };
+        out.summary = format!("rejected invalid mutation: {e}");
+        push_outcome(&mut out, env, mutation, &record, head.generation, now);
+        out.writes.push(Write::PutDecision { decision: record });
+        return Ok(out);
+    }
+
+    let assessment = risk::assess(&dna.schema, &dna.genes, mutation, &history);
+    let local_risk = assessment.overall_risk;
+    let record = if local_risk <= deps.config.auto_approve_risk {
+        DecisionRecord {
+            decision: Recommendation::Approve,
+            risk_assessment: assessment,
+            reasoning: format!(
+                "local risk {local_risk:.3} is at or below the auto-approve threshold {}",
+                deps.config.auto_approve_risk
+            ),
+            mitigation_strategies: vec![
+                "snapshot before applying".into(),
+                "automatic rollback if fitness regresses".into(),
+            ],
+            local_risk: Some(local_risk),
+            ..base
+        }
+    } else {
+        let critical = local_risk > deps.config.risk_ceiling;
+        let complexity = if critical {
+            Complexity::High
+        } else {
+            Complexity::Medium
+        };
+        let ctx = call_context(deps, env, Role::Decide, complexity, critical).await?;
+        let answer = deps
+            .llm
+            .decide(&DecideRequest {
+                ctx,
+                dna,
+                history,
+                mutation: mutation.clone(),
+                local_risk,
+                risk_ceiling: deps.config.risk_ceiling,
+            })
+            .await?;
+        out.writes.push(call_record(env, Role::Decide, &answer, now));
+        let result = answer.value;
+        let mut decision = result.recommendation;
+        let mut reasoning = cap(&result.reasoning, 2_000);
+        if decision == Recommendation::Approve && local_risk > deps.config.risk_ceiling {
+            // Defence in depth: the LLM layer already refuses such answers.
+            decision = Recommendation::Reject;
+            reasoning = format!(
+                "approval overridden: local risk {local_risk:.3} is above the ceiling {}; {reasoning}",
+                deps.config.risk_ceiling
+            );
+        }
+        if decision == Recommendation::Defer && deferrals >= deps.config.max_deferrals {
+            decision = Recommendation::Reject;
+            reasoning = format!("deferred {deferrals} times already; {reasoning}");
+        }
+        DecisionRecord {
+            model_used: answer.model_id,
+            decision,
+            confidence: result.confidence,
+            risk_assessment: result.risk_assessment,
+            reasoning,
+            mitigation_strategies: result
+                .mitigation_strategies
+                .iter()
+                .take(10)
+                .map(|m| cap(m, 300))
+                .collect(),
+            estimated_outcomes: result
+                .estimated_impact
+                .iter()
+                .take(10)
+                .map(|(k, v)| (cap(k, 64), format!("{v}")))
+                .collect(),
+            cost_analysis: CostAnalysis {
+                tokens_used: answer.usage.total(),
+                cost_usd: nano_to_usd(answer.cost_nano_usd),
+                processing_time_ms: answer.latency_ms,
+                cost_nano_usd: Some(answer.cost_nano_usd),
+            },
+            decided_by: Some(DecidedBy::Engine),
+            local_risk: Some(local_risk),
+            ..base
+        }
+    };
+
+    out.summary = format!(
+        "{} {} (risk {local_risk:.3}, {})",
+        record.decision.as_str(),
+        mutation.id,
+        record.model_used
+    );
+    match record.decision {
+        Recommendation::Approve => out.messages.push(reply(
+            env,
+            "decide",
+            0,
+            head.generation,
+            now,
+            Body::MutationApproved {
+                decision_id,
+                mutation: mutation.clone(),
+            },
+        )),
+        Recommendation::Defer => out.messages.push(
+            reply(
+                env,
+                "decide",
+                0,
+                head.generation,
+                now,
+                Body::MutationProposed {
+                    mutation: mutation.clone(),
+                    deferrals: deferrals + 1,
+                },
+            )
+            .delayed(deps.config.defer_delay_seconds),
+        ),
+        Recommendation::Reject => {
+            push_outcome(&mut out, env, mutation, &record, head.generation, now);
+        }
+    }
+    out.writes.push(Write::PutDecision { decision: record });
+    Ok(out)
+}
+
+/// A rejected plan step goes back to the plan cursor so the plan moves on.
+fn push_outcome(
+    out: &mut StageOutput,
+    env: &Envelope,
+    mutation: &Mutation,
+    record: &DecisionRecord,
+    generation: u64,
+    now: chrono::DateTime<chrono::Utc>,
+) {
+    if let Some(step) = &mutation.plan_step {
+        out.messages.push(reply(
+            env,
+            "decide",
+            0,
+            generation,
+            now,
+            Body::CycleRequested {
+                reason: CycleReason::Step {
+                    step: step.clone(),
+                    outcome: StepOutcome::Rejected {
+                        reason: cap(&record.reasoning, 200),
+                    },
+                },
+            },
+        ));
+    }
+}
+
+/// Resolves a conflict: the engine picks one action from the fixed set, and only that action
+/// runs.
+pub async fn handle_conflict(deps: &Deps, env: &Envelope, conflict: &SystemConflict) -> StageResult {
+    let (system, head) = load_system(deps, &env.system_id).await?;
+    let now = deps.clock.now();
+    let (dna, _) = dna_view(deps, &system, &head).await?;
+    let ctx = call_context(deps, env, Role::Resolve, Complexity::High, true).await?;
+    let answer = deps
+        .llm
+        .resolve_conflict(&ResolveRequest {
+            ctx,
+            dna,
+            conflict: conflict.clone(),
+        })
+        .await?;
+    let resolution = &answer.value;
+    let mut out = StageOutput::default();
+    out.writes.push(call_record(env, Role::Resolve, &answer, now));
+    let paused = || crate::domain::Head {
+        status: HeadStatus::Paused,
+        updated_at: now,
+        ..head.clone()
+    };
+    match resolution.action {
+        ResolutionAction::Pause if head.status == HeadStatus::Stable => {
+            out.writes.push(Write::UpdateHead {
+                expected_generation: head.generation,
+                expected_status: HeadStatus::Stable,
+                head: paused(),
+            });
+        }
+        ResolutionAction::Resume if head.status == HeadStatus::Paused => {
+            out.writes.push(Write::UpdateHead {
+                expected_generation: head.generation,
+                expected_status: HeadStatus::Paused,
+                head: crate::domain::Head {
+                    status: HeadStatus::Stable,
+                    rollback_streak: 0,
+                    updated_at: now,
+                    ..head.clone()
+                },
+            });
+            out.messages.push(reply(
+                env,
+                "decide",
+                0,
+                head.generation,
+                now,
+                Body::CycleRequested {
+                    reason: CycleReason::HeadMoved,
+                },
+            ));
+        }
+        ResolutionAction::RollbackToLastStable => out.messages.push(reply(
+            env,
+            "decide",
+            0,
+            head.generation,
+            now,
+            Body::RollbackRequested {
+                to_generation: None,
+                requested_by: "conflict-resolution".into(),
+                reason: cap(&conflict.description, 200),
+            },
+        )),
+        ResolutionAction::RetryLater => out.messages.push(
+            reply(
+                env,
+                "decide",
+                0,
+                head.generation,
+                now,
+                Body::CycleRequested {
+                    reason: CycleReason::RetryLater,
+                },
+            )
+            .delayed(resolution.retry_after_seconds),
+        ),
+        // Escalate, or an action that does not apply to the head's state: tell the operators.
+        _ => {}
+    }
+    let alert = Alert {
+        id: derive_id("alr", &[&env.id]),
+        level: if resolution.action == ResolutionAction::Escalate {
+            AlertLevel::Critical
+        } else {
+            AlertLevel::Warning
+        },
+        kind: "conflict".into(),
+        message: format!(
+            "{:?} conflict on {}: {}; resolution {:?} by {}",
+            conflict.kind,
+            env.system_id,
+            cap(&conflict.description, 200),
+            resolution.action,
+            answer.model_id
+        ),
+        system_id: Some(env.system_id.clone()),
+        at: now,
+    };
+    out.writes.push(Write::PutEvent {
+        event: EvolutionEvent {
+            id: derive_id("evt", &[&env.id]),
+            timestamp: now,
+            event_type: EventType::ConflictResolved,
+            generation: head.generation,
+            fitness_delta: None,
+            mutation_id: None,
+            bedrock_analysis: None,
+            system_context: None,
+            storage_metadata: None,
+            system_id: Some(env.system_id.clone()),
+            detail: Some(alert.message.clone()),
+        },
+    });
+    out.writes.push(Write::PutAlert {
+        alert: alert.clone(),
+    });
+    out.messages.push(reply(
+        env,
+        "decide",
+        1,
+        head.generation,
+        now,
+        Body::AlertRaised { alert },
+    ));
+    out.summary = format!("conflict resolved with {:?}", resolution.action);
+    Ok(out)
+}

@@ -1,0 +1,298 @@
+//! The five stages (analyze, strategize, decide, snapshot, cost-guard) and the tick.
+//!
+//! A stage reads through the ports and *returns* the writes and messages its input calls for;
+//! it never writes or sends itself. `crate::pipeline` commits the writes together with the
+//! idempotency record (the outbox) and then sends, so every stage is idempotent under
+//! redelivery and a crash between commit and send loses nothing (DESIGN section 3).
+
+pub mod analyze;
+pub mod cost_guard;
+pub mod decide;
+pub mod risk;
+pub mod rollback;
+pub mod snapshot;
+pub mod strategize;
+pub mod tick;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::clock::Clock;
+use crate::cost::{Budgets, CostLedger};
+use crate::domain::{
+    Body, Complexity, Envelope, Generation, Head, HistoryEntry, Outgoing, Role, SystemId,
+    TaskContext, derive_id,
+};
+use crate::llm::{CallContext, DnaView, LanguageModel, LlmAnswer, LlmError};
+use crate::store::{
+    ControlState, EvolutionStore, LlmCallRecord, StoreError, SystemRecord, Write,
+};
+
+/// Tunables of the pipeline. Defaults are what a production deployment starts with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineConfig {
+    /// At or below this local risk a valid mutation is approved by policy, without an LLM.
+    pub auto_approve_risk: f64,
+    /// Above this risk nothing may approve a mutation.
+    pub risk_ceiling: f64,
+    /// The plan-length cap.
+    pub max_plan_steps: u32,
+    /// A proposal deferred this many times is rejected.
+    pub max_deferrals: u32,
+    pub defer_delay_seconds: u32,
+    /// Consecutive rollbacks that raise a `RollbackStreak` conflict.
+    pub rollback_streak_conflict: u32,
+    /// A plan step or analysis in flight for longer is considered lost.
+    pub in_flight_timeout_seconds: i64,
+    /// How long an in-progress idempotency claim holds (the Lambda timeout, on AWS).
+    pub in_progress_seconds: i64,
+    /// How long completed idempotency records are kept (dedup window for redeliveries).
+    pub idempotency_ttl_seconds: i64,
+    /// A candidate is kept when its fitness is at least the parent's minus this.
+    pub keep_tolerance: f64,
+    /// When strategize yields no usable step, ask again after this long.
+    pub empty_plan_retry_seconds: u32,
+    /// Closed evaluations passed to the LLM roles.
+    pub history_window: usize,
+    pub budgets: Budgets,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            auto_approve_risk: 0.3,
+            risk_ceiling: 0.8,
+            max_plan_steps: 8,
+            max_deferrals: 3,
+            defer_delay_seconds: 300,
+            rollback_streak_conflict: 4,
+            in_flight_timeout_seconds: 3600,
+            in_progress_seconds: 300,
+            idempotency_ttl_seconds: 86_400,
+            keep_tolerance: 0.0,
+            empty_plan_retry_seconds: 900,
+            history_window: 50,
+            budgets: Budgets {
+                economy_percent: 80,
+                ..Budgets::default()
+            },
+        }
+    }
+}
+
+/// The ports a stage reads through.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    pub store: Arc<dyn EvolutionStore>,
+    pub control: Arc<dyn ControlState>,
+    pub ledger: Arc<dyn CostLedger>,
+    pub llm: Arc<dyn LanguageModel>,
+    pub clock: Arc<dyn Clock>,
+    pub config: PipelineConfig,
+}
+
+/// What a stage wants done.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageOutput {
+    pub writes: Vec<Write>,
+    pub messages: Vec<Outgoing>,
+    /// A short human account of what happened, for logs (`no-op: ...` when nothing).
+    pub summary: String,
+}
+
+impl StageOutput {
+    pub fn noop(reason: impl Into<String>) -> Self {
+        Self {
+            summary: format!("no-op: {}", reason.into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn is_noop(&self) -> bool {
+        self.writes.is_empty() && self.messages.is_empty()
+    }
+}
+
+/// Stage failures, split by whether a redelivery can help.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Llm(#[from] LlmError),
+    #[error("unknown system {0}")]
+    UnknownSystem(SystemId),
+    /// The message names a record that does not exist or contradicts the stored state.
+    #[error("inconsistent message: {0}")]
+    Inconsistent(String),
+    /// A message of a type this stage does not consume.
+    #[error("{0} is not consumed by this stage")]
+    WrongStage(&'static str),
+}
+
+impl StageError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Store(e) => e.is_retryable(),
+            Self::Llm(e) => e.is_retryable(),
+            Self::UnknownSystem(_) | Self::Inconsistent(_) | Self::WrongStage(_) => false,
+        }
+    }
+}
+
+pub type StageResult = Result<StageOutput, StageError>;
+
+/// Registry entry and head of a system, or `UnknownSystem`.
+pub(crate) async fn load_system(
+    deps: &Deps,
+    id: &SystemId,
+) -> Result<(SystemRecord, Head), StageError> {
+    let system = deps
+        .store
+        .get_system(id)
+        .await?
+        .ok_or_else(|| StageError::UnknownSystem(id.clone()))?;
+    let head = deps
+        .store
+        .get_head(id)
+        .await?
+        .ok_or_else(|| StageError::UnknownSystem(id.clone()))?;
+    Ok((system, head))
+}
+
+pub(crate) async fn load_generation(
+    deps: &Deps,
+    id: &SystemId,
+    generation: u64,
+) -> Result<Generation, StageError> {
+    deps.store
+        .get_generation(id, generation)
+        .await?
+        .ok_or_else(|| StageError::Inconsistent(format!("generation {generation} of {id} is missing")))
+}
+
+/// The DNA view and recent history handed to the LLM roles.
+pub(crate) async fn dna_view(
+    deps: &Deps,
+    system: &SystemRecord,
+    head: &Head,
+) -> Result<(DnaView, Vec<HistoryEntry>), StageError> {
+    let current = load_generation(deps, &system.system_id, head.generation).await?;
+    let history = deps
+        .store
+        .list_history(&system.system_id, deps.config.history_window)
+        .await?;
+    Ok((
+        DnaView {
+            system_id: system.system_id.clone(),
+            generation: head.generation,
+            schema: system.schema.clone(),
+            genes: current.genes,
+            stable_fitness: head.stable_fitness,
+        },
+        history,
+    ))
+}
+
+/// The call context of one role call.
+pub(crate) async fn call_context(
+    deps: &Deps,
+    env: &Envelope,
+    role: Role,
+    complexity: Complexity,
+    critical: bool,
+) -> Result<CallContext, StageError> {
+    let budget_mode = deps.control.budget_state().await?.mode;
+    let (estimated_tokens, max_latency_ms) = match role {
+        Role::Analyze => (2_000, None),
+        Role::Strategize => (3_000, None),
+        Role::Decide => (2_000, Some(10_000)),
+        Role::Resolve => (2_500, Some(10_000)),
+    };
+    Ok(CallContext {
+        system_id: env.system_id.clone(),
+        envelope_id: env.id.clone(),
+        task: TaskContext {
+            role,
+            complexity,
+            estimated_tokens,
+            max_latency_ms,
+            accuracy_requirements: if critical { 0.9 } else { 0.7 },
+            cost_sensitivity: if critical { 0.3 } else { 0.7 },
+            critical,
+        },
+        budget_mode,
+        deadline: None,
+    })
+}
+
+/// The audit record of a role call (whichever engine answered).
+pub(crate) fn call_record<T>(
+    env: &Envelope,
+    role: Role,
+    answer: &LlmAnswer<T>,
+    at: DateTime<Utc>,
+) -> Write {
+    Write::PutLlmCall {
+        call: LlmCallRecord {
+            call_id: derive_id("call", &[&env.id, role.as_str()]),
+            system_id: env.system_id.clone(),
+            envelope_id: env.id.clone(),
+            role,
+            model_id: answer.model_id.clone(),
+            usage: answer.usage,
+            cost_nano_usd: answer.cost_nano_usd,
+            latency_ms: answer.latency_ms,
+            bedrock_requests: answer.bedrock_requests,
+            fallback: answer.fallback.clone(),
+            at,
+        },
+    }
+}
+
+/// A message caused by `env`; `index` keeps several messages of one stage apart.
+pub(crate) fn reply(
+    env: &Envelope,
+    stage: &str,
+    index: usize,
+    base_generation: u64,
+    at: DateTime<Utc>,
+    body: Body,
+) -> Outgoing {
+    Outgoing::new(Envelope::caused_by(
+        &env.id,
+        stage,
+        index,
+        env.system_id.clone(),
+        base_generation,
+        at,
+        body,
+    ))
+}
+
+/// Complexity of the evolution task from the history: more genes and more rollbacks are harder.
+pub(crate) fn complexity_of(genes: usize, history: &[HistoryEntry]) -> Complexity {
+    let rollbacks = history
+        .iter()
+        .filter(|h| h.outcome != crate::domain::EvaluationOutcome::Keep)
+        .count();
+    if genes > 12 || rollbacks * 2 > history.len().max(1) {
+        Complexity::High
+    } else if genes > 5 || rollbacks > 0 {
+        Complexity::Medium
+    } else {
+        Complexity::Low
+    }
+}
+
+/// Caps free text from an LLM before it is stored or shown.
+pub(crate) fn cap(text: &str, max_chars: usize) -> String {
+    if text.chars().count() <= max_chars {
+        text.to_owned()
+    } else {
+        let mut s: String = text.chars().take(max_chars).collect();
+        s.push('…');
+        s
+    }
+}

@@ -1,0 +1,652 @@
+//! snapshot: the DNA keeper. Commits approved mutations as new immutable generations, collects
+//! fitness reports, and when an evaluation window closes lets the Rollback Manager keep the
+//! generation or commit its parent's genes again as a new generation.
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::{
+    Deps, StageError, StageOutput, StageResult, cap, load_generation, load_system, reply,
+    rollback::{self, FitnessSummary},
+};
+use crate::domain::{
+    Alert, AlertLevel, BedrockAnalysis, Body, ConflictKind, CycleReason, Envelope,
+    EvaluationOutcome, Evaluation, EventType, EvolutionEvent, FitnessSample, Generation, Head,
+    HeadStatus, HistoryEntry, MetricName, Mutation, Origin, Recommendation, Severity, StepOutcome,
+    SystemConflict, apply_mutation, derive_id,
+};
+use crate::store::{SystemRecord, Write};
+
+pub async fn handle_approved(
+    deps: &Deps,
+    env: &Envelope,
+    decision_id: &str,
+    mutation: &Mutation,
+) -> StageResult {
+    let (mut system, head) = load_system(deps, &env.system_id).await?;
+    if head.status != HeadStatus::Stable || head.generation != env.base_generation {
+        return Ok(StageOutput::noop(format!(
+            "stale approval for generation {} (head at {}, {})",
+            env.base_generation,
+            head.generation,
+            head.status.as_str()
+        )));
+    }
+    // The message alone is not trusted: the audit record must approve exactly this mutation
+    // against exactly this generation.
+    let decision = deps
+        .store
+        .get_decision(&env.system_id, decision_id)
+        .await?
+        .ok_or_else(|| StageError::Inconsistent(format!("decision {decision_id} not found")))?;
+    if decision.decision != Recommendation::Approve
+        || decision.mutation.as_ref() != Some(mutation)
+        || decision.base_generation != Some(head.generation)
+    {
+        return Err(StageError::Inconsistent(format!(
+            "decision {decision_id} does not approve mutation {} on generation {}",
+            mutation.id, head.generation
+        )));
+    }
+    let now = deps.clock.now();
+    let parent = load_generation(deps, &env.system_id, head.generation).await?;
+    let genes = apply_mutation(&system.schema, &parent.genes, mutation)
+        .map_err(|e| StageError::Inconsistent(format!("approved mutation no longer applies: {e}")))?;
+    let next = head.generation + 1;
+    let generation = Generation::new(
+        env.system_id.clone(),
+        next,
+        Some(head.generation),
+        genes,
+        Origin::Mutation {
+            decision_id: decision_id.to_owned(),
+            mutation: mutation.clone(),
+        },
+        now,
+    );
+    let deadline = now + Duration::seconds(i64::from(system.settings.evaluation_window_seconds));
+    let new_head = Head {
+        generation: next,
+        status: HeadStatus::Evaluating,
+        evaluation: Some(Evaluation {
+            generation: next,
+            parent: Some(head.stable_generation),
+            baseline_fitness: head.stable_fitness,
+            started_at: now,
+            deadline,
+            samples_required: system.settings.samples_required,
+            plan_step: mutation.plan_step.clone(),
+            predicted_impact: mutation.predicted_impact,
+        }),
+        updated_at: now,
+        ..head.clone()
+    };
+    system.evaluation_deadline = Some(deadline);
+    let mut out = StageOutput {
+        summary: format!("generation {next} committed, evaluating until {deadline}"),
+        ..StageOutput::default()
+    };
+    out.messages.push(reply(
+        env,
+        "snapshot",
+        0,
+        next,
+        now,
+        Body::DnaUpdated {
+            generation: next,
+            genes: serde_json::to_value(&generation.genes).unwrap_or_default(),
+            checksum: generation.checksum.clone(),
+        },
+    ));
+    out.writes.push(Write::PutEvent {
+        event: event(
+            env,
+            0,
+            now,
+            EventType::MutationApplied,
+            next,
+            Some(mutation.id.clone()),
+            None,
+            Some(mutation.description.clone()),
+        ),
+    });
+    out.writes.push(Write::PutGeneration { generation });
+    out.writes.push(Write::UpdateHead {
+        expected_generation: head.generation,
+        expected_status: HeadStatus::Stable,
+        head: new_head,
+    });
+    out.writes.push(Write::PutSystem { system });
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn handle_fitness(
+    deps: &Deps,
+    env: &Envelope,
+    generation: u64,
+    checksum: &str,
+    score: Option<f64>,
+    metrics: &std::collections::BTreeMap<MetricName, f64>,
+    error: Option<&str>,
+) -> StageResult {
+    let (system, head) = load_system(deps, &env.system_id).await?;
+    let now = deps.clock.now();
+    let error = match (score, error) {
+        (_, Some(e)) => Some(cap(e, 500)),
+        (Some(s), None) if !s.is_finite() => Some("score is not a finite number".into()),
+        (None, None) => Some("no score reported".into()),
+        (Some(_), None) => metrics
+            .iter()
+            .find(|(_, v)| !v.is_finite())
+            .map(|(k, _)| format!("metric {k} is not a finite number")),
+    };
+    let sample = FitnessSample {
+        id: derive_id("fit", &[&env.id]),
+        system_id: env.system_id.clone(),
+        generation,
+        checksum: checksum.to_owned(),
+        score: if error.is_none() { score } else { None },
+        metrics: metrics.clone(),
+        error,
+        received_at: now,
+    };
+    let mut out = StageOutput {
+        summary: format!("fitness for generation {generation} recorded"),
+        ..StageOutput::default()
+    };
+    let Some(eval) = head
+        .evaluation
+        .clone()
+        .filter(|e| head.status == HeadStatus::Evaluating && e.generation == generation)
+    else {
+        out.summary.push_str(" and ignored: not the generation under evaluation");
+        out.writes.push(Write::PutFitnessSample { sample });
+        return Ok(out);
+    };
+    let current = load_generation(deps, &env.system_id, generation).await?;
+    if current.checksum != checksum {
+        out.summary.push_str(" and ignored: checksum differs from the committed genes");
+        out.writes.push(Write::PutFitnessSample { sample });
+        return Ok(out);
+    }
+    let mut samples = deps.store.list_fitness(&env.system_id, generation).await?;
+    samples.retain(|s| s.id != sample.id);
+    samples.push(sample.clone());
+    out.writes.push(Write::PutFitnessSample { sample });
+    let summary = rollback::summarize(&samples, generation, &current.checksum);
+    if summary.reports < eval.samples_required {
+        return Ok(out);
+    }
+    close_window(deps, env, system, head, eval, current, summary, now, &mut out).await?;
+    Ok(out)
+}
+
+pub async fn handle_due(deps: &Deps, env: &Envelope, generation: u64) -> StageResult {
+    let (system, head) = load_system(deps, &env.system_id).await?;
+    let now = deps.clock.now();
+    let Some(eval) = head
+        .evaluation
+        .clone()
+        .filter(|e| head.status == HeadStatus::Evaluating && e.generation == generation)
+    else {
+        return Ok(StageOutput::noop(format!(
+            "generation {generation} is not under evaluation"
+        )));
+    };
+    if now < eval.deadline {
+        return Ok(StageOutput::noop("the evaluation window is still open"));
+    }
+    let current = load_generation(deps, &env.system_id, generation).await?;
+    let samples = deps.store.list_fitness(&env.system_id, generation).await?;
+    let summary = rollback::summarize(&samples, generation, &current.checksum);
+    let mut out = StageOutput::default();
+    close_window(deps, env, system, head, eval, current, summary, now, &mut out).await?;
+    Ok(out)
+}
+
+/// The Rollback Manager at the close of a window: keep, or roll back by committing the parent's
+/// genes as a new generation. Inconclusive windows roll back.
+#[allow(clippy::too_many_arguments)]
+async fn close_window(
+    deps: &Deps,
+    env: &Envelope,
+    mut system: SystemRecord,
+    head: Head,
+    eval: Evaluation,
+    current: Generation,
+    summary: FitnessSummary,
+    now: DateTime<Utc>,
+    out: &mut StageOutput,
+) -> Result<(), StageError> {
+    let outcome = rollback::verdict(
+        summary,
+        eval.samples_required,
+        eval.baseline_fitness,
+        deps.config.keep_tolerance,
+    );
+    let (changes, decision_id, mutation_id) = match &current.origin {
+        Origin::Mutation {
+            decision_id,
+            mutation,
+        } => (
+            mutation.changes.clone(),
+            Some(decision_id.clone()),
+            Some(mutation.id.clone()),
+        ),
+        _ => (Vec::new(), None, None),
+    };
+    let actual_impact = match (summary.mean, eval.baseline_fitness) {
+        (Some(m), Some(b)) => Some(m - b),
+        _ => None,
+    };
+    let analysis = match &decision_id {
+        Some(id) => deps
+            .store
+            .get_decision(&env.system_id, id)
+            .await?
+            .map(|d| BedrockAnalysis {
+                model_used: d.model_used,
+                confidence: d.confidence,
+                reasoning: cap(&d.reasoning, 300),
+                predicted_impact: eval.predicted_impact,
+                actual_impact: actual_impact.unwrap_or(0.0),
+            }),
+        None => None,
+    };
+    out.writes.push(Write::PutHistory {
+        system_id: env.system_id.clone(),
+        entry: HistoryEntry {
+            generation: eval.generation,
+            fitness: summary.mean,
+            outcome,
+            baseline_fitness: eval.baseline_fitness,
+            changes,
+            predicted_impact: eval.predicted_impact,
+            plan_step: eval.plan_step.clone(),
+            closed_at: now,
+        },
+    });
+    system.evaluation_deadline = None;
+
+    let step_reason = |outcome: StepOutcome| match &eval.plan_step {
+        Some(step) => CycleReason::Step {
+            step: step.clone(),
+            outcome,
+        },
+        None => CycleReason::HeadMoved,
+    };
+
+    let baseline_unmeasured = eval.baseline_fitness.is_none() && summary.mean.is_none();
+    if outcome == EvaluationOutcome::Keep || baseline_unmeasured || eval.parent.is_none() {
+        // A baseline is never rolled back: there is nothing before it to restore.
+        let new_head = Head {
+            status: HeadStatus::Stable,
+            stable_generation: eval.generation,
+            stable_fitness: summary.mean.or(eval.baseline_fitness),
+            evaluation: None,
+            rollback_streak: 0,
+            updated_at: now,
+            ..head.clone()
+        };
+        out.summary = format!(
+            "generation {} kept with fitness {}",
+            eval.generation,
+            summary.mean.map_or("unmeasured".into(), |m| format!("{m:.4}"))
+        );
+        let mut ev = event(
+            env,
+            1,
+            now,
+            EventType::MutationKept,
+            eval.generation,
+            mutation_id,
+            analysis,
+            None,
+        );
+        ev.fitness_delta = actual_impact;
+        out.writes.push(Write::PutEvent { event: ev });
+        out.writes.push(Write::UpdateHead {
+            expected_generation: head.generation,
+            expected_status: HeadStatus::Evaluating,
+            head: new_head,
+        });
+        out.messages.push(reply(
+            env,
+            "snapshot",
+            0,
+            eval.generation,
+            now,
+            Body::CycleRequested {
+                reason: step_reason(StepOutcome::Kept {
+                    actual_impact: actual_impact.unwrap_or(0.0),
+                }),
+            },
+        ));
+        if baseline_unmeasured {
+            raise_conflict(
+                env,
+                out,
+                eval.generation,
+                now,
+                ConflictKind::BaselineUnmeasured,
+                Severity::High,
+                format!(
+                    "no valid fitness report for baseline generation {} by the window's end",
+                    eval.generation
+                ),
+            );
+        }
+        out.writes.push(Write::PutSystem { system });
+        return Ok(());
+    }
+
+    let restored_gen = eval.parent.unwrap_or(head.stable_generation);
+    let restored = load_generation(deps, &env.system_id, restored_gen).await?;
+    let reason = if outcome == EvaluationOutcome::Inconclusive {
+        format!(
+            "inconclusive: {} valid of {} required samples",
+            summary.valid, eval.samples_required
+        )
+    } else {
+        format!(
+            "fitness {:.4} below parent {:.4}",
+            summary.mean.unwrap_or(f64::NAN),
+            eval.baseline_fitness.unwrap_or(f64::NAN)
+        )
+    };
+    let next = head.generation + 1;
+    let generation = Generation::new(
+        env.system_id.clone(),
+        next,
+        Some(head.generation),
+        restored.genes.clone(),
+        Origin::Rollback {
+            restored: restored_gen,
+            rolled_back: eval.generation,
+            reason: reason.clone(),
+        },
+        now,
+    );
+    let streak = head.rollback_streak + 1;
+    let new_head = Head {
+        generation: next,
+        status: HeadStatus::Stable,
+        stable_generation: next,
+        stable_fitness: eval.baseline_fitness,
+        evaluation: None,
+        rollback_streak: streak,
+        updated_at: now,
+        ..head.clone()
+    };
+    out.summary = format!(
+        "generation {} rolled back ({reason}); generation {next} restores {restored_gen}",
+        eval.generation
+    );
+    let mut ev = event(
+        env,
+        1,
+        now,
+        if outcome == EvaluationOutcome::Inconclusive {
+            EventType::EvaluationInconclusive
+        } else {
+            EventType::MutationRolledBack
+        },
+        eval.generation,
+        mutation_id,
+        analysis,
+        Some(reason),
+    );
+    ev.fitness_delta = actual_impact;
+    out.writes.push(Write::PutEvent { event: ev });
+    out.messages.push(reply(
+        env,
+        "snapshot",
+        1,
+        next,
+        now,
+        Body::DnaRolledBack {
+            generation: next,
+            restored_generation: restored_gen,
+            genes: serde_json::to_value(&generation.genes).unwrap_or_default(),
+            checksum: generation.checksum.clone(),
+        },
+    ));
+    out.writes.push(Write::PutGeneration { generation });
+    out.writes.push(Write::UpdateHead {
+        expected_generation: head.generation,
+        expected_status: HeadStatus::Evaluating,
+        head: new_head,
+    });
+    out.messages.push(reply(
+        env,
+        "snapshot",
+        0,
+        next,
+        now,
+        Body::CycleRequested {
+            reason: step_reason(StepOutcome::RolledBack),
+        },
+    ));
+    if streak >= deps.config.rollback_streak_conflict {
+        raise_conflict(
+            env,
+            out,
+            next,
+            now,
+            ConflictKind::RollbackStreak,
+            if streak >= deps.config.rollback_streak_conflict * 2 {
+                Severity::High
+            } else {
+                Severity::Medium
+            },
+            format!("{streak} consecutive rollbacks"),
+        );
+    }
+    out.writes.push(Write::PutSystem { system });
+    Ok(())
+}
+
+fn raise_conflict(
+    env: &Envelope,
+    out: &mut StageOutput,
+    generation: u64,
+    now: DateTime<Utc>,
+    kind: ConflictKind,
+    severity: Severity,
+    description: String,
+) {
+    out.messages.push(reply(
+        env,
+        "snapshot",
+        2,
+        generation,
+        now,
+        Body::ConflictDetected {
+            conflict: SystemConflict {
+                kind,
+                description,
+                affected_components: vec![env.system_id.to_string()],
+                severity,
+                current_impact: "evolution of this system is not making progress".into(),
+                available_resources: vec![],
+                active_processes: 0,
+                recent_changes: vec![],
+            },
+        },
+    ));
+}
+
+/// Operator (or conflict-resolution) rollback: commits the target generation's genes as a new
+/// generation and measures it afresh as a baseline.
+pub async fn handle_rollback(
+    deps: &Deps,
+    env: &Envelope,
+    to_generation: Option<u64>,
+    requested_by: &str,
+    reason: &str,
+) -> StageResult {
+    let (mut system, head) = load_system(deps, &env.system_id).await?;
+    if env.base_generation != head.generation {
+        return Ok(StageOutput::noop(format!(
+            "stale rollback request for generation {} (head at {})",
+            env.base_generation, head.generation
+        )));
+    }
+    let target = match to_generation {
+        Some(g) => g,
+        None => default_target(deps, &env.system_id, &head).await?,
+    };
+    if target >= head.generation {
+        return Err(StageError::Inconsistent(format!(
+            "cannot roll back to generation {target}: the head is at {}",
+            head.generation
+        )));
+    }
+    let restored = load_generation(deps, &env.system_id, target).await?;
+    let now = deps.clock.now();
+    let next = head.generation + 1;
+    let why = format!("requested by {requested_by}: {}", cap(reason, 200));
+    let generation = Generation::new(
+        env.system_id.clone(),
+        next,
+        Some(head.generation),
+        restored.genes.clone(),
+        Origin::Rollback {
+            restored: target,
+            rolled_back: head.generation,
+            reason: why.clone(),
+        },
+        now,
+    );
+    let deadline = now + Duration::seconds(i64::from(system.settings.evaluation_window_seconds));
+    let new_head = Head {
+        generation: next,
+        status: HeadStatus::Evaluating,
+        evaluation: Some(Evaluation {
+            generation: next,
+            parent: None,
+            baseline_fitness: None,
+            started_at: now,
+            deadline,
+            samples_required: system.settings.samples_required,
+            plan_step: None,
+            predicted_impact: 0.0,
+        }),
+        rollback_streak: 0,
+        updated_at: now,
+        ..head.clone()
+    };
+    system.evaluation_deadline = Some(deadline);
+    let mut out = StageOutput {
+        summary: format!("operator rollback: generation {next} restores {target}"),
+        ..StageOutput::default()
+    };
+    out.writes.push(Write::PutEvent {
+        event: event(
+            env,
+            0,
+            now,
+            EventType::OperatorRollback,
+            next,
+            None,
+            None,
+            Some(why.clone()),
+        ),
+    });
+    let alert = Alert {
+        id: derive_id("alr", &[&env.id]),
+        level: AlertLevel::Warning,
+        kind: "rollback".into(),
+        message: format!("{}: generation {next} restores {target} ({why})", env.system_id),
+        system_id: Some(env.system_id.clone()),
+        at: now,
+    };
+    out.messages.push(reply(
+        env,
+        "snapshot",
+        0,
+        next,
+        now,
+        Body::DnaRolledBack {
+            generation: next,
+            restored_generation: target,
+            genes: serde_json::to_value(&generation.genes).unwrap_or_default(),
+            checksum: generation.checksum.clone(),
+        },
+    ));
+    out.messages.push(reply(
+        env,
+        "snapshot",
+        1,
+        next,
+        now,
+        Body::AlertRaised {
+            alert: alert.clone(),
+        },
+    ));
+    out.writes.push(Write::PutAlert { alert });
+    out.writes.push(Write::PutGeneration { generation });
+    out.writes.push(Write::UpdateHead {
+        expected_generation: head.generation,
+        expected_status: head.status,
+        head: new_head,
+    });
+    out.writes.push(Write::PutSystem { system });
+    Ok(out)
+}
+
+/// The generation whose genes preceded the current ones: the parent of the current mutation,
+/// looking through earlier rollbacks.
+async fn default_target(
+    deps: &Deps,
+    id: &crate::domain::SystemId,
+    head: &Head,
+) -> Result<u64, StageError> {
+    if let Some(eval) = head.evaluation.as_ref().filter(|_| head.status == HeadStatus::Evaluating)
+    {
+        if let Some(parent) = eval.parent {
+            return Ok(parent);
+        }
+    }
+    let mut g = load_generation(deps, id, head.generation).await?;
+    for _ in 0..64 {
+        match g.origin {
+            Origin::Mutation { .. } => {
+                return g.parent.ok_or_else(|| {
+                    StageError::Inconsistent(format!("generation {} has no parent", g.generation))
+                });
+            }
+            Origin::Rollback { restored, .. } => g = load_generation(deps, id, restored).await?,
+            Origin::Initial => break,
+        }
+    }
+    Err(StageError::Inconsistent(
+        "nothing to roll back to: the current genes are the initial ones".into(),
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event(
+    env: &Envelope,
+    index: usize,
+    at: DateTime<Utc>,
+    event_type: EventType,
+    generation: u64,
+    mutation_id: Option<String>,
+    bedrock_analysis: Option<BedrockAnalysis>,
+    detail: Option<String>,
+) -> EvolutionEvent {
+    EvolutionEvent {
+        id: derive_id("evt", &[&env.id, &index.to_string()]),
+        timestamp: at,
+        event_type,
+        generation,
+        fitness_delta: None,
+        mutation_id,
+        bedrock_analysis,
+        system_context: None,
+        storage_metadata: None,
+        system_id: Some(env.system_id.clone()),
+        detail: detail.map(|d| cap(&d, 500)),
+    }
+}
