@@ -1,0 +1,150 @@
+//! `demo`, `init` and `run`: the evolution loop on the embedded store.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use shared::domain::{DnaFile, SystemId};
+use shared::engine::LocalEngine;
+use shared::evaluator::Evaluator;
+use shared::evaluator::command::CommandEvaluator;
+use shared::local::{InitError, LocalHome, RunOptions, init_system};
+use shared::stages::PipelineConfig;
+use shared::store::{EvolutionStore, SystemSettings, Transaction, Write};
+
+use super::{open_existing, open_store, resolve_system};
+use crate::args::{Cli, DemoArgs, EngineArgs, InitArgs, RunArgs};
+use crate::output::{Progress, bad_input, print_json, print_summary};
+
+/// Simulated time of a demo's start: fixed, so two demos with one seed are identical.
+const DEMO_EPOCH: &str = "2026-01-01T00:00:00Z";
+
+pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
+    let demo = shared::sim::demo_system(args.engine.seed);
+    let (system_id, schema, genes) = demo.dna();
+    let store = open_store(&cli.state)?;
+    store.purge_system(&system_id).await?;
+    let start = DateTime::parse_from_rfc3339(DEMO_EPOCH)?.with_timezone(&Utc);
+    let home = LocalHome::new(
+        store,
+        Arc::new(LocalEngine::new(args.engine.seed)),
+        start,
+        PipelineConfig::default(),
+    );
+    init_system(
+        &home.deps,
+        &system_id,
+        schema,
+        genes,
+        SystemSettings {
+            samples_required: 1,
+            ..SystemSettings::default()
+        },
+    )
+    .await?;
+    evolve(&home, &system_id, &demo, args.generations, &args.engine).await?;
+    eprintln!(
+        "state in {}; try `evolve status`, `evolve history`, `evolve decisions`",
+        cli.state.display()
+    );
+    Ok(())
+}
+
+pub async fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.dna)
+        .map_err(|e| bad_input(format!("cannot read DNA file {}: {e}", args.dna.display())))?;
+    let (system_id, schema, genes) = DnaFile::parse(&text)
+        .map_err(|e| bad_input(format!("invalid DNA file {}: {e}", args.dna.display())))?;
+    if args.samples == 0 {
+        return Err(bad_input("--samples must be at least 1"));
+    }
+    let store = open_store(&cli.state)?;
+    let home = LocalHome::new(
+        store,
+        Arc::new(LocalEngine::new(0)),
+        Utc::now(),
+        PipelineConfig::default(),
+    );
+    let settings = SystemSettings {
+        samples_required: args.samples,
+        evaluation_window_seconds: args.window,
+        ..SystemSettings::default()
+    };
+    match init_system(&home.deps, &system_id, schema, genes, settings).await {
+        Ok(()) => {
+            eprintln!(
+                "created system {system_id} at generation 0; `evolve run --evaluator CMD` measures it first"
+            );
+            Ok(())
+        }
+        Err(InitError::Exists(id)) => Err(bad_input(format!("system {id} already exists"))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
+    let evaluator = CommandEvaluator {
+        command: args.evaluator.clone(),
+        timeout: StdDuration::from_secs(args.eval_timeout),
+    };
+    evaluator
+        .check()
+        .map_err(|e| bad_input(format!("evaluator {:?}: {e}", args.evaluator)))?;
+    if args.samples == Some(0) {
+        return Err(bad_input("--samples must be at least 1"));
+    }
+    let store = open_existing(&cli.state)?;
+    let system_id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
+    if let Some(samples) = args.samples {
+        set_samples(store.as_ref(), &system_id, samples).await?;
+    }
+    let home = LocalHome::new(
+        store,
+        Arc::new(LocalEngine::new(args.engine.seed)),
+        Utc::now(),
+        PipelineConfig::default(),
+    );
+    evolve(&home, &system_id, &evaluator, args.generations, &args.engine).await
+}
+
+async fn set_samples(
+    store: &dyn EvolutionStore,
+    system_id: &SystemId,
+    samples: u32,
+) -> anyhow::Result<()> {
+    let Some(mut system) = store.get_system(system_id).await? else {
+        return Err(bad_input(format!("unknown system {system_id}")));
+    };
+    if system.settings.samples_required != samples {
+        system.settings.samples_required = samples;
+        store
+            .commit(Transaction {
+                writes: vec![Write::PutSystem { system }],
+                completion: None,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+async fn evolve(
+    home: &LocalHome,
+    system_id: &SystemId,
+    evaluator: &dyn Evaluator,
+    generations: u32,
+    engine: &EngineArgs,
+) -> anyhow::Result<()> {
+    let progress = Progress::new(generations);
+    let opts = RunOptions {
+        generations,
+        ..RunOptions::default()
+    };
+    let report = home.runner(evaluator).run(system_id, &opts, &progress).await;
+    progress.finish();
+    let report = report?;
+    print_summary(&report);
+    if engine.json {
+        print_json(&report)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! `status`, `history`, `decisions`, `cost` and `rollback`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::json;
+use shared::cost::{CostLedger, LedgerScope, PeriodKey, format_usd};
+use shared::domain::{
+    Body, BudgetPeriod, Envelope, HeadStatus, HistoryEntry, describe_changes, derive_id,
+};
+use shared::engine::LocalEngine;
+use shared::local::LocalHome;
+use shared::pipeline;
+use shared::stages::PipelineConfig;
+use shared::store::{ControlState, EvolutionStore};
+
+use super::{open_existing, resolve_system};
+use crate::args::{Cli, ListArgs, RollbackArgs};
+use crate::output::{bad_input, fmt_fitness, print_json};
+
+/// Direction of the last few kept fitness values: the mean step between them.
+fn trend(history: &[HistoryEntry]) -> Option<f64> {
+    let kept: Vec<f64> = history
+        .iter()
+        .filter(|h| h.outcome == shared::domain::EvaluationOutcome::Keep)
+        .filter_map(|h| h.fitness)
+        .collect();
+    let tail = &kept[kept.len().saturating_sub(6)..];
+    (tail.len() >= 2).then(|| (tail[tail.len() - 1] - tail[0]) / (tail.len() - 1) as f64)
+}
+
+pub async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let store = open_existing(&cli.state)?;
+    let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
+    let head = store
+        .get_head(&id)
+        .await?
+        .ok_or_else(|| bad_input(format!("unknown system {id}")))?;
+    let history = store.list_history(&id, 50).await?;
+    let budget = store.budget_state().await?;
+    let now = Utc::now();
+    let day = store
+        .totals(PeriodKey::of(BudgetPeriod::Day, now), &LedgerScope::System(id.clone()))
+        .await?;
+    let month = store
+        .totals(PeriodKey::of(BudgetPeriod::Month, now), &LedgerScope::System(id.clone()))
+        .await?;
+    let last_decision = store.list_decisions(&id, None, usize::MAX).await?.pop();
+    let trend = trend(&history);
+    let value = json!({
+        "system_id": id,
+        "generation": head.generation,
+        "status": head.status.as_str(),
+        "stable_generation": head.stable_generation,
+        "fitness": head.stable_fitness,
+        "trend_per_kept_generation": trend,
+        "evaluating": head.evaluation.as_ref().filter(|_| head.status == HeadStatus::Evaluating).map(|e| json!({
+            "generation": e.generation, "deadline": e.deadline, "samples_required": e.samples_required
+        })),
+        "budget_mode": budget.mode.as_str(),
+        "spend_today_nano_usd": day.spent_nano,
+        "spend_month_nano_usd": month.spent_nano,
+        "pending_approvals": 0,
+        "last_decision": last_decision.as_ref().map(|d| json!({
+            "decision_id": d.decision_id, "decision": d.decision, "mutation_id": d.mutation_id,
+            "model_used": d.model_used, "timestamp": d.timestamp,
+        })),
+    });
+    if json {
+        return print_json(&value);
+    }
+    println!("system      {id}");
+    println!(
+        "generation  {} ({}), stable generation {}",
+        head.generation,
+        head.status.as_str(),
+        head.stable_generation
+    );
+    println!(
+        "fitness     {}{}",
+        fmt_fitness(head.stable_fitness),
+        trend.map_or(String::new(), |t| format!(", trend {t:+.4} per kept generation"))
+    );
+    println!(
+        "budget      {} (spent today {}, this month {})",
+        budget.mode.as_str(),
+        format_usd(day.spent_nano),
+        format_usd(month.spent_nano)
+    );
+    if let Some(d) = last_decision {
+        println!(
+            "last        {} {} by {} at {}",
+            d.decision.as_str(),
+            d.mutation
+                .as_ref()
+                .map_or(d.mutation_id.clone(), |m| describe_changes(&m.changes)),
+            d.model_used,
+            d.timestamp.format("%Y-%m-%d %H:%M:%S")
+        );
+    }
+    Ok(())
+}
+
+pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
+    let store = open_existing(&cli.state)?;
+    let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
+    let history = store.list_history(&id, args.limit).await?;
+    if args.json {
+        return print_json(&history);
+    }
+    println!("{:>5}  {:<12}  {:>12}  {:>12}  changes", "gen", "outcome", "fitness", "parent");
+    for h in &history {
+        println!(
+            "{:>5}  {:<12}  {:>12}  {:>12}  {}",
+            h.generation,
+            format!("{:?}", h.outcome).to_lowercase(),
+            fmt_fitness(h.fitness),
+            fmt_fitness(h.baseline_fitness),
+            if h.changes.is_empty() {
+                "(baseline)".to_owned()
+            } else {
+                describe_changes(&h.changes)
+            }
+        );
+    }
+    Ok(())
+}
+
+pub async fn decisions(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
+    let store = open_existing(&cli.state)?;
+    let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
+    let all = store.list_decisions(&id, None, usize::MAX).await?;
+    let shown = &all[all.len().saturating_sub(args.limit)..];
+    if args.json {
+        return print_json(&shown);
+    }
+    println!(
+        "{:<19}  {:<7}  {:>5}  {:>5}  {:<18}  mutation / reasoning",
+        "time", "verdict", "risk", "conf", "model"
+    );
+    for d in shown {
+        let changes = d
+            .mutation
+            .as_ref()
+            .map_or(d.mutation_id.clone(), |m| describe_changes(&m.changes));
+        let reasoning: String = d.reasoning.chars().take(80).collect();
+        println!(
+            "{:<19}  {:<7}  {:>5.2}  {:>5.2}  {:<18}  {changes} / {reasoning}",
+            d.timestamp.format("%Y-%m-%d %H:%M:%S"),
+            d.decision.as_str(),
+            d.risk_assessment.overall_risk,
+            d.confidence,
+            d.model_used,
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Default, Serialize)]
+struct ModelSpend {
+    calls: u64,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_nano_usd: u64,
+}
+
+pub async fn cost(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let store = open_existing(&cli.state)?;
+    let now = Utc::now();
+    let day = store
+        .totals(PeriodKey::of(BudgetPeriod::Day, now), &LedgerScope::Total)
+        .await?;
+    let month = store
+        .totals(PeriodKey::of(BudgetPeriod::Month, now), &LedgerScope::Total)
+        .await?;
+    let mut by_model: BTreeMap<String, ModelSpend> = BTreeMap::new();
+    for call in store.list_llm_calls(None, None).await? {
+        let m = by_model.entry(call.model_id).or_default();
+        m.calls += 1;
+        m.input_tokens += call.usage.input_tokens;
+        m.output_tokens += call.usage.output_tokens;
+        m.cost_nano_usd += call.cost_nano_usd;
+    }
+    let budget = store.budget_state().await?;
+    if json {
+        return print_json(&json!({
+            "budget_mode": budget.mode.as_str(),
+            "today": {"spent_nano_usd": day.spent_nano, "reserved_nano_usd": day.reserved_nano, "calls": day.calls},
+            "month": {"spent_nano_usd": month.spent_nano, "reserved_nano_usd": month.reserved_nano, "calls": month.calls},
+            "by_model": by_model,
+        }));
+    }
+    println!("budget mode  {} ({})", budget.mode.as_str(), budget.reason);
+    println!("today        {} in {} Bedrock calls", format_usd(day.spent_nano), day.calls);
+    println!("this month   {} in {} Bedrock calls", format_usd(month.spent_nano), month.calls);
+    println!("{:<40}  {:>6}  {:>10}  {:>10}  {:>12}", "model", "calls", "in tok", "out tok", "cost");
+    for (model, m) in &by_model {
+        println!(
+            "{model:<40}  {:>6}  {:>10}  {:>10}  {:>12}",
+            m.calls,
+            m.input_tokens,
+            m.output_tokens,
+            format_usd(m.cost_nano_usd)
+        );
+    }
+    Ok(())
+}
+
+/// Sends a `RollbackRequested` through the pipeline, as an operator message.
+pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> anyhow::Result<()> {
+    let store = open_existing(&cli.state)?;
+    let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
+    let head = store
+        .get_head(&id)
+        .await?
+        .ok_or_else(|| bad_input(format!("unknown system {id}")))?;
+    if let Some(to) = args.to {
+        if to >= head.generation || store.get_generation(&id, to).await?.is_none() {
+            return Err(bad_input(format!(
+                "cannot roll back to generation {to}: the head is at {}",
+                head.generation
+            )));
+        }
+    }
+    let start = Utc::now().max(head.updated_at + chrono::Duration::seconds(1));
+    let home = LocalHome::new(
+        store,
+        Arc::new(LocalEngine::new(0)),
+        start,
+        PipelineConfig::default(),
+    );
+    let now = shared::clock::Clock::now(home.clock.as_ref());
+    let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    let env = Envelope {
+        id: derive_id("op", &[id.as_str(), &head.generation.to_string(), &now.to_rfc3339()]),
+        causation_id: format!("operator:{operator}"),
+        system_id: id.clone(),
+        base_generation: head.generation,
+        sent_at: now,
+        body: Body::RollbackRequested {
+            to_generation: args.to,
+            requested_by: format!("local user {operator}"),
+            reason: args.reason.clone(),
+        },
+    };
+    match pipeline::handle(&home.deps, home.bus.as_ref(), &env).await {
+        Ok(handled) => {
+            eprintln!("{id}: rollback committed ({handled:?}); the next `evolve run` measures it");
+            Ok(())
+        }
+        Err(e) if !e.is_retryable() => Err(bad_input(e.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,257 @@
+//! Domain contracts: the seed's schemas round-trip through our types, and no mutation that
+//! `apply_mutation` accepts can leave the gene schema.
+
+use proptest::prelude::*;
+use serde_json::Value;
+use shared::domain::{
+    DecisionRecord, EvolutionEvent, GeneChange, GeneDef, GeneName, GeneSchema, GeneSpec,
+    GeneValue, Genes, Mutation, MutationError, apply_mutation, checksum, genes_from_json,
+};
+
+fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(text: &str) -> (Value, Value) {
+    let original: Value = serde_json::from_str(text).expect("fixture is JSON");
+    let typed: T = serde_json::from_value(original.clone()).expect("fixture fits the type");
+    let back = serde_json::to_value(&typed).expect("serializes");
+    (original, back)
+}
+
+#[test]
+fn seed_evolution_event_round_trips_with_the_same_fields() {
+    let (original, back) =
+        round_trip::<EvolutionEvent>(include_str!("../../data/seed_evolution_event.json"));
+    assert_eq!(original, back);
+}
+
+#[test]
+fn seed_bedrock_decision_round_trips_with_the_same_fields() {
+    let (original, back) =
+        round_trip::<DecisionRecord>(include_str!("../../data/seed_bedrock_decision.json"));
+    assert_eq!(original, back);
+}
+
+#[test]
+fn seed_decision_rejects_an_unknown_recommendation() {
+    let text = include_str!("../../data/seed_bedrock_decision.json").replace("APPROVE", "MAYBE");
+    assert!(serde_json::from_str::<DecisionRecord>(&text).is_err());
+}
+
+/// A random gene: its definition and a valid current value.
+fn gene() -> impl Strategy<Value = (GeneDef, GeneValue)> {
+    let int = (-1000i64..1000, 1i64..500, proptest::option::of(1i64..100)).prop_flat_map(
+        |(min, span, step)| {
+            (min..=min + span).prop_map(move |v| {
+                (
+                    GeneSpec::Int {
+                        min,
+                        max: min + span,
+                        max_step: step,
+                    },
+                    GeneValue::Int(v),
+                )
+            })
+        },
+    );
+    let float = (-100.0f64..100.0, 0.1f64..50.0, proptest::option::of(0.01f64..10.0))
+        .prop_flat_map(|(min, span, step)| {
+            (0.0f64..=1.0).prop_map(move |t| {
+                (
+                    GeneSpec::Float {
+                        min,
+                        max: min + span,
+                        max_step: step,
+                    },
+                    GeneValue::Float(min + t * span),
+                )
+            })
+        });
+    let boolean = any::<bool>().prop_map(|b| (GeneSpec::Bool, GeneValue::Bool(b)));
+    let choice = (1usize..5).prop_flat_map(|n| {
+        (0..n).prop_map(move |i| {
+            let choices: Vec<String> = (0..n).map(|k| format!("c{k}")).collect();
+            let v = GeneValue::Choice(choices[i].clone());
+            (GeneSpec::Choice { choices }, v)
+        })
+    });
+    (
+        prop_oneof![int, float, boolean, choice],
+        0.0f64..=1.0,
+        proptest::bool::weighted(0.2),
+    )
+        .prop_map(|((spec, value), risk_weight, frozen)| {
+            (
+                GeneDef {
+                    spec,
+                    risk_weight,
+                    description: None,
+                    frozen,
+                },
+                value,
+            )
+        })
+}
+
+fn dna() -> impl Strategy<Value = (GeneSchema, Genes)> {
+    proptest::collection::vec(gene(), 1..8).prop_map(|genes| {
+        let mut schema = GeneSchema::new();
+        let mut values = Genes::new();
+        for (i, (def, value)) in genes.into_iter().enumerate() {
+            let name = GeneName::parse(format!("g{i}")).expect("valid name");
+            schema.insert(name.clone(), def);
+            values.insert(name, value);
+        }
+        (schema, values)
+    })
+}
+
+/// Any value a proposer might send, valid or not.
+fn any_value() -> impl Strategy<Value = GeneValue> {
+    prop_oneof![
+        (-2000i64..2000).prop_map(GeneValue::Int),
+        (-300.0f64..300.0).prop_map(GeneValue::Float),
+        any::<bool>().prop_map(GeneValue::Bool),
+        (0usize..6).prop_map(|k| GeneValue::Choice(format!("c{k}"))),
+    ]
+}
+
+fn within_schema(schema: &GeneSchema, genes: &Genes) -> bool {
+    schema.iter().all(|(name, def)| {
+        genes
+            .get(name)
+            .is_some_and(|v| def.spec.kind() == v.kind() && def.spec.check_bounds(v).is_ok())
+    }) && genes.len() == schema.len()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Whatever is proposed, an accepted mutation changes exactly the named genes to exactly the
+    /// proposed values and leaves every gene inside its schema; refused ones name a reason.
+    #[test]
+    fn accepted_proposals_are_applied_exactly_and_stay_in_the_schema(
+        (schema, genes) in dna(),
+        picks in proptest::collection::vec((0usize..10, any_value()), 1..4),
+    ) {
+        let names: Vec<GeneName> = schema.keys().cloned().collect();
+        let changes: Vec<GeneChange> = picks
+            .into_iter()
+            .map(|(i, value)| GeneChange { gene: names[i % names.len()].clone(), value })
+            .collect();
+        let mutation = Mutation {
+            id: "m".into(),
+            changes: changes.clone(),
+            description: String::new(),
+            predicted_impact: 0.0,
+            plan_step: None,
+        };
+        match apply_mutation(&schema, &genes, &mutation) {
+            Ok(next) => {
+                prop_assert!(within_schema(&schema, &next));
+                for (name, value) in &next {
+                    match changes.iter().find(|c| &c.gene == name) {
+                        Some(c) => prop_assert_eq!(value, &schema[name].spec.coerce(&c.value)),
+                        None => prop_assert_eq!(value, &genes[name]),
+                    }
+                }
+                for c in &changes {
+                    prop_assert!(!schema[&c.gene].frozen);
+                    if let (Some(step), Some(a), Some(b)) =
+                        (schema[&c.gene].spec.max_step(), genes[&c.gene].as_f64(), next[&c.gene].as_f64())
+                    {
+                        prop_assert!((a - b).abs() <= step * (1.0 + 1e-9));
+                    }
+                }
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    /// Valid proposals built from the schema are always accepted.
+    #[test]
+    fn valid_proposals_are_accepted(
+        (schema, genes) in dna(),
+        t in 0.0f64..=1.0,
+    ) {
+        for (name, def) in schema.iter().filter(|(_, d)| !d.frozen) {
+            let current = &genes[name];
+            let value = match (&def.spec, current) {
+                (GeneSpec::Int { min, max, max_step }, GeneValue::Int(v)) => {
+                    let step = max_step.unwrap_or(max - min).max(1);
+                    let lo = (*v - step).max(*min);
+                    let hi = (*v + step).min(*max);
+                    let target = lo + ((hi - lo) as f64 * t).round() as i64;
+                    if target == *v { continue; }
+                    GeneValue::Int(target)
+                }
+                (GeneSpec::Float { min, max, max_step }, GeneValue::Float(v)) => {
+                    let step = max_step.unwrap_or(max - min);
+                    let lo = (v - step).max(*min);
+                    let hi = (v + step).min(*max);
+                    let target = lo + (hi - lo) * t;
+                    if (target - v).abs() < f64::EPSILON { continue; }
+                    GeneValue::Float(target)
+                }
+                (GeneSpec::Bool, GeneValue::Bool(b)) => GeneValue::Bool(!b),
+                (GeneSpec::Choice { choices }, GeneValue::Choice(c)) => {
+                    match choices.iter().find(|x| *x != c) {
+                        Some(other) => GeneValue::Choice(other.clone()),
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            let mutation = Mutation {
+                id: "m".into(),
+                changes: vec![GeneChange { gene: name.clone(), value: value.clone() }],
+                description: String::new(),
+                predicted_impact: 0.0,
+                plan_step: None,
+            };
+            let next = apply_mutation(&schema, &genes, &mutation);
+            prop_assert!(next.is_ok(), "{:?} refused: {:?}", mutation, next);
+            let next = next.expect("accepted");
+            prop_assert_eq!(&next[name], &value);
+            prop_assert!(within_schema(&schema, &next));
+        }
+    }
+
+    /// The checksum survives the trip through a message's JSON gene map.
+    #[test]
+    fn checksum_survives_json((schema, genes) in dna()) {
+        let json = serde_json::to_value(&genes).expect("json");
+        let back = genes_from_json(&schema, &json).expect("reads back");
+        prop_assert_eq!(checksum(&back), checksum(&genes));
+    }
+}
+
+#[test]
+fn frozen_gene_refusal_is_typed() {
+    let name = GeneName::parse("region").expect("name");
+    let mut schema = GeneSchema::new();
+    schema.insert(
+        name.clone(),
+        GeneDef {
+            spec: GeneSpec::Choice {
+                choices: vec!["a".into(), "b".into()],
+            },
+            risk_weight: 0.5,
+            description: None,
+            frozen: true,
+        },
+    );
+    let mut genes = Genes::new();
+    genes.insert(name.clone(), GeneValue::Choice("a".into()));
+    let m = Mutation {
+        id: "m".into(),
+        changes: vec![GeneChange {
+            gene: name,
+            value: GeneValue::Choice("b".into()),
+        }],
+        description: String::new(),
+        predicted_impact: 0.0,
+        plan_step: None,
+    };
+    assert!(matches!(
+        apply_mutation(&schema, &genes, &m),
+        Err(MutationError::Frozen(_))
+    ));
+}
