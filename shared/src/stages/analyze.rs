@@ -52,7 +52,8 @@ pub async fn handle(deps: &Deps, env: &Envelope, reason: &CycleReason) -> StageR
                     step.plan_id, step.step
                 )));
             }
-            cursor.expected_generation = head.generation;
+            // The generation the outcome left the head at: a later move is not the plan's.
+            cursor.expected_generation = env.base_generation;
         }
         CycleReason::PlanEmpty => {
             if matches!(cursor.in_flight, InFlight::AwaitingPlan { .. }) {

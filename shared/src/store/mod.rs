@@ -298,6 +298,14 @@ pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
     async fn release(&self, key: &str) -> StoreResult<()>;
     /// Applies a transaction all-or-nothing. A failed condition is `ConditionFailed` naming it.
     async fn commit(&self, tx: Transaction) -> StoreResult<()>;
+
+    /// Deletes every record of a system (not the ledger, whose money stays counted). Used by
+    /// the local demo to start over; never called by a stage.
+    async fn purge_system(&self, id: &SystemId) -> StoreResult<()> {
+        Err(StoreError::Invalid(format!(
+            "purging system {id} is not supported by this store"
+        )))
+    }
 }
 
 /// Control state: budget mode and circuit breakers (DynamoDB `PK=CTRL`).

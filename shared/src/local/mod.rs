@@ -1,0 +1,578 @@
+//! The local home: the same stages and pipeline in one process, on an in-process bus with a
+//! simulated clock, with an [`Evaluator`] playing the running system. This is what `evolve
+//! demo` and `evolve run` drive; nothing here exists only for the demo.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, warn};
+
+use crate::bus::Bus;
+use crate::bus::local::{Delivery, LocalBus};
+use crate::clock::{Clock, SimClock};
+use crate::domain::{
+    Alert, Body, Destination, Envelope, EventType, EvolutionEvent, Evaluation, GeneSchema,
+    Generation, Genes, Head, HeadStatus, Origin, Outgoing, Recommendation, Role, SystemId,
+    Topic, derive_id, genes_from_json,
+};
+use crate::evaluator::Evaluator;
+use crate::pipeline::{self, PipelineError};
+use crate::stages::Deps;
+use crate::store::{StoreError, SystemRecord, SystemSettings, Transaction, Write};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("system {0} already exists")]
+    Exists(SystemId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Creates a system: registry entry, generation 0 and a head that measures it as the baseline.
+pub async fn init_system(
+    deps: &Deps,
+    system_id: &SystemId,
+    schema: GeneSchema,
+    genes: Genes,
+    settings: SystemSettings,
+) -> Result<(), InitError> {
+    let now = deps.clock.now();
+    let generation = Generation::new(system_id.clone(), 0, None, genes, Origin::Initial, now);
+    let deadline = now + Duration::seconds(i64::from(settings.evaluation_window_seconds));
+    let head = Head {
+        system_id: system_id.clone(),
+        generation: 0,
+        status: HeadStatus::Evaluating,
+        stable_generation: 0,
+        stable_fitness: None,
+        evaluation: Some(Evaluation {
+            generation: 0,
+            parent: None,
+            baseline_fitness: None,
+            started_at: now,
+            deadline,
+            samples_required: settings.samples_required,
+            plan_step: None,
+            predicted_impact: 0.0,
+        }),
+        rollback_streak: 0,
+        updated_at: now,
+    };
+    let system = SystemRecord {
+        system_id: system_id.clone(),
+        schema,
+        settings,
+        created_at: now,
+        next_cycle_at: now,
+        evaluation_deadline: Some(deadline),
+    };
+    let event = EvolutionEvent {
+        id: derive_id("evt", &[system_id.as_str(), "created"]),
+        timestamp: now,
+        event_type: EventType::SystemCreated,
+        generation: 0,
+        fitness_delta: None,
+        mutation_id: None,
+        bedrock_analysis: None,
+        system_context: None,
+        storage_metadata: None,
+        system_id: Some(system_id.clone()),
+        detail: Some(format!("checksum {}", generation.checksum)),
+    };
+    let tx = Transaction {
+        writes: vec![
+            Write::CreateSystem {
+                system,
+                head,
+                generation,
+            },
+            Write::PutEvent { event },
+        ],
+        completion: None,
+    };
+    match deps.store.commit(tx).await {
+        Err(StoreError::ConditionFailed(_)) => Err(InitError::Exists(system_id.clone())),
+        other => Ok(other?),
+    }
+}
+
+/// How a local run proceeds.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Evaluated mutation generations to complete before stopping.
+    pub generations: u32,
+    /// Delay before a failed delivery is received again (the SQS visibility timeout).
+    pub visibility_timeout: Duration,
+    /// Receives before a message goes to the dead-letter list (SQS `maxReceiveCount`).
+    pub max_receives: u32,
+    /// Stop when this much simulated time passes without a closed evaluation.
+    pub max_idle: Duration,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            generations: 30,
+            visibility_timeout: Duration::seconds(30),
+            max_receives: 5,
+            max_idle: Duration::days(2),
+        }
+    }
+}
+
+/// Decisions counted by recommendation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionCounts {
+    pub approve: u64,
+    pub reject: u64,
+    pub defer: u64,
+    pub pending: u64,
+}
+
+/// LLM role calls by role.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleCounts {
+    pub analyze: u64,
+    pub strategize: u64,
+    pub decide: u64,
+    pub resolve: u64,
+}
+
+/// The summary of one invocation, printed as the `--json` line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub system_id: SystemId,
+    /// Mutation generations whose evaluation closed during this invocation.
+    pub generations: u32,
+    /// The stable fitness at the start (the baseline, when it was measured by this invocation).
+    pub initial_fitness: Option<f64>,
+    pub final_fitness: Option<f64>,
+    pub best_fitness: Option<f64>,
+    pub mutations_applied: u32,
+    pub rollbacks: u32,
+    pub decisions: DecisionCounts,
+    pub llm_calls: u64,
+    pub llm_calls_by_role: RoleCounts,
+    pub bedrock_requests: u64,
+    pub cost_nano_usd: u64,
+    /// Why the run stopped before its generations, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// Messages given up on, with reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letters: Vec<String>,
+}
+
+/// Progress callbacks, for the CLI's progress bar and stderr alerts.
+pub trait Observer: Send + Sync {
+    fn generation_closed(&self, _done: u32, _generation: u64, _fitness: Option<f64>, _kept: bool) {}
+    fn alert(&self, _alert: &Alert) {}
+    fn dead_letter(&self, _reason: &str) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Silent;
+impl Observer for Silent {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("unknown system {0}")]
+    UnknownSystem(SystemId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs the pipeline locally until `generations` evaluations have closed.
+#[derive(Debug)]
+pub struct LocalRunner<'a> {
+    pub deps: &'a Deps,
+    pub bus: &'a LocalBus,
+    pub clock: &'a SimClock,
+    pub evaluator: &'a dyn Evaluator,
+}
+
+impl LocalRunner<'_> {
+    pub async fn run(
+        &self,
+        system_id: &SystemId,
+        opts: &RunOptions,
+        observer: &dyn Observer,
+    ) -> Result<RunReport, RunError> {
+        let store = &self.deps.store;
+        let head = store
+            .get_head(system_id)
+            .await?
+            .ok_or_else(|| RunError::UnknownSystem(system_id.clone()))?;
+        // Never run time backwards past what the store already recorded.
+        self.clock.advance_to(head.updated_at + Duration::seconds(1));
+        let started_at = self.clock.now();
+        let start_generation = head.generation;
+        let start_fitness = head.stable_fitness;
+        let mut last_closed = store
+            .list_history(system_id, 1)
+            .await?
+            .last()
+            .map(|h| h.generation);
+        let mut done = 0u32;
+        let mut stopped = None;
+        let mut dead_letters = Vec::new();
+        let mut last_progress = started_at;
+        let mut next_tick = started_at
+            .duration_trunc(Duration::minutes(1))
+            .unwrap_or(started_at);
+
+        // The running system starts: it measures the head if an evaluation is waiting for it.
+        self.measure_if_evaluating(system_id, None).await?;
+
+        while done < opts.generations {
+            let now = self.clock.now();
+            if now >= next_tick {
+                self.tick(next_tick, &mut dead_letters, observer).await;
+                next_tick += Duration::minutes(1);
+                continue;
+            }
+            let Some(delivery) = self.bus.pop_due(now) else {
+                let head = store.get_head(system_id).await?;
+                if head.as_ref().is_some_and(|h| h.status == HeadStatus::Paused)
+                    && self.bus.pending() == 0
+                {
+                    stopped = Some("the system is paused".to_owned());
+                    break;
+                }
+                if now - last_progress > opts.max_idle {
+                    stopped = Some(format!(
+                        "no evaluation closed in {} hours of simulated time",
+                        opts.max_idle.num_hours()
+                    ));
+                    break;
+                }
+                let wake = self
+                    .bus
+                    .next_visible_at()
+                    .map_or(next_tick, |at| at.min(next_tick));
+                self.clock.advance_to(wake);
+                continue;
+            };
+            self.clock.advance(Duration::seconds(1));
+            let closes = matches!(
+                delivery.outgoing.envelope.body,
+                Body::FitnessReported { .. }
+                    | Body::EvaluationDue { .. }
+                    | Body::RollbackRequested { .. }
+            );
+            self.dispatch(delivery, opts, &mut dead_letters, observer)
+                .await?;
+            if closes {
+                let last = store.list_history(system_id, 1).await?.pop();
+                if let Some(entry) = last.filter(|h| Some(h.generation) != last_closed) {
+                    last_closed = Some(entry.generation);
+                    last_progress = self.clock.now();
+                    if !entry.changes.is_empty() {
+                        done += 1;
+                        observer.generation_closed(
+                            done,
+                            entry.generation,
+                            entry.fitness,
+                            entry.outcome == crate::domain::EvaluationOutcome::Keep,
+                        );
+                    }
+                }
+            }
+        }
+        report(
+            self.deps,
+            system_id,
+            started_at,
+            start_generation,
+            start_fitness,
+            done,
+            stopped,
+            dead_letters,
+        )
+        .await
+    }
+
+    async fn tick(
+        &self,
+        at: DateTime<Utc>,
+        dead_letters: &mut Vec<String>,
+        observer: &dyn Observer,
+    ) {
+        if let Err(e) = pipeline::tick(self.deps, self.bus, at).await {
+            warn!(error = %e, "tick failed");
+        }
+        let sweep = Envelope {
+            id: format!("sweep:{}", at.format("%Y-%m-%dT%H:%M")),
+            causation_id: String::new(),
+            system_id: SystemId::global(),
+            base_generation: 0,
+            sent_at: at,
+            body: Body::BudgetSweep {},
+        };
+        if let Err(e) = pipeline::handle(self.deps, self.bus, &sweep).await {
+            let reason = format!("budget sweep: {e}");
+            observer.dead_letter(&reason);
+            dead_letters.push(reason);
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        delivery: Delivery,
+        opts: &RunOptions,
+        dead_letters: &mut Vec<String>,
+        observer: &dyn Observer,
+    ) -> Result<(), RunError> {
+        let env = delivery.outgoing.envelope.clone();
+        match delivery.outgoing.destination {
+            Destination::Queue(queue) => {
+                let raw = serde_json::to_string(&env).unwrap_or_default();
+                match pipeline::handle_raw(self.deps, self.bus, queue, &raw).await {
+                    Ok(handled) => debug!(?handled, "handled"),
+                    Err(PipelineError::Retryable(reason))
+                        if delivery.receive_count < opts.max_receives =>
+                    {
+                        debug!(%reason, receives = delivery.receive_count, "will be redelivered");
+                        self.bus.redeliver_later(delivery, opts.visibility_timeout);
+                    }
+                    Err(e) => {
+                        let reason = format!("{} {}: {e}", env.body.type_name(), env.id);
+                        warn!(%reason, "dead-lettered");
+                        observer.dead_letter(&reason);
+                        dead_letters.push(reason.clone());
+                        self.bus.dead_letter(delivery, reason);
+                    }
+                }
+            }
+            Destination::Topic(Topic::EvolutionEvents) => match &env.body {
+                Body::DnaUpdated { generation, .. } | Body::DnaRolledBack { generation, .. } => {
+                    self.measure_if_evaluating(&env.system_id, Some(&env))
+                        .await?;
+                    debug!(generation, "subscriber notified");
+                }
+                _ => {}
+            },
+            Destination::Topic(Topic::Alerts) => {
+                if let Body::AlertRaised { alert } = &env.body {
+                    observer.alert(alert);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The running system: measure the generation under evaluation and report each sample to
+    /// the fitness queue. Samples already reported are not measured again.
+    async fn measure_if_evaluating(
+        &self,
+        system_id: &SystemId,
+        cause: Option<&Envelope>,
+    ) -> Result<(), RunError> {
+        let store = &self.deps.store;
+        let Some(head) = store.get_head(system_id).await? else {
+            return Ok(());
+        };
+        // Only the generation under evaluation is measured, and only when the notification (if
+        // any) is about that generation: a stale `DnaUpdated` costs no evaluation.
+        let announced = cause.and_then(|c| match &c.body {
+            Body::DnaUpdated { generation, .. } | Body::DnaRolledBack { generation, .. } => {
+                Some(*generation)
+            }
+            _ => None,
+        });
+        let Some(eval) = head.evaluation.filter(|e| {
+            head.status == HeadStatus::Evaluating
+                && announced.is_none_or(|g| g == e.generation)
+        }) else {
+            return Ok(());
+        };
+        let generation = store
+            .get_generation(system_id, eval.generation)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt(format!("generation {} missing", eval.generation)))?;
+        // A subscriber reads the genes from the message and checks them against the checksum.
+        let genes = match cause.map(|c| &c.body) {
+            Some(Body::DnaUpdated { genes, checksum, .. } | Body::DnaRolledBack { genes, checksum, .. }) => {
+                let system = store
+                    .get_system(system_id)
+                    .await?
+                    .ok_or_else(|| RunError::UnknownSystem(system_id.clone()))?;
+                match genes_from_json(&system.schema, genes) {
+                    Some(g) if crate::domain::checksum(&g) == *checksum => g,
+                    _ => generation.genes.clone(),
+                }
+            }
+            _ => generation.genes.clone(),
+        };
+        let reported = store.list_fitness(system_id, eval.generation).await?.len() as u32;
+        let cause_id = cause.map_or_else(
+            || format!("startup:{}:{}", system_id, eval.generation),
+            |c| c.id.clone(),
+        );
+        let mut out = Vec::new();
+        for i in reported..eval.samples_required {
+            let body = match self.evaluator.evaluate(&genes).await {
+                Ok(score) => Body::FitnessReported {
+                    generation: eval.generation,
+                    checksum: generation.checksum.clone(),
+                    score: Some(score.score),
+                    metrics: score.metrics,
+                    error: None,
+                },
+                Err(e) => Body::FitnessReported {
+                    generation: eval.generation,
+                    checksum: generation.checksum.clone(),
+                    score: None,
+                    metrics: BTreeMap::new(),
+                    error: Some(e.to_string()),
+                },
+            };
+            out.push(Outgoing::new(Envelope::caused_by(
+                &cause_id,
+                "running-system",
+                i as usize,
+                system_id.clone(),
+                eval.generation,
+                self.clock.now(),
+                body,
+            )));
+        }
+        if let Err(e) = self.bus.send(&out).await {
+            warn!(error = %e, "could not report fitness");
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn report(
+    deps: &Deps,
+    system_id: &SystemId,
+    started_at: DateTime<Utc>,
+    start_generation: u64,
+    start_fitness: Option<f64>,
+    done: u32,
+    stopped: Option<String>,
+    dead_letters: Vec<String>,
+) -> Result<RunReport, RunError> {
+    let store = &deps.store;
+    let head = store
+        .get_head(system_id)
+        .await?
+        .ok_or_else(|| RunError::UnknownSystem(system_id.clone()))?;
+    let generations = store
+        .list_generations(system_id, Some(start_generation), usize::MAX)
+        .await?;
+    let mutations_applied = generations
+        .iter()
+        .filter(|g| matches!(g.origin, Origin::Mutation { .. }))
+        .count() as u32;
+    let rollbacks = generations
+        .iter()
+        .filter(|g| matches!(g.origin, Origin::Rollback { .. }))
+        .count() as u32;
+    let history = store.list_history(system_id, usize::MAX).await?;
+    let closed: Vec<_> = history
+        .iter()
+        .filter(|h| h.closed_at >= started_at)
+        .collect();
+    let initial_fitness = start_fitness.or_else(|| {
+        closed
+            .iter()
+            .find(|h| h.changes.is_empty())
+            .and_then(|h| h.fitness)
+    });
+    let best_fitness = closed
+        .iter()
+        .filter(|h| h.outcome == crate::domain::EvaluationOutcome::Keep)
+        .filter_map(|h| h.fitness)
+        .chain(initial_fitness)
+        .fold(None, |best: Option<f64>, f| Some(best.map_or(f, |b| b.max(f))));
+    let mut decisions = DecisionCounts::default();
+    for d in store
+        .list_decisions(system_id, Some(started_at), usize::MAX)
+        .await?
+    {
+        match d.decision {
+            Recommendation::Approve => decisions.approve += 1,
+            Recommendation::Reject => decisions.reject += 1,
+            Recommendation::Defer => decisions.defer += 1,
+        }
+    }
+    let calls = store
+        .list_llm_calls(Some(system_id), Some(started_at))
+        .await?;
+    let mut by_role = RoleCounts::default();
+    for c in &calls {
+        match c.role {
+            Role::Analyze => by_role.analyze += 1,
+            Role::Strategize => by_role.strategize += 1,
+            Role::Decide => by_role.decide += 1,
+            Role::Resolve => by_role.resolve += 1,
+        }
+    }
+    Ok(RunReport {
+        system_id: system_id.clone(),
+        generations: done,
+        initial_fitness,
+        final_fitness: head.stable_fitness,
+        best_fitness,
+        mutations_applied,
+        rollbacks,
+        decisions,
+        llm_calls: calls.len() as u64,
+        llm_calls_by_role: by_role,
+        bedrock_requests: calls.iter().map(|c| u64::from(c.bedrock_requests)).sum(),
+        cost_nano_usd: calls.iter().map(|c| c.cost_nano_usd).sum(),
+        stopped,
+        dead_letters,
+    })
+}
+
+/// Everything a local invocation needs, wired once.
+#[derive(Debug)]
+pub struct LocalHome {
+    pub deps: Deps,
+    pub bus: Arc<LocalBus>,
+    pub clock: Arc<SimClock>,
+}
+
+impl LocalHome {
+    /// Wires ports around a store that is also the ledger and the control state.
+    pub fn new<S>(
+        store: Arc<S>,
+        llm: Arc<dyn crate::llm::LanguageModel>,
+        start: DateTime<Utc>,
+        config: crate::stages::PipelineConfig,
+    ) -> Self
+    where
+        S: crate::store::EvolutionStore
+            + crate::store::ControlState
+            + crate::cost::CostLedger
+            + 'static,
+    {
+        let clock = Arc::new(SimClock::new(start));
+        let deps = Deps {
+            store: store.clone(),
+            control: store.clone(),
+            ledger: store,
+            llm,
+            clock: clock.clone(),
+            config,
+        };
+        let bus = Arc::new(LocalBus::new(clock.clone()));
+        Self { deps, bus, clock }
+    }
+
+    pub fn runner<'a>(&'a self, evaluator: &'a dyn Evaluator) -> LocalRunner<'a> {
+        LocalRunner {
+            deps: &self.deps,
+            bus: &self.bus,
+            clock: &self.clock,
+            evaluator,
+        }
+    }
+}
