@@ -115,8 +115,11 @@ pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handle
         match deps.store.claim(&env.id, &hash, now, until).await? {
             Claim::Claimed => {}
             Claim::Completed { outgoing } => {
-                send(bus, &outgoing).await?;
-                debug!(resent = outgoing.len(), "duplicate delivery: outbox re-sent");
+                if !outgoing.is_empty() {
+                    send(bus, &outgoing).await?;
+                    mark_sent(deps, &env.id).await;
+                }
+                debug!(resent = outgoing.len(), "duplicate delivery");
                 return Ok(Handled::Duplicate {
                     resent: outgoing.len(),
                 });
@@ -163,7 +166,10 @@ pub async fn tick(
     match deps.store.claim(&id, &hash, now, until).await? {
         Claim::Claimed => {}
         Claim::Completed { outgoing } => {
-            send(bus, &outgoing).await?;
+            if !outgoing.is_empty() {
+                send(bus, &outgoing).await?;
+                mark_sent(deps, &id).await;
+            }
             return Ok(Handled::Duplicate {
                 resent: outgoing.len(),
             });
@@ -227,7 +233,8 @@ async fn run_stage(deps: &Deps, env: &Envelope) -> Result<StageOutput, StageErro
         Body::BudgetThresholdCrossed { .. } | Body::BudgetSweep {} => {
             cost_guard::handle(deps, env).await
         }
-        body @ (Body::DnaUpdated { .. } | Body::DnaRolledBack { .. } | Body::AlertRaised { .. }) => {
+        body
+        @ (Body::DnaUpdated { .. } | Body::DnaRolledBack { .. } | Body::AlertRaised { .. }) => {
             Err(StageError::WrongStage(body.type_name()))
         }
     }
@@ -257,6 +264,9 @@ async fn commit_and_send(
     }
     // Committed: from here a failure only delays the messages; the redelivery re-sends them.
     send(bus, &output.messages).await?;
+    if !output.messages.is_empty() {
+        mark_sent(deps, key).await;
+    }
     debug!(summary = %output.summary, sent = output.messages.len(), "processed");
     Ok(Handled::Processed {
         summary: output.summary,
@@ -272,6 +282,13 @@ async fn send(bus: &dyn Bus, messages: &[crate::domain::Outgoing]) -> Result<(),
         BusError::Unavailable(_) => PipelineError::Retryable(e.to_string()),
         BusError::Refused(_) => PipelineError::Permanent(e.to_string()),
     })
+}
+
+/// Best effort: if it fails, a later duplicate re-sends messages consumers already deduplicate.
+async fn mark_sent(deps: &Deps, key: &str) {
+    if let Err(e) = deps.store.mark_sent(key).await {
+        warn!(error = %e, "could not mark the outbox sent");
+    }
 }
 
 async fn release(deps: &Deps, key: &str) {

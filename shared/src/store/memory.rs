@@ -1,1 +1,540 @@
-//! In-memory adapter.
+//! In-memory adapter for tests of every crate.
+//!
+//! One mutex guards all state, so each transaction, claim, reservation and settlement is atomic
+//! like its DynamoDB counterpart. Shapes, conditions and ledger arithmetic come from the same
+//! rules the SQLite adapter uses, so a test passing here exercises the real semantics.
+
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::sqlite::rules::{self, IdempotencyRecord, Lookup};
+use super::{
+    BudgetState, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord, StoreResult,
+    SystemRecord, Transaction, Write,
+};
+use crate::cost::{
+    CostLedger, LedgerEntry, LedgerScope, PeriodKey, Reservation, ReserveOutcome, SettleOutcome,
+    Settlement, Totals,
+};
+use crate::domain::{
+    Alert, AnalysisRecord, BudgetMode, DecisionRecord, EvolutionEvent, FitnessSample, Generation,
+    Head, HistoryEntry, Plan, PlanCursor, SystemId,
+};
+
+/// The evolution store, control state and cost ledger held in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    systems: BTreeMap<SystemId, SystemRecord>,
+    heads: BTreeMap<SystemId, Head>,
+    generations: BTreeMap<(SystemId, u64), Generation>,
+    events: BTreeMap<(SystemId, String), EvolutionEvent>,
+    decisions: BTreeMap<(SystemId, String), DecisionRecord>,
+    fitness: BTreeMap<(SystemId, u64, String), FitnessSample>,
+    history: BTreeMap<(SystemId, u64), HistoryEntry>,
+    plans: BTreeMap<(SystemId, String), Plan>,
+    cursors: BTreeMap<SystemId, PlanCursor>,
+    analyses: BTreeMap<(SystemId, String), AnalysisRecord>,
+    llm_calls: BTreeMap<String, LlmCallRecord>,
+    alerts: BTreeMap<String, Alert>,
+    budget: Option<BudgetState>,
+    circuits: BTreeMap<String, CircuitState>,
+    idempotency: BTreeMap<String, IdempotencyRecord>,
+    counters: BTreeMap<(PeriodKey, LedgerScope), Totals>,
+    ledger: BTreeMap<String, LedgerEntry>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Writes start only after every check has passed, so a lock poisoned by a panicking
+        // test still guards consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Lookup for State {
+    fn system_exists(&self, id: &SystemId) -> StoreResult<bool> {
+        Ok(self.systems.contains_key(id))
+    }
+
+    fn head(&self, id: &SystemId) -> StoreResult<Option<Head>> {
+        Ok(self.heads.get(id).cloned())
+    }
+
+    fn generation_exists(&self, id: &SystemId, generation: u64) -> StoreResult<bool> {
+        Ok(self.generations.contains_key(&(id.clone(), generation)))
+    }
+
+    fn decision_exists(&self, id: &SystemId, decision_id: &str) -> StoreResult<bool> {
+        Ok(self
+            .decisions
+            .contains_key(&(id.clone(), decision_id.to_owned())))
+    }
+
+    fn plan_exists(&self, id: &SystemId, plan_id: &str) -> StoreResult<bool> {
+        Ok(self.plans.contains_key(&(id.clone(), plan_id.to_owned())))
+    }
+
+    fn cursor_version(&self, id: &SystemId) -> StoreResult<Option<u64>> {
+        Ok(self.cursors.get(id).map(|c| c.version))
+    }
+
+    fn budget_mode(&self) -> StoreResult<BudgetMode> {
+        Ok(self.budget.as_ref().map_or(BudgetMode::Normal, |b| b.mode))
+    }
+}
+
+impl State {
+    /// Applies one write whose shape and condition were checked.
+    fn apply(&mut self, write: Write) -> StoreResult<()> {
+        match write {
+            Write::CreateSystem {
+                system,
+                head,
+                generation,
+            } => {
+                let id = system.system_id.clone();
+                self.generations
+                    .insert((id.clone(), generation.generation), generation);
+                self.heads.insert(id.clone(), head);
+                self.systems.insert(id, system);
+            }
+            Write::PutSystem { system } => {
+                self.systems.insert(system.system_id.clone(), system);
+            }
+            Write::PutGeneration { generation } => {
+                self.generations.insert(
+                    (generation.system_id.clone(), generation.generation),
+                    generation,
+                );
+            }
+            Write::UpdateHead { head, .. } => {
+                self.heads.insert(head.system_id.clone(), head);
+            }
+            Write::PutEvent { event } => {
+                let system = rules::event_system(&event)?.clone();
+                self.events.insert((system, event.id.clone()), event);
+            }
+            Write::PutDecision { decision } => {
+                let system = rules::decision_system(&decision)?.clone();
+                self.decisions
+                    .insert((system, decision.decision_id.clone()), decision);
+            }
+            Write::PutFitnessSample { sample } => {
+                self.fitness.insert(
+                    (
+                        sample.system_id.clone(),
+                        sample.generation,
+                        sample.id.clone(),
+                    ),
+                    sample,
+                );
+            }
+            Write::PutHistory { system_id, entry } => {
+                self.history.insert((system_id, entry.generation), entry);
+            }
+            Write::PutPlan { plan } => {
+                self.plans
+                    .insert((plan.system_id.clone(), plan.plan_id.clone()), plan);
+            }
+            Write::PutCursor { cursor, .. } => {
+                self.cursors.insert(cursor.system_id.clone(), cursor);
+            }
+            Write::PutAnalysis { analysis } => {
+                self.analyses.insert(
+                    (analysis.system_id.clone(), analysis.analysis_id.clone()),
+                    analysis,
+                );
+            }
+            Write::PutLlmCall { call } => {
+                self.llm_calls.insert(call.call_id.clone(), call);
+            }
+            Write::PutAlert { alert } => {
+                self.alerts.insert(alert.id.clone(), alert);
+            }
+            Write::SetBudgetMode { state, .. } => {
+                self.budget = Some(state);
+            }
+        }
+        Ok(())
+    }
+
+    fn totals(&self, period: &PeriodKey, scope: &LedgerScope) -> Totals {
+        self.counters
+            .get(&(*period, scope.clone()))
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Whether purging `system` must drop the record: completed work that wrote or messaged it. The
+/// SQLite adapter asks the same of the stored JSON.
+fn concerns(record: &IdempotencyRecord, system: &SystemId) -> bool {
+    match record {
+        IdempotencyRecord::InProgress { .. } => false,
+        IdempotencyRecord::Completed { systems, .. } => systems.contains(system),
+    }
+}
+
+/// Records sorted by `key`, from `since` on (inclusive), at most `limit`.
+fn in_time_order<'a, T: Clone + 'a, K: Ord>(
+    records: impl Iterator<Item = &'a T>,
+    at: impl Fn(&T) -> DateTime<Utc>,
+    key: impl Fn(&T) -> K,
+    since: Option<DateTime<Utc>>,
+    limit: usize,
+) -> Vec<T> {
+    let mut out: Vec<T> = records
+        .filter(|r| since.is_none_or(|since| at(r) >= since))
+        .cloned()
+        .collect();
+    out.sort_by_key(|r| key(r));
+    out.truncate(limit);
+    out
+}
+
+#[async_trait]
+impl EvolutionStore for MemoryStore {
+    async fn get_system(&self, id: &SystemId) -> StoreResult<Option<SystemRecord>> {
+        Ok(self.lock().systems.get(id).cloned())
+    }
+
+    async fn list_systems(&self) -> StoreResult<Vec<SystemRecord>> {
+        Ok(self.lock().systems.values().cloned().collect())
+    }
+
+    async fn get_head(&self, id: &SystemId) -> StoreResult<Option<Head>> {
+        Ok(self.lock().heads.get(id).cloned())
+    }
+
+    async fn get_generation(
+        &self,
+        id: &SystemId,
+        generation: u64,
+    ) -> StoreResult<Option<Generation>> {
+        Ok(self
+            .lock()
+            .generations
+            .get(&(id.clone(), generation))
+            .cloned())
+    }
+
+    async fn list_generations(
+        &self,
+        id: &SystemId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Generation>> {
+        Ok(self
+            .lock()
+            .generations
+            .iter()
+            .filter(|((system, n), _)| system == id && after.is_none_or(|after| *n > after))
+            .map(|(_, g)| g.clone())
+            .take(limit)
+            .collect())
+    }
+
+    async fn list_events(
+        &self,
+        id: &SystemId,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> StoreResult<Vec<EvolutionEvent>> {
+        let state = self.lock();
+        let of_system = state
+            .events
+            .iter()
+            .filter(|((system, _), _)| system == id)
+            .map(|(_, e)| e);
+        Ok(in_time_order(
+            of_system,
+            |e| e.timestamp,
+            |e| (e.timestamp, e.id.clone()),
+            since,
+            limit,
+        ))
+    }
+
+    async fn get_decision(
+        &self,
+        id: &SystemId,
+        decision_id: &str,
+    ) -> StoreResult<Option<DecisionRecord>> {
+        Ok(self
+            .lock()
+            .decisions
+            .get(&(id.clone(), decision_id.to_owned()))
+            .cloned())
+    }
+
+    async fn list_decisions(
+        &self,
+        id: &SystemId,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> StoreResult<Vec<DecisionRecord>> {
+        let state = self.lock();
+        let of_system = state
+            .decisions
+            .iter()
+            .filter(|((system, _), _)| system == id)
+            .map(|(_, d)| d);
+        Ok(in_time_order(
+            of_system,
+            |d| d.timestamp,
+            |d| (d.timestamp, d.decision_id.clone()),
+            since,
+            limit,
+        ))
+    }
+
+    async fn list_fitness(
+        &self,
+        id: &SystemId,
+        generation: u64,
+    ) -> StoreResult<Vec<FitnessSample>> {
+        let state = self.lock();
+        let of_generation = state
+            .fitness
+            .iter()
+            .filter(|((system, n, _), _)| system == id && *n == generation)
+            .map(|(_, s)| s);
+        Ok(in_time_order(
+            of_generation,
+            |s| s.received_at,
+            |s| (s.received_at, s.id.clone()),
+            None,
+            usize::MAX,
+        ))
+    }
+
+    async fn list_history(&self, id: &SystemId, limit: usize) -> StoreResult<Vec<HistoryEntry>> {
+        let state = self.lock();
+        let mut latest: Vec<HistoryEntry> = state
+            .history
+            .iter()
+            .rev()
+            .filter(|((system, _), _)| system == id)
+            .map(|(_, h)| h.clone())
+            .take(limit)
+            .collect();
+        latest.reverse();
+        Ok(latest)
+    }
+
+    async fn get_plan(&self, id: &SystemId, plan_id: &str) -> StoreResult<Option<Plan>> {
+        Ok(self
+            .lock()
+            .plans
+            .get(&(id.clone(), plan_id.to_owned()))
+            .cloned())
+    }
+
+    async fn get_cursor(&self, id: &SystemId) -> StoreResult<Option<PlanCursor>> {
+        Ok(self.lock().cursors.get(id).cloned())
+    }
+
+    async fn get_analysis(
+        &self,
+        id: &SystemId,
+        analysis_id: &str,
+    ) -> StoreResult<Option<AnalysisRecord>> {
+        Ok(self
+            .lock()
+            .analyses
+            .get(&(id.clone(), analysis_id.to_owned()))
+            .cloned())
+    }
+
+    async fn list_llm_calls(
+        &self,
+        id: Option<&SystemId>,
+        since: Option<DateTime<Utc>>,
+    ) -> StoreResult<Vec<LlmCallRecord>> {
+        let state = self.lock();
+        let selected = state
+            .llm_calls
+            .values()
+            .filter(|c| id.is_none_or(|id| c.system_id == *id));
+        Ok(in_time_order(
+            selected,
+            |c| c.at,
+            |c| (c.at, c.call_id.clone()),
+            since,
+            usize::MAX,
+        ))
+    }
+
+    async fn list_alerts(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> StoreResult<Vec<Alert>> {
+        let state = self.lock();
+        Ok(in_time_order(
+            state.alerts.values(),
+            |a| a.at,
+            |a| (a.at, a.id.clone()),
+            since,
+            limit,
+        ))
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        payload_hash: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+    ) -> StoreResult<Claim> {
+        let mut state = self.lock();
+        let outcome = rules::claim_outcome(state.idempotency.get(key), payload_hash, now);
+        if outcome == Claim::Claimed {
+            state.idempotency.insert(
+                key.to_owned(),
+                IdempotencyRecord::in_progress(payload_hash, in_progress_until),
+            );
+        }
+        Ok(outcome)
+    }
+
+    async fn release(&self, key: &str) -> StoreResult<()> {
+        let mut state = self.lock();
+        if state
+            .idempotency
+            .get(key)
+            .is_some_and(|r| r.state() == rules::IN_PROGRESS)
+        {
+            state.idempotency.remove(key);
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, tx: Transaction) -> StoreResult<()> {
+        rules::check_shape(&tx)?;
+        let mut state = self.lock();
+        rules::check_conditions(&tx, &*state)?;
+        let completed = tx
+            .completion
+            .as_ref()
+            .map(|c| (c.key.clone(), IdempotencyRecord::completed(c, &tx.writes)));
+        // Shapes were checked above, so no write below can fail and leave part of the rest out.
+        for write in tx.writes {
+            state.apply(write)?;
+        }
+        if let Some((key, record)) = completed {
+            state.idempotency.insert(key, record);
+        }
+        Ok(())
+    }
+
+    async fn mark_sent(&self, key: &str) -> StoreResult<()> {
+        if let Some(record) = self.lock().idempotency.get_mut(key) {
+            record.mark_sent();
+        }
+        Ok(())
+    }
+
+    async fn purge_system(&self, id: &SystemId) -> StoreResult<()> {
+        let mut state = self.lock();
+        state.systems.remove(id);
+        state.heads.remove(id);
+        state.cursors.remove(id);
+        state.generations.retain(|(system, _), _| system != id);
+        state.events.retain(|(system, _), _| system != id);
+        state.decisions.retain(|(system, _), _| system != id);
+        state.fitness.retain(|(system, _, _), _| system != id);
+        state.history.retain(|(system, _), _| system != id);
+        state.plans.retain(|(system, _), _| system != id);
+        state.analyses.retain(|(system, _), _| system != id);
+        state.llm_calls.retain(|_, call| &call.system_id != id);
+        state.idempotency.retain(|_, record| !concerns(record, id));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ControlState for MemoryStore {
+    async fn budget_state(&self) -> StoreResult<BudgetState> {
+        Ok(self.lock().budget.clone().unwrap_or_default())
+    }
+
+    async fn circuit(&self, model_id: &str) -> StoreResult<Option<CircuitState>> {
+        Ok(self.lock().circuits.get(model_id).cloned())
+    }
+
+    async fn put_circuit(&self, state: &CircuitState) -> StoreResult<()> {
+        self.lock()
+            .circuits
+            .insert(state.model_id.clone(), state.clone());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl CostLedger for MemoryStore {
+    async fn reserve(&self, reservation: &Reservation) -> StoreResult<ReserveOutcome> {
+        let mut state = self.lock();
+        if let Some(refused) =
+            rules::refusal(reservation, |period, scope| Ok(state.totals(period, scope)))?
+        {
+            return Ok(refused);
+        }
+        for key in rules::counters(
+            &reservation.system_id,
+            &reservation.model_id,
+            reservation.at,
+        ) {
+            rules::hold(
+                state.counters.entry(key).or_default(),
+                reservation.amount_nano,
+            );
+        }
+        Ok(ReserveOutcome::Reserved)
+    }
+
+    async fn settle(&self, settlement: &Settlement) -> StoreResult<SettleOutcome> {
+        let mut state = self.lock();
+        if state.ledger.contains_key(&settlement.call_id) {
+            return Ok(SettleOutcome::AlreadySettled);
+        }
+        for key in rules::counters(
+            &settlement.system_id,
+            &settlement.model_id,
+            settlement.reserved_at,
+        ) {
+            rules::settle_into(state.counters.entry(key).or_default(), settlement);
+        }
+        state
+            .ledger
+            .insert(settlement.call_id.clone(), rules::ledger_entry(settlement));
+        Ok(SettleOutcome::Settled)
+    }
+
+    async fn totals(&self, period: PeriodKey, scope: &LedgerScope) -> StoreResult<Totals> {
+        Ok(self.lock().totals(&period, scope))
+    }
+
+    async fn entries(&self, since: Option<DateTime<Utc>>) -> StoreResult<Vec<LedgerEntry>> {
+        let state = self.lock();
+        Ok(in_time_order(
+            state.ledger.values(),
+            |e| e.at,
+            |e| (e.at, e.call_id.clone()),
+            since,
+            usize::MAX,
+        ))
+    }
+}

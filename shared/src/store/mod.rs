@@ -296,10 +296,14 @@ pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
     ) -> StoreResult<Claim>;
     /// Drops an in-progress claim after a failure so the redelivery can claim it at once.
     async fn release(&self, key: &str) -> StoreResult<()>;
+    /// Records that a completed record's outgoing messages were sent, so a later duplicate is
+    /// acknowledged without re-sending them (`Claim::Completed` then carries none).
+    async fn mark_sent(&self, key: &str) -> StoreResult<()>;
     /// Applies a transaction all-or-nothing. A failed condition is `ConditionFailed` naming it.
     async fn commit(&self, tx: Transaction) -> StoreResult<()>;
 
-    /// Deletes every record of a system (not the ledger, whose money stays counted). Used by
+    /// Deletes every record of a system, its LLM call records included (not the ledger, whose
+    /// money stays counted). Used by
     /// the local demo to start over; never called by a stage.
     async fn purge_system(&self, id: &SystemId) -> StoreResult<()> {
         Err(StoreError::Invalid(format!(

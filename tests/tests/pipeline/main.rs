@@ -26,7 +26,9 @@ async fn pump(
     for _ in 0..200 {
         let far = h.home.clock.now_plus(Duration::days(1));
         let d = h.home.bus.pop_due(far).expect("a message is pending");
-        h.home.clock.advance_to(h.home.clock.now_plus(Duration::seconds(1)));
+        h.home
+            .clock
+            .advance_to(h.home.clock.now_plus(Duration::seconds(1)));
         let env = d.outgoing.envelope.clone();
         match d.outgoing.destination {
             Destination::Queue(q) => {
@@ -84,11 +86,7 @@ async fn report(
             error: score.is_none().then(|| "failed".to_owned()),
         },
     );
-    h.home
-        .bus
-        .send(&[Outgoing::new(env)])
-        .await
-        .expect("send");
+    h.home.bus.send(&[Outgoing::new(env)]).await.expect("send");
 }
 
 /// The baseline measurement that `init` leaves waiting: measured, reported and closed.
@@ -143,11 +141,26 @@ async fn duplicate_message_is_acknowledged_without_reapplying() {
         matches!(e.body, Body::MutationApproved { .. })
     })
     .await;
-    assert!(matches!(result, Ok(Handled::Processed { .. })), "{result:?}");
-    let generations = h.store.list_generations(&system_id(), None, 100).await.expect("list");
+    assert!(
+        matches!(result, Ok(Handled::Processed { .. })),
+        "{result:?}"
+    );
+    let generations = h
+        .store
+        .list_generations(&system_id(), None, 100)
+        .await
+        .expect("list");
     let again = pipeline::handle(&h.home.deps, h.home.bus.as_ref(), &approved).await;
-    assert_eq!(again.expect("duplicate is fine"), Handled::Duplicate { resent: 1 });
-    let after = h.store.list_generations(&system_id(), None, 100).await.expect("list");
+    // Its outbox was sent the first time: nothing is sent again, so nothing downstream replays.
+    assert_eq!(
+        again.expect("duplicate is fine"),
+        Handled::Duplicate { resent: 0 }
+    );
+    let after = h
+        .store
+        .list_generations(&system_id(), None, 100)
+        .await
+        .expect("list");
     assert_eq!(generations, after, "a duplicate must not add a generation");
 }
 
@@ -160,12 +173,24 @@ async fn stale_proposal_is_a_no_op() {
     .await;
     let eval = rises_with_x();
     measure_baseline(&h, &eval).await;
-    let (approved, _) = pump(&h, &eval, |e| matches!(e.body, Body::MutationApproved { .. })).await;
+    let (approved, _) = pump(&h, &eval, |e| {
+        matches!(e.body, Body::MutationApproved { .. })
+    })
+    .await;
     let Body::MutationApproved { mutation, .. } = approved.body.clone() else {
         unreachable!()
     };
-    let decisions = h.store.list_decisions(&system_id(), None, 100).await.expect("list");
-    let head = h.store.get_head(&system_id()).await.expect("head").expect("exists");
+    let decisions = h
+        .store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("list");
+    let head = h
+        .store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("exists");
     assert_eq!(head.generation, 1);
     // A proposal made against generation 0, delivered after generation 1 was committed.
     let stale = Envelope {
@@ -182,14 +207,24 @@ async fn stale_proposal_is_a_no_op() {
     let handled = pipeline::handle(&h.home.deps, h.home.bus.as_ref(), &stale)
         .await
         .expect("handled");
-    assert!(matches!(handled, Handled::Processed { ref summary, sent: 0 } if summary.starts_with("no-op")), "{handled:?}");
+    assert!(
+        matches!(handled, Handled::Processed { ref summary, sent: 0 } if summary.starts_with("no-op")),
+        "{handled:?}"
+    );
     assert_eq!(
         decisions,
-        h.store.list_decisions(&system_id(), None, 100).await.expect("list")
+        h.store
+            .list_decisions(&system_id(), None, 100)
+            .await
+            .expect("list")
     );
     assert_eq!(
         head,
-        h.store.get_head(&system_id()).await.expect("head").expect("exists")
+        h.store
+            .get_head(&system_id())
+            .await
+            .expect("head")
+            .expect("exists")
     );
 }
 
@@ -206,7 +241,10 @@ async fn outbox_resends_after_a_crash_between_commit_and_send() {
     // before its messages leave.
     h.home.bus.fail_next_sends(1);
     let (cycle, result) = pump(&h, &eval, |e| matches!(e.body, Body::CycleRequested { .. })).await;
-    assert!(matches!(result, Err(PipelineError::Retryable(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(PipelineError::Retryable(_))),
+        "{result:?}"
+    );
     assert_eq!(h.llm.analyses(), 1, "the analysis ran and was committed");
     assert_eq!(h.home.bus.pending(), 0, "nothing was sent");
     // The redelivery finds the completed record and sends the stored messages.
@@ -215,8 +253,15 @@ async fn outbox_resends_after_a_crash_between_commit_and_send() {
         .expect("redelivery succeeds");
     assert_eq!(again, Handled::Duplicate { resent: 1 });
     assert_eq!(h.llm.analyses(), 1, "the LLM is not asked again");
-    let next = h.home.bus.pop_due(cycle.sent_at + Duration::days(1)).expect("sent now");
-    assert!(matches!(next.outgoing.envelope.body, Body::AnalysisReady { .. }));
+    let next = h
+        .home
+        .bus
+        .pop_due(cycle.sent_at + Duration::days(1))
+        .expect("sent now");
+    assert!(matches!(
+        next.outgoing.envelope.body,
+        Body::AnalysisReady { .. }
+    ));
 }
 
 #[tokio::test]
@@ -232,9 +277,19 @@ async fn exhausted_plan_triggers_a_new_analysis() {
     let report = run(&h, &rises_with_x(), 3).await;
     assert_eq!(report.generations, 3);
     assert_eq!(h.llm.analyses(), 2);
-    let cursor = h.store.get_cursor(&system_id()).await.expect("cursor").expect("exists");
+    let cursor = h
+        .store
+        .get_cursor(&system_id())
+        .await
+        .expect("cursor")
+        .expect("exists");
     assert_eq!(cursor.last_replan, Some(ReplanReason::Exhausted));
-    let head = h.store.get_head(&system_id()).await.expect("head").expect("exists");
+    let head = h
+        .store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("exists");
     assert_eq!(head.stable_fitness, Some(80.0));
 }
 
@@ -250,12 +305,21 @@ async fn rolled_back_step_without_contingency_triggers_a_new_plan() {
     .await;
     let report = run(&h, &rises_with_x(), 2).await;
     assert_eq!(report.rollbacks, 1);
-    let cursor = h.store.get_cursor(&system_id()).await.expect("cursor").expect("exists");
+    let cursor = h
+        .store
+        .get_cursor(&system_id())
+        .await
+        .expect("cursor")
+        .expect("exists");
     assert_eq!(
         cursor.last_replan,
         Some(ReplanReason::RolledBack { step: 0 })
     );
-    let history = h.store.list_history(&system_id(), 10).await.expect("history");
+    let history = h
+        .store
+        .list_history(&system_id(), 10)
+        .await
+        .expect("history");
     let changed: Vec<i64> = history
         .iter()
         .flat_map(|e| e.changes.iter())
@@ -264,7 +328,11 @@ async fn rolled_back_step_without_contingency_triggers_a_new_plan() {
             _ => -1,
         })
         .collect();
-    assert_eq!(changed, vec![40, 60], "step `never` was abandoned with its plan");
+    assert_eq!(
+        changed,
+        vec![40, 60],
+        "step `never` was abandoned with its plan"
+    );
 }
 
 #[tokio::test]
@@ -275,13 +343,25 @@ async fn rolled_back_step_with_contingency_tries_the_contingency() {
     plan.contingency_mutations.push(up);
     let h = harness(Scripted::with(vec![plan]), permissive()).await;
     let report = run(&h, &rises_with_x(), 3).await;
-    assert_eq!(h.llm.analyses(), 1, "no re-plan: the contingency covered the rollback");
+    assert_eq!(
+        h.llm.analyses(),
+        1,
+        "no re-plan: the contingency covered the rollback"
+    );
     assert_eq!(report.rollbacks, 1);
-    let history = h.store.list_history(&system_id(), 10).await.expect("history");
+    let history = h
+        .store
+        .list_history(&system_id(), 10)
+        .await
+        .expect("history");
     let outcomes: Vec<_> = history.iter().skip(1).map(|e| e.outcome).collect();
     assert_eq!(
         outcomes,
-        vec![EvaluationOutcome::Rollback, EvaluationOutcome::Keep, EvaluationOutcome::Keep]
+        vec![
+            EvaluationOutcome::Rollback,
+            EvaluationOutcome::Keep,
+            EvaluationOutcome::Keep
+        ]
     );
 }
 
@@ -289,7 +369,11 @@ async fn rolled_back_step_with_contingency_tries_the_contingency() {
 async fn operator_rollback_during_a_plan_is_divergence() {
     let h = harness(
         Scripted::with(vec![
-            strategy(vec![step("a", "x", 60), step("b", "x", 70), step("c", "x", 80)]),
+            strategy(vec![
+                step("a", "x", 60),
+                step("b", "x", 70),
+                step("c", "x", 80),
+            ]),
             strategy(vec![step("d", "y", 60)]),
         ]),
         permissive(),
@@ -298,7 +382,12 @@ async fn operator_rollback_during_a_plan_is_divergence() {
     let eval = rises_with_x();
     run(&h, &eval, 1).await;
     // The run stopped with step b in flight; an operator rolls back generation 1.
-    let head = h.store.get_head(&system_id()).await.expect("head").expect("exists");
+    let head = h
+        .store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("exists");
     let rollback = Envelope {
         id: "msg_operator_rollback".into(),
         causation_id: "operator".into(),
@@ -314,7 +403,12 @@ async fn operator_rollback_during_a_plan_is_divergence() {
     // Let in-flight messages settle first, so the rollback lands on a stable head.
     let report = run(&h, &eval, 1).await;
     assert_eq!(report.generations, 1);
-    let head = h.store.get_head(&system_id()).await.expect("head").expect("exists");
+    let head = h
+        .store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("exists");
     let rollback = Envelope {
         base_generation: head.generation,
         ..rollback
@@ -323,7 +417,12 @@ async fn operator_rollback_during_a_plan_is_divergence() {
         .await
         .expect("rollback");
     run(&h, &eval, 1).await;
-    let cursor = h.store.get_cursor(&system_id()).await.expect("cursor").expect("exists");
+    let cursor = h
+        .store
+        .get_cursor(&system_id())
+        .await
+        .expect("cursor")
+        .expect("exists");
     assert!(
         matches!(cursor.last_replan, Some(ReplanReason::Diverged { .. })),
         "{:?}",
@@ -343,15 +442,29 @@ async fn missed_prediction_beyond_the_plans_tolerance_is_divergence() {
     .await;
     // Step a predicts +1 and delivers +10.
     run(&h, &rises_with_x(), 2).await;
-    let cursor = h.store.get_cursor(&system_id()).await.expect("cursor").expect("exists");
-    assert!(matches!(cursor.last_replan, Some(ReplanReason::Diverged { .. })));
+    let cursor = h
+        .store
+        .get_cursor(&system_id())
+        .await
+        .expect("cursor")
+        .expect("exists");
+    assert!(matches!(
+        cursor.last_replan,
+        Some(ReplanReason::Diverged { .. })
+    ));
     assert_eq!(h.llm.analyses(), 2);
 }
 
 #[tokio::test]
 async fn plans_are_capped_and_invalid_steps_dropped() {
     let steps: Vec<_> = (0..20)
-        .map(|i| step(&format!("s{i}"), if i % 2 == 0 { "x" } else { "y" }, 51 + i / 2))
+        .map(|i| {
+            step(
+                &format!("s{i}"),
+                if i % 2 == 0 { "x" } else { "y" },
+                51 + i / 2,
+            )
+        })
         .collect();
     let mut steps = steps;
     steps.insert(1, step("bad", "nope", 1));
@@ -380,7 +493,11 @@ async fn plans_are_capped_and_invalid_steps_dropped() {
     assert!(plan.truncated);
     assert_eq!(plan.steps.len(), 4, "5 kept by the cap, 1 of them invalid");
     assert_eq!(plan.dropped.len(), 1);
-    assert!(plan.dropped[0].1.contains("unknown gene"), "{:?}", plan.dropped);
+    assert!(
+        plan.dropped[0].1.contains("unknown gene"),
+        "{:?}",
+        plan.dropped
+    );
 }
 
 #[tokio::test]
@@ -391,14 +508,30 @@ async fn regression_rolls_back_to_the_exact_parent_genes_as_a_new_generation() {
     )
     .await;
     run(&h, &rises_with_x(), 1).await;
-    let gens = h.store.list_generations(&system_id(), None, 10).await.expect("list");
+    let gens = h
+        .store
+        .list_generations(&system_id(), None, 10)
+        .await
+        .expect("list");
     assert_eq!(gens.len(), 3);
     assert_eq!(int(&gens[1].genes, "x"), 45);
     assert_eq!(gens[2].genes, gens[0].genes);
     assert_eq!(gens[2].checksum, gens[0].checksum);
     assert_eq!(gens[2].parent, Some(1));
-    assert!(matches!(gens[2].origin, Origin::Rollback { restored: 0, rolled_back: 1, .. }));
-    let head = h.store.get_head(&system_id()).await.expect("head").expect("exists");
+    assert!(matches!(
+        gens[2].origin,
+        Origin::Rollback {
+            restored: 0,
+            rolled_back: 1,
+            ..
+        }
+    ));
+    let head = h
+        .store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("exists");
     assert_eq!((head.generation, head.status), (2, HeadStatus::Stable));
     assert_eq!(head.stable_fitness, Some(50.0));
 }
@@ -410,11 +543,20 @@ async fn failed_evaluations_are_inconclusive_and_roll_back() {
         permissive(),
     )
     .await;
-    let eval = FnEvaluator(Box::new(|g| (int(g, "x") <= 55).then(|| int(g, "x") as f64)));
+    let eval = FnEvaluator(Box::new(|g| {
+        (int(g, "x") <= 55).then(|| int(g, "x") as f64)
+    }));
     let report = run(&h, &eval, 1).await;
     assert_eq!(report.rollbacks, 1);
-    let history = h.store.list_history(&system_id(), 10).await.expect("history");
-    assert_eq!(history.last().map(|e| e.outcome), Some(EvaluationOutcome::Inconclusive));
+    let history = h
+        .store
+        .list_history(&system_id(), 10)
+        .await
+        .expect("history");
+    assert_eq!(
+        history.last().map(|e| e.outcome),
+        Some(EvaluationOutcome::Inconclusive)
+    );
 }
 
 #[tokio::test]
@@ -441,7 +583,11 @@ async fn nothing_approves_above_the_risk_ceiling() {
         .await
         .expect("run");
     assert_eq!(report.mutations_applied, 0);
-    let decisions = h.store.list_decisions(&system_id(), None, 100).await.expect("list");
+    let decisions = h
+        .store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("list");
     assert!(!decisions.is_empty());
     for d in &decisions {
         assert_eq!(d.decision, Recommendation::Reject);
@@ -493,14 +639,22 @@ async fn malformed_and_misrouted_messages_are_permanent_failures() {
     let err = pipeline::handle_raw(&h.home.deps, bus, Queue::Analyze, "{not json")
         .await
         .expect_err("malformed");
-    assert!(matches!(err, PipelineError::Permanent(ref r) if r.contains("malformed")), "{err}");
+    assert!(
+        matches!(err, PipelineError::Permanent(ref r) if r.contains("malformed")),
+        "{err}"
+    );
     let fitness_on_analyze = serde_json::json!({
         "id": "m1", "system_id": "svc", "sent_at": "2026-03-01T12:00:00Z",
         "type": "FitnessReported", "generation": 0, "checksum": "x", "score": 1.0
     });
-    let err = pipeline::handle_raw(&h.home.deps, bus, Queue::Analyze, &fitness_on_analyze.to_string())
-        .await
-        .expect_err("misrouted");
+    let err = pipeline::handle_raw(
+        &h.home.deps,
+        bus,
+        Queue::Analyze,
+        &fitness_on_analyze.to_string(),
+    )
+    .await
+    .expect_err("misrouted");
     assert!(matches!(err, PipelineError::Permanent(_)));
     let unknown = serde_json::json!({
         "id": "m2", "system_id": "nope", "sent_at": "2026-03-01T12:00:00Z",

@@ -1,0 +1,111 @@
+//! Control state: the budget mode and the per-model circuit breakers.
+
+use shared::domain::BudgetMode;
+use shared::store::{BudgetState, CircuitState, Write};
+
+use crate::fixtures::{assert_condition_failed, t, tx};
+use crate::harness::Harness;
+
+fn set_mode(expected: BudgetMode, mode: BudgetMode, secs: i64) -> Write {
+    Write::SetBudgetMode {
+        expected,
+        state: BudgetState {
+            mode,
+            changed_at: Some(t(secs)),
+            reason: format!("to {}", mode.as_str()),
+        },
+    }
+}
+
+pub async fn budget_state_starts_normal(h: &Harness) {
+    assert_eq!(
+        h.store.budget_state().await.expect("read"),
+        BudgetState::default()
+    );
+}
+
+pub async fn budget_mode_changes_only_from_the_expected_mode(h: &Harness) {
+    let store = &h.store;
+    assert_condition_failed(
+        store
+            .commit(tx(vec![set_mode(
+                BudgetMode::Economy,
+                BudgetMode::Paused,
+                1,
+            )]))
+            .await,
+        "set_budget_mode",
+    );
+    assert_eq!(
+        store.budget_state().await.expect("read"),
+        BudgetState::default()
+    );
+    store
+        .commit(tx(vec![set_mode(
+            BudgetMode::Normal,
+            BudgetMode::Economy,
+            2,
+        )]))
+        .await
+        .expect("normal to economy");
+    let state = store.budget_state().await.expect("read");
+    assert_eq!(state.mode, BudgetMode::Economy);
+    assert_eq!(state.changed_at, Some(t(2)));
+    assert_condition_failed(
+        store
+            .commit(tx(vec![set_mode(
+                BudgetMode::Normal,
+                BudgetMode::Paused,
+                3,
+            )]))
+            .await,
+        "set_budget_mode",
+    );
+    store
+        .commit(tx(vec![set_mode(
+            BudgetMode::Economy,
+            BudgetMode::Paused,
+            4,
+        )]))
+        .await
+        .expect("economy to paused");
+    assert_eq!(
+        store.budget_state().await.expect("read").mode,
+        BudgetMode::Paused
+    );
+}
+
+pub async fn circuits_are_kept_per_model(h: &Harness) {
+    let store = &h.store;
+    assert_eq!(store.circuit("model-a").await.expect("read"), None);
+    let open = CircuitState {
+        model_id: "model-a".to_owned(),
+        consecutive_failures: 3,
+        open_until: Some(t(60)),
+    };
+    store.put_circuit(&open).await.expect("put");
+    store
+        .put_circuit(&CircuitState {
+            model_id: "model-b".to_owned(),
+            consecutive_failures: 1,
+            open_until: None,
+        })
+        .await
+        .expect("put");
+    assert_eq!(store.circuit("model-a").await.expect("read"), Some(open));
+    let closed = CircuitState {
+        model_id: "model-a".to_owned(),
+        consecutive_failures: 0,
+        open_until: None,
+    };
+    store.put_circuit(&closed).await.expect("overwrite");
+    assert_eq!(store.circuit("model-a").await.expect("read"), Some(closed));
+    assert_eq!(
+        store
+            .circuit("model-b")
+            .await
+            .expect("read")
+            .map(|c| c.consecutive_failures),
+        Some(1)
+    );
+}

@@ -1,0 +1,88 @@
+//! Conformance suite of the store adapters: every case runs against the in-memory store and
+//! against a SQLite file, so both keep the DynamoDB semantics the pipeline relies on.
+
+mod control;
+mod evolution;
+mod fixtures;
+mod harness;
+mod idempotency;
+mod ledger;
+mod sqlite_file;
+
+/// One test per adapter for a case `module::name(&Harness)`; `[multi_thread]` runs it on a
+/// multi-threaded runtime so its tasks really race.
+macro_rules! case {
+    ($adapter:ident, $module:ident :: $name:ident) => {
+        #[tokio::test]
+        async fn $name() {
+            crate::$module::$name(&crate::harness::Harness::$adapter()).await;
+        }
+    };
+    ($adapter:ident, [multi_thread] $module:ident :: $name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            crate::$module::$name(&crate::harness::Harness::$adapter()).await;
+        }
+    };
+}
+
+macro_rules! conformance {
+    ($( $([$flavor:ident])? $module:ident :: $name:ident ),* $(,)?) => {
+        mod memory {
+            $( case!(memory, $([$flavor])? $module::$name); )*
+        }
+        mod sqlite {
+            $( case!(sqlite, $([$flavor])? $module::$name); )*
+        }
+    };
+}
+
+conformance! {
+    evolution::creating_a_system_stores_registry_head_and_first_generation,
+    evolution::creating_an_existing_system_fails_its_condition,
+    evolution::systems_list_in_id_order,
+    evolution::put_system_updates_an_existing_system_and_refuses_an_unknown_one,
+    evolution::second_writer_on_same_head_gets_condition_failed,
+    evolution::head_moves_only_from_the_expected_status,
+    evolution::head_of_an_unknown_system_fails_its_condition,
+    [multi_thread] evolution::concurrent_writers_on_one_head_commit_exactly_once,
+    evolution::failed_last_condition_leaves_no_earlier_write_and_no_completion,
+    evolution::transaction_touching_one_item_twice_is_invalid,
+    evolution::records_without_a_system_are_invalid,
+    evolution::generations_are_immutable,
+    evolution::decisions_are_written_once,
+    evolution::plans_are_written_once,
+    evolution::cursor_writes_follow_their_expected_version,
+    evolution::upserts_rewrite_the_same_record,
+    evolution::generations_list_in_ascending_order_after_the_given_one,
+    evolution::events_list_in_time_order_with_inclusive_since_and_limit,
+    evolution::decisions_list_in_time_order_with_inclusive_since_and_limit,
+    evolution::history_lists_the_latest_entries_in_ascending_generation_order,
+    evolution::fitness_lists_the_samples_of_one_generation,
+    evolution::llm_calls_list_by_time_for_one_or_all_systems,
+    evolution::alerts_list_in_time_order_with_inclusive_since_and_limit,
+    evolution::purging_a_system_forgets_its_records_but_keeps_the_spend,
+    idempotency::first_claim_is_ours_and_a_second_sees_it_in_progress,
+    idempotency::completed_key_returns_the_stored_outgoing_messages,
+    idempotency::sent_outbox_is_not_returned_again,
+    idempotency::completed_key_with_another_payload_is_a_mismatch,
+    idempotency::expired_completion_can_be_claimed_again,
+    idempotency::expired_in_progress_claim_can_be_taken_over,
+    idempotency::released_claim_can_be_claimed_at_once,
+    idempotency::release_keeps_a_completed_record,
+    idempotency::refused_commit_leaves_the_claim_in_progress,
+    ledger::reservation_over_a_limit_is_refused_and_changes_nothing,
+    ledger::reservation_up_to_the_limit_exactly_fits,
+    ledger::the_first_exceeded_limit_is_reported,
+    ledger::system_limits_count_only_that_system,
+    ledger::settlement_moves_reserved_to_spent_exactly,
+    ledger::repeated_settlement_is_counted_once,
+    ledger::spending_counts_against_later_reservations,
+    ledger::totals_are_kept_per_scope_and_period,
+    ledger::settlement_releases_the_counters_of_the_reservation_time,
+    ledger::ledger_entries_list_in_time_order_since,
+    [multi_thread] ledger::concurrent_reservations_never_overshoot_the_limit,
+    control::budget_state_starts_normal,
+    control::budget_mode_changes_only_from_the_expected_mode,
+    control::circuits_are_kept_per_model,
+}
