@@ -5,10 +5,19 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "evolve", version, about = "LLM-guided evolution of a system's tunable parameters")]
+#[command(
+    name = "evolve",
+    version,
+    about = "LLM-guided evolution of a system's tunable parameters"
+)]
 pub struct Cli {
     /// Where the embedded store lives (`<DIR>/evolution.db`).
-    #[arg(long, global = true, env = "EVOLVE_STATE_DIR", default_value = ".evolve")]
+    #[arg(
+        long,
+        global = true,
+        env = "EVOLVE_STATE_DIR",
+        default_value = ".evolve"
+    )]
     pub state: PathBuf,
     /// The system to act on; may be left out when the store holds exactly one.
     #[arg(long, global = true, env = "EVOLVE_SYSTEM")]

@@ -84,8 +84,7 @@ impl Observer for Progress {
     }
 
     fn dead_letter(&self, reason: &str) {
-        self.bar
-            .suspend(|| eprintln!("dead-lettered: {reason}"));
+        self.bar.suspend(|| eprintln!("dead-lettered: {reason}"));
     }
 }
 
@@ -96,10 +95,15 @@ pub fn fmt_fitness(f: Option<f64>) -> String {
 /// The human summary of a run, on stderr.
 pub fn print_summary(report: &RunReport) {
     let gain = match (report.initial_fitness, report.final_fitness) {
-        (Some(a), Some(b)) if a.abs() > f64::EPSILON => format!(" ({:+.1}%)", (b - a) / a.abs() * 100.0),
+        (Some(a), Some(b)) if a.abs() > f64::EPSILON => {
+            format!(" ({:+.1}%)", (b - a) / a.abs() * 100.0)
+        }
         _ => String::new(),
     };
-    eprintln!("system {}: {} generation(s) evaluated", report.system_id, report.generations);
+    eprintln!(
+        "system {}: {} generation(s) evaluated",
+        report.system_id, report.generations
+    );
     eprintln!(
         "  fitness {} -> {}{gain}, best {}",
         fmt_fitness(report.initial_fitness),
@@ -138,5 +142,3 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(value)?);
     Ok(())
 }
-
-

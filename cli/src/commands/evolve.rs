@@ -104,7 +104,14 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         Utc::now(),
         PipelineConfig::default(),
     );
-    evolve(&home, &system_id, &evaluator, args.generations, &args.engine).await
+    evolve(
+        &home,
+        &system_id,
+        &evaluator,
+        args.generations,
+        &args.engine,
+    )
+    .await
 }
 
 async fn set_samples(
@@ -139,7 +146,10 @@ async fn evolve(
         generations,
         ..RunOptions::default()
     };
-    let report = home.runner(evaluator).run(system_id, &opts, &progress).await;
+    let report = home
+        .runner(evaluator)
+        .run(system_id, &opts, &progress)
+        .await;
     progress.finish();
     let report = report?;
     print_summary(&report);

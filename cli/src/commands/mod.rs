@@ -61,7 +61,9 @@ pub(crate) async fn resolve_system(
     let systems = store.list_systems().await?;
     match systems.as_slice() {
         [only] => Ok(only.system_id.clone()),
-        [] => Err(bad_input("the store holds no system: run `evolve init --dna FILE`")),
+        [] => Err(bad_input(
+            "the store holds no system: run `evolve init --dna FILE`",
+        )),
         many => Err(bad_input(format!(
             "the store holds {} systems ({}): choose one with --system",
             many.len(),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 use shared::cost::{CostLedger, LedgerScope, PeriodKey, format_usd};
 use shared::domain::{
-    Body, BudgetPeriod, Envelope, HeadStatus, HistoryEntry, describe_changes, derive_id,
+    Body, BudgetPeriod, Envelope, HeadStatus, HistoryEntry, derive_id, describe_changes,
 };
 use shared::engine::LocalEngine;
 use shared::local::LocalHome;
@@ -42,10 +42,16 @@ pub async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let budget = store.budget_state().await?;
     let now = Utc::now();
     let day = store
-        .totals(PeriodKey::of(BudgetPeriod::Day, now), &LedgerScope::System(id.clone()))
+        .totals(
+            PeriodKey::of(BudgetPeriod::Day, now),
+            &LedgerScope::System(id.clone()),
+        )
         .await?;
     let month = store
-        .totals(PeriodKey::of(BudgetPeriod::Month, now), &LedgerScope::System(id.clone()))
+        .totals(
+            PeriodKey::of(BudgetPeriod::Month, now),
+            &LedgerScope::System(id.clone()),
+        )
         .await?;
     let last_decision = store.list_decisions(&id, None, usize::MAX).await?.pop();
     let trend = trend(&history);
@@ -81,7 +87,9 @@ pub async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     println!(
         "fitness     {}{}",
         fmt_fitness(head.stable_fitness),
-        trend.map_or(String::new(), |t| format!(", trend {t:+.4} per kept generation"))
+        trend.map_or(String::new(), |t| format!(
+            ", trend {t:+.4} per kept generation"
+        ))
     );
     println!(
         "budget      {} (spent today {}, this month {})",
@@ -110,7 +118,10 @@ pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
     if args.json {
         return print_json(&history);
     }
-    println!("{:>5}  {:<12}  {:>12}  {:>12}  changes", "gen", "outcome", "fitness", "parent");
+    println!(
+        "{:>5}  {:<12}  {:>12}  {:>12}  changes",
+        "gen", "outcome", "fitness", "parent"
+    );
     for h in &history {
         println!(
             "{:>5}  {:<12}  {:>12}  {:>12}  {}",
@@ -193,9 +204,20 @@ pub async fn cost(cli: &Cli, json: bool) -> anyhow::Result<()> {
         }));
     }
     println!("budget mode  {} ({})", budget.mode.as_str(), budget.reason);
-    println!("today        {} in {} Bedrock calls", format_usd(day.spent_nano), day.calls);
-    println!("this month   {} in {} Bedrock calls", format_usd(month.spent_nano), month.calls);
-    println!("{:<40}  {:>6}  {:>10}  {:>10}  {:>12}", "model", "calls", "in tok", "out tok", "cost");
+    println!(
+        "today        {} in {} Bedrock calls",
+        format_usd(day.spent_nano),
+        day.calls
+    );
+    println!(
+        "this month   {} in {} Bedrock calls",
+        format_usd(month.spent_nano),
+        month.calls
+    );
+    println!(
+        "{:<40}  {:>6}  {:>10}  {:>10}  {:>12}",
+        "model", "calls", "in tok", "out tok", "cost"
+    );
     for (model, m) in &by_model {
         println!(
             "{model:<40}  {:>6}  {:>10}  {:>10}  {:>12}",
@@ -234,7 +256,10 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> anyhow::Result<()> {
     let now = shared::clock::Clock::now(home.clock.as_ref());
     let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
     let env = Envelope {
-        id: derive_id("op", &[id.as_str(), &head.generation.to_string(), &now.to_rfc3339()]),
+        id: derive_id(
+            "op",
+            &[id.as_str(), &head.generation.to_string(), &now.to_rfc3339()],
+        ),
         causation_id: format!("operator:{operator}"),
         system_id: id.clone(),
         base_generation: head.generation,

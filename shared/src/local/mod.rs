@@ -13,9 +13,9 @@ use crate::bus::Bus;
 use crate::bus::local::{Delivery, LocalBus};
 use crate::clock::{Clock, SimClock};
 use crate::domain::{
-    Alert, Body, Destination, Envelope, EventType, EvolutionEvent, Evaluation, GeneSchema,
-    Generation, Genes, Head, HeadStatus, Origin, Outgoing, Recommendation, Role, SystemId,
-    Topic, derive_id, genes_from_json,
+    Alert, Body, Destination, Envelope, Evaluation, EventType, EvolutionEvent, GeneSchema,
+    Generation, Genes, Head, HeadStatus, Origin, Outgoing, Recommendation, Role, SystemId, Topic,
+    derive_id, genes_from_json,
 };
 use crate::evaluator::Evaluator;
 use crate::pipeline::{self, PipelineError};
@@ -207,7 +207,8 @@ impl LocalRunner<'_> {
             .await?
             .ok_or_else(|| RunError::UnknownSystem(system_id.clone()))?;
         // Never run time backwards past what the store already recorded.
-        self.clock.advance_to(head.updated_at + Duration::seconds(1));
+        self.clock
+            .advance_to(head.updated_at + Duration::seconds(1));
         let started_at = self.clock.now();
         let start_generation = head.generation;
         let start_fitness = head.stable_fitness;
@@ -236,7 +237,9 @@ impl LocalRunner<'_> {
             }
             let Some(delivery) = self.bus.pop_due(now) else {
                 let head = store.get_head(system_id).await?;
-                if head.as_ref().is_some_and(|h| h.status == HeadStatus::Paused)
+                if head
+                    .as_ref()
+                    .is_some_and(|h| h.status == HeadStatus::Paused)
                     && self.bus.pending() == 0
                 {
                     stopped = Some("the system is paused".to_owned());
@@ -384,18 +387,26 @@ impl LocalRunner<'_> {
             _ => None,
         });
         let Some(eval) = head.evaluation.filter(|e| {
-            head.status == HeadStatus::Evaluating
-                && announced.is_none_or(|g| g == e.generation)
+            head.status == HeadStatus::Evaluating && announced.is_none_or(|g| g == e.generation)
         }) else {
             return Ok(());
         };
         let generation = store
             .get_generation(system_id, eval.generation)
             .await?
-            .ok_or_else(|| StoreError::Corrupt(format!("generation {} missing", eval.generation)))?;
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("generation {} missing", eval.generation))
+            })?;
         // A subscriber reads the genes from the message and checks them against the checksum.
         let genes = match cause.map(|c| &c.body) {
-            Some(Body::DnaUpdated { genes, checksum, .. } | Body::DnaRolledBack { genes, checksum, .. }) => {
+            Some(
+                Body::DnaUpdated {
+                    genes, checksum, ..
+                }
+                | Body::DnaRolledBack {
+                    genes, checksum, ..
+                },
+            ) => {
                 let system = store
                     .get_system(system_id)
                     .await?
@@ -490,7 +501,9 @@ async fn report(
         .filter(|h| h.outcome == crate::domain::EvaluationOutcome::Keep)
         .filter_map(|h| h.fitness)
         .chain(initial_fitness)
-        .fold(None, |best: Option<f64>, f| Some(best.map_or(f, |b| b.max(f))));
+        .fold(None, |best: Option<f64>, f| {
+            Some(best.map_or(f, |b| b.max(f)))
+        });
     let mut decisions = DecisionCounts::default();
     for d in store
         .list_decisions(system_id, Some(started_at), usize::MAX)

@@ -11,8 +11,8 @@ use chrono::Duration;
 use tracing::info;
 
 use super::{
-    Deps, StageError, StageOutput, StageResult, call_context, call_record, complexity_of,
-    dna_view, load_system, reply,
+    Deps, StageError, StageOutput, StageResult, call_context, call_record, complexity_of, dna_view,
+    load_system, reply,
 };
 use crate::domain::{
     AnalysisRecord, Body, CycleReason, Envelope, EvaluationOutcome, EventType, EvolutionEvent,
@@ -144,11 +144,23 @@ pub async fn handle(deps: &Deps, env: &Envelope, reason: &CycleReason) -> StageR
                 since: now,
             };
             cursor.expected_generation = head.generation;
-            out.messages.push(propose(env, p, index, &step, contingency, head.generation, now));
+            out.messages.push(propose(
+                env,
+                p,
+                index,
+                &step,
+                contingency,
+                head.generation,
+                now,
+            ));
             out.writes.push(put_cursor(expected_version, cursor));
             out.summary = format!(
                 "proposed {}step {index} of {}",
-                if contingency { "the contingency of " } else { "" },
+                if contingency {
+                    "the contingency of "
+                } else {
+                    ""
+                },
                 p.plan_id
             );
             return Ok(out);
@@ -171,7 +183,8 @@ pub async fn handle(deps: &Deps, env: &Envelope, reason: &CycleReason) -> StageR
         .await?;
     let analysis_id = derive_id("ana", &[&env.id]);
     info!(%analysis_id, model = %answer.model_id, ?replan, "analysis requested a new plan");
-    out.writes.push(call_record(env, Role::Analyze, &answer, now));
+    out.writes
+        .push(call_record(env, Role::Analyze, &answer, now));
     out.writes.push(Write::PutAnalysis {
         analysis: AnalysisRecord {
             analysis_id: analysis_id.clone(),
@@ -233,7 +246,11 @@ async fn feed_outcome(
         }
         InFlight::AwaitingPlan { analysis_id, .. } if step.step == 0 => {
             // The first step of a new plan was proposed by strategize: adopt that plan.
-            let Some(p) = deps.store.get_plan(&cursor.system_id, &step.plan_id).await? else {
+            let Some(p) = deps
+                .store
+                .get_plan(&cursor.system_id, &step.plan_id)
+                .await?
+            else {
                 return Ok(false);
             };
             if &p.analysis_id != analysis_id {

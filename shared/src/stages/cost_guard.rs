@@ -79,8 +79,7 @@ pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
                     .ledger
                     .totals(key, &LedgerScope::System(system.system_id.clone()))
                     .await?;
-                if mode_for(totals.spent_nano, limit, budgets.economy_percent)
-                    == BudgetMode::Paused
+                if mode_for(totals.spent_nano, limit, budgets.economy_percent) == BudgetMode::Paused
                 {
                     alerts.push(Alert {
                         id: derive_id("alr", &[&key.key(), system.system_id.as_str()]),
@@ -110,8 +109,14 @@ pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
         out.writes.push(Write::PutAlert {
             alert: alert.clone(),
         });
-        out.messages
-            .push(reply(env, "cost-guard", i, 0, now, Body::AlertRaised { alert }));
+        out.messages.push(reply(
+            env,
+            "cost-guard",
+            i,
+            0,
+            now,
+            Body::AlertRaised { alert },
+        ));
     }
     Ok(out)
 }

@@ -118,7 +118,8 @@ pub async fn handle_proposal(
                 risk_ceiling: deps.config.risk_ceiling,
             })
             .await?;
-        out.writes.push(call_record(env, Role::Decide, &answer, now));
+        out.writes
+            .push(call_record(env, Role::Decide, &answer, now));
         let result = answer.value;
         let mut decision = result.recommendation;
         let mut reasoning = cap(&result.reasoning, 2_000);
@@ -234,7 +235,11 @@ fn push_outcome(
 
 /// Resolves a conflict: the engine picks one action from the fixed set, and only that action
 /// runs.
-pub async fn handle_conflict(deps: &Deps, env: &Envelope, conflict: &SystemConflict) -> StageResult {
+pub async fn handle_conflict(
+    deps: &Deps,
+    env: &Envelope,
+    conflict: &SystemConflict,
+) -> StageResult {
     let (system, head) = load_system(deps, &env.system_id).await?;
     let now = deps.clock.now();
     let (dna, _) = dna_view(deps, &system, &head).await?;
@@ -249,7 +254,8 @@ pub async fn handle_conflict(deps: &Deps, env: &Envelope, conflict: &SystemConfl
         .await?;
     let resolution = &answer.value;
     let mut out = StageOutput::default();
-    out.writes.push(call_record(env, Role::Resolve, &answer, now));
+    out.writes
+        .push(call_record(env, Role::Resolve, &answer, now));
     let paused = || crate::domain::Head {
         status: HeadStatus::Paused,
         updated_at: now,

@@ -25,9 +25,7 @@ use crate::domain::{
     TaskContext, derive_id,
 };
 use crate::llm::{CallContext, DnaView, LanguageModel, LlmAnswer, LlmError};
-use crate::store::{
-    ControlState, EvolutionStore, LlmCallRecord, StoreError, SystemRecord, Write,
-};
+use crate::store::{ControlState, EvolutionStore, LlmCallRecord, StoreError, SystemRecord, Write};
 
 /// Tunables of the pipeline. Defaults are what a production deployment starts with.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,7 +167,9 @@ pub(crate) async fn load_generation(
     deps.store
         .get_generation(id, generation)
         .await?
-        .ok_or_else(|| StageError::Inconsistent(format!("generation {generation} of {id} is missing")))
+        .ok_or_else(|| {
+            StageError::Inconsistent(format!("generation {generation} of {id} is missing"))
+        })
 }
 
 /// The DNA view and recent history handed to the LLM roles.

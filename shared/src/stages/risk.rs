@@ -61,8 +61,7 @@ pub fn assess(
     };
     let touches_failed_gene = recent.iter().take(3).any(|h| {
         h.outcome != EvaluationOutcome::Keep
-            && h
-                .changes
+            && h.changes
                 .iter()
                 .any(|c| mutation.changes.iter().any(|m| m.gene == c.gene))
     });

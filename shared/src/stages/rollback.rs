@@ -67,13 +67,37 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        assert_eq!(verdict(s(1, Some(5.0)), 1, Some(4.0), 0.0), EvaluationOutcome::Keep);
-        assert_eq!(verdict(s(1, Some(4.0)), 1, Some(4.0), 0.0), EvaluationOutcome::Keep);
-        assert_eq!(verdict(s(1, Some(3.9)), 1, Some(4.0), 0.0), EvaluationOutcome::Rollback);
-        assert_eq!(verdict(s(1, Some(3.9)), 1, Some(4.0), 0.5), EvaluationOutcome::Keep);
-        assert_eq!(verdict(s(1, Some(9.0)), 2, Some(4.0), 0.0), EvaluationOutcome::Inconclusive);
-        assert_eq!(verdict(s(0, None), 1, Some(4.0), 0.0), EvaluationOutcome::Inconclusive);
-        assert_eq!(verdict(s(1, Some(1.0)), 3, None, 0.0), EvaluationOutcome::Keep);
-        assert_eq!(verdict(s(0, None), 1, None, 0.0), EvaluationOutcome::Inconclusive);
+        assert_eq!(
+            verdict(s(1, Some(5.0)), 1, Some(4.0), 0.0),
+            EvaluationOutcome::Keep
+        );
+        assert_eq!(
+            verdict(s(1, Some(4.0)), 1, Some(4.0), 0.0),
+            EvaluationOutcome::Keep
+        );
+        assert_eq!(
+            verdict(s(1, Some(3.9)), 1, Some(4.0), 0.0),
+            EvaluationOutcome::Rollback
+        );
+        assert_eq!(
+            verdict(s(1, Some(3.9)), 1, Some(4.0), 0.5),
+            EvaluationOutcome::Keep
+        );
+        assert_eq!(
+            verdict(s(1, Some(9.0)), 2, Some(4.0), 0.0),
+            EvaluationOutcome::Inconclusive
+        );
+        assert_eq!(
+            verdict(s(0, None), 1, Some(4.0), 0.0),
+            EvaluationOutcome::Inconclusive
+        );
+        assert_eq!(
+            verdict(s(1, Some(1.0)), 3, None, 0.0),
+            EvaluationOutcome::Keep
+        );
+        assert_eq!(
+            verdict(s(0, None), 1, None, 0.0),
+            EvaluationOutcome::Inconclusive
+        );
     }
 }

@@ -9,9 +9,9 @@ use super::{
     rollback::{self, FitnessSummary},
 };
 use crate::domain::{
-    Alert, AlertLevel, BedrockAnalysis, Body, ConflictKind, CycleReason, Envelope,
-    EvaluationOutcome, Evaluation, EventType, EvolutionEvent, FitnessSample, Generation, Head,
-    HeadStatus, HistoryEntry, MetricName, Mutation, Origin, Recommendation, Severity, StepOutcome,
+    Alert, AlertLevel, BedrockAnalysis, Body, ConflictKind, CycleReason, Envelope, Evaluation,
+    EvaluationOutcome, EventType, EvolutionEvent, FitnessSample, Generation, Head, HeadStatus,
+    HistoryEntry, MetricName, Mutation, Origin, Recommendation, Severity, StepOutcome,
     SystemConflict, apply_mutation, derive_id,
 };
 use crate::store::{SystemRecord, Write};
@@ -49,8 +49,9 @@ pub async fn handle_approved(
     }
     let now = deps.clock.now();
     let parent = load_generation(deps, &env.system_id, head.generation).await?;
-    let genes = apply_mutation(&system.schema, &parent.genes, mutation)
-        .map_err(|e| StageError::Inconsistent(format!("approved mutation no longer applies: {e}")))?;
+    let genes = apply_mutation(&system.schema, &parent.genes, mutation).map_err(|e| {
+        StageError::Inconsistent(format!("approved mutation no longer applies: {e}"))
+    })?;
     let next = head.generation + 1;
     let generation = Generation::new(
         env.system_id.clone(),
@@ -159,13 +160,15 @@ pub async fn handle_fitness(
         .clone()
         .filter(|e| head.status == HeadStatus::Evaluating && e.generation == generation)
     else {
-        out.summary.push_str(" and ignored: not the generation under evaluation");
+        out.summary
+            .push_str(" and ignored: not the generation under evaluation");
         out.writes.push(Write::PutFitnessSample { sample });
         return Ok(out);
     };
     let current = load_generation(deps, &env.system_id, generation).await?;
     if current.checksum != checksum {
-        out.summary.push_str(" and ignored: checksum differs from the committed genes");
+        out.summary
+            .push_str(" and ignored: checksum differs from the committed genes");
         out.writes.push(Write::PutFitnessSample { sample });
         return Ok(out);
     }
@@ -177,7 +180,10 @@ pub async fn handle_fitness(
     if summary.reports < eval.samples_required {
         return Ok(out);
     }
-    close_window(deps, env, system, head, eval, current, summary, now, &mut out).await?;
+    close_window(
+        deps, env, system, head, eval, current, summary, now, &mut out,
+    )
+    .await?;
     Ok(out)
 }
 
@@ -200,7 +206,10 @@ pub async fn handle_due(deps: &Deps, env: &Envelope, generation: u64) -> StageRe
     let samples = deps.store.list_fitness(&env.system_id, generation).await?;
     let summary = rollback::summarize(&samples, generation, &current.checksum);
     let mut out = StageOutput::default();
-    close_window(deps, env, system, head, eval, current, summary, now, &mut out).await?;
+    close_window(
+        deps, env, system, head, eval, current, summary, now, &mut out,
+    )
+    .await?;
     Ok(out)
 }
 
@@ -291,7 +300,9 @@ async fn close_window(
         out.summary = format!(
             "generation {} kept with fitness {}",
             eval.generation,
-            summary.mean.map_or("unmeasured".into(), |m| format!("{m:.4}"))
+            summary
+                .mean
+                .map_or("unmeasured".into(), |m| format!("{m:.4}"))
         );
         let mut ev = event(
             env,
@@ -557,7 +568,10 @@ pub async fn handle_rollback(
         id: derive_id("alr", &[&env.id]),
         level: AlertLevel::Warning,
         kind: "rollback".into(),
-        message: format!("{}: generation {next} restores {target} ({why})", env.system_id),
+        message: format!(
+            "{}: generation {next} restores {target} ({why})",
+            env.system_id
+        ),
         system_id: Some(env.system_id.clone()),
         at: now,
     };
@@ -602,7 +616,10 @@ async fn default_target(
     id: &crate::domain::SystemId,
     head: &Head,
 ) -> Result<u64, StageError> {
-    if let Some(eval) = head.evaluation.as_ref().filter(|_| head.status == HeadStatus::Evaluating)
+    if let Some(eval) = head
+        .evaluation
+        .as_ref()
+        .filter(|_| head.status == HeadStatus::Evaluating)
     {
         if let Some(parent) = eval.parent {
             return Ok(parent);

@@ -73,7 +73,8 @@ pub async fn handle(deps: &Deps, env: &Envelope, analysis_id: &str) -> StageResu
         ),
         ..StageOutput::default()
     };
-    out.writes.push(call_record(env, Role::Strategize, &answer, now));
+    out.writes
+        .push(call_record(env, Role::Strategize, &answer, now));
     out.writes.push(Write::PutEvent {
         event: plan_event(&plan),
     });
@@ -163,15 +164,16 @@ pub fn validate_strategy(
                 continue;
             }
         };
-        let contingency = contingencies.get(primary.id.as_str()).and_then(|c| {
-            match apply_mutation(schema, &current, &as_mutation(c)) {
-                Ok(_) => Some(Box::new(to_step(c, None))),
-                Err(e) => {
-                    dropped.push((c.id.clone(), e.to_string()));
-                    None
+        let contingency =
+            contingencies.get(primary.id.as_str()).and_then(|c| {
+                match apply_mutation(schema, &current, &as_mutation(c)) {
+                    Ok(_) => Some(Box::new(to_step(c, None))),
+                    Err(e) => {
+                        dropped.push((c.id.clone(), e.to_string()));
+                        None
+                    }
                 }
-            }
-        });
+            });
         steps.push(to_step(primary, contingency));
         current = next;
     }
