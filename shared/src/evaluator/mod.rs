@@ -3,6 +3,8 @@
 //! Locally the evaluator plays the running system: it receives `DnaUpdated`, measures the new
 //! genes and reports `FitnessReported`. On AWS the user's own system does this.
 
+pub mod command;
+
 use async_trait::async_trait;
 
 use crate::domain::{FitnessScore, Genes};

@@ -1,0 +1,678 @@
+//! An evaluator that runs the user's own command.
+//!
+//! Protocol: the command runs through `sh -c` in its own process group. It receives the genes as
+//! one JSON object (`{"<gene>": <value>, ...}`) on stdin, which is then closed, and prints one JSON
+//! object `{"score": <number>, "metrics": {"<name>": <number>}}` (metrics optional) as the last
+//! non-empty line of stdout, so it may log freely before that line. Higher scores are better.
+//!
+//! Every way the command can misbehave is a distinct [`EvalError`], never a panic: not found
+//! (exit 127), non-zero exit, killed by a signal, past the timeout (the whole process group is
+//! killed), unreadable output, or not startable at all.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use super::{EvalError, Evaluator};
+use crate::domain::{FitnessScore, Genes, MetricName};
+
+/// Exit status a POSIX shell uses for "command not found".
+const EXIT_NOT_FOUND: i32 = 127;
+/// Exit code reported when the command was killed by a signal instead of exiting.
+const EXIT_SIGNALLED: i32 = -1;
+/// How much of stderr an error message keeps (its tail, where the error usually is).
+const STDERR_CAP_CHARS: usize = 500;
+/// How much of stdout is kept (its tail: the score is on the last line).
+const STDOUT_CAP_BYTES: usize = 1024 * 1024;
+/// How much of stderr is read into memory before capping to characters.
+const STDERR_CAP_BYTES: usize = 64 * 1024;
+/// How much of an offending output line an error message quotes.
+const SNIPPET_CHARS: usize = 120;
+/// How long to wait for a killed command to be reaped.
+const REAP_GRACE: Duration = Duration::from_secs(2);
+
+/// Words that `check` cannot resolve on disk but the shell runs itself.
+const SHELL_BUILTINS: &[&str] = &[
+    ".", ":", "[", "alias", "break", "case", "cd", "command", "continue", "eval", "exec", "exit",
+    "export", "false", "for", "if", "read", "readonly", "return", "set", "shift", "test", "times",
+    "trap", "true", "type", "ulimit", "umask", "unset", "until", "wait", "while", "{", "(", "!",
+];
+
+/// Runs a shell command as the evaluator of each generation.
+#[derive(Debug, Clone)]
+pub struct CommandEvaluator {
+    /// The command line, run through `sh -c`.
+    pub command: String,
+    /// How long one evaluation may take before the command's process group is killed.
+    pub timeout: Duration,
+}
+
+/// What the command left behind once it finished.
+struct Finished {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+impl CommandEvaluator {
+    pub fn new(command: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            command: command.into(),
+            timeout,
+        }
+    }
+
+    /// Verifies, without running anything, that the command's first word resolves: a path that
+    /// exists and is executable, a program on `PATH`, or a shell builtin or keyword. Lets a caller
+    /// refuse a missing evaluator before the first generation.
+    pub fn check(&self) -> Result<(), EvalError> {
+        let Some(word) = first_word(&self.command) else {
+            return Err(EvalError::Spawn(
+                "the evaluator command is empty".to_owned(),
+            ));
+        };
+        if SHELL_BUILTINS.contains(&word.as_str()) {
+            return Ok(());
+        }
+        let found = if word.contains('/') {
+            is_executable(Path::new(&word))
+        } else {
+            std::env::var_os("PATH").is_some_and(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| {
+                        if dir.as_os_str().is_empty() {
+                            PathBuf::from(".")
+                        } else {
+                            dir
+                        }
+                    })
+                    .any(|dir| is_executable(&dir.join(&word)))
+            })
+        };
+        if found {
+            Ok(())
+        } else {
+            Err(EvalError::NotFound(word))
+        }
+    }
+
+    /// Seconds reported by [`EvalError::Timeout`]: the timeout rounded up, so a sub-second
+    /// timeout does not read as "0 s".
+    fn timeout_secs(&self) -> u64 {
+        self.timeout.as_secs() + u64::from(self.timeout.subsec_nanos() > 0)
+    }
+
+    /// Feeds stdin, drains stdout and stderr, then waits for the exit. Reading to end of file
+    /// before reaping keeps the process group id valid until the command has really finished.
+    async fn drive(child: &mut Child, input: Vec<u8>) -> std::io::Result<Finished> {
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let write = async move {
+            if let Some(mut stdin) = stdin {
+                // A command that does not read its stdin closes the pipe: broken pipe is fine.
+                let _ = stdin.write_all(&input).await;
+                let _ = stdin.shutdown().await;
+            }
+        };
+        let (stdout, stderr, ()) = tokio::join!(
+            read_tail(stdout, STDOUT_CAP_BYTES),
+            read_tail(stderr, STDERR_CAP_BYTES),
+            write,
+        );
+        let status = child.wait().await?;
+        Ok(Finished {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Kills everything the command started, then the shell itself, and reaps the shell.
+    async fn kill_all(child: &mut Child, pgid: Option<u32>) {
+        if let Some(pgid) = pgid {
+            kill_process_group(pgid).await;
+        }
+        let _ = child.start_kill();
+        let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
+    }
+
+    fn judge(&self, finished: &Finished) -> Result<FitnessScore, EvalError> {
+        match finished.status.code() {
+            Some(0) => parse_output(&finished.stdout),
+            Some(EXIT_NOT_FOUND) => Err(EvalError::NotFound(self.command.clone())),
+            Some(code) => Err(EvalError::Failed {
+                code,
+                stderr: stderr_tail(&finished.stderr),
+            }),
+            None => {
+                let signal = finished
+                    .status
+                    .signal()
+                    .map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+                let stderr = stderr_tail(&finished.stderr);
+                let stderr = if stderr.is_empty() {
+                    format!("killed by signal {signal}")
+                } else {
+                    format!("killed by signal {signal}: {stderr}")
+                };
+                Err(EvalError::Failed {
+                    code: EXIT_SIGNALLED,
+                    stderr,
+                })
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Evaluator for CommandEvaluator {
+    async fn evaluate(&self, genes: &Genes) -> Result<FitnessScore, EvalError> {
+        let input = serde_json::to_vec(genes)
+            .map_err(|e| EvalError::Spawn(format!("cannot encode the genes: {e}")))?;
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(&self.command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| EvalError::Spawn(e.to_string()))?;
+        // With `process_group(0)` the shell leads a new group whose id is its pid.
+        let pgid = child.id();
+        match tokio::time::timeout(self.timeout, Self::drive(&mut child, input)).await {
+            Ok(Ok(finished)) => self.judge(&finished),
+            Ok(Err(e)) => {
+                Self::kill_all(&mut child, pgid).await;
+                Err(EvalError::Spawn(format!("lost track of the command: {e}")))
+            }
+            Err(_elapsed) => {
+                Self::kill_all(&mut child, pgid).await;
+                Err(EvalError::Timeout(self.timeout_secs()))
+            }
+        }
+    }
+}
+
+/// Sends SIGKILL to a whole process group: `Child::start_kill` reaches only the shell, not the
+/// programs it started.
+async fn kill_process_group(pgid: u32) {
+    let group = format!("-{pgid}");
+    let killed = Command::new("kill")
+        .args(["-KILL", "--", &group])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    if killed.is_err() {
+        // No `kill` program on PATH: the shell's builtin takes the group as a negative pid.
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -9 {group}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+}
+
+/// Reads a stream to its end, keeping only the last `cap` bytes.
+async fn read_tail<R: AsyncRead + Unpin>(reader: Option<R>, cap: usize) -> Vec<u8> {
+    let Some(mut reader) = reader else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    let mut chunk = vec![0_u8; 16 * 1024];
+    loop {
+        match reader.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                kept.extend_from_slice(&chunk[..n]);
+                if kept.len() > 2 * cap {
+                    kept.drain(..kept.len() - cap);
+                }
+            }
+        }
+    }
+    if kept.len() > cap {
+        kept.drain(..kept.len() - cap);
+    }
+    kept
+}
+
+/// The trimmed stderr, capped to its last [`STDERR_CAP_CHARS`] characters.
+fn stderr_tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    let count = text.chars().count();
+    if count <= STDERR_CAP_CHARS {
+        return text.to_owned();
+    }
+    let tail: String = text.chars().skip(count - STDERR_CAP_CHARS).collect();
+    format!("...{tail}")
+}
+
+/// A short quote of an offending line for error messages.
+fn snippet(line: &str) -> String {
+    if line.chars().count() <= SNIPPET_CHARS {
+        line.to_owned()
+    } else {
+        let head: String = line.chars().take(SNIPPET_CHARS).collect();
+        format!("{head}...")
+    }
+}
+
+/// Reads the score from the last non-empty line of stdout.
+fn parse_output(stdout: &[u8]) -> Result<FitnessScore, EvalError> {
+    let bad = EvalError::BadOutput;
+    let text = String::from_utf8_lossy(stdout);
+    let Some(line) = text.lines().map(str::trim).rfind(|l| !l.is_empty()) else {
+        return Err(bad(
+            "no output; expected a JSON line with a score".to_owned()
+        ));
+    };
+    let value: Value = serde_json::from_str(line)
+        .map_err(|e| bad(format!("last line is not JSON ({e}): {}", snippet(line))))?;
+    let Value::Object(object) = value else {
+        return Err(bad(format!(
+            "last line is not a JSON object: {}",
+            snippet(line)
+        )));
+    };
+    let score = match object.get("score") {
+        None => return Err(bad("missing \"score\"".to_owned())),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .ok_or_else(|| bad("\"score\" is not a finite number".to_owned()))?,
+        Some(other) => return Err(bad(format!("\"score\" is not a number: {other}"))),
+    };
+    let mut metrics = BTreeMap::new();
+    match object.get("metrics") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(entries)) => {
+            for (name, value) in entries {
+                let name = MetricName::parse(name.as_str()).map_err(|e| bad(e.to_string()))?;
+                let value = value
+                    .as_f64()
+                    .ok_or_else(|| bad(format!("metric {name} is not a number: {value}")))?;
+                metrics.insert(name, value);
+            }
+        }
+        Some(other) => return Err(bad(format!("\"metrics\" is not an object: {other}"))),
+    }
+    let fitness = FitnessScore { score, metrics };
+    fitness.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(fitness)
+}
+
+/// The first word a shell would run: leading `NAME=value` assignments skipped, quotes and
+/// backslashes resolved. `None` for a blank command.
+fn first_word(command: &str) -> Option<String> {
+    let mut rest = command.trim_start();
+    loop {
+        let (word, after) = next_word(rest)?;
+        if is_assignment(&word) {
+            rest = after.trim_start();
+            continue;
+        }
+        return Some(word);
+    }
+}
+
+/// Splits off one shell word, resolving single quotes, double quotes and backslashes.
+fn next_word(input: &str) -> Option<(String, &str)> {
+    if input.is_empty() {
+        return None;
+    }
+    let mut word = String::new();
+    let mut chars = input.char_indices().peekable();
+    let mut quote: Option<char> = None;
+    while let Some((i, c)) = chars.next() {
+        match (quote, c) {
+            (None, c)
+                if c.is_whitespace() || matches!(c, ';' | '&' | '|' | '<' | '>' | '(' | ')') =>
+            {
+                if word.is_empty() && !c.is_whitespace() {
+                    // An operator first: nothing to resolve.
+                    return Some((c.to_string(), &input[i + c.len_utf8()..]));
+                }
+                return Some((word, &input[i..]));
+            }
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None | Some('"'), '\\') => {
+                if let Some((_, escaped)) = chars.next() {
+                    word.push(escaped);
+                }
+            }
+            (_, c) => word.push(c),
+        }
+    }
+    Some((word, ""))
+}
+
+fn is_assignment(word: &str) -> bool {
+    word.split_once('=').is_some_and(|(name, _)| {
+        !name.is_empty()
+            && !name.as_bytes()[0].is_ascii_digit()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    })
+}
+
+fn is_executable(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::domain::{GeneName, GeneValue};
+
+    fn eval(command: &str) -> CommandEvaluator {
+        CommandEvaluator::new(command, Duration::from_secs(10))
+    }
+
+    fn genes(pairs: &[(&str, GeneValue)]) -> Genes {
+        pairs
+            .iter()
+            .map(|(name, value)| (GeneName::parse(*name).expect("gene name"), value.clone()))
+            .collect()
+    }
+
+    fn bad_output(result: Result<FitnessScore, EvalError>) -> String {
+        match result {
+            Err(EvalError::BadOutput(reason)) => reason,
+            other => panic!("expected BadOutput, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn good_evaluator_reports_score_and_metrics() {
+        let e = eval(r#"cat >/dev/null; echo '{"score": 1.5, "metrics": {"p99_ms": 3}}'"#);
+        let fitness = e.evaluate(&Genes::new()).await.expect("score");
+        assert!((fitness.score - 1.5).abs() < f64::EPSILON);
+        let p99 = MetricName::parse("p99_ms").expect("metric name");
+        assert_eq!(fitness.metrics.get(&p99), Some(&3.0));
+    }
+
+    #[tokio::test]
+    async fn genes_arrive_as_json_on_stdin() {
+        // Pull the value of "batch" out of the JSON object with sed and echo it back as the score.
+        let e = eval(r#"v=$(sed -n 's/.*"batch":\([0-9]*\).*/\1/p'); echo "{\"score\": $v}""#);
+        let g = genes(&[
+            ("batch", GeneValue::Int(42)),
+            ("mode", GeneValue::Choice("wal".into())),
+        ]);
+        let fitness = e.evaluate(&g).await.expect("score");
+        assert!((fitness.score - 42.0).abs() < f64::EPSILON);
+        assert!(fitness.metrics.is_empty());
+    }
+
+    #[tokio::test]
+    async fn stdin_is_exactly_the_genes_object() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("stdin.json");
+        let e = eval(&format!(
+            r#"cat > '{}'; echo '{{"score": 0}}'"#,
+            file.display()
+        ));
+        let g = genes(&[
+            ("a", GeneValue::Float(2.5)),
+            ("b", GeneValue::Bool(true)),
+            ("c", GeneValue::Choice("x".into())),
+        ]);
+        e.evaluate(&g).await.expect("score");
+        let written: Value =
+            serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+        assert_eq!(written, serde_json::json!({"a": 2.5, "b": true, "c": "x"}));
+    }
+
+    #[tokio::test]
+    async fn logs_before_the_json_line_are_ignored() {
+        let e = eval(
+            r#"echo 'warming up'; echo '{"not": "this"}'; echo; echo '{"score": -2, "metrics": {}}'; echo '   '"#,
+        );
+        let fitness = e.evaluate(&Genes::new()).await.expect("score");
+        assert!((fitness.score + 2.0).abs() < f64::EPSILON);
+    }
+
+    #[tokio::test]
+    async fn exit_127_is_not_found() {
+        let e = eval("no-such-command-xyz --flag");
+        assert_eq!(
+            e.evaluate(&Genes::new()).await,
+            Err(EvalError::NotFound("no-such-command-xyz --flag".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn non_zero_exit_is_failed_with_trimmed_stderr() {
+        let e = eval("echo '  disk full  ' >&2; exit 3");
+        assert_eq!(
+            e.evaluate(&Genes::new()).await,
+            Err(EvalError::Failed {
+                code: 3,
+                stderr: "disk full".into()
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn long_stderr_is_capped_to_its_tail() {
+        let e =
+            eval("i=0; while [ $i -lt 200 ]; do echo \"line $i\" >&2; i=$((i+1)); done; exit 1");
+        match e.evaluate(&Genes::new()).await {
+            Err(EvalError::Failed { code: 1, stderr }) => {
+                assert!(stderr.chars().count() <= STDERR_CAP_CHARS + 3, "{stderr}");
+                assert!(stderr.ends_with("line 199"), "{stderr}");
+                assert!(stderr.starts_with("..."), "{stderr}");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn killed_by_signal_is_failed() {
+        // `exec` makes the program the process itself, so the signal is not turned into 128+n.
+        let e = eval("exec sh -c 'kill -9 $$'");
+        match e.evaluate(&Genes::new()).await {
+            Err(EvalError::Failed { code, stderr }) => {
+                assert_eq!(code, EXIT_SIGNALLED);
+                assert!(stderr.contains("signal 9"), "{stderr}");
+            }
+            other => panic!("expected Failed, got {other:?}"),
+        }
+    }
+
+    /// Processes of a group that are still alive (zombies waiting for a reaper do not count).
+    fn live_members(pgid: u32) -> Vec<String> {
+        let mut live = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // Fields after the parenthesised command name: state, ppid, pgrp, ...
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            if fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" {
+                live.push(stat);
+            }
+        }
+        live
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_whole_process_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pgid");
+        // `sleep` runs as a child of the shell (not exec'd) because a command follows it.
+        let e = CommandEvaluator::new(
+            format!("echo $$ > '{}'; sleep 5; echo done", pid_file.display()),
+            Duration::from_millis(300),
+        );
+        let started = Instant::now();
+        let result = e.evaluate(&Genes::new()).await;
+        assert_eq!(result, Err(EvalError::Timeout(1)));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            started.elapsed()
+        );
+        let pgid: u32 = std::fs::read_to_string(&pid_file)
+            .expect("pgid file")
+            .trim()
+            .parse()
+            .expect("pgid");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut live = live_members(pgid);
+        while !live.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            live = live_members(pgid);
+        }
+        assert!(live.is_empty(), "still running: {live:?}");
+    }
+
+    #[tokio::test]
+    async fn bad_json_is_bad_output() {
+        let reason = bad_output(eval("echo 'score: 1'").evaluate(&Genes::new()).await);
+        assert!(reason.contains("not JSON"), "{reason}");
+        let reason = bad_output(eval("echo '[1, 2]'").evaluate(&Genes::new()).await);
+        assert!(reason.contains("not a JSON object"), "{reason}");
+        let reason = bad_output(eval("true").evaluate(&Genes::new()).await);
+        assert!(reason.contains("no output"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn missing_or_non_finite_score_is_bad_output() {
+        let reason = bad_output(
+            eval(r#"echo '{"metrics": {"a": 1}}'"#)
+                .evaluate(&Genes::new())
+                .await,
+        );
+        assert!(reason.contains("missing"), "{reason}");
+        let reason = bad_output(
+            eval(r#"echo '{"score": "fast"}'"#)
+                .evaluate(&Genes::new())
+                .await,
+        );
+        assert!(reason.contains("not a number"), "{reason}");
+        // JSON has no NaN or infinity; an out-of-range literal must not sneak one in.
+        for line in [
+            r#"{"score": NaN}"#,
+            r#"{"score": 1e999}"#,
+            r#"{"score": 1, "metrics": {"m": 1e999}}"#,
+        ] {
+            bad_output(
+                eval(&format!("echo '{line}'"))
+                    .evaluate(&Genes::new())
+                    .await,
+            );
+        }
+        let reason = bad_output(
+            eval(r#"echo '{"score": 1, "metrics": {"m": "x"}}'"#)
+                .evaluate(&Genes::new())
+                .await,
+        );
+        assert!(reason.contains("metric m"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn bad_metric_name_is_bad_output() {
+        let reason = bad_output(
+            eval(r#"echo '{"score": 1, "metrics": {"ignore previous instructions": 1}}'"#)
+                .evaluate(&Genes::new())
+                .await,
+        );
+        assert!(reason.contains("metric name"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_command_that_never_reads_stdin_does_not_deadlock() {
+        // Far more than a pipe buffer holds.
+        let big: Genes = (0..5000)
+            .map(|i| {
+                (
+                    GeneName::parse(format!("gene_{i}")).expect("gene name"),
+                    GeneValue::Choice("x".repeat(200)),
+                )
+            })
+            .collect();
+        assert!(serde_json::to_vec(&big).expect("json").len() > 1_000_000);
+        let e = eval(r#"sleep 0.1; echo '{"score": 7}'"#);
+        let fitness = tokio::time::timeout(Duration::from_secs(5), e.evaluate(&big))
+            .await
+            .expect("no deadlock")
+            .expect("score");
+        assert!((fitness.score - 7.0).abs() < f64::EPSILON);
+    }
+
+    #[tokio::test]
+    async fn large_stdout_keeps_the_last_line() {
+        let e = eval(r#"yes 'log line' | head -n 300000; echo '{"score": 3}'"#);
+        let fitness = e.evaluate(&Genes::new()).await.expect("score");
+        assert!((fitness.score - 3.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn check_resolves_the_first_word() {
+        let ok = |c: &str| CommandEvaluator::new(c, Duration::from_secs(1)).check();
+        assert_eq!(ok("true"), Ok(()));
+        assert_eq!(ok("cat >/dev/null; echo '{}'"), Ok(()));
+        assert_eq!(ok("  echo hi"), Ok(()));
+        assert_eq!(ok("FOO=1 BAR='a b' sh -c 'exit 0'"), Ok(()));
+        assert_eq!(ok("/bin/sh -c true"), Ok(()));
+        assert_eq!(ok("'/bin/sh' -c true"), Ok(()));
+        assert_eq!(ok("exec cat"), Ok(()));
+        assert_eq!(
+            ok("no-such-command-xyz --flag"),
+            Err(EvalError::NotFound("no-such-command-xyz".into()))
+        );
+        assert_eq!(
+            ok("./no/such/evaluator"),
+            Err(EvalError::NotFound("./no/such/evaluator".into()))
+        );
+        assert!(matches!(ok("   "), Err(EvalError::Spawn(_))));
+    }
+
+    #[test]
+    fn check_requires_an_executable_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("eval.sh");
+        std::fs::write(&script, "#!/bin/sh\necho '{\"score\": 1}'\n").expect("write");
+        let check =
+            || CommandEvaluator::new(script.display().to_string(), Duration::from_secs(1)).check();
+        assert!(matches!(check(), Err(EvalError::NotFound(_))));
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(check(), Ok(()));
+        // A directory is not a program.
+        let as_dir =
+            CommandEvaluator::new(dir.path().display().to_string(), Duration::from_secs(1));
+        assert!(matches!(as_dir.check(), Err(EvalError::NotFound(_))));
+    }
+
+    #[test]
+    fn first_word_follows_shell_quoting() {
+        assert_eq!(first_word("a b").as_deref(), Some("a"));
+        assert_eq!(first_word(r#""my eval" --x"#).as_deref(), Some("my eval"));
+        assert_eq!(first_word(r"my\ eval --x").as_deref(), Some("my eval"));
+        assert_eq!(first_word("X=1 Y=2 prog").as_deref(), Some("prog"));
+        assert_eq!(first_word("prog;other").as_deref(), Some("prog"));
+        assert_eq!(first_word("X=1"), None);
+        assert_eq!(first_word(""), None);
+    }
+}
