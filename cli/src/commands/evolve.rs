@@ -20,7 +20,8 @@ use crate::output::{Progress, bad_input, print_json, print_summary};
 const DEMO_EPOCH: &str = "2026-01-01T00:00:00Z";
 
 pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
-    let demo = shared::sim::demo_system(args.engine.seed);
+    // A little measurement noise, seeded, so keep-or-rollback faces what real systems show.
+    let demo = shared::sim::demo_system().with_noise(args.engine.seed, 0.01);
     let (system_id, schema, genes) = demo.dna();
     let store = open_store(&cli.state)?;
     store.purge_system(&system_id).await?;

@@ -10,7 +10,7 @@ use super::ids::SystemId;
 use super::mutation::GeneChange;
 
 /// SWOT-style assessment of the system's state (seed `EvolutionAnalysis`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EvolutionAnalysis {
     pub current_state_assessment: String,
     pub strengths: Vec<String>,
@@ -24,7 +24,7 @@ pub struct EvolutionAnalysis {
 }
 
 /// One step of a strategy (seed `StrategicMutation`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StrategicMutation {
     pub id: String,
     pub changes: Vec<GeneChange>,
@@ -37,7 +37,7 @@ pub struct StrategicMutation {
 }
 
 /// A multi-generation plan (seed `MutationStrategy`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MutationStrategy {
     pub primary_mutations: Vec<StrategicMutation>,
     #[serde(default)]

@@ -41,7 +41,7 @@ pub struct SystemConflict {
 }
 
 /// The executable actions a resolution may pick: nothing outside this set can run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResolutionAction {
     Pause,
@@ -52,7 +52,7 @@ pub enum ResolutionAction {
 }
 
 /// A conflict resolution (seed `ResolutionStrategy`): one action plus the reasoning around it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ResolutionStrategy {
     pub action: ResolutionAction,
     /// For `retry_later`: how long to wait.

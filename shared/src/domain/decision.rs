@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::ids::SystemId;
 use super::mutation::Mutation;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Recommendation {
     Approve,
@@ -27,7 +27,7 @@ impl Recommendation {
 }
 
 /// What a decision engine (LLM or local) answers for one proposed mutation (seed dataclass).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DecisionResult {
     pub recommendation: Recommendation,
     pub confidence: f64,
@@ -43,7 +43,7 @@ pub struct DecisionResult {
     pub estimated_impact: BTreeMap<String, f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RiskAssessment {
     pub overall_risk: f64,
     pub technical_risk: f64,

@@ -11,7 +11,7 @@ use super::ids::GeneName;
 /// A gene's current value. Serialized as a bare JSON value; reading one back needs the gene's
 /// spec to know whether `3` is an int or a float (see [`GeneSpec::value_from_json`]); read
 /// without one, integers become `Int` and [`GeneSpec::coerce`] widens them for float genes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum GeneValue {
     Int(i64),

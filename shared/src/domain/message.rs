@@ -72,9 +72,14 @@ pub enum Destination {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum StepOutcome {
-    Kept { actual_impact: f64 },
+    Kept {
+        actual_impact: f64,
+    },
     RolledBack,
-    Rejected { reason: String },
+    /// `why`, not `reason`: the enclosing `CycleReason` is tagged by `reason`.
+    Rejected {
+        why: String,
+    },
 }
 
 /// Why a cycle is requested.

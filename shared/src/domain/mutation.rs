@@ -6,7 +6,7 @@ use super::gene::{GeneKind, GeneSchema, GeneValue, Genes};
 use super::ids::GeneName;
 
 /// Set one gene to a new value.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GeneChange {
     pub gene: GeneName,
     pub value: GeneValue,

@@ -225,7 +225,7 @@ fn push_outcome(
                 reason: CycleReason::Step {
                     step: step.clone(),
                     outcome: StepOutcome::Rejected {
-                        reason: cap(&record.reasoning, 200),
+                        why: cap(&record.reasoning, 200),
                     },
                 },
             },

@@ -445,7 +445,9 @@ async fn close_window(
             next,
             now,
             ConflictKind::RollbackStreak,
-            if streak >= deps.config.rollback_streak_conflict * 2 {
+            // Near an optimum most moves regress, so a streak alone is no emergency: only a
+            // long one (three times the threshold) is severe enough to pause for.
+            if streak >= deps.config.rollback_streak_conflict * 3 {
                 Severity::High
             } else {
                 Severity::Medium

@@ -4,8 +4,8 @@
 use proptest::prelude::*;
 use serde_json::Value;
 use shared::domain::{
-    DecisionRecord, EvolutionEvent, GeneChange, GeneDef, GeneName, GeneSchema, GeneSpec,
-    GeneValue, Genes, Mutation, MutationError, apply_mutation, checksum, genes_from_json,
+    DecisionRecord, EvolutionEvent, GeneChange, GeneDef, GeneName, GeneSchema, GeneSpec, GeneValue,
+    Genes, Mutation, MutationError, apply_mutation, checksum, genes_from_json,
 };
 
 fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(text: &str) -> (Value, Value) {
@@ -51,7 +51,11 @@ fn gene() -> impl Strategy<Value = (GeneDef, GeneValue)> {
             })
         },
     );
-    let float = (-100.0f64..100.0, 0.1f64..50.0, proptest::option::of(0.01f64..10.0))
+    let float = (
+        -100.0f64..100.0,
+        0.1f64..50.0,
+        proptest::option::of(0.01f64..10.0),
+    )
         .prop_flat_map(|(min, span, step)| {
             (0.0f64..=1.0).prop_map(move |t| {
                 (
@@ -254,4 +258,147 @@ fn frozen_gene_refusal_is_typed() {
         apply_mutation(&schema, &genes, &m),
         Err(MutationError::Frozen(_))
     ));
+}
+
+/// Every message shape survives its JSON trip: a body that cannot be read back would be
+/// dead-lettered by the next stage.
+#[test]
+fn every_message_body_round_trips_through_json() {
+    use shared::domain::{
+        Alert, AlertLevel, Body, BudgetPeriod, BudgetScope, ConflictKind, CycleReason, Envelope,
+        PlanStepRef, Severity, StepOutcome, SystemConflict, SystemId,
+    };
+    let step = PlanStepRef {
+        plan_id: "plan_1".into(),
+        step: 2,
+    };
+    let mutation = Mutation {
+        id: "m".into(),
+        changes: vec![GeneChange {
+            gene: GeneName::parse("x").expect("name"),
+            value: GeneValue::Float(2.5),
+        }],
+        description: "d".into(),
+        predicted_impact: 1.0,
+        plan_step: Some(step.clone()),
+    };
+    let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    let bodies = vec![
+        Body::CycleRequested {
+            reason: CycleReason::Scheduled,
+        },
+        Body::CycleRequested {
+            reason: CycleReason::HeadMoved,
+        },
+        Body::CycleRequested {
+            reason: CycleReason::PlanEmpty,
+        },
+        Body::CycleRequested {
+            reason: CycleReason::RetryLater,
+        },
+        Body::CycleRequested {
+            reason: CycleReason::Step {
+                step: step.clone(),
+                outcome: StepOutcome::Kept { actual_impact: 1.5 },
+            },
+        },
+        Body::CycleRequested {
+            reason: CycleReason::Step {
+                step: step.clone(),
+                outcome: StepOutcome::RolledBack,
+            },
+        },
+        Body::CycleRequested {
+            reason: CycleReason::Step {
+                step,
+                outcome: StepOutcome::Rejected { why: "risk".into() },
+            },
+        },
+        Body::AnalysisReady {
+            analysis_id: "a".into(),
+        },
+        Body::MutationProposed {
+            mutation: mutation.clone(),
+            deferrals: 1,
+        },
+        Body::MutationApproved {
+            decision_id: "d".into(),
+            mutation,
+        },
+        Body::RollbackRequested {
+            to_generation: Some(3),
+            requested_by: "op".into(),
+            reason: "r".into(),
+        },
+        Body::EvaluationDue { generation: 4 },
+        Body::FitnessReported {
+            generation: 4,
+            checksum: "c".into(),
+            score: Some(1.0),
+            metrics: [(shared::domain::MetricName::parse("p99").expect("name"), 2.0)].into(),
+            error: None,
+        },
+        Body::FitnessReported {
+            generation: 4,
+            checksum: "c".into(),
+            score: None,
+            metrics: Default::default(),
+            error: Some("exit 3".into()),
+        },
+        Body::ConflictDetected {
+            conflict: SystemConflict {
+                kind: ConflictKind::RollbackStreak,
+                description: "d".into(),
+                affected_components: vec![],
+                severity: Severity::High,
+                current_impact: "i".into(),
+                available_resources: vec![],
+                active_processes: 0,
+                recent_changes: vec![],
+            },
+        },
+        Body::DnaUpdated {
+            generation: 5,
+            genes: serde_json::json!({"x": 1}),
+            checksum: "c".into(),
+        },
+        Body::DnaRolledBack {
+            generation: 6,
+            restored_generation: 4,
+            genes: serde_json::json!({}),
+            checksum: "c".into(),
+        },
+        Body::BudgetThresholdCrossed {
+            scope: BudgetScope::Global,
+            period: BudgetPeriod::Day,
+            percent: 80,
+        },
+        Body::BudgetSweep {},
+        Body::AlertRaised {
+            alert: Alert {
+                id: "a".into(),
+                level: AlertLevel::Critical,
+                kind: "k".into(),
+                message: "m".into(),
+                system_id: None,
+                at,
+            },
+        },
+    ];
+    for body in bodies {
+        let env = Envelope {
+            id: "msg".into(),
+            causation_id: "c".into(),
+            system_id: SystemId::parse("svc").expect("id"),
+            base_generation: 3,
+            sent_at: at,
+            body,
+        };
+        let text = serde_json::to_string(&env).expect("serializes");
+        let back: Envelope = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{} does not read back: {e}\n{text}", env.body.type_name()));
+        assert_eq!(back, env);
+    }
 }
