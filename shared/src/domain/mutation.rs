@@ -223,8 +223,9 @@ mod tests {
 
     #[test]
     fn each_rejection_reason_is_its_own_error() {
+        type Expectation = fn(&MutationError) -> bool;
         let (schema, genes) = schema();
-        let cases: Vec<(Mutation, fn(&MutationError) -> bool)> = vec![
+        let cases: Vec<(Mutation, Expectation)> = vec![
             (mutation(vec![]), |e| matches!(e, MutationError::Empty)),
             (mutation(vec![("nope", GeneValue::Int(1))]), |e| {
                 matches!(e, MutationError::UnknownGene(_))

@@ -151,10 +151,11 @@ proptest! {
             Ok(next) => {
                 prop_assert!(within_schema(&schema, &next));
                 for (name, value) in &next {
-                    match changes.iter().find(|c| &c.gene == name) {
-                        Some(c) => prop_assert_eq!(value, &schema[name].spec.coerce(&c.value)),
-                        None => prop_assert_eq!(value, &genes[name]),
-                    }
+                    let expected = changes
+                        .iter()
+                        .find(|c| &c.gene == name)
+                        .map_or_else(|| genes[name].clone(), |c| schema[name].spec.coerce(&c.value));
+                    prop_assert_eq!(value, &expected);
                 }
                 for c in &changes {
                     prop_assert!(!schema[&c.gene].frozen);
@@ -344,7 +345,7 @@ fn every_message_body_round_trips_through_json() {
             generation: 4,
             checksum: "c".into(),
             score: None,
-            metrics: Default::default(),
+            metrics: std::collections::BTreeMap::default(),
             error: Some("exit 3".into()),
         },
         Body::ConflictDetected {

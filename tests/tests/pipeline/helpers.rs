@@ -79,9 +79,9 @@ pub fn strategy(primary: Vec<StrategicMutation>) -> MutationStrategy {
         primary_mutations: primary,
         contingency_mutations: vec![],
         execution_order: vec![],
-        success_criteria: Default::default(),
+        success_criteria: std::collections::BTreeMap::default(),
         risk_mitigation: vec![],
-        expected_outcomes: Default::default(),
+        expected_outcomes: std::collections::BTreeMap::default(),
         timeline_estimate: String::new(),
     }
 }
@@ -164,7 +164,7 @@ impl LanguageModel for Scripted {
                 drawbacks: vec![],
                 mitigation_strategies: vec![],
                 reasoning: "scripted".into(),
-                estimated_impact: Default::default(),
+                estimated_impact: std::collections::BTreeMap::default(),
             },
             "test:scripted",
         ))
@@ -191,8 +191,11 @@ impl LanguageModel for Scripted {
     }
 }
 
-/// Fitness is a function of the genes; `None` means the workload failed.
-pub struct FnEvaluator(pub Box<dyn Fn(&Genes) -> Option<f64> + Send + Sync>);
+/// A fitness function of the genes; `None` means the workload failed.
+pub type Fitness = Box<dyn Fn(&Genes) -> Option<f64> + Send + Sync>;
+
+/// Evaluates with a [`Fitness`] function.
+pub struct FnEvaluator(pub Fitness);
 
 impl std::fmt::Debug for FnEvaluator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -206,7 +209,7 @@ impl Evaluator for FnEvaluator {
         (self.0)(genes)
             .map(|score| FitnessScore {
                 score,
-                metrics: Default::default(),
+                metrics: std::collections::BTreeMap::default(),
             })
             .ok_or_else(|| EvalError::Workload("simulated failure".into()))
     }

@@ -82,7 +82,7 @@ async fn report(
             generation,
             checksum: checksum.to_owned(),
             score: score.as_ref().map(|s| s.score),
-            metrics: Default::default(),
+            metrics: std::collections::BTreeMap::default(),
             error: score.is_none().then(|| "failed".to_owned()),
         },
     );
