@@ -1,6 +1,13 @@
 //! The `LanguageModel` port: the four LLM roles, each returning its typed result, the usage and
 //! the model that answered. Bedrock and the local engine both implement it.
 
+pub mod catalog;
+pub mod performance;
+pub mod pricing;
+pub mod prompts;
+pub mod router;
+pub mod validate;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

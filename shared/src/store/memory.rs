@@ -23,6 +23,7 @@ use crate::domain::{
     Alert, AnalysisRecord, BudgetMode, DecisionRecord, EvolutionEvent, FitnessSample, Generation,
     Head, HistoryEntry, Plan, PlanCursor, SystemId,
 };
+use crate::llm::performance::PerformanceSnapshot;
 
 /// The evolution store, control state and cost ledger held in process memory.
 #[derive(Debug, Default)]
@@ -46,6 +47,7 @@ struct State {
     alerts: BTreeMap<String, Alert>,
     budget: Option<BudgetState>,
     circuits: BTreeMap<String, CircuitState>,
+    performance: PerformanceSnapshot,
     idempotency: BTreeMap<String, IdempotencyRecord>,
     counters: BTreeMap<(PeriodKey, LedgerScope), Totals>,
     ledger: BTreeMap<String, LedgerEntry>,
@@ -479,6 +481,15 @@ impl ControlState for MemoryStore {
         self.lock()
             .circuits
             .insert(state.model_id.clone(), state.clone());
+        Ok(())
+    }
+
+    async fn performance(&self) -> StoreResult<PerformanceSnapshot> {
+        Ok(self.lock().performance.clone())
+    }
+
+    async fn put_performance(&self, snapshot: &PerformanceSnapshot) -> StoreResult<()> {
+        self.lock().performance = snapshot.clone();
         Ok(())
     }
 }

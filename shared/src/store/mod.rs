@@ -17,6 +17,7 @@ use crate::domain::{
     Alert, AnalysisRecord, BudgetMode, DecisionRecord, EvolutionEvent, FitnessSample, GeneSchema,
     Generation, Head, HeadStatus, HistoryEntry, Outgoing, Plan, PlanCursor, Role, SystemId,
 };
+use crate::llm::performance::PerformanceSnapshot;
 
 /// Per-system settings kept in the registry, read by the stages and the tick.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -312,10 +313,15 @@ pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Control state: budget mode and circuit breakers (DynamoDB `PK=CTRL`).
+/// Control state: budget mode, circuit breakers and model performance (DynamoDB `PK=CTRL`).
 #[async_trait]
 pub trait ControlState: Send + Sync + std::fmt::Debug {
     async fn budget_state(&self) -> StoreResult<BudgetState>;
     async fn circuit(&self, model_id: &str) -> StoreResult<Option<CircuitState>>;
     async fn put_circuit(&self, state: &CircuitState) -> StoreResult<()>;
+    /// The model performance record the router reads; empty until one is stored.
+    async fn performance(&self) -> StoreResult<PerformanceSnapshot>;
+    /// Replaces the stored performance record (last writer wins: it is a moving average, so a
+    /// lost update only drops a few samples' weight).
+    async fn put_performance(&self, snapshot: &PerformanceSnapshot) -> StoreResult<()>;
 }

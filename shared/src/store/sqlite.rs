@@ -31,6 +31,7 @@ use crate::domain::{
     Alert, AnalysisRecord, BudgetMode, DecisionRecord, EvolutionEvent, FitnessSample, Generation,
     Head, HistoryEntry, Plan, PlanCursor, SystemId,
 };
+use crate::llm::performance::PerformanceSnapshot;
 use rules::{IdempotencyRecord, Lookup};
 
 /// The database file inside the state directory.
@@ -161,6 +162,9 @@ const SYSTEM_TABLES: [&str; 11] = [
 
 /// The `control` row holding the budget mode.
 const BUDGET_ROW: &str = "budget";
+
+/// The `control` row holding the model performance snapshot.
+const PERFORMANCE_ROW: &str = "performance";
 
 /// The evolution store, control state and cost ledger in one SQLite file.
 #[derive(Debug)]
@@ -894,6 +898,24 @@ impl ControlState for SqliteStore {
             &self.conn(),
             "INSERT OR REPLACE INTO circuits (model_id, body) VALUES (?1, ?2)",
             [state.model_id.as_str(), &encode(state)?],
+        )
+    }
+
+    async fn performance(&self) -> StoreResult<PerformanceSnapshot> {
+        Ok(one(
+            &self.conn(),
+            "control",
+            "SELECT body FROM control WHERE name = ?1",
+            [PERFORMANCE_ROW],
+        )?
+        .unwrap_or_default())
+    }
+
+    async fn put_performance(&self, snapshot: &PerformanceSnapshot) -> StoreResult<()> {
+        put(
+            &self.conn(),
+            "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
+            [PERFORMANCE_ROW, &encode(snapshot)?],
         )
     }
 }

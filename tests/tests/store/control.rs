@@ -1,6 +1,7 @@
 //! Control state: the budget mode and the per-model circuit breakers.
 
-use shared::domain::BudgetMode;
+use shared::domain::{BudgetMode, Role};
+use shared::llm::performance::PerformanceSnapshot;
 use shared::store::{BudgetState, CircuitState, Write};
 
 use crate::fixtures::{assert_condition_failed, t, tx};
@@ -107,5 +108,57 @@ pub async fn circuits_are_kept_per_model(h: &Harness) {
             .expect("read")
             .map(|c| c.consecutive_failures),
         Some(1)
+    );
+}
+
+pub async fn performance_starts_empty_and_is_replaced_whole(h: &Harness) {
+    let store = &h.store;
+    assert_eq!(
+        store.performance().await.expect("read"),
+        PerformanceSnapshot::default()
+    );
+    let mut perf = PerformanceSnapshot::default();
+    perf.record_call("model-a", Role::Analyze, true, 1_500, false);
+    perf.record_call("model-a", Role::Analyze, false, 2_500, true);
+    perf.record_call("model-b", Role::Decide, true, 400, false);
+    perf.record_prediction("model-a", Role::Strategize, 4.75, 5.25);
+    store.put_performance(&perf).await.expect("put");
+    let stored = store.performance().await.expect("read");
+    assert_eq!(stored.models.len(), 2);
+    for (model, roles) in &perf.models {
+        for (role, want) in roles {
+            let got = stored.stats(model, *role).expect("stored stats");
+            assert_eq!(got.calls, want.calls);
+            assert_eq!(got.predictions, want.predictions);
+            for (got, want) in [
+                (got.success_rate, want.success_rate),
+                (got.latency_ms, want.latency_ms),
+                (got.parse_failure_rate, want.parse_failure_rate),
+                (got.prediction_error, want.prediction_error),
+            ] {
+                assert!(
+                    (got - want).abs() < 1e-9,
+                    "{model} {role:?}: {got} != {want}"
+                );
+            }
+        }
+    }
+    // A second handle (another process for SQLite) reads the same record.
+    let other = h.second_handle();
+    assert_eq!(other.performance().await.expect("read").models.len(), 2);
+
+    let mut replaced = PerformanceSnapshot::default();
+    replaced.record_call("model-c", Role::Resolve, true, 900, false);
+    store.put_performance(&replaced).await.expect("overwrite");
+    let stored = store.performance().await.expect("read");
+    assert!(stored.stats("model-a", Role::Analyze).is_none());
+    assert_eq!(
+        stored.stats("model-c", Role::Resolve).map(|s| s.calls),
+        Some(1)
+    );
+    // The budget state shares the control table and is untouched.
+    assert_eq!(
+        store.budget_state().await.expect("read"),
+        BudgetState::default()
     );
 }

@@ -85,4 +85,5 @@ conformance! {
     control::budget_state_starts_normal,
     control::budget_mode_changes_only_from_the_expected_mode,
     control::circuits_are_kept_per_model,
+    control::performance_starts_empty_and_is_replaced_whole,
 }
