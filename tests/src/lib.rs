@@ -1,1 +1,3 @@
+//! Support code shared by the integration and end-to-end tests of the evolution suite.
 
+pub mod bedrock_stub;
