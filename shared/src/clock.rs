@@ -62,6 +62,27 @@ impl Clock for SimClock {
     }
 }
 
+/// Waiting, through a port: real sleeps in production, a clock jump under simulated time, so
+/// backoff and the five-second fallback budget are testable without waiting.
+#[async_trait::async_trait]
+pub trait Sleeper: Send + Sync + std::fmt::Debug {
+    async fn sleep(&self, duration: std::time::Duration);
+}
+
+#[async_trait::async_trait]
+impl Sleeper for SystemClock {
+    async fn sleep(&self, duration: std::time::Duration) {
+        tokio::time::sleep(duration).await;
+    }
+}
+
+#[async_trait::async_trait]
+impl Sleeper for SimClock {
+    async fn sleep(&self, duration: std::time::Duration) {
+        self.advance(Duration::from_std(duration).unwrap_or_else(|_| Duration::days(1)));
+    }
+}
+
 /// A source of random numbers (retry jitter, the demo's noise).
 pub trait Random: Send + Sync + std::fmt::Debug {
     fn next_u64(&self) -> u64;

@@ -1,7 +1,10 @@
 //! The `LanguageModel` port: the four LLM roles, each returning its typed result, the usage and
 //! the model that answered. Bedrock and the local engine both implement it.
 
+pub mod bedrock;
 pub mod catalog;
+pub mod document;
+pub mod healing;
 pub mod performance;
 pub mod pricing;
 pub mod prompts;
@@ -95,6 +98,17 @@ pub struct LlmAnswer<T> {
     pub bedrock_requests: u32,
     /// Set when the local engine answered in place of the routed model, with the reason.
     pub fallback: Option<String>,
+    /// Budget thresholds this call's spend crossed, to be reported to cost-guard at once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budget_crossings: Vec<BudgetCrossing>,
+}
+
+/// A budget threshold crossed by a settled call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetCrossing {
+    pub scope: crate::domain::BudgetScope,
+    pub period: crate::domain::BudgetPeriod,
+    pub percent: u32,
 }
 
 impl<T> LlmAnswer<T> {
@@ -108,6 +122,7 @@ impl<T> LlmAnswer<T> {
             latency_ms: 0,
             bedrock_requests: 0,
             fallback: None,
+            budget_crossings: Vec::new(),
         }
     }
 }

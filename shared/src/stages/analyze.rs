@@ -11,8 +11,8 @@ use chrono::Duration;
 use tracing::info;
 
 use super::{
-    Deps, StageError, StageOutput, StageResult, call_context, call_record, complexity_of, dna_view,
-    load_system, reply,
+    Deps, StageError, StageOutput, StageResult, call_context, complexity_of, dna_view, load_system,
+    record_call, reply,
 };
 use crate::domain::{
     AnalysisRecord, Body, CycleReason, Envelope, EvaluationOutcome, EventType, EvolutionEvent,
@@ -183,8 +183,7 @@ pub async fn handle(deps: &Deps, env: &Envelope, reason: &CycleReason) -> StageR
         .await?;
     let analysis_id = derive_id("ana", &[&env.id]);
     info!(%analysis_id, model = %answer.model_id, ?replan, "analysis requested a new plan");
-    out.writes
-        .push(call_record(env, Role::Analyze, &answer, now));
+    record_call(&mut out, env, Role::Analyze, &answer, now);
     out.writes.push(Write::PutAnalysis {
         analysis: AnalysisRecord {
             analysis_id: analysis_id.clone(),

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{
-    Deps, StageOutput, StageResult, call_context, call_record, cap, dna_view, load_system, reply,
+    Deps, StageOutput, StageResult, call_context, cap, dna_view, load_system, record_call, reply,
     risk,
 };
 use crate::cost::nano_to_usd;
@@ -118,8 +118,7 @@ pub async fn handle_proposal(
                 risk_ceiling: deps.config.risk_ceiling,
             })
             .await?;
-        out.writes
-            .push(call_record(env, Role::Decide, &answer, now));
+        record_call(&mut out, env, Role::Decide, &answer, now);
         let result = answer.value;
         let mut decision = result.recommendation;
         let mut reasoning = cap(&result.reasoning, 2_000);
@@ -254,8 +253,7 @@ pub async fn handle_conflict(
         .await?;
     let resolution = &answer.value;
     let mut out = StageOutput::default();
-    out.writes
-        .push(call_record(env, Role::Resolve, &answer, now));
+    record_call(&mut out, env, Role::Resolve, &answer, now);
     let paused = || crate::domain::Head {
         status: HeadStatus::Paused,
         updated_at: now,

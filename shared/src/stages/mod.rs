@@ -227,14 +227,16 @@ pub(crate) async fn call_context(
     })
 }
 
-/// The audit record of a role call (whichever engine answered).
-pub(crate) fn call_record<T>(
+/// Records a role call (whichever engine answered) in the audit trail, and reports at once any
+/// budget threshold its spend crossed, so cost-guard can change the mode within the minute.
+pub(crate) fn record_call<T>(
+    out: &mut StageOutput,
     env: &Envelope,
     role: Role,
     answer: &LlmAnswer<T>,
     at: DateTime<Utc>,
-) -> Write {
-    Write::PutLlmCall {
+) {
+    out.writes.push(Write::PutLlmCall {
         call: LlmCallRecord {
             call_id: derive_id("call", &[&env.id, role.as_str()]),
             system_id: env.system_id.clone(),
@@ -248,6 +250,20 @@ pub(crate) fn call_record<T>(
             fallback: answer.fallback.clone(),
             at,
         },
+    });
+    for (i, c) in answer.budget_crossings.iter().enumerate() {
+        out.messages.push(reply(
+            env,
+            &format!("budget-{}", role.as_str()),
+            i,
+            env.base_generation,
+            at,
+            Body::BudgetThresholdCrossed {
+                scope: c.scope,
+                period: c.period,
+                percent: c.percent,
+            },
+        ));
     }
 }
 

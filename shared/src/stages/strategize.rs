@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use super::{
-    Deps, StageError, StageOutput, StageResult, analyze::plan_event, call_context, call_record,
-    complexity_of, dna_view, load_system, reply,
+    Deps, StageError, StageOutput, StageResult, analyze::plan_event, call_context, complexity_of,
+    dna_view, load_system, record_call, reply,
 };
 use crate::domain::{
     Body, CycleReason, Envelope, GeneSchema, Genes, HeadStatus, Mutation, MutationStrategy, Plan,
@@ -73,8 +73,7 @@ pub async fn handle(deps: &Deps, env: &Envelope, analysis_id: &str) -> StageResu
         ),
         ..StageOutput::default()
     };
-    out.writes
-        .push(call_record(env, Role::Strategize, &answer, now));
+    record_call(&mut out, env, Role::Strategize, &answer, now);
     out.writes.push(Write::PutEvent {
         event: plan_event(&plan),
     });

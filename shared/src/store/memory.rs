@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 
 use super::sqlite::rules::{self, IdempotencyRecord, Lookup};
 use super::{
-    BudgetState, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord, StoreResult,
+    BudgetState, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord, StoreResult,
     SystemRecord, Transaction, Write,
 };
 use crate::cost::{
@@ -48,6 +48,7 @@ struct State {
     budget: Option<BudgetState>,
     circuits: BTreeMap<String, CircuitState>,
     performance: PerformanceSnapshot,
+    checkpoints: BTreeMap<String, Checkpoint>,
     idempotency: BTreeMap<String, IdempotencyRecord>,
     counters: BTreeMap<(PeriodKey, LedgerScope), Totals>,
     ledger: BTreeMap<String, LedgerEntry>,
@@ -486,6 +487,22 @@ impl ControlState for MemoryStore {
 
     async fn performance(&self) -> StoreResult<PerformanceSnapshot> {
         Ok(self.lock().performance.clone())
+    }
+
+    async fn checkpoint(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<Checkpoint>> {
+        Ok(self
+            .lock()
+            .checkpoints
+            .get(key)
+            .filter(|c| c.expires_at > now)
+            .cloned())
+    }
+
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
+        self.lock()
+            .checkpoints
+            .insert(checkpoint.key.clone(), checkpoint.clone());
+        Ok(())
     }
 
     async fn put_performance(&self, snapshot: &PerformanceSnapshot) -> StoreResult<()> {

@@ -118,6 +118,19 @@ pub struct CircuitState {
     pub open_until: Option<DateTime<Utc>>,
 }
 
+/// A model's raw answer, stored before it is parsed so that a retry after a crash parses it
+/// instead of paying for the call again (DESIGN section 6, "Checkpoint before parsing").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// Envelope id and role.
+    pub key: String,
+    pub model_id: String,
+    pub answer: serde_json::Value,
+    pub usage: Usage,
+    pub cost_nano_usd: u64,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// One state change, with the condition DynamoDB would check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -324,4 +337,7 @@ pub trait ControlState: Send + Sync + std::fmt::Debug {
     /// Replaces the stored performance record (last writer wins: it is a moving average, so a
     /// lost update only drops a few samples' weight).
     async fn put_performance(&self, snapshot: &PerformanceSnapshot) -> StoreResult<()>;
+    /// The checkpoint stored under `key`, unless it expired by `now`.
+    async fn checkpoint(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<Checkpoint>>;
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()>;
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    BudgetState, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord, StoreError,
+    BudgetState, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord, StoreError,
     StoreResult, SystemRecord, Transaction, Write,
 };
 use crate::cost::{
@@ -918,7 +918,31 @@ impl ControlState for SqliteStore {
             [PERFORMANCE_ROW, &encode(snapshot)?],
         )
     }
+
+    async fn checkpoint(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<Checkpoint>> {
+        let found: Option<Checkpoint> = one(
+            &self.conn(),
+            "control",
+            "SELECT body FROM control WHERE name = ?1",
+            [format!("{CHECKPOINT_PREFIX}{key}")],
+        )?;
+        Ok(found.filter(|c| c.expires_at > now))
+    }
+
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
+        put(
+            &self.conn(),
+            "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
+            [
+                format!("{CHECKPOINT_PREFIX}{}", checkpoint.key),
+                encode(checkpoint)?,
+            ],
+        )
+    }
 }
+
+/// Prefix of the `control` rows holding LLM answer checkpoints.
+const CHECKPOINT_PREFIX: &str = "checkpoint:";
 
 #[async_trait]
 impl CostLedger for SqliteStore {
