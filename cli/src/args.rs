@@ -65,6 +65,16 @@ pub struct ListArgs {
     pub json: bool,
 }
 
+/// Which engine plays the LLM roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Llm {
+    /// The deterministic local engine: no AWS account, no cost.
+    Local,
+    /// Amazon Bedrock through the standard AWS credential chain (honours `AWS_ENDPOINT_URL`
+    /// and `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`), with the local engine as fallback.
+    Bedrock,
+}
+
 #[derive(Debug, Args)]
 pub struct EngineArgs {
     /// Seed of the local engine and of the simulated system's noise.
@@ -73,6 +83,18 @@ pub struct EngineArgs {
     /// Print the run summary as one JSON object on the last stdout line.
     #[arg(long)]
     pub json: bool,
+    /// Which engine plays the LLM roles.
+    #[arg(long, value_enum, default_value_t = Llm::Local, env = "EVOLVE_LLM")]
+    pub llm: Llm,
+    /// A model catalog JSON file replacing the built-in one.
+    #[arg(long, env = "EVOLVE_MODEL_CATALOG")]
+    pub model_catalog: Option<PathBuf>,
+    /// Global daily LLM budget in US dollars (e.g. 5 or 0.25); unlimited when absent.
+    #[arg(long, env = "EVOLVE_DAILY_BUDGET_USD")]
+    pub daily_budget_usd: Option<String>,
+    /// Global monthly LLM budget in US dollars; unlimited when absent.
+    #[arg(long, env = "EVOLVE_MONTHLY_BUDGET_USD")]
+    pub monthly_budget_usd: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 //! `shared::local` and `shared::pipeline`.
 
 mod evolve;
+mod llm;
 mod views;
 
 use std::path::Path;
