@@ -1,0 +1,320 @@
+//! The `evolve` command end to end: the demo's promises, bad input, the real example evaluator,
+//! and the Bedrock path against the stub binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// A workspace binary next to this test's own executable, built first if it is missing.
+fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = std::env::current_exe()
+        .expect("test path")
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    let path = dir.join(name);
+    if !path.exists() {
+        BUILT.get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args([
+                    "build",
+                    "-p",
+                    "evolve",
+                    "-p",
+                    "tests",
+                    "-p",
+                    "sqlite-evaluator",
+                    "--bins",
+                ])
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the binaries failed");
+        });
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+fn evolve(state: &Path, args: &[&str]) -> Output {
+    Command::new(bin("evolve"))
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .env_remove("EVOLVE_SYSTEM")
+        .env_remove("EVOLVE_LLM")
+        .stdin(Stdio::null())
+        .output()
+        .expect("evolve runs")
+}
+
+fn last_json(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().expect("a JSON line");
+    serde_json::from_str(line).expect("the last stdout line is JSON")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn demo_with_one_seed_prints_identical_json_twice() {
+    let a = tempfile::tempdir().expect("dir");
+    let b = tempfile::tempdir().expect("dir");
+    let first = evolve(a.path(), &["demo", "--seed", "7", "--json"]);
+    let second = evolve(b.path(), &["demo", "--seed", "7", "--json"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert_eq!(last_json(&first), last_json(&second));
+}
+
+#[test]
+fn demo_improves_fitness_with_rollbacks_in_the_cliff_and_few_llm_calls() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = evolve(dir.path(), &["demo", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = last_json(&out);
+    assert_eq!(r["generations"], 30);
+    let initial = r["initial_fitness"].as_f64().expect("initial");
+    let final_ = r["final_fitness"].as_f64().expect("final");
+    assert!(final_ > initial, "{initial} -> {final_}");
+    assert!(r["rollbacks"].as_u64().expect("rollbacks") >= 1);
+    let d = &r["decisions"];
+    let decided: u64 = ["approve", "reject", "defer"]
+        .iter()
+        .map(|k| d[*k].as_u64().expect("count"))
+        .sum();
+    assert!(decided >= 30, "{d}");
+    let roles = &r["llm_calls_by_role"];
+    let planning = roles["analyze"].as_u64().expect("n") + roles["strategize"].as_u64().expect("n");
+    assert!(
+        planning < 30,
+        "analyze + strategize = {planning} over 30 generations"
+    );
+    // At least one rollback's candidate lay in the cliff: its workload failed.
+    let history = evolve(dir.path(), &["history", "--limit", "200", "--json"]);
+    let history: Value = serde_json::from_slice(&history.stdout).expect("history JSON");
+    let cliff = history
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|h| h["outcome"] == "inconclusive")
+        .count();
+    assert!(cliff >= 1, "no candidate hit the out-of-memory cliff");
+    for view in ["status", "decisions", "cost"] {
+        let out = evolve(dir.path(), &[view]);
+        assert!(out.status.success(), "{view}: {}", stderr(&out));
+        assert!(!out.stdout.is_empty(), "{view} printed nothing");
+    }
+}
+
+#[test]
+fn bad_input_exits_2_with_one_line_and_writes_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("state");
+    let bad_dna = dir.path().join("bad.json");
+    std::fs::write(
+        &bad_dna,
+        r#"{"system_id": "x", "genes": {"a": {"type": "int", "value": 500, "min": 0, "max": 10}}}"#,
+    )
+    .expect("write");
+    let cases: Vec<Vec<String>> = vec![
+        vec![
+            "init".into(),
+            "--dna".into(),
+            dir.path().join("missing.json").display().to_string(),
+        ],
+        vec!["init".into(), "--dna".into(), bad_dna.display().to_string()],
+        vec!["status".into()],
+        vec![
+            "run".into(),
+            "--evaluator".into(),
+            "no-such-evaluator-xyz".into(),
+        ],
+        vec!["--system".into(), "nope".into(), "history".into()],
+    ];
+    for args in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = evolve(&state, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+        assert!(!state.exists(), "{args:?} wrote {}", state.display());
+    }
+    let out = evolve(&state, &["init", "--dna", &bad_dna.display().to_string()]);
+    assert!(stderr(&out).contains("\"a\""), "the error names the gene");
+}
+
+#[test]
+fn unknown_system_in_an_existing_store_exits_2() {
+    let dir = tempfile::tempdir().expect("dir");
+    assert!(
+        evolve(dir.path(), &["demo", "--generations", "1"])
+            .status
+            .success()
+    );
+    let out = evolve(dir.path(), &["--system", "nope", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown system nope"));
+}
+
+#[test]
+fn sqlite_example_evaluator_runs_two_generations_and_resumes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let dna = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sqlite-evaluator/dna.json");
+    let out = evolve(dir.path(), &["init", "--dna", &dna.display().to_string()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let evaluator = format!("SQLITE_EVAL_ROWS=300 {}", bin("sqlite-evaluator").display());
+    let run = |generations: &str| {
+        let out = evolve(
+            dir.path(),
+            &[
+                "run",
+                "--evaluator",
+                &evaluator,
+                "--generations",
+                generations,
+                "--json",
+            ],
+        );
+        assert!(out.status.success(), "{}", stderr(&out));
+        last_json(&out)
+    };
+    let first = run("2");
+    assert_eq!(first["generations"], 2);
+    assert!(first["initial_fitness"].as_f64().expect("baseline") > 0.0);
+    let second = run("1");
+    assert_eq!(second["generations"], 1);
+    assert_eq!(
+        second["initial_fitness"], first["final_fitness"],
+        "resumes from the stored head"
+    );
+}
+
+#[test]
+fn failing_evaluator_generations_are_inconclusive_and_rolled_back() {
+    let dir = tempfile::tempdir().expect("dir");
+    let dna = dir.path().join("dna.json");
+    std::fs::write(
+        &dna,
+        r#"{"system_id": "flaky", "genes": {"x": {"type": "int", "value": 5, "min": 0, "max": 10, "max_step": 2}}}"#,
+    )
+    .expect("write");
+    assert!(
+        evolve(dir.path(), &["init", "--dna", &dna.display().to_string()])
+            .status
+            .success()
+    );
+    // Measures x as the score while x <= 5, and fails (exit 3) beyond.
+    let evaluator = r#"python3 -c 'import json,sys; x=json.load(sys.stdin)["x"]; sys.exit(3) if x>5 else print(json.dumps({"score": x}))'"#;
+    let out = evolve(
+        dir.path(),
+        &[
+            "run",
+            "--evaluator",
+            evaluator,
+            "--generations",
+            "4",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = last_json(&out);
+    assert!(r["rollbacks"].as_u64().expect("n") >= 1, "{r}");
+    let history = evolve(dir.path(), &["history", "--json"]);
+    let history: Value = serde_json::from_slice(&history.stdout).expect("JSON");
+    assert!(
+        history
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|h| h["outcome"] == "inconclusive"),
+        "{history}"
+    );
+}
+
+/// Independent pricing for the stub's log: nano-USD per million tokens, rounded half up.
+fn catalog_prices() -> std::collections::HashMap<String, Value> {
+    let catalog: Value =
+        serde_json::from_str(include_str!("../../../shared/catalog/models.json")).expect("catalog");
+    catalog["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| {
+            let id = m["id"].as_str().expect("id").to_owned();
+            let endpoint = if id.starts_with("global.") {
+                "global"
+            } else {
+                "regional"
+            };
+            let price = m["prices"]
+                .as_array()
+                .expect("prices")
+                .iter()
+                .find(|p| p["endpoint"] == endpoint)
+                .expect("price for endpoint")
+                .clone();
+            (id, price)
+        })
+        .collect()
+}
+
+#[test]
+fn demo_on_bedrock_through_the_stub_counts_every_request_and_nano_dollar() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("dir");
+    let log = dir.path().join("stub.jsonl");
+    let mut stub = Command::new(bin("bedrock-stub"))
+        .arg("--log")
+        .arg(&log)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("stub starts");
+    let mut line = String::new();
+    BufReader::new(stub.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening line");
+    let url = line.trim().trim_start_matches("listening on ").to_owned();
+    let out = Command::new(bin("evolve"))
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .args(["demo", "--llm", "bedrock", "--generations", "5", "--json"])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", &url)
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("evolve runs");
+    let _ = stub.kill();
+    let _ = stub.wait();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = last_json(&out);
+    assert_eq!(r["generations"], 5);
+    let prices = catalog_prices();
+    let mut requests = 0u64;
+    let mut cost = 0u128;
+    for entry in std::fs::read_to_string(&log).expect("log").lines() {
+        let e: Value = serde_json::from_str(entry).expect("log line");
+        requests += 1;
+        if e["status"] != 200 {
+            continue;
+        }
+        let p = &prices[e["model_id"].as_str().expect("model")];
+        let u = &e["usage"];
+        let n = |v: &Value| u128::from(v.as_u64().expect("number"));
+        let numerator = n(&u["input"]) * n(&p["input"])
+            + n(&u["output"]) * n(&p["output"])
+            + n(&u["cache_read"]) * n(&p["cache_read"])
+            + n(&u["cache_write"]) * n(&p["cache_write_5m"]);
+        cost += (numerator + 500_000) / 1_000_000;
+    }
+    assert!(requests > 0);
+    assert_eq!(r["bedrock_requests"].as_u64(), Some(requests));
+    assert_eq!(r["cost_nano_usd"].as_u64().map(u128::from), Some(cost));
+}
