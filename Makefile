@@ -49,8 +49,9 @@ lint: ## rustfmt check and clippy with warnings denied
 	$(call timed,fmt,$(CARGO) fmt --all -- --check)
 	$(call timed,clippy,$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings)
 
-bench: ## Criterion benches of the pipeline
-	$(call timed,bench,$(CARGO) bench -p shared --bench pipeline)
+bench: ## Engine vs random search, stage throughput, LLM-layer overhead (release builds)
+	$(call timed,bench-pipeline,$(CARGO) bench -p shared --bench pipeline)
+	$(call timed,bench-llm,$(CARGO) bench -p tests --bench llm)
 
 clean: ## Remove build artefacts
 	$(CARGO) clean
