@@ -282,12 +282,7 @@ impl BedrockModel {
             let mut retries = 0u32;
             loop {
                 let now = clock.now();
-                let remaining = first_failure.map(|ff| {
-                    (ff + chrono::Duration::from_std(retry.fallback_within).unwrap_or_default()
-                        - now)
-                        .to_std()
-                        .unwrap_or(Duration::ZERO)
-                });
+                let remaining = window_left(first_failure, retry.fallback_within, now);
                 if remaining == Some(Duration::ZERO) {
                     last_reason = format!(
                         "no answer within {:?} of the first failure ({last_reason})",
@@ -309,6 +304,7 @@ impl BedrockModel {
                         role.as_str(),
                         &model_id,
                         &attempt_no.to_string(),
+                        &self.request_nonce(),
                     ],
                 );
                 let reservation = Reservation {
@@ -339,13 +335,7 @@ impl BedrockModel {
                         };
                     }
                 }
-                let mut timeout = settings.timeout;
-                if let Some(deadline) = ctx.deadline {
-                    timeout = timeout.min((deadline - now).to_std().unwrap_or(Duration::ZERO));
-                }
-                if let Some(r) = remaining {
-                    timeout = timeout.min(r);
-                }
+                let timeout = request_timeout(settings.timeout, ctx.deadline, remaining, now);
                 spent.requests += 1;
                 let sent = tokio::time::timeout(
                     timeout,
@@ -384,6 +374,15 @@ impl BedrockModel {
                                 first_failure.get_or_insert(now);
                                 if !repaired {
                                     repaired = true;
+                                    // The repair is bounded like any request: by the
+                                    // deadline and by what is left of the fallback window.
+                                    let now = clock.now();
+                                    let timeout = request_timeout(
+                                        settings.timeout,
+                                        ctx.deadline,
+                                        window_left(first_failure, retry.fallback_within, now),
+                                        now,
+                                    );
                                     if let Some(value) = self
                                         .repair(
                                             ctx,
@@ -392,6 +391,7 @@ impl BedrockModel {
                                             &prompt,
                                             &e,
                                             parse,
+                                            timeout,
                                             spent,
                                         )
                                         .await
@@ -425,8 +425,15 @@ impl BedrockModel {
                             Path::RetryThenNextModel if retries < retry.retries_per_model => {
                                 let wait =
                                     healing::backoff(retry, retries, self.ports.random.as_ref());
+                                // Never sleep past the fallback window: the local engine must
+                                // answer within it.
+                                let left =
+                                    window_left(first_failure, retry.fallback_within, clock.now());
                                 retries += 1;
-                                self.ports.sleeper.sleep(wait).await;
+                                self.ports
+                                    .sleeper
+                                    .sleep(left.map_or(wait, |left| wait.min(left)))
+                                    .await;
                             }
                             Path::TrimThenLargerModel if history_limit > 0 => {
                                 history_limit /= 2;
@@ -473,6 +480,7 @@ impl BedrockModel {
         prompt: &Prompt,
         error: &AnswerError,
         parse: &(dyn Fn(Value) -> Result<T, AnswerError> + Sync),
+        timeout: Duration,
         spent: &mut Spent,
     ) -> Option<Outcome<T>> {
         let cheapest = ranked
@@ -495,7 +503,12 @@ impl BedrockModel {
         let reservation = Reservation {
             call_id: derive_id(
                 "bcall",
-                &[&ctx.envelope_id, ctx.task.role.as_str(), "repair"],
+                &[
+                    &ctx.envelope_id,
+                    ctx.task.role.as_str(),
+                    "repair",
+                    &self.request_nonce(),
+                ],
             ),
             system_id: ctx.system_id.clone(),
             model_id: cheapest.id.clone(),
@@ -515,7 +528,7 @@ impl BedrockModel {
         }
         spent.requests += 1;
         let sent = tokio::time::timeout(
-            settings.timeout,
+            timeout,
             self.send(
                 &cheapest.id,
                 cheapest,
@@ -541,6 +554,14 @@ impl BedrockModel {
             value,
             model_id: cheapest.id.clone(),
         })
+    }
+
+    /// A fresh value for each request's ledger call id. The id must name one request: a
+    /// redelivered envelope that is sent again is billed again, and a call id reused from the
+    /// first delivery would make the ledger drop that cost as an already-settled retry (and keep
+    /// the new reservation held forever).
+    fn request_nonce(&self) -> String {
+        format!("{:016x}", self.ports.random.next_u64())
     }
 
     /// Budgets a call must fit in; non-critical calls leave the reserved share to critical ones.
@@ -776,6 +797,37 @@ impl BedrockModel {
         };
         request.send().await
     }
+}
+
+/// What is left of the fallback window once a failure has opened it (`None` before any failure).
+fn window_left(
+    first_failure: Option<DateTime<Utc>>,
+    within: Duration,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
+    first_failure.map(|ff| {
+        (ff + chrono::Duration::from_std(within).unwrap_or_default() - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    })
+}
+
+/// How long one request may take: the role's timeout, cut to the call's deadline and to what is
+/// left of the fallback window.
+fn request_timeout(
+    role_timeout: Duration,
+    deadline: Option<DateTime<Utc>>,
+    window_left: Option<Duration>,
+    now: DateTime<Utc>,
+) -> Duration {
+    let mut timeout = role_timeout;
+    if let Some(deadline) = deadline {
+        timeout = timeout.min((deadline - now).to_std().unwrap_or(Duration::ZERO));
+    }
+    if let Some(left) = window_left {
+        timeout = timeout.min(left);
+    }
+    timeout
 }
 
 fn extraction(entry: &ModelEntry, role: Role) -> Extraction {

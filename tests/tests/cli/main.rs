@@ -294,27 +294,27 @@ fn demo_on_bedrock_through_the_stub_counts_every_request_and_nano_dollar() {
     let _ = stub.kill();
     let _ = stub.wait();
     assert!(out.status.success(), "{}", stderr(&out));
-    let r = last_json(&out);
-    assert_eq!(r["generations"], 5);
+    let report = last_json(&out);
+    assert_eq!(report["generations"], 5);
     let prices = catalog_prices();
     let mut requests = 0u64;
     let mut cost = 0u128;
     for entry in std::fs::read_to_string(&log).expect("log").lines() {
-        let e: Value = serde_json::from_str(entry).expect("log line");
+        let line: Value = serde_json::from_str(entry).expect("log line");
         requests += 1;
-        if e["status"] != 200 {
+        if line["status"] != 200 {
             continue;
         }
-        let p = &prices[e["model_id"].as_str().expect("model")];
-        let u = &e["usage"];
-        let n = |v: &Value| u128::from(v.as_u64().expect("number"));
-        let numerator = n(&u["input"]) * n(&p["input"])
-            + n(&u["output"]) * n(&p["output"])
-            + n(&u["cache_read"]) * n(&p["cache_read"])
-            + n(&u["cache_write"]) * n(&p["cache_write_5m"]);
+        let price = &prices[line["model_id"].as_str().expect("model")];
+        let usage = &line["usage"];
+        let int = |v: &Value| u128::from(v.as_u64().expect("number"));
+        let numerator = int(&usage["input"]) * int(&price["input"])
+            + int(&usage["output"]) * int(&price["output"])
+            + int(&usage["cache_read"]) * int(&price["cache_read"])
+            + int(&usage["cache_write"]) * int(&price["cache_write_5m"]);
         cost += (numerator + 500_000) / 1_000_000;
     }
     assert!(requests > 0);
-    assert_eq!(r["bedrock_requests"].as_u64(), Some(requests));
-    assert_eq!(r["cost_nano_usd"].as_u64().map(u128::from), Some(cost));
+    assert_eq!(report["bedrock_requests"].as_u64(), Some(requests));
+    assert_eq!(report["cost_nano_usd"].as_u64().map(u128::from), Some(cost));
 }

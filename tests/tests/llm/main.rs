@@ -1,0 +1,24 @@
+//! The Bedrock adapter's contract (DESIGN section 6), proven through the real
+//! `aws-sdk-bedrockruntime` client against the project's Converse stub, with the in-memory store
+//! as ledger and control state and a simulated clock as clock and sleeper:
+//!
+//! - `roles`: each role turns a structured answer into its typed result, on every output kind;
+//! - `healing`: the error table, read off the stub's request log;
+//! - `circuit`: the per-model breaker;
+//! - `deadline`: the local engine answers within five (virtual) seconds of the first failure, and
+//!   a pipeline cycle completes on it;
+//! - `budget`: refusals, the critical reserve, threshold crossings, the paused mode;
+//! - `ledger`: the ledger equals an independent recomputation to the nano-USD;
+//! - `checkpoint`: a checkpointed answer is parsed instead of paid for again;
+//! - `parser`: no bytes or JSON make the parser panic.
+
+mod budget;
+mod checkpoint;
+mod circuit;
+mod deadline;
+mod fixture;
+mod healing;
+mod ledger;
+mod parser;
+mod requests;
+mod roles;
