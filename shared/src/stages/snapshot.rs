@@ -262,6 +262,17 @@ async fn close_window(
             }),
         None => None,
     };
+    // The strategist's prediction error feeds its performance record (the router's history).
+    if let (Some(step), Some(actual)) = (&eval.plan_step, actual_impact) {
+        if let Some(plan) = deps.store.get_plan(&env.system_id, &step.plan_id).await? {
+            out.writes.push(Write::RecordPrediction {
+                model_id: plan.model_used,
+                role: crate::domain::Role::Strategize,
+                predicted: eval.predicted_impact,
+                actual,
+            });
+        }
+    }
     out.writes.push(Write::PutHistory {
         system_id: env.system_id.clone(),
         entry: HistoryEntry {

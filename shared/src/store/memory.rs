@@ -169,6 +169,15 @@ impl State {
             Write::SetBudgetMode { state, .. } => {
                 self.budget = Some(state);
             }
+            Write::RecordPrediction {
+                model_id,
+                role,
+                predicted,
+                actual,
+            } => {
+                self.performance
+                    .record_prediction(&model_id, role, predicted, actual);
+            }
         }
         Ok(())
     }

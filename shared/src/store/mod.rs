@@ -182,6 +182,14 @@ pub enum Write {
         expected: BudgetMode,
         state: BudgetState,
     },
+    /// Feeds a closed evaluation's prediction error (|predicted - actual| fitness impact) into
+    /// the performance record of the model that predicted it. No condition.
+    RecordPrediction {
+        model_id: String,
+        role: Role,
+        predicted: f64,
+        actual: f64,
+    },
 }
 
 /// The idempotency record written with a transaction: the outbox.

@@ -591,6 +591,26 @@ fn apply(conn: &Connection, write: &Write) -> StoreResult<()> {
             "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
             [BUDGET_ROW, &encode(state)?],
         ),
+        Write::RecordPrediction {
+            model_id,
+            role,
+            predicted,
+            actual,
+        } => {
+            let mut perf: PerformanceSnapshot = one(
+                conn,
+                "control",
+                "SELECT body FROM control WHERE name = ?1",
+                [PERFORMANCE_ROW],
+            )?
+            .unwrap_or_default();
+            perf.record_prediction(model_id, *role, *predicted, *actual);
+            put(
+                conn,
+                "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
+                [PERFORMANCE_ROW, &encode(&perf)?],
+            )
+        }
     }
 }
 
@@ -1179,7 +1199,7 @@ pub(super) mod rules {
             Write::PutAnalysis { analysis } => Some(&analysis.system_id),
             Write::PutLlmCall { call } => Some(&call.system_id),
             Write::PutAlert { alert } => alert.system_id.as_ref(),
-            Write::SetBudgetMode { .. } => None,
+            Write::SetBudgetMode { .. } | Write::RecordPrediction { .. } => None,
         }
     }
 
@@ -1199,6 +1219,7 @@ pub(super) mod rules {
             Write::PutLlmCall { .. } => "put_llm_call",
             Write::PutAlert { .. } => "put_alert",
             Write::SetBudgetMode { .. } => "set_budget_mode",
+            Write::RecordPrediction { .. } => "record_prediction",
         }
     }
 
@@ -1262,6 +1283,8 @@ pub(super) mod rules {
             Write::PutLlmCall { call } => vec![format!("LLM#{}", call.call_id)],
             Write::PutAlert { alert } => vec![format!("ALERT#{}", alert.id)],
             Write::SetBudgetMode { .. } => vec!["CTRL/BUDGET".to_owned()],
+            // Several predictions may fold into the one record in a transaction.
+            Write::RecordPrediction { .. } => vec![],
         };
         Ok(keys)
     }
@@ -1384,7 +1407,8 @@ pub(super) mod rules {
             | Write::PutHistory { .. }
             | Write::PutAnalysis { .. }
             | Write::PutLlmCall { .. }
-            | Write::PutAlert { .. } => None,
+            | Write::PutAlert { .. }
+            | Write::RecordPrediction { .. } => None,
         };
         Ok(reason)
     }

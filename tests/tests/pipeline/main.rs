@@ -685,3 +685,20 @@ async fn scheduled_cycle_while_evaluating_is_a_no_op() {
     assert!(matches!(handled, Handled::Processed { sent: 0, .. }));
     assert_eq!(h.llm.analyses(), 0);
 }
+
+#[tokio::test]
+async fn closed_evaluations_feed_the_strategists_prediction_error() {
+    use shared::store::ControlState;
+    let h = harness(
+        Scripted::with(vec![strategy(vec![step("a", "x", 60)])]),
+        permissive(),
+    )
+    .await;
+    run(&h, &rises_with_x(), 1).await;
+    let perf = h.store.performance().await.expect("performance");
+    let stats = perf
+        .stats("test:scripted", shared::domain::Role::Strategize)
+        .expect("recorded for the model that made the plan");
+    // Predicted +1, measured +10.
+    assert!((stats.prediction_error - 9.0).abs() < 1e-9, "{stats:?}");
+}
