@@ -11,7 +11,7 @@ use shared::llm::LanguageModel;
 use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
 use shared::llm::catalog::ModelCatalog;
 use shared::stages::PipelineConfig;
-use shared::store::sqlite::SqliteStore;
+use shared::store::FullStore;
 
 use crate::args::{EngineArgs, Llm};
 use crate::output::bad_input;
@@ -64,7 +64,7 @@ pub fn pipeline_config(args: &EngineArgs) -> anyhow::Result<PipelineConfig> {
 /// Bedrock heals in real time and counts money by the real date, whatever the run's clock.
 pub async fn build(
     args: &EngineArgs,
-    store: &Arc<SqliteStore>,
+    store: &Arc<dyn FullStore>,
     budgets: Budgets,
 ) -> anyhow::Result<Arc<dyn LanguageModel>> {
     let local = LocalEngine::new(args.seed);

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use shared::domain::SystemId;
-use shared::store::EvolutionStore;
 use shared::store::sqlite::SqliteStore;
+use shared::store::{EvolutionStore, FullStore};
 
 use crate::args::{Cli, Command};
 use crate::output::bad_input;
@@ -30,14 +30,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Opens (creating if needed) the store in the state directory.
-pub(crate) fn open_store(state: &Path) -> anyhow::Result<Arc<SqliteStore>> {
+pub(crate) fn open_store(state: &Path) -> anyhow::Result<Arc<dyn FullStore>> {
     let store = SqliteStore::open(state)
         .with_context(|| format!("opening the store in {}", state.display()))?;
     Ok(Arc::new(store))
 }
 
 /// Opens an existing store; a missing one is bad input, and nothing is created.
-pub(crate) fn open_existing(state: &Path) -> anyhow::Result<Arc<SqliteStore>> {
+pub(crate) fn open_existing(state: &Path) -> anyhow::Result<Arc<dyn FullStore>> {
     if !state.join("evolution.db").is_file() {
         return Err(bad_input(format!(
             "no store in {}: create a system with `evolve init --dna FILE` or run `evolve demo`",

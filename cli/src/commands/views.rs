@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::json;
-use shared::cost::{CostLedger, LedgerScope, PeriodKey, format_usd};
+use shared::cost::{LedgerScope, PeriodKey, format_usd};
 use shared::domain::{
     Body, BudgetPeriod, Envelope, HeadStatus, HistoryEntry, derive_id, describe_changes,
 };
@@ -14,7 +14,6 @@ use shared::engine::LocalEngine;
 use shared::local::LocalHome;
 use shared::pipeline;
 use shared::stages::PipelineConfig;
-use shared::store::{ControlState, EvolutionStore};
 
 use super::{open_existing, resolve_system};
 use crate::args::{Cli, ListArgs, RollbackArgs};

@@ -555,18 +555,12 @@ pub struct LocalHome {
 
 impl LocalHome {
     /// Wires ports around a store that is also the ledger and the control state.
-    pub fn new<S>(
-        store: Arc<S>,
+    pub fn new(
+        store: Arc<dyn crate::store::FullStore>,
         llm: Arc<dyn crate::llm::LanguageModel>,
         start: DateTime<Utc>,
         config: crate::stages::PipelineConfig,
-    ) -> Self
-    where
-        S: crate::store::EvolutionStore
-            + crate::store::ControlState
-            + crate::cost::CostLedger
-            + 'static,
-    {
+    ) -> Self {
         let clock = Arc::new(SimClock::new(start));
         let deps = Deps {
             store: store.clone(),

@@ -334,6 +334,12 @@ pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// Everything a home keeps: the evolution records, control state and the cost ledger. The
+/// SQLite, in-memory and DynamoDB stores are each all three.
+pub trait FullStore: EvolutionStore + ControlState + crate::cost::CostLedger {}
+
+impl<T: EvolutionStore + ControlState + crate::cost::CostLedger + ?Sized> FullStore for T {}
+
 /// Control state: budget mode, circuit breakers and model performance (DynamoDB `PK=CTRL`).
 #[async_trait]
 pub trait ControlState: Send + Sync + std::fmt::Debug {
