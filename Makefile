@@ -9,6 +9,9 @@ export CARGO_INCREMENTAL := 0
 export CARGO_TERM_COLOR := never
 
 CARGO ?= cargo
+PYTHON ?= python3
+# moto's server stands in for DynamoDB and S3 (and the other AWS services) in the tests.
+MOTO_VERSION := 5.2.5
 
 # $(call timed,LABEL,COMMAND): runs COMMAND, then prints how long it took and its exit status.
 # (COMMAND must not contain a comma.)
@@ -31,13 +34,25 @@ demo: ## Run the built-in demo system end to end (local engine, embedded store)
 build: ## Debug build of every crate
 	$(call timed,build,$(CARGO) build --workspace)
 
-test-tools: ## Install what the tests need (cargo-nextest)
+test-tools: ## Install what the tests need (cargo-nextest; moto's server in .venv)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "==> test-tools: $$($(CARGO) nextest --version | head -n 1)"; \
 	else \
 		echo "==> test-tools: installing cargo-nextest"; \
 		start=$$(date +%s); \
 		$(CARGO) install cargo-nextest --locked; \
+		echo "==> test-tools: $$(( $$(date +%s) - start ))s"; \
+	fi
+	@if [ ! -x .venv/bin/python ]; then \
+		echo "==> test-tools: creating .venv"; \
+		$(PYTHON) -m venv .venv; \
+	fi
+	@if [ -x .venv/bin/moto_server ]; then \
+		echo "==> test-tools: moto $$(.venv/bin/python -c 'import moto; print(moto.__version__)')"; \
+	else \
+		echo "==> test-tools: installing moto $(MOTO_VERSION) into .venv"; \
+		start=$$(date +%s); \
+		.venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]==$(MOTO_VERSION)'; \
 		echo "==> test-tools: $$(( $$(date +%s) - start ))s"; \
 	fi
 

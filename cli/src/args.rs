@@ -22,11 +22,33 @@ pub struct Cli {
     /// The system to act on; may be left out when the store holds exactly one.
     #[arg(long, global = true, env = "EVOLVE_SYSTEM")]
     pub system: Option<String>,
+    /// Where the records live: the embedded SQLite store, or a deployed stack's DynamoDB table
+    /// and S3 bucket.
+    #[arg(long, global = true, value_enum, env = "EVOLVE_STORE", default_value_t = StoreKind::Local)]
+    pub store: StoreKind,
+    /// With `--store aws`: the stack's DynamoDB table (output `TableName`).
+    #[arg(long, global = true, env = "EVOLVE_TABLE_NAME")]
+    pub table: Option<String>,
+    /// With `--store aws`: the stack's S3 bucket (output `BucketName`).
+    #[arg(long, global = true, env = "EVOLVE_BUCKET_NAME")]
+    pub bucket: Option<String>,
+    /// With `--store aws`: the snapshot queue operators send rollbacks to (output
+    /// `SnapshotQueueUrl`).
+    #[arg(long, global = true, env = "EVOLVE_SNAPSHOT_QUEUE_URL")]
+    pub snapshot_queue_url: Option<String>,
     /// More logging on stderr (-v info, -vv debug). `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    /// `<state>/evolution.db`, run in this process.
+    Local,
+    /// A deployed stack (standard AWS credential chain; `AWS_ENDPOINT_URL` honoured).
+    Aws,
 }
 
 #[derive(Debug, Subcommand)]

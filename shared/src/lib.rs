@@ -6,6 +6,7 @@ pub mod cost;
 pub mod domain;
 pub mod engine;
 pub mod evaluator;
+pub mod lambda;
 pub mod llm;
 pub mod local;
 pub mod pipeline;

@@ -1,3 +1,4 @@
 //! Support code shared by the integration and end-to-end tests of the evolution suite.
 
 pub mod bedrock_stub;
+pub mod moto;

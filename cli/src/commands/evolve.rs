@@ -12,7 +12,7 @@ use shared::local::{InitError, LocalHome, RunOptions, init_system};
 use shared::stages::PipelineConfig;
 use shared::store::{EvolutionStore, SystemSettings, Transaction, Write};
 
-use super::{llm, open_existing, open_store, resolve_system};
+use super::{llm, local_only, open_existing, open_store, resolve_system};
 use crate::args::{Cli, DemoArgs, EngineArgs, InitArgs, RunArgs};
 use crate::output::{Progress, bad_input, print_json, print_summary};
 
@@ -23,8 +23,9 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     // A little measurement noise, seeded, so keep-or-rollback faces what real systems show.
     let demo = shared::sim::demo_system().with_noise(args.engine.seed, 0.01);
     let (system_id, schema, genes) = demo.dna();
+    local_only(cli, "demo")?;
     let config = llm::pipeline_config(&args.engine)?;
-    let store = open_store(&cli.state)?;
+    let store = open_store(cli).await?;
     store.purge_system(&system_id).await?;
     let start = DateTime::parse_from_rfc3339(DEMO_EPOCH)?.with_timezone(&Utc);
     let engine = llm::build(&args.engine, &store, config.budgets).await?;
@@ -56,7 +57,7 @@ pub async fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
     if args.samples == 0 {
         return Err(bad_input("--samples must be at least 1"));
     }
-    let store = open_store(&cli.state)?;
+    let store = open_store(cli).await?;
     let home = LocalHome::new(
         store,
         Arc::new(LocalEngine::new(0)),
@@ -91,8 +92,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     if args.samples == Some(0) {
         return Err(bad_input("--samples must be at least 1"));
     }
+    local_only(cli, "run")?;
     let config = llm::pipeline_config(&args.engine)?;
-    let store = open_existing(&cli.state)?;
+    let store = open_existing(cli).await?;
     let system_id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
     if let Some(samples) = args.samples {
         set_samples(store.as_ref(), &system_id, samples).await?;

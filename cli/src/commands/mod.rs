@@ -1,11 +1,11 @@
 //! One function per subcommand. Everything here wires ports and prints; the work is done by
 //! `shared::local` and `shared::pipeline`.
 
+mod aws;
 mod evolve;
 mod llm;
 mod views;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -13,7 +13,7 @@ use shared::domain::SystemId;
 use shared::store::sqlite::SqliteStore;
 use shared::store::{EvolutionStore, FullStore};
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, StoreKind};
 use crate::output::bad_input;
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -29,22 +29,38 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Opens (creating if needed) the store in the state directory.
-pub(crate) fn open_store(state: &Path) -> anyhow::Result<Arc<dyn FullStore>> {
-    let store = SqliteStore::open(state)
-        .with_context(|| format!("opening the store in {}", state.display()))?;
-    Ok(Arc::new(store))
+/// Opens the store, creating the embedded one if needed.
+pub(crate) async fn open_store(cli: &Cli) -> anyhow::Result<Arc<dyn FullStore>> {
+    match cli.store {
+        StoreKind::Local => {
+            let store = SqliteStore::open(&cli.state)
+                .with_context(|| format!("opening the store in {}", cli.state.display()))?;
+            Ok(Arc::new(store))
+        }
+        StoreKind::Aws => Ok(Arc::new(aws::store(cli).await?)),
+    }
 }
 
-/// Opens an existing store; a missing one is bad input, and nothing is created.
-pub(crate) fn open_existing(state: &Path) -> anyhow::Result<Arc<dyn FullStore>> {
-    if !state.join("evolution.db").is_file() {
+/// Opens an existing store; a missing embedded one is bad input, and nothing is created.
+pub(crate) async fn open_existing(cli: &Cli) -> anyhow::Result<Arc<dyn FullStore>> {
+    if cli.store == StoreKind::Local && !cli.state.join("evolution.db").is_file() {
         return Err(bad_input(format!(
             "no store in {}: create a system with `evolve init --dna FILE` or run `evolve demo`",
-            state.display()
+            cli.state.display()
         )));
     }
-    open_store(state)
+    open_store(cli).await
+}
+
+/// `demo` and `run` drive the pipeline in this process, on the embedded store.
+pub(crate) fn local_only(cli: &Cli, command: &str) -> anyhow::Result<()> {
+    if cli.store == StoreKind::Aws {
+        return Err(bad_input(format!(
+            "`{command}` runs the pipeline locally; on AWS the deployed functions run it \
+             (use --store local)"
+        )));
+    }
+    Ok(())
 }
 
 /// The system named by `--system`, or the only one in the store.

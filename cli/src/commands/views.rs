@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 use shared::cost::{LedgerScope, PeriodKey, format_usd};
 use shared::domain::{
-    Body, BudgetPeriod, Envelope, HeadStatus, HistoryEntry, derive_id, describe_changes,
+    Body, BudgetPeriod, Envelope, HeadStatus, HistoryEntry, Outgoing, derive_id, describe_changes,
 };
 use shared::engine::LocalEngine;
 use shared::local::LocalHome;
@@ -16,7 +16,7 @@ use shared::pipeline;
 use shared::stages::PipelineConfig;
 
 use super::{open_existing, resolve_system};
-use crate::args::{Cli, ListArgs, RollbackArgs};
+use crate::args::{Cli, ListArgs, RollbackArgs, StoreKind};
 use crate::output::{bad_input, fmt_fitness, print_json};
 
 /// Direction of the last few kept fitness values: the mean step between them.
@@ -31,7 +31,7 @@ fn trend(history: &[HistoryEntry]) -> Option<f64> {
 }
 
 pub async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
-    let store = open_existing(&cli.state)?;
+    let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
     let head = store
         .get_head(&id)
@@ -111,7 +111,7 @@ pub async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
 }
 
 pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
-    let store = open_existing(&cli.state)?;
+    let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
     let history = store.list_history(&id, args.limit).await?;
     if args.json {
@@ -139,7 +139,7 @@ pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
 }
 
 pub async fn decisions(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
-    let store = open_existing(&cli.state)?;
+    let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
     let all = store.list_decisions(&id, None, usize::MAX).await?;
     let shown = &all[all.len().saturating_sub(args.limit)..];
@@ -177,7 +177,7 @@ struct ModelSpend {
 }
 
 pub async fn cost(cli: &Cli, json: bool) -> anyhow::Result<()> {
-    let store = open_existing(&cli.state)?;
+    let store = open_existing(cli).await?;
     let now = Utc::now();
     let day = store
         .totals(PeriodKey::of(BudgetPeriod::Day, now), &LedgerScope::Total)
@@ -231,7 +231,7 @@ pub async fn cost(cli: &Cli, json: bool) -> anyhow::Result<()> {
 
 /// Sends a `RollbackRequested` through the pipeline, as an operator message.
 pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> anyhow::Result<()> {
-    let store = open_existing(&cli.state)?;
+    let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
     let head = store
         .get_head(&id)
@@ -245,15 +245,14 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> anyhow::Result<()> {
             )));
         }
     }
-    let start = Utc::now().max(head.updated_at + chrono::Duration::seconds(1));
-    let home = LocalHome::new(
-        store,
-        Arc::new(LocalEngine::new(0)),
-        start,
-        PipelineConfig::default(),
-    );
-    let now = shared::clock::Clock::now(home.clock.as_ref());
-    let operator = std::env::var("USER").unwrap_or_else(|_| "operator".into());
+    let now = Utc::now().max(head.updated_at + chrono::Duration::seconds(1));
+    let operator = match cli.store {
+        StoreKind::Aws => super::aws::caller_identity().await?,
+        StoreKind::Local => format!(
+            "local user {}",
+            std::env::var("USER").unwrap_or_else(|_| "operator".into())
+        ),
+    };
     let env = Envelope {
         id: derive_id(
             "op",
@@ -265,10 +264,21 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> anyhow::Result<()> {
         sent_at: now,
         body: Body::RollbackRequested {
             to_generation: args.to,
-            requested_by: format!("local user {operator}"),
+            requested_by: operator,
             reason: args.reason.clone(),
         },
     };
+    if cli.store == StoreKind::Aws {
+        super::aws::send_to_snapshot(cli, Outgoing::new(env)).await?;
+        eprintln!("{id}: rollback requested on the snapshot queue");
+        return Ok(());
+    }
+    let home = LocalHome::new(
+        store,
+        Arc::new(LocalEngine::new(0)),
+        now,
+        PipelineConfig::default(),
+    );
     match pipeline::handle(&home.deps, home.bus.as_ref(), &env).await {
         Ok(handled) => {
             eprintln!("{id}: rollback committed ({handled:?}); the next `evolve run` measures it");

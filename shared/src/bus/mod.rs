@@ -1,5 +1,6 @@
 //! The bus port (SQS queues and SNS topics) and the in-process bus used by the local runner.
 
+pub mod aws;
 pub mod local;
 
 use async_trait::async_trait;

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 
 use super::sqlite::rules::{self, IdempotencyRecord, Lookup};
 use super::{
-    BudgetState, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord, StoreResult,
-    SystemRecord, Transaction, Write,
+    BudgetState, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord,
+    StoreResult, SystemRecord, Transaction, Write,
 };
 use crate::cost::{
     CostLedger, LedgerEntry, LedgerScope, PeriodKey, Reservation, ReserveOutcome, SettleOutcome,

@@ -5,6 +5,7 @@
 //! adapter must apply a transaction all-or-nothing and evaluate the conditions exactly as
 //! DynamoDB's `TransactWriteItems` would, so the SQLite store behaves like the cloud one.
 
+pub mod dynamo;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
 pub mod sqlite;

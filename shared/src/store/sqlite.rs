@@ -20,8 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    BudgetState, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord, StoreError,
-    StoreResult, SystemRecord, Transaction, Write,
+    BudgetState, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord,
+    StoreError, StoreResult, SystemRecord, Transaction, Write,
 };
 use crate::cost::{
     CostLedger, LedgerEntry, LedgerScope, PeriodKey, Reservation, ReserveOutcome, SettleOutcome,

@@ -7,34 +7,35 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-/// A workspace binary next to this test's own executable, built first if it is missing.
-fn bin(name: &str) -> PathBuf {
+mod aws;
+
+/// A workspace binary next to this test's own executable, (re)built once per test run so a
+/// stale binary is never what gets tested.
+pub(crate) fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
-    let dir = std::env::current_exe()
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "evolve",
+                "-p",
+                "tests",
+                "-p",
+                "sqlite-evaluator",
+                "--bins",
+            ])
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+    });
+    let path = std::env::current_exe()
         .expect("test path")
         .parent()
         .and_then(Path::parent)
         .expect("target dir")
-        .to_path_buf();
-    let path = dir.join(name);
-    if !path.exists() {
-        BUILT.get_or_init(|| {
-            let status = Command::new(env!("CARGO"))
-                .args([
-                    "build",
-                    "-p",
-                    "evolve",
-                    "-p",
-                    "tests",
-                    "-p",
-                    "sqlite-evaluator",
-                    "--bins",
-                ])
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building the binaries failed");
-        });
-    }
+        .join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
 }

@@ -179,7 +179,10 @@ pub async fn refused_commit_leaves_the_claim_in_progress(h: &Harness) {
 
 pub async fn sent_outbox_is_not_returned_again(h: &Harness) {
     let messages = complete(h, "hash", 3_600).await;
-    h.store.mark_sent("no-such-key").await.expect("unknown keys are ignored");
+    h.store
+        .mark_sent("no-such-key")
+        .await
+        .expect("unknown keys are ignored");
     assert_eq!(
         h.store
             .claim(KEY, "hash", t(10), t(70))

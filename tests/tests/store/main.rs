@@ -1,7 +1,9 @@
-//! Conformance suite of the store adapters: every case runs against the in-memory store and
-//! against a SQLite file, so both keep the DynamoDB semantics the pipeline relies on.
+//! Conformance suite of the store adapters: every case runs against the in-memory store, a
+//! SQLite file and DynamoDB with S3 (on moto's server), so all keep the DynamoDB semantics the
+//! pipeline relies on.
 
 mod control;
+mod dynamo_s3;
 mod evolution;
 mod fixtures;
 mod harness;
@@ -15,13 +17,13 @@ macro_rules! case {
     ($adapter:ident, $module:ident :: $name:ident) => {
         #[tokio::test]
         async fn $name() {
-            crate::$module::$name(&crate::harness::Harness::$adapter()).await;
+            crate::$module::$name(&crate::harness::Harness::$adapter().await).await;
         }
     };
     ($adapter:ident, [multi_thread] $module:ident :: $name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn $name() {
-            crate::$module::$name(&crate::harness::Harness::$adapter()).await;
+            crate::$module::$name(&crate::harness::Harness::$adapter().await).await;
         }
     };
 }
@@ -33,6 +35,9 @@ macro_rules! conformance {
         }
         mod sqlite {
             $( case!(sqlite, $([$flavor])? $module::$name); )*
+        }
+        mod dynamo {
+            $( case!(dynamo, $([$flavor])? $module::$name); )*
         }
     };
 }

@@ -1,0 +1,765 @@
+//! Typed configuration of each function, read once at cold start from its environment.
+//!
+//! Each function reads only what it needs: its table and bucket, the URL of every queue and the
+//! ARN of every topic its stage can send to, the dead-letter queue of every queue it consumes,
+//! and, where it spends or polices money, the budgets and the LLM engine. `VARIABLES` lists
+//! exactly the names a type reads (a test holds `from_map` to it), so the deployment template
+//! can be checked against it.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use super::QueueSources;
+use crate::bus::aws::Destinations;
+use crate::cost::Budgets;
+use crate::domain::{Queue, Topic};
+use crate::stages::PipelineConfig;
+
+pub const TABLE_NAME: &str = "TABLE_NAME";
+pub const BUCKET_NAME: &str = "BUCKET_NAME";
+pub const ANALYZE_QUEUE_URL: &str = "ANALYZE_QUEUE_URL";
+pub const STRATEGIZE_QUEUE_URL: &str = "STRATEGIZE_QUEUE_URL";
+pub const DECIDE_QUEUE_URL: &str = "DECIDE_QUEUE_URL";
+pub const SNAPSHOT_QUEUE_URL: &str = "SNAPSHOT_QUEUE_URL";
+pub const FITNESS_QUEUE_URL: &str = "FITNESS_QUEUE_URL";
+pub const COST_GUARD_QUEUE_URL: &str = "COST_GUARD_QUEUE_URL";
+pub const ANALYZE_DLQ_URL: &str = "ANALYZE_DLQ_URL";
+pub const STRATEGIZE_DLQ_URL: &str = "STRATEGIZE_DLQ_URL";
+pub const DECIDE_DLQ_URL: &str = "DECIDE_DLQ_URL";
+pub const SNAPSHOT_DLQ_URL: &str = "SNAPSHOT_DLQ_URL";
+pub const FITNESS_DLQ_URL: &str = "FITNESS_DLQ_URL";
+pub const COST_GUARD_DLQ_URL: &str = "COST_GUARD_DLQ_URL";
+/// The snapshot function consumes two queues and tells their records apart by source ARN.
+pub const SNAPSHOT_QUEUE_ARN: &str = "SNAPSHOT_QUEUE_ARN";
+pub const FITNESS_QUEUE_ARN: &str = "FITNESS_QUEUE_ARN";
+pub const EVENTS_TOPIC_ARN: &str = "EVENTS_TOPIC_ARN";
+pub const ALERTS_TOPIC_ARN: &str = "ALERTS_TOPIC_ARN";
+/// Optional global budgets, in integer nano-USD.
+pub const DAILY_BUDGET_NANO_USD: &str = "DAILY_BUDGET_NANO_USD";
+pub const MONTHLY_BUDGET_NANO_USD: &str = "MONTHLY_BUDGET_NANO_USD";
+/// `bedrock` (default) or `local`.
+pub const LLM: &str = "LLM";
+/// Optional path of a model catalog file replacing the embedded one.
+pub const MODEL_CATALOG: &str = "MODEL_CATALOG";
+
+/// The environment variable holding the URL of `queue`.
+pub const fn queue_url_variable(queue: Queue) -> &'static str {
+    match queue {
+        Queue::Analyze => ANALYZE_QUEUE_URL,
+        Queue::Strategize => STRATEGIZE_QUEUE_URL,
+        Queue::Decide => DECIDE_QUEUE_URL,
+        Queue::Snapshot => SNAPSHOT_QUEUE_URL,
+        Queue::Fitness => FITNESS_QUEUE_URL,
+        Queue::CostGuard => COST_GUARD_QUEUE_URL,
+    }
+}
+
+/// The environment variable holding the URL of `queue`'s dead-letter queue.
+pub const fn dlq_url_variable(queue: Queue) -> &'static str {
+    match queue {
+        Queue::Analyze => ANALYZE_DLQ_URL,
+        Queue::Strategize => STRATEGIZE_DLQ_URL,
+        Queue::Decide => DECIDE_DLQ_URL,
+        Queue::Snapshot => SNAPSHOT_DLQ_URL,
+        Queue::Fitness => FITNESS_DLQ_URL,
+        Queue::CostGuard => COST_GUARD_DLQ_URL,
+    }
+}
+
+/// The environment variable holding the ARN of `topic`.
+pub const fn topic_arn_variable(topic: Topic) -> &'static str {
+    match topic {
+        Topic::EvolutionEvents => EVENTS_TOPIC_ARN,
+        Topic::Alerts => ALERTS_TOPIC_ARN,
+    }
+}
+
+/// A configuration that cannot run; names the variable, never echoes its value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required but not set")]
+    Missing(&'static str),
+    #[error("environment variable {name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Which engine plays the LLM roles.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LlmEngine {
+    /// Amazon Bedrock, with the local engine as the fallback.
+    #[default]
+    Bedrock,
+    /// The deterministic local engine only (no Bedrock calls, no spend).
+    Local,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LlmSettings {
+    pub engine: LlmEngine,
+    pub model_catalog: Option<PathBuf>,
+}
+
+/// What every function reads: its store and where it sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Common {
+    pub table_name: String,
+    pub bucket_name: String,
+    /// The queues and topics the function's stage sends to.
+    pub destinations: Destinations,
+    /// The dead-letter queue URL of each queue the function consumes.
+    pub dead_letters: BTreeMap<Queue, String>,
+}
+
+/// What a function sends to and consumes.
+struct Routes {
+    sends: &'static [Queue],
+    publishes: &'static [Topic],
+    consumes: &'static [Queue],
+}
+
+/// The analyze function: its queue and the tick. Sends analyses to strategize, plan steps to
+/// decide, the tick's `CycleRequested` to itself and `EvaluationDue` to snapshot, and budget
+/// crossings to cost-guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalyzeConfig {
+    pub common: Common,
+    pub budgets: Budgets,
+    pub llm: LlmSettings,
+}
+
+/// The strategize function: plans to decide, empty plans back to analyze, budget crossings to
+/// cost-guard. Budgets only bound its LLM calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrategizeConfig {
+    pub common: Common,
+    pub budgets: Budgets,
+    pub llm: LlmSettings,
+}
+
+/// The decide function: approvals and operator rollbacks to snapshot, rejections to analyze,
+/// deferrals to itself, budget crossings to cost-guard, escalations to the alerts topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecideConfig {
+    pub common: Common,
+    pub budgets: Budgets,
+    pub llm: LlmSettings,
+}
+
+/// The snapshot function: consumes the snapshot and fitness queues; publishes DNA changes and
+/// alerts, sends the next cycle to analyze and conflicts to decide. No LLM, no budgets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotConfig {
+    pub common: Common,
+    pub snapshot_queue_arn: String,
+    pub fitness_queue_arn: String,
+}
+
+/// The cost-guard function: its queue and its sweep schedule; publishes alerts. No LLM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostGuardConfig {
+    pub common: Common,
+    pub budgets: Budgets,
+}
+
+impl AnalyzeConfig {
+    pub const VARIABLES: &'static [&'static str] = &[
+        TABLE_NAME,
+        BUCKET_NAME,
+        ANALYZE_QUEUE_URL,
+        STRATEGIZE_QUEUE_URL,
+        DECIDE_QUEUE_URL,
+        SNAPSHOT_QUEUE_URL,
+        COST_GUARD_QUEUE_URL,
+        ANALYZE_DLQ_URL,
+        DAILY_BUDGET_NANO_USD,
+        MONTHLY_BUDGET_NANO_USD,
+        LLM,
+        MODEL_CATALOG,
+    ];
+    const ROUTES: Routes = Routes {
+        sends: &[
+            Queue::Analyze,
+            Queue::Strategize,
+            Queue::Decide,
+            Queue::Snapshot,
+            Queue::CostGuard,
+        ],
+        publishes: &[],
+        consumes: &[Queue::Analyze],
+    };
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_map(&env_map(Self::VARIABLES)?)
+    }
+
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::read(&Vars::new(map))
+    }
+
+    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: common(vars, &Self::ROUTES)?,
+            budgets: budgets(vars)?,
+            llm: llm(vars)?,
+        })
+    }
+
+    pub fn sources(&self) -> QueueSources {
+        QueueSources::Only(Queue::Analyze)
+    }
+
+    pub fn pipeline(&self) -> PipelineConfig {
+        pipeline(self.budgets)
+    }
+}
+
+impl StrategizeConfig {
+    pub const VARIABLES: &'static [&'static str] = &[
+        TABLE_NAME,
+        BUCKET_NAME,
+        ANALYZE_QUEUE_URL,
+        DECIDE_QUEUE_URL,
+        COST_GUARD_QUEUE_URL,
+        STRATEGIZE_DLQ_URL,
+        DAILY_BUDGET_NANO_USD,
+        MONTHLY_BUDGET_NANO_USD,
+        LLM,
+        MODEL_CATALOG,
+    ];
+    const ROUTES: Routes = Routes {
+        sends: &[Queue::Analyze, Queue::Decide, Queue::CostGuard],
+        publishes: &[],
+        consumes: &[Queue::Strategize],
+    };
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_map(&env_map(Self::VARIABLES)?)
+    }
+
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::read(&Vars::new(map))
+    }
+
+    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: common(vars, &Self::ROUTES)?,
+            budgets: budgets(vars)?,
+            llm: llm(vars)?,
+        })
+    }
+
+    pub fn sources(&self) -> QueueSources {
+        QueueSources::Only(Queue::Strategize)
+    }
+
+    pub fn pipeline(&self) -> PipelineConfig {
+        pipeline(self.budgets)
+    }
+}
+
+impl DecideConfig {
+    pub const VARIABLES: &'static [&'static str] = &[
+        TABLE_NAME,
+        BUCKET_NAME,
+        ANALYZE_QUEUE_URL,
+        DECIDE_QUEUE_URL,
+        SNAPSHOT_QUEUE_URL,
+        COST_GUARD_QUEUE_URL,
+        ALERTS_TOPIC_ARN,
+        DECIDE_DLQ_URL,
+        DAILY_BUDGET_NANO_USD,
+        MONTHLY_BUDGET_NANO_USD,
+        LLM,
+        MODEL_CATALOG,
+    ];
+    const ROUTES: Routes = Routes {
+        sends: &[
+            Queue::Analyze,
+            Queue::Decide,
+            Queue::Snapshot,
+            Queue::CostGuard,
+        ],
+        publishes: &[Topic::Alerts],
+        consumes: &[Queue::Decide],
+    };
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_map(&env_map(Self::VARIABLES)?)
+    }
+
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::read(&Vars::new(map))
+    }
+
+    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: common(vars, &Self::ROUTES)?,
+            budgets: budgets(vars)?,
+            llm: llm(vars)?,
+        })
+    }
+
+    pub fn sources(&self) -> QueueSources {
+        QueueSources::Only(Queue::Decide)
+    }
+
+    pub fn pipeline(&self) -> PipelineConfig {
+        pipeline(self.budgets)
+    }
+}
+
+impl SnapshotConfig {
+    pub const VARIABLES: &'static [&'static str] = &[
+        TABLE_NAME,
+        BUCKET_NAME,
+        ANALYZE_QUEUE_URL,
+        DECIDE_QUEUE_URL,
+        EVENTS_TOPIC_ARN,
+        ALERTS_TOPIC_ARN,
+        SNAPSHOT_DLQ_URL,
+        FITNESS_DLQ_URL,
+        SNAPSHOT_QUEUE_ARN,
+        FITNESS_QUEUE_ARN,
+    ];
+    const ROUTES: Routes = Routes {
+        sends: &[Queue::Analyze, Queue::Decide],
+        publishes: &[Topic::EvolutionEvents, Topic::Alerts],
+        consumes: &[Queue::Snapshot, Queue::Fitness],
+    };
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_map(&env_map(Self::VARIABLES)?)
+    }
+
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::read(&Vars::new(map))
+    }
+
+    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: common(vars, &Self::ROUTES)?,
+            snapshot_queue_arn: vars.arn(SNAPSHOT_QUEUE_ARN)?,
+            fitness_queue_arn: vars.arn(FITNESS_QUEUE_ARN)?,
+        })
+    }
+
+    /// The two consumed queues, told apart by the records' event source ARN.
+    pub fn sources(&self) -> QueueSources {
+        QueueSources::ByArn(BTreeMap::from([
+            (self.snapshot_queue_arn.clone(), Queue::Snapshot),
+            (self.fitness_queue_arn.clone(), Queue::Fitness),
+        ]))
+    }
+
+    /// Snapshot spends nothing: the budgets belong to the functions that do.
+    pub fn pipeline(&self) -> PipelineConfig {
+        PipelineConfig::default()
+    }
+}
+
+impl CostGuardConfig {
+    pub const VARIABLES: &'static [&'static str] = &[
+        TABLE_NAME,
+        BUCKET_NAME,
+        ALERTS_TOPIC_ARN,
+        COST_GUARD_DLQ_URL,
+        DAILY_BUDGET_NANO_USD,
+        MONTHLY_BUDGET_NANO_USD,
+    ];
+    const ROUTES: Routes = Routes {
+        sends: &[],
+        publishes: &[Topic::Alerts],
+        consumes: &[Queue::CostGuard],
+    };
+
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_map(&env_map(Self::VARIABLES)?)
+    }
+
+    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::read(&Vars::new(map))
+    }
+
+    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            common: common(vars, &Self::ROUTES)?,
+            budgets: budgets(vars)?,
+        })
+    }
+
+    pub fn sources(&self) -> QueueSources {
+        QueueSources::Only(Queue::CostGuard)
+    }
+
+    pub fn pipeline(&self) -> PipelineConfig {
+        pipeline(self.budgets)
+    }
+}
+
+/// Every function by package name with the variables it reads, for checks of the deployment
+/// template.
+pub const FUNCTIONS: [(&str, &[&str]); 5] = [
+    ("analyze", AnalyzeConfig::VARIABLES),
+    ("strategize", StrategizeConfig::VARIABLES),
+    ("decide", DecideConfig::VARIABLES),
+    ("snapshot", SnapshotConfig::VARIABLES),
+    ("cost-guard", CostGuardConfig::VARIABLES),
+];
+
+/// Reads `names` from the process environment; unset ones are simply absent.
+fn env_map(names: &[&'static str]) -> Result<HashMap<String, String>, ConfigError> {
+    let mut map = HashMap::new();
+    for &name in names {
+        match std::env::var(name) {
+            Ok(value) => {
+                map.insert(name.to_owned(), value);
+            }
+            Err(std::env::VarError::NotPresent) => {}
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "not valid UTF-8".into(),
+                });
+            }
+        }
+    }
+    Ok(map)
+}
+
+/// A view of the variables that remembers which names were read.
+struct Vars<'a> {
+    map: &'a HashMap<String, String>,
+    read: RefCell<BTreeSet<&'static str>>,
+}
+
+impl<'a> Vars<'a> {
+    fn new(map: &'a HashMap<String, String>) -> Self {
+        Self {
+            map,
+            read: RefCell::default(),
+        }
+    }
+
+    /// A set, non-blank value (blank counts as unset: templates pass "" for omitted parameters).
+    fn optional(&self, name: &'static str) -> Option<&'a str> {
+        self.read.borrow_mut().insert(name);
+        self.map
+            .get(name)
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&self, name: &'static str) -> Result<&'a str, ConfigError> {
+        self.optional(name).ok_or(ConfigError::Missing(name))
+    }
+
+    fn url(&self, name: &'static str) -> Result<String, ConfigError> {
+        let value = self.required(name)?;
+        if value.starts_with("https://") || value.starts_with("http://") {
+            Ok(value.to_owned())
+        } else {
+            Err(ConfigError::Invalid {
+                name,
+                reason: "expected an http(s) URL".into(),
+            })
+        }
+    }
+
+    fn arn(&self, name: &'static str) -> Result<String, ConfigError> {
+        let value = self.required(name)?;
+        if value.starts_with("arn:") && value.split(':').count() >= 6 {
+            Ok(value.to_owned())
+        } else {
+            Err(ConfigError::Invalid {
+                name,
+                reason: "expected an ARN (arn:partition:service:region:account:resource)".into(),
+            })
+        }
+    }
+
+    fn nano_usd(&self, name: &'static str) -> Result<Option<u64>, ConfigError> {
+        self.optional(name)
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| ConfigError::Invalid {
+                    name,
+                    reason: "expected a whole number of nano-USD".into(),
+                })
+            })
+            .transpose()
+    }
+}
+
+fn common(vars: &Vars<'_>, routes: &Routes) -> Result<Common, ConfigError> {
+    let table_name = vars.required(TABLE_NAME)?.to_owned();
+    let bucket_name = vars.required(BUCKET_NAME)?.to_owned();
+    let mut destinations = Destinations::default();
+    for &queue in routes.sends {
+        destinations
+            .queues
+            .insert(queue, vars.url(queue_url_variable(queue))?);
+    }
+    for &topic in routes.publishes {
+        destinations
+            .topics
+            .insert(topic, vars.arn(topic_arn_variable(topic))?);
+    }
+    let mut dead_letters = BTreeMap::new();
+    for &queue in routes.consumes {
+        dead_letters.insert(queue, vars.url(dlq_url_variable(queue))?);
+    }
+    Ok(Common {
+        table_name,
+        bucket_name,
+        destinations,
+        dead_letters,
+    })
+}
+
+fn budgets(vars: &Vars<'_>) -> Result<Budgets, ConfigError> {
+    Ok(Budgets {
+        global_daily: vars.nano_usd(DAILY_BUDGET_NANO_USD)?,
+        global_monthly: vars.nano_usd(MONTHLY_BUDGET_NANO_USD)?,
+        ..PipelineConfig::default().budgets
+    })
+}
+
+fn llm(vars: &Vars<'_>) -> Result<LlmSettings, ConfigError> {
+    let engine = match vars.optional(LLM) {
+        None | Some("bedrock") => LlmEngine::Bedrock,
+        Some("local") => LlmEngine::Local,
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                name: LLM,
+                reason: "expected `bedrock` or `local`".into(),
+            });
+        }
+    };
+    Ok(LlmSettings {
+        engine,
+        model_catalog: vars.optional(MODEL_CATALOG).map(PathBuf::from),
+    })
+}
+
+fn pipeline(budgets: Budgets) -> PipelineConfig {
+    PipelineConfig {
+        budgets,
+        ..PipelineConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A complete environment: every variable any function reads, with plausible values.
+    fn full() -> HashMap<String, String> {
+        let mut map = HashMap::new();
+        let mut set = |k: &str, v: String| {
+            map.insert(k.to_owned(), v);
+        };
+        set(TABLE_NAME, "evolve".into());
+        set(BUCKET_NAME, "evolve-events".into());
+        for q in Queue::ALL {
+            let name = q.as_str();
+            set(
+                queue_url_variable(q),
+                format!("https://sqs.eu-west-1.amazonaws.com/123456789012/{name}"),
+            );
+            set(
+                dlq_url_variable(q),
+                format!("https://sqs.eu-west-1.amazonaws.com/123456789012/{name}-dlq"),
+            );
+        }
+        set(
+            SNAPSHOT_QUEUE_ARN,
+            "arn:aws:sqs:eu-west-1:123456789012:snapshot".into(),
+        );
+        set(
+            FITNESS_QUEUE_ARN,
+            "arn:aws:sqs:eu-west-1:123456789012:fitness".into(),
+        );
+        set(
+            EVENTS_TOPIC_ARN,
+            "arn:aws:sns:eu-west-1:123456789012:evolution-events".into(),
+        );
+        set(
+            ALERTS_TOPIC_ARN,
+            "arn:aws:sns:eu-west-1:123456789012:alerts".into(),
+        );
+        set(DAILY_BUDGET_NANO_USD, "5000000000".into());
+        set(MONTHLY_BUDGET_NANO_USD, "100000000000".into());
+        set(LLM, "local".into());
+        set(MODEL_CATALOG, "catalog.json".into());
+        map
+    }
+
+    fn only(names: &[&str]) -> HashMap<String, String> {
+        full()
+            .into_iter()
+            .filter(|(k, _)| names.contains(&k.as_str()))
+            .collect()
+    }
+
+    fn sorted(names: &[&'static str]) -> BTreeSet<&'static str> {
+        names.iter().copied().collect()
+    }
+
+    /// Runs `read` on the full environment and returns the names it looked at.
+    fn names_read<T>(read: impl Fn(&Vars<'_>) -> Result<T, ConfigError>) -> BTreeSet<&'static str> {
+        let map = full();
+        let vars = Vars::new(&map);
+        read(&vars).expect("the full environment is valid");
+        vars.read.into_inner()
+    }
+
+    #[test]
+    fn each_function_reads_exactly_the_variables_it_declares() {
+        assert_eq!(
+            names_read(AnalyzeConfig::read),
+            sorted(AnalyzeConfig::VARIABLES)
+        );
+        assert_eq!(
+            names_read(StrategizeConfig::read),
+            sorted(StrategizeConfig::VARIABLES)
+        );
+        assert_eq!(
+            names_read(DecideConfig::read),
+            sorted(DecideConfig::VARIABLES)
+        );
+        assert_eq!(
+            names_read(SnapshotConfig::read),
+            sorted(SnapshotConfig::VARIABLES)
+        );
+        assert_eq!(
+            names_read(CostGuardConfig::read),
+            sorted(CostGuardConfig::VARIABLES)
+        );
+        for (function, variables) in FUNCTIONS {
+            assert_eq!(
+                sorted(variables).len(),
+                variables.len(),
+                "{function} lists a variable twice"
+            );
+        }
+    }
+
+    #[test]
+    fn a_function_starts_with_only_its_own_variables_set() {
+        AnalyzeConfig::from_map(&only(AnalyzeConfig::VARIABLES)).expect("analyze");
+        StrategizeConfig::from_map(&only(StrategizeConfig::VARIABLES)).expect("strategize");
+        DecideConfig::from_map(&only(DecideConfig::VARIABLES)).expect("decide");
+        SnapshotConfig::from_map(&only(SnapshotConfig::VARIABLES)).expect("snapshot");
+        CostGuardConfig::from_map(&only(CostGuardConfig::VARIABLES)).expect("cost-guard");
+    }
+
+    #[test]
+    fn every_destination_a_stage_sends_to_is_configured() {
+        let c = DecideConfig::from_map(&full()).expect("decide");
+        let queues: Vec<_> = c.common.destinations.queues.keys().copied().collect();
+        assert_eq!(
+            queues,
+            [
+                Queue::Analyze,
+                Queue::Decide,
+                Queue::Snapshot,
+                Queue::CostGuard
+            ]
+        );
+        assert!(c.common.destinations.topics.contains_key(&Topic::Alerts));
+        assert_eq!(
+            c.common.dead_letters[&Queue::Decide],
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/decide-dlq"
+        );
+        let s = SnapshotConfig::from_map(&full()).expect("snapshot");
+        assert_eq!(s.common.destinations.topics.len(), 2);
+        assert_eq!(s.common.dead_letters.len(), 2);
+    }
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        for required in [TABLE_NAME, BUCKET_NAME, ANALYZE_DLQ_URL, DECIDE_QUEUE_URL] {
+            let mut map = only(AnalyzeConfig::VARIABLES);
+            map.remove(required);
+            assert_eq!(
+                AnalyzeConfig::from_map(&map),
+                Err(ConfigError::Missing(required))
+            );
+        }
+        let mut map = only(CostGuardConfig::VARIABLES);
+        map.insert(ALERTS_TOPIC_ARN.into(), "   ".into());
+        assert_eq!(
+            CostGuardConfig::from_map(&map),
+            Err(ConfigError::Missing(ALERTS_TOPIC_ARN))
+        );
+    }
+
+    #[test]
+    fn an_invalid_variable_is_named_without_its_value() {
+        let cases = [
+            (LLM, "openai"),
+            (DAILY_BUDGET_NANO_USD, "5.50"),
+            (MONTHLY_BUDGET_NANO_USD, "-1"),
+            (ANALYZE_QUEUE_URL, "analyze"),
+        ];
+        for (name, value) in cases {
+            let mut map = only(AnalyzeConfig::VARIABLES);
+            map.insert(name.into(), value.into());
+            let err = AnalyzeConfig::from_map(&map).expect_err(name);
+            assert!(
+                matches!(err, ConfigError::Invalid { name: n, .. } if n == name),
+                "{err}"
+            );
+            assert!(!err.to_string().contains(value), "{err}");
+        }
+        let mut map = only(SnapshotConfig::VARIABLES);
+        map.insert(EVENTS_TOPIC_ARN.into(), "evolution-events".into());
+        assert!(matches!(
+            SnapshotConfig::from_map(&map),
+            Err(ConfigError::Invalid {
+                name: EVENTS_TOPIC_ARN,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn optional_variables_default_to_bedrock_without_budgets() {
+        let mut map = only(StrategizeConfig::VARIABLES);
+        for name in [LLM, MODEL_CATALOG, DAILY_BUDGET_NANO_USD] {
+            map.remove(name);
+        }
+        map.insert(MONTHLY_BUDGET_NANO_USD.into(), String::new());
+        let c = StrategizeConfig::from_map(&map).expect("strategize");
+        assert_eq!(c.llm, LlmSettings::default());
+        assert_eq!(c.budgets.global_daily, None);
+        assert_eq!(c.budgets.global_monthly, None);
+        assert_eq!(c.pipeline().budgets.economy_percent, 80);
+    }
+
+    #[test]
+    fn budgets_and_engine_are_parsed() {
+        let c = CostGuardConfig::from_map(&full()).expect("cost-guard");
+        assert_eq!(c.budgets.global_daily, Some(5_000_000_000));
+        assert_eq!(c.pipeline().budgets.global_monthly, Some(100_000_000_000));
+        let a = AnalyzeConfig::from_map(&full()).expect("analyze");
+        assert_eq!(a.llm.engine, LlmEngine::Local);
+        assert_eq!(a.llm.model_catalog, Some(PathBuf::from("catalog.json")));
+    }
+
+    #[test]
+    fn snapshot_tells_its_two_queues_apart_by_source_arn() {
+        let c = SnapshotConfig::from_map(&full())
+            .expect("snapshot")
+            .sources();
+        assert_eq!(
+            c.queue_of("arn:aws:sqs:eu-west-1:123456789012:snapshot"),
+            Some(Queue::Snapshot)
+        );
+        assert_eq!(
+            c.queue_of("arn:aws:sqs:eu-west-1:123456789012:fitness"),
+            Some(Queue::Fitness)
+        );
+        assert_eq!(c.queue_of("arn:aws:sqs:eu-west-1:123456789012:other"), None);
+    }
+}

@@ -1,0 +1,166 @@
+//! Metrics as CloudWatch Embedded Metric Format log lines: one JSON object per line on stdout,
+//! which CloudWatch Logs turns into metrics without a `PutMetricData` call on the hot path.
+
+use std::io::Write as _;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+
+/// The CloudWatch namespace of every metric of the suite.
+pub const NAMESPACE: &str = "Evolve";
+/// The one dimension: the function that emitted the metric.
+pub const DIMENSION: &str = "Function";
+
+/// Records handled to completion (including acknowledged no-ops).
+pub const MESSAGES_PROCESSED: &str = "MessagesProcessed";
+/// Records left on the queue for SQS to redeliver (batch item failures).
+pub const MESSAGES_RETRIED: &str = "MessagesRetried";
+/// Records moved to their queue's dead-letter queue.
+pub const MESSAGES_DEAD_LETTERED: &str = "MessagesDeadLettered";
+/// Redeliveries of completed messages (their stored messages were sent again).
+pub const DUPLICATES: &str = "Duplicates";
+/// LLM role calls answered by the local engine instead of Bedrock.
+pub const FALLBACKS: &str = "Fallbacks";
+/// LLM spend, in nano-USD.
+pub const LLM_COST_NANO_USD: &str = "LlmCostNanoUsd";
+pub const LLM_TOKENS: &str = "LlmTokens";
+/// The head generation of a system.
+pub const GENERATION: &str = "Generation";
+pub const FITNESS: &str = "Fitness";
+pub const ROLLBACKS: &str = "Rollbacks";
+/// The budget mode: 0 normal, 1 economy, 2 paused.
+pub const BUDGET_MODE: &str = "BudgetMode";
+/// Scheduled invocations (ticks, sweeps) handled.
+pub const SCHEDULED_RUNS: &str = "ScheduledRuns";
+
+/// CloudWatch units used by the suite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Milliseconds,
+    None,
+}
+
+impl Unit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Count => "Count",
+            Self::Milliseconds => "Milliseconds",
+            Self::None => "None",
+        }
+    }
+}
+
+/// One value of one metric.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: Unit,
+    pub value: f64,
+}
+
+impl Metric {
+    pub fn count(name: &'static str, value: u32) -> Self {
+        Self {
+            name,
+            unit: Unit::Count,
+            value: f64::from(value),
+        }
+    }
+
+    pub fn gauge(name: &'static str, value: f64) -> Self {
+        Self {
+            name,
+            unit: Unit::None,
+            value,
+        }
+    }
+}
+
+/// The EMF line for `metrics` emitted by `function` at `at`; `None` when there is nothing to
+/// emit. Non-finite values are dropped (JSON has no representation for them).
+pub fn render(function: &str, at: DateTime<Utc>, metrics: &[Metric]) -> Option<String> {
+    let metrics: Vec<&Metric> = metrics.iter().filter(|m| m.value.is_finite()).collect();
+    if metrics.is_empty() {
+        return None;
+    }
+    let definitions: Vec<Value> = metrics
+        .iter()
+        .map(|m| json!({ "Name": m.name, "Unit": m.unit.as_str() }))
+        .collect();
+    let mut line = Map::new();
+    line.insert(
+        "_aws".into(),
+        json!({
+            "Timestamp": at.timestamp_millis(),
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [[DIMENSION]],
+                "Metrics": definitions,
+            }],
+        }),
+    );
+    line.insert(DIMENSION.into(), Value::from(function));
+    for m in metrics {
+        line.insert(m.name.into(), json!(m.value));
+    }
+    Some(Value::Object(line).to_string())
+}
+
+/// Prints the EMF line for `metrics` to stdout. Losing a metric never fails a message.
+pub fn emit(function: &str, at: DateTime<Utc>, metrics: &[Metric]) {
+    if let Some(line) = render(function, at, metrics) {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn a_line_declares_its_metrics_under_the_function_dimension() {
+        let at = Utc
+            .with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+            .single()
+            .expect("valid time");
+        let line = render(
+            "decide",
+            at,
+            &[
+                Metric::count(MESSAGES_PROCESSED, 3),
+                Metric::gauge(BUDGET_MODE, 1.0),
+            ],
+        )
+        .expect("a line");
+        assert!(!line.contains('\n'));
+        let v: Value = serde_json::from_str(&line).expect("json");
+        assert_eq!(v["_aws"]["Timestamp"], json!(at.timestamp_millis()));
+        let cw = &v["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(cw["Namespace"], "Evolve");
+        assert_eq!(cw["Dimensions"], json!([["Function"]]));
+        assert_eq!(
+            cw["Metrics"],
+            json!([
+                {"Name": "MessagesProcessed", "Unit": "Count"},
+                {"Name": "BudgetMode", "Unit": "None"}
+            ])
+        );
+        assert_eq!(v["Function"], "decide");
+        assert_eq!(v["MessagesProcessed"], json!(3.0));
+        assert_eq!(v["BudgetMode"], json!(1.0));
+    }
+
+    #[test]
+    fn nothing_or_only_non_finite_values_render_no_line() {
+        let at = Utc::now();
+        assert_eq!(render("snapshot", at, &[]), None);
+        assert_eq!(
+            render("snapshot", at, &[Metric::gauge(FITNESS, f64::NAN)]),
+            None
+        );
+    }
+}

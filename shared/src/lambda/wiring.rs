@@ -1,0 +1,115 @@
+//! Cold-start wiring shared by the function binaries: the store, the pipeline's ports around
+//! it, the engine for the LLM roles, and the function's bus and dead-letter queues. The binaries
+//! build the SDK clients once and hand them in.
+
+use std::sync::Arc;
+
+use aws_sdk_bedrockruntime::config::retry::RetryConfig;
+
+use super::config::{Common, ConfigError, LlmEngine, LlmSettings, MODEL_CATALOG};
+use super::{FunctionDeps, QueueSources, SqsDeadLetters};
+use crate::bus::aws::AwsBus;
+use crate::clock::{SeededRandom, SystemClock};
+use crate::cost::{Budgets, CostLedger};
+use crate::engine::LocalEngine;
+use crate::llm::LanguageModel;
+use crate::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
+use crate::llm::catalog::ModelCatalog;
+use crate::stages::{Deps, PipelineConfig};
+use crate::store::dynamo::DynamoStore;
+use crate::store::{ControlState, EvolutionStore};
+
+/// The local engine's seed on Lambda: fixed, so a redelivered envelope replays the same answer.
+pub const LOCAL_ENGINE_SEED: u64 = 0;
+
+/// The DynamoDB/S3 store on the function's table and bucket.
+pub fn dynamo_store(
+    common: &Common,
+    dynamo: aws_sdk_dynamodb::Client,
+    s3: aws_sdk_s3::Client,
+) -> Arc<DynamoStore> {
+    Arc::new(DynamoStore::new(
+        dynamo,
+        s3,
+        common.table_name.clone(),
+        common.bucket_name.clone(),
+    ))
+}
+
+/// The pipeline's ports around a store that is also the ledger and the control state, on the
+/// wall clock.
+pub fn deps<S>(store: Arc<S>, llm: Arc<dyn LanguageModel>, config: PipelineConfig) -> Deps
+where
+    S: EvolutionStore + ControlState + CostLedger + 'static,
+{
+    Deps {
+        store: store.clone(),
+        control: store.clone(),
+        ledger: store,
+        llm,
+        clock: Arc::new(SystemClock),
+        config,
+    }
+}
+
+/// The engine of functions that never call an LLM (snapshot, cost-guard).
+pub fn no_llm() -> Arc<dyn LanguageModel> {
+    Arc::new(LocalEngine::new(LOCAL_ENGINE_SEED))
+}
+
+/// The engine for the LLM roles: Bedrock with the local engine behind it, or the local engine
+/// alone. The SDK's own retries are turned off on `bedrock`: the model heals (retries, next
+/// model, fallback) within its own time budget.
+pub fn language_model<S>(
+    settings: &LlmSettings,
+    budgets: Budgets,
+    bedrock: aws_sdk_bedrockruntime::config::Builder,
+    store: Arc<S>,
+) -> Result<Arc<dyn LanguageModel>, ConfigError>
+where
+    S: ControlState + CostLedger + 'static,
+{
+    let local = LocalEngine::new(LOCAL_ENGINE_SEED);
+    if settings.engine == LlmEngine::Local {
+        return Ok(Arc::new(local));
+    }
+    let catalog = ModelCatalog::load(settings.model_catalog.as_deref()).map_err(|e| {
+        ConfigError::Invalid {
+            name: MODEL_CATALOG,
+            reason: e.to_string(),
+        }
+    })?;
+    let ports = BedrockPorts {
+        ledger: store.clone(),
+        control: store,
+        clock: Arc::new(SystemClock),
+        sleeper: Arc::new(SystemClock),
+        random: Arc::new(SeededRandom::from_os()),
+    };
+    let bedrock = bedrock.retry_config(RetryConfig::disabled()).build();
+    Ok(Arc::new(BedrockModel::new(
+        aws_sdk_bedrockruntime::Client::from_conf(bedrock),
+        BedrockSettings::new(catalog, budgets),
+        ports,
+        local,
+    )))
+}
+
+/// A function's handler dependencies: the pipeline's ports, the bus on the function's queues and
+/// topics, and the dead-letter queues of the queues it consumes.
+pub fn function(
+    name: &'static str,
+    common: &Common,
+    sources: QueueSources,
+    pipeline: Deps,
+    sqs: aws_sdk_sqs::Client,
+    sns: aws_sdk_sns::Client,
+) -> FunctionDeps {
+    FunctionDeps {
+        pipeline,
+        bus: Arc::new(AwsBus::new(sqs.clone(), sns, common.destinations.clone())),
+        dead_letters: Arc::new(SqsDeadLetters::new(sqs, common.dead_letters.clone())),
+        sources,
+        function: name,
+    }
+}

@@ -1,0 +1,921 @@
+//! The cloud adapter: one DynamoDB table and one S3 bucket (DESIGN section 4).
+//!
+//! Layout of the table (`PK`, `SK`, all strings):
+//!
+//! | PK | SK | record |
+//! | --- | --- | --- |
+//! | `SYSTEMS` | `<id>` | registry entry |
+//! | `SYS#<id>` | `HEAD` | head pointer (`generation`, `status`) |
+//! | `SYS#<id>` | `GEN#<gen:010>` | immutable generation |
+//! | `SYS#<id>` | `EVT#<ts>#<event id>` | event index (`s3_key`, body copy, `ttl`) |
+//! | `SYS#<id>` | `DEC#<ts>#<id>`, `DECID#<id>` | decision, written once |
+//! | `SYS#<id>` | `FIT#<gen:010>#<id>` | fitness sample |
+//! | `SYS#<id>` | `HIST#<gen:010>` | closed evaluation |
+//! | `SYS#<id>` | `PLAN#<id>`, `ANALYSIS#<id>` | plan (written once), analysis |
+//! | `SYS#<id>` | `CURSOR` | plan cursor (`version`) |
+//! | `SYS#<id>` | `CALL#<ts>#<call id>` | LLM call record |
+//! | `SYS#<id>` | `IDEMP#<key>` | reference to a completed record of the system |
+//! | `CALLDAY#<yyyy-mm-dd>` | `<ts>#<call id>` | every system's calls by day |
+//! | `CALLDAYS` | `<yyyy-mm-dd>` | the days with calls |
+//! | `ALERTS` | `<ts>#<alert id>` | alert |
+//! | `IDEMP#<key>` | `RECORD` | claim or outbox (`state`, `until`, `expires_at`, `sent`, `ttl`) |
+//! | `CTRL` | `BUDGET`, `PERFORMANCE` | budget mode (`mode`), model performance (`revision`) |
+//! | `CTRL` | `CIRCUIT#<model>`, `CKPT#<key>` | circuit breaker, answer checkpoint (`ttl`) |
+//! | `COST#<yyyy-mm-dd>`, `COST#<yyyy-mm>` | `TOTAL`, `SYS#<id>`, `MODEL#<id>` | counters |
+//! | `LEDGER#<call id>` | `RECORD` | settled call, written once |
+//! | `LEDGERDAY#<yyyy-mm-dd>` | `<ts>#<call id>` | settled calls by day |
+//! | `LEDGERDAYS` | `<yyyy-mm-dd>` | the days with settled calls |
+//!
+//! `<ts>` is RFC 3339 with nanoseconds and `Z` (fixed width, so key order is time order). The
+//! event index items expire 365 days after the event.
+//!
+//! Every record is a `body` string attribute holding its JSON beside the key and condition
+//! attributes. Event bodies also go to S3 at
+//! `evolution-events/system=<id>/<yyyy>/<mm>/<event id>.json`, before the transaction that indexes
+//! them, so an index item never points at a missing body.
+
+mod commit;
+mod events;
+mod item;
+mod ledger;
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+pub use aws_sdk_dynamodb;
+pub use aws_sdk_s3;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, CancellationReason, DeleteRequest,
+    KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem,
+    WriteRequest,
+};
+use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::de::DeserializeOwned;
+
+use super::sqlite::rules::{self, COMPLETED, IN_PROGRESS, IdempotencyRecord};
+use super::{
+    BudgetState, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord,
+    StoreError, StoreResult, SystemRecord, Transaction, Write,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::domain::{
+    Alert, AnalysisRecord, DecisionRecord, EvolutionEvent, FitnessSample, Generation, Head,
+    HistoryEntry, Plan, PlanCursor, SystemId,
+};
+use crate::llm::performance::PerformanceSnapshot;
+use item::{
+    EXPIRES_AT, Expr, Item, MAX_GENERATION, PK, SENT, SK, STATE, TTL, UNTIL, build_error, decode,
+    epoch_ceil, keys, s, sdk_error, ts,
+};
+
+/// `BatchWriteItem` takes at most this many requests.
+const BATCH_SIZE: usize = 25;
+
+/// How often a transaction cancelled only by conflicting transactions is tried again before the
+/// caller hears `Unavailable`.
+const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// The largest `Limit` sent with a query; larger caps page by DynamoDB's 1 MB instead.
+const MAX_PAGE: i32 = 1_000;
+
+/// How often a claim re-reads a record that changed under it.
+const CLAIM_ATTEMPTS: u32 = 5;
+
+/// The evolution store, control state and cost ledger on DynamoDB and S3.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    dynamo: aws_sdk_dynamodb::Client,
+    s3: aws_sdk_s3::Client,
+    table: String,
+    bucket: String,
+    /// Decides which events count as recent (read from DynamoDB) and which as history (S3).
+    clock: Arc<dyn Clock>,
+}
+
+/// A sort-key range of one partition.
+#[derive(Debug, Clone)]
+enum Range {
+    All,
+    Prefix(String),
+    /// Inclusive on both ends.
+    Between(String, String),
+}
+
+/// One `Query`: a partition, a key range, a direction and a cap.
+#[derive(Debug, Clone)]
+struct Query {
+    pk: String,
+    range: Range,
+    forward: bool,
+    limit: usize,
+    /// Attributes to return; all when `None`.
+    projection: Option<&'static [&'static str]>,
+}
+
+impl Query {
+    fn new(pk: impl Into<String>, range: Range) -> Self {
+        Self {
+            pk: pk.into(),
+            range,
+            forward: true,
+            limit: usize::MAX,
+            projection: None,
+        }
+    }
+
+    fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    fn backward(mut self) -> Self {
+        self.forward = false;
+        self
+    }
+
+    fn keys_only(self) -> Self {
+        self.projection(&[PK, SK])
+    }
+
+    fn projection(mut self, attributes: &'static [&'static str]) -> Self {
+        self.projection = Some(attributes);
+        self
+    }
+}
+
+/// Sort keys `<prefix><ts(since)>...` from `since` on; all of them when `since` is `None`. The
+/// prefix ends with `#`; `$` is the next character, so it bounds the prefix from above.
+fn since_range(prefix: &str, since: Option<DateTime<Utc>>) -> Range {
+    match since {
+        None => Range::Prefix(prefix.to_owned()),
+        Some(since) => Range::Between(format!("{prefix}{}", ts(since)), upper(prefix)),
+    }
+}
+
+/// The smallest key above every key that starts with `prefix` (which ends with `#`).
+fn upper(prefix: &str) -> String {
+    format!("{}$", prefix.trim_end_matches('#'))
+}
+
+/// Sort keys that are bare timestamps (`<ts>#<id>`), from `since` on. Times start with a digit,
+/// so `~` bounds them from above.
+fn time_range(since: Option<DateTime<Utc>>) -> Range {
+    match since {
+        None => Range::All,
+        Some(since) => Range::Between(ts(since), "~".to_owned()),
+    }
+}
+
+/// Why a transaction did not apply.
+#[derive(Debug)]
+enum TransactFailure {
+    /// Cancelled: nothing was written.
+    Cancelled {
+        reasons: Vec<CancellationReason>,
+        message: String,
+    },
+    /// Any other error; the outcome may be unknown (a timeout after the write).
+    Store(StoreError),
+}
+
+impl DynamoStore {
+    /// A store on `table` and `bucket`, which must exist (the deployment template creates them;
+    /// [`DynamoStore::create_resources`] does for tests).
+    pub fn new(
+        dynamo: aws_sdk_dynamodb::Client,
+        s3: aws_sdk_s3::Client,
+        table: String,
+        bucket: String,
+    ) -> Self {
+        Self {
+            dynamo,
+            s3,
+            table,
+            bucket,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The same store judging "recent" by another clock (tests with virtual time).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Creates the table (string `PK` and `SK`, on-demand billing, TTL on `ttl`) and the bucket.
+    /// For tests and local stand-ins; the deployment template owns the real resources.
+    pub async fn create_resources(&self) -> StoreResult<()> {
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| build_error(&e))
+        };
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(|e| build_error(&e))
+        };
+        self.dynamo
+            .create_table()
+            .table_name(&self.table)
+            .attribute_definitions(attribute(PK)?)
+            .attribute_definitions(attribute(SK)?)
+            .key_schema(key(PK, KeyType::Hash)?)
+            .key_schema(key(SK, KeyType::Range)?)
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateTable", &e))?;
+        self.dynamo
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .attribute_name(TTL)
+                    .enabled(true)
+                    .build()
+                    .map_err(|e| build_error(&e))?,
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error("UpdateTimeToLive", &e))?;
+        let mut bucket = self.s3.create_bucket().bucket(&self.bucket);
+        let region = self.s3.config().region().map(ToString::to_string);
+        if let Some(region) = region.filter(|r| r != "us-east-1") {
+            bucket = bucket.create_bucket_configuration(
+                CreateBucketConfiguration::builder()
+                    .location_constraint(BucketLocationConstraint::from(region.as_str()))
+                    .build(),
+            );
+        }
+        bucket
+            .send()
+            .await
+            .map_err(|e| sdk_error("CreateBucket", &e))?;
+        Ok(())
+    }
+
+    async fn get(&self, pk: impl Into<String>, sk: impl Into<String>) -> StoreResult<Option<Item>> {
+        let output = self
+            .dynamo
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(item::key(pk, sk)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem", &e))?;
+        Ok(output.item)
+    }
+
+    async fn get_record<T: DeserializeOwned>(
+        &self,
+        pk: impl Into<String>,
+        sk: impl Into<String>,
+    ) -> StoreResult<Option<T>> {
+        self.get(pk, sk).await?.as_ref().map(decode).transpose()
+    }
+
+    /// Every item of a query (following pages), at most `query.limit`.
+    async fn query(&self, query: &Query) -> StoreResult<Vec<Item>> {
+        let mut out = Vec::new();
+        if query.limit == 0 {
+            return Ok(out);
+        }
+        let mut expr = Expr::default();
+        let pk_name = expr.name(PK);
+        let pk_value = expr.value(s(&query.pk));
+        let partition = format!("{pk_name} = {pk_value}");
+        let condition = match &query.range {
+            Range::All => partition,
+            Range::Prefix(prefix) => {
+                let sk = expr.name(SK);
+                let prefix = expr.value(s(prefix));
+                format!("{partition} AND begins_with({sk}, {prefix})")
+            }
+            Range::Between(low, high) => {
+                let sk = expr.name(SK);
+                let low = expr.value(s(low));
+                let high = expr.value(s(high));
+                format!("{partition} AND {sk} BETWEEN {low} AND {high}")
+            }
+        };
+        let projection = query.projection.map(|attributes| {
+            attributes
+                .iter()
+                .map(|a| expr.name(a))
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let mut start: Option<Item> = None;
+        loop {
+            // Small remainders cap the page; otherwise DynamoDB's 1 MB page applies.
+            let page = i32::try_from(query.limit - out.len())
+                .ok()
+                .filter(|page| *page <= MAX_PAGE);
+            let output = self
+                .dynamo
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(&condition)
+                .set_expression_attribute_names(expr.names())
+                .set_expression_attribute_values(expr.values())
+                .set_projection_expression(projection.clone())
+                .scan_index_forward(query.forward)
+                .consistent_read(true)
+                .set_limit(page)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query", &e))?;
+            out.extend(output.items.unwrap_or_default());
+            match output.last_evaluated_key {
+                Some(next) if out.len() < query.limit && !next.is_empty() => start = Some(next),
+                _ => break,
+            }
+        }
+        out.truncate(query.limit);
+        Ok(out)
+    }
+
+    async fn query_records<T: DeserializeOwned>(&self, query: &Query) -> StoreResult<Vec<T>> {
+        self.query(query).await?.iter().map(decode).collect()
+    }
+
+    /// One `TransactWriteItems`, tried again while it is cancelled only by conflicts with other
+    /// transactions (nothing was written then), with an optional client request token.
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        mut token: Option<String>,
+    ) -> Result<(), TransactFailure> {
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .dynamo
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .set_client_request_token(token.clone())
+                .send()
+                .await;
+            let Err(error) = result else {
+                return Ok(());
+            };
+            if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
+                error.as_service_error()
+            {
+                let reasons = cancelled.cancellation_reasons().to_vec();
+                let conflict_only = reasons
+                    .iter()
+                    .any(|r| r.code() == Some("TransactionConflict"))
+                    && reasons
+                        .iter()
+                        .all(|r| matches!(r.code(), None | Some("None" | "TransactionConflict")));
+                if conflict_only && attempt + 1 < CONFLICT_ATTEMPTS {
+                    attempt += 1;
+                    backoff(attempt).await;
+                    // A fresh token: the cancelled request's token is not reused.
+                    token = token.map(|t| request_token(&[&t, &attempt.to_string()]));
+                    continue;
+                }
+                return Err(TransactFailure::Cancelled {
+                    reasons,
+                    message: cancelled.message().unwrap_or_default().to_owned(),
+                });
+            }
+            return Err(TransactFailure::Store(sdk_error(
+                "TransactWriteItems",
+                &error,
+            )));
+        }
+    }
+
+    /// Deletes items by key, 25 a request, until none is left unprocessed.
+    async fn delete_all(&self, keys: Vec<Item>) -> StoreResult<()> {
+        for chunk in keys.chunks(BATCH_SIZE) {
+            let mut requests = chunk
+                .iter()
+                .map(|key| {
+                    DeleteRequest::builder()
+                        .set_key(Some(key.clone()))
+                        .build()
+                        .map(|delete| WriteRequest::builder().delete_request(delete).build())
+                        .map_err(|e| build_error(&e))
+                })
+                .collect::<StoreResult<Vec<_>>>()?;
+            let mut attempt = 0;
+            while !requests.is_empty() {
+                let output = self
+                    .dynamo
+                    .batch_write_item()
+                    .request_items(&self.table, requests)
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error("BatchWriteItem", &e))?;
+                requests = output
+                    .unprocessed_items
+                    .and_then(|mut left| left.remove(&self.table))
+                    .unwrap_or_default();
+                if !requests.is_empty() {
+                    attempt += 1;
+                    if attempt >= CONFLICT_ATTEMPTS {
+                        return Err(StoreError::Unavailable(format!(
+                            "{} deletes left unprocessed after {attempt} attempts",
+                            requests.len()
+                        )));
+                    }
+                    backoff(attempt).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A `PutItem` of control state (last writer wins).
+    async fn put(&self, item: Item) -> StoreResult<()> {
+        self.dynamo
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutItem", &e))?;
+        Ok(())
+    }
+
+    /// The stored idempotency record, with the `sent` flag `mark_sent` keeps beside its body.
+    async fn idempotency_record(&self, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+        let Some(item) = self.get(keys::idempotency(key), keys::RECORD).await? else {
+            return Ok(None);
+        };
+        let mut record: IdempotencyRecord = decode(&item)?;
+        if item::flag(&item, SENT) {
+            record.mark_sent();
+        }
+        Ok(Some(record))
+    }
+}
+
+/// Exponential backoff with jitter: 10 ms, 20 ms, 40 ms, ... plus up to 10 ms.
+async fn backoff(attempt: u32) {
+    let base = 10_u64 << attempt.min(6);
+    let jitter = rand::rng().random_range(0..10_u64);
+    tokio::time::sleep(StdDuration::from_millis(base + jitter)).await;
+}
+
+/// A client request token (at most 36 characters) derived from the request's content.
+fn request_token(parts: &[&str]) -> String {
+    let joined = parts.join("\u{1f}");
+    crate::domain::sha256_hex(joined.as_bytes())[..36].to_owned()
+}
+
+fn is_condition_failure<E>(error: &aws_sdk_dynamodb::error::SdkError<E>) -> bool
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
+{
+    error
+        .as_service_error()
+        .and_then(aws_sdk_dynamodb::error::ProvideErrorMetadata::code)
+        == Some("ConditionalCheckFailedException")
+}
+
+#[async_trait]
+impl EvolutionStore for DynamoStore {
+    async fn get_system(&self, id: &SystemId) -> StoreResult<Option<SystemRecord>> {
+        self.get_record(keys::SYSTEMS, id.as_str()).await
+    }
+
+    async fn list_systems(&self) -> StoreResult<Vec<SystemRecord>> {
+        self.query_records(&Query::new(keys::SYSTEMS, Range::All))
+            .await
+    }
+
+    async fn get_head(&self, id: &SystemId) -> StoreResult<Option<Head>> {
+        self.get_record(keys::system(id), keys::HEAD).await
+    }
+
+    async fn get_generation(
+        &self,
+        id: &SystemId,
+        generation: u64,
+    ) -> StoreResult<Option<Generation>> {
+        if generation > MAX_GENERATION {
+            return Ok(None);
+        }
+        self.get_record(keys::system(id), keys::generation(generation)?)
+            .await
+    }
+
+    async fn list_generations(
+        &self,
+        id: &SystemId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> StoreResult<Vec<Generation>> {
+        let range = match after {
+            None => Range::Prefix(keys::GEN.to_owned()),
+            Some(after) if after >= MAX_GENERATION => return Ok(Vec::new()),
+            Some(after) => Range::Between(
+                keys::generation(after + 1)?,
+                keys::generation(MAX_GENERATION)?,
+            ),
+        };
+        self.query_records(&Query::new(keys::system(id), range).limit(limit))
+            .await
+    }
+
+    async fn list_events(
+        &self,
+        id: &SystemId,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> StoreResult<Vec<EvolutionEvent>> {
+        self.events(id, since, limit).await
+    }
+
+    async fn get_decision(
+        &self,
+        id: &SystemId,
+        decision_id: &str,
+    ) -> StoreResult<Option<DecisionRecord>> {
+        self.get_record(keys::system(id), keys::decision_id(decision_id))
+            .await
+    }
+
+    async fn list_decisions(
+        &self,
+        id: &SystemId,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> StoreResult<Vec<DecisionRecord>> {
+        let query = Query::new(keys::system(id), since_range(keys::DEC, since)).limit(limit);
+        self.query_records(&query).await
+    }
+
+    async fn list_fitness(
+        &self,
+        id: &SystemId,
+        generation: u64,
+    ) -> StoreResult<Vec<FitnessSample>> {
+        if generation > MAX_GENERATION {
+            return Ok(Vec::new());
+        }
+        let prefix = keys::fitness_prefix(generation)?;
+        let mut samples: Vec<FitnessSample> = self
+            .query_records(&Query::new(keys::system(id), Range::Prefix(prefix)))
+            .await?;
+        samples.sort_by(|a, b| (a.received_at, &a.id).cmp(&(b.received_at, &b.id)));
+        Ok(samples)
+    }
+
+    async fn list_history(&self, id: &SystemId, limit: usize) -> StoreResult<Vec<HistoryEntry>> {
+        let query = Query::new(keys::system(id), Range::Prefix(keys::HIST.to_owned()))
+            .backward()
+            .limit(limit);
+        let mut latest: Vec<HistoryEntry> = self.query_records(&query).await?;
+        latest.reverse();
+        Ok(latest)
+    }
+
+    async fn get_plan(&self, id: &SystemId, plan_id: &str) -> StoreResult<Option<Plan>> {
+        self.get_record(keys::system(id), keys::plan(plan_id)).await
+    }
+
+    async fn get_cursor(&self, id: &SystemId) -> StoreResult<Option<PlanCursor>> {
+        self.get_record(keys::system(id), keys::CURSOR).await
+    }
+
+    async fn get_analysis(
+        &self,
+        id: &SystemId,
+        analysis_id: &str,
+    ) -> StoreResult<Option<AnalysisRecord>> {
+        self.get_record(keys::system(id), keys::analysis(analysis_id))
+            .await
+    }
+
+    async fn list_llm_calls(
+        &self,
+        id: Option<&SystemId>,
+        since: Option<DateTime<Utc>>,
+    ) -> StoreResult<Vec<LlmCallRecord>> {
+        if let Some(id) = id {
+            let query = Query::new(keys::system(id), since_range(keys::CALL, since));
+            return self.query_records(&query).await;
+        }
+        let mut calls = Vec::new();
+        for day in self.days(keys::CALL_DAYS, since).await? {
+            let query = Query::new(keys::call_day(&day), time_range(since));
+            calls.extend(self.query_records::<LlmCallRecord>(&query).await?);
+        }
+        Ok(calls)
+    }
+
+    async fn list_alerts(
+        &self,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> StoreResult<Vec<Alert>> {
+        let query = Query::new(keys::ALERTS, time_range(since)).limit(limit);
+        self.query_records(&query).await
+    }
+
+    async fn claim(
+        &self,
+        key: &str,
+        payload_hash: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+    ) -> StoreResult<Claim> {
+        let pk = keys::idempotency(key);
+        let mut item = item::record(
+            &pk,
+            keys::RECORD,
+            &IdempotencyRecord::in_progress(payload_hash, in_progress_until),
+        )?;
+        item.insert(STATE.to_owned(), s(IN_PROGRESS));
+        item.insert(UNTIL.to_owned(), s(ts(in_progress_until)));
+        item.insert(TTL.to_owned(), item::n(epoch_ceil(in_progress_until)));
+        // Powertools semantics: absent, or an in-progress claim that lapsed, or a completed
+        // record that expired (DynamoDB's TTL deletes it late, so expiry is checked here).
+        let mut expr = Expr::default();
+        let (pk_name, state, until, expires) = (
+            expr.name(PK),
+            expr.name(STATE),
+            expr.name(UNTIL),
+            expr.name(EXPIRES_AT),
+        );
+        let (in_progress, completed, now_value) = (
+            expr.value(s(IN_PROGRESS)),
+            expr.value(s(COMPLETED)),
+            expr.value(s(ts(now))),
+        );
+        let condition = format!(
+            "attribute_not_exists({pk_name}) OR ({state} = {in_progress} AND {until} <= \
+             {now_value}) OR ({state} = {completed} AND {expires} <= {now_value})"
+        );
+        for _ in 0..CLAIM_ATTEMPTS {
+            let result = self
+                .dynamo
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item.clone()))
+                .condition_expression(&condition)
+                .set_expression_attribute_names(expr.names())
+                .set_expression_attribute_values(expr.values())
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(Claim::Claimed),
+                Err(error) if is_condition_failure(&error) => {}
+                Err(error) => return Err(sdk_error("PutItem (claim)", &error)),
+            }
+            // Someone holds it: read what they hold (consistently) and decide as every adapter
+            // does. A record that changed in between (released, expired) is claimed again.
+            let existing = self.idempotency_record(key).await?;
+            match rules::claim_outcome(existing.as_ref(), payload_hash, now) {
+                Claim::Claimed => {}
+                outcome => return Ok(outcome),
+            }
+        }
+        Err(StoreError::Unavailable(format!(
+            "idempotency key {key} kept changing while being claimed"
+        )))
+    }
+
+    async fn release(&self, key: &str) -> StoreResult<()> {
+        let mut expr = Expr::default();
+        let condition = format!("{} = {}", expr.name(STATE), expr.value(s(IN_PROGRESS)));
+        let result = self
+            .dynamo
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(item::key(keys::idempotency(key), keys::RECORD)))
+            .condition_expression(condition)
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .send()
+            .await;
+        match result {
+            // A completed (or absent) record is not ours to drop.
+            Err(error) if is_condition_failure(&error) => Ok(()),
+            Err(error) => Err(sdk_error("DeleteItem (release)", &error)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    async fn mark_sent(&self, key: &str) -> StoreResult<()> {
+        let mut expr = Expr::default();
+        let update = format!(
+            "SET {} = {}",
+            expr.name(SENT),
+            expr.value(AttributeValue::Bool(true))
+        );
+        let condition = format!("{} = {}", expr.name(STATE), expr.value(s(COMPLETED)));
+        let result = self
+            .dynamo
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(item::key(keys::idempotency(key), keys::RECORD)))
+            .update_expression(update)
+            .condition_expression(condition)
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .send()
+            .await;
+        match result {
+            // Unknown keys and in-progress claims have no outbox to mark.
+            Err(error) if is_condition_failure(&error) => Ok(()),
+            Err(error) => Err(sdk_error("UpdateItem (mark_sent)", &error)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    async fn commit(&self, tx: Transaction) -> StoreResult<()> {
+        rules::check_shape(&tx)?;
+        let predicts = tx
+            .writes
+            .iter()
+            .any(|w| matches!(w, Write::RecordPrediction { .. }));
+        let mut bodies_stored = false;
+        let mut attempt = 0;
+        loop {
+            let performance = if predicts {
+                Some(self.performance_record().await?)
+            } else {
+                None
+            };
+            let staged = commit::stage(&self.table, &tx, performance.as_ref())?;
+            if staged.items.is_empty() {
+                return Ok(());
+            }
+            // Bodies first, under deterministic keys: a retry overwrites them, and no index
+            // item can be committed before its body exists.
+            if !bodies_stored {
+                for body in &staged.bodies {
+                    self.put_event_body(body).await?;
+                }
+                bodies_stored = true;
+            }
+            // No client request token: DynamoDB would answer a repeat of an applied
+            // transaction with success, where the port asks for its conditions to be evaluated
+            // again.
+            match self.transact(staged.items.clone(), None).await {
+                Ok(()) => return Ok(()),
+                Err(TransactFailure::Cancelled { reasons, .. })
+                    if staged.only_stale(&reasons) && attempt + 1 < CONFLICT_ATTEMPTS =>
+                {
+                    // The performance record moved since it was read: read it again.
+                    attempt += 1;
+                    backoff(attempt).await;
+                }
+                Err(TransactFailure::Cancelled { reasons, message }) => {
+                    // Nothing was written: undo what this attempt did to the bodies.
+                    self.restore_bodies(&staged.bodies).await;
+                    return Err(staged.explain(&reasons, &message));
+                }
+                Err(TransactFailure::Store(error)) => return Err(error),
+            }
+        }
+    }
+
+    async fn purge_system(&self, id: &SystemId) -> StoreResult<()> {
+        // The registry first, so the tick stops scheduling the system at once.
+        self.delete_all(vec![item::key(keys::SYSTEMS, id.as_str())])
+            .await?;
+        let pk = keys::system(id);
+        let items = self.query(&Query::new(&pk, Range::All).keys_only()).await?;
+        let mut doomed = Vec::with_capacity(items.len());
+        for found in items {
+            let sk = item::text(&found, SK).unwrap_or_default().to_owned();
+            if let Some(timed) = sk.strip_prefix(keys::CALL) {
+                // The call's copy in the all-systems day partition.
+                let day = timed.get(..10).unwrap_or_default();
+                doomed.push(item::key(keys::call_day(day), timed));
+            } else if let Some(key) = sk.strip_prefix(keys::IDEMP) {
+                self.forget_completed(key).await?;
+            }
+            doomed.push(item::key(&pk, sk));
+        }
+        self.delete_all(doomed).await?;
+        // Index items are gone, so no reader follows one to a deleted body.
+        self.delete_event_bodies(id).await
+    }
+}
+
+impl DynamoStore {
+    /// Drops a completed idempotency record (a purged system's message runs again after a
+    /// fresh start); an in-progress claim is left to its owner.
+    async fn forget_completed(&self, key: &str) -> StoreResult<()> {
+        let mut expr = Expr::default();
+        let condition = format!("{} = {}", expr.name(STATE), expr.value(s(COMPLETED)));
+        let result = self
+            .dynamo
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(item::key(keys::idempotency(key), keys::RECORD)))
+            .condition_expression(condition)
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .send()
+            .await;
+        match result {
+            Err(error) if is_condition_failure(&error) => Ok(()),
+            Err(error) => Err(sdk_error("DeleteItem (purge)", &error)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    /// The performance record with its optimistic-lock revision.
+    async fn performance_record(&self) -> StoreResult<commit::Performance> {
+        let Some(found) = self.get(keys::CTRL, keys::PERFORMANCE).await? else {
+            return Ok(commit::Performance {
+                snapshot: PerformanceSnapshot::default(),
+                revision: None,
+            });
+        };
+        Ok(commit::Performance {
+            snapshot: decode(&found)?,
+            revision: item::text(&found, item::REVISION).map(ToOwned::to_owned),
+        })
+    }
+
+    /// The days listed under a day-marker partition (`CALLDAYS`, `LEDGERDAYS`), from the day of
+    /// `since` on, ascending.
+    async fn days(&self, pk: &str, since: Option<DateTime<Utc>>) -> StoreResult<Vec<String>> {
+        let range = match since {
+            None => Range::All,
+            Some(since) => Range::Between(item::day(since), "~".to_owned()),
+        };
+        let markers = self.query(&Query::new(pk, range).keys_only()).await?;
+        Ok(markers
+            .iter()
+            .filter_map(|m| item::text(m, SK).map(ToOwned::to_owned))
+            .collect())
+    }
+}
+
+#[async_trait]
+impl ControlState for DynamoStore {
+    async fn budget_state(&self) -> StoreResult<BudgetState> {
+        Ok(self
+            .get_record(keys::CTRL, keys::BUDGET)
+            .await?
+            .unwrap_or_default())
+    }
+
+    async fn circuit(&self, model_id: &str) -> StoreResult<Option<CircuitState>> {
+        self.get_record(keys::CTRL, keys::circuit(model_id)).await
+    }
+
+    async fn put_circuit(&self, state: &CircuitState) -> StoreResult<()> {
+        self.put(item::record(
+            keys::CTRL,
+            keys::circuit(&state.model_id),
+            state,
+        )?)
+        .await
+    }
+
+    async fn performance(&self) -> StoreResult<PerformanceSnapshot> {
+        Ok(self
+            .get_record(keys::CTRL, keys::PERFORMANCE)
+            .await?
+            .unwrap_or_default())
+    }
+
+    async fn put_performance(&self, snapshot: &PerformanceSnapshot) -> StoreResult<()> {
+        self.put(commit::performance_item(snapshot)?).await
+    }
+
+    async fn checkpoint(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<Checkpoint>> {
+        let found: Option<Checkpoint> = self.get_record(keys::CTRL, keys::checkpoint(key)).await?;
+        // TTL deletes late: an expired checkpoint still stored is ignored.
+        Ok(found.filter(|c| c.expires_at > now))
+    }
+
+    async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
+        let mut item = item::record(keys::CTRL, keys::checkpoint(&checkpoint.key), checkpoint)?;
+        item.insert(TTL.to_owned(), item::n(epoch_ceil(checkpoint.expires_at)));
+        item.insert(EXPIRES_AT.to_owned(), s(ts(checkpoint.expires_at)));
+        self.put(item).await
+    }
+}

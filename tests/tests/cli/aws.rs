@@ -1,0 +1,201 @@
+//! `evolve --store aws` against moto: init writes the head directly, the views read DynamoDB and
+//! S3, and a rollback is a message on the snapshot queue carrying the caller's AWS identity.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_dynamodb::config::Credentials;
+use serde_json::Value;
+use shared::domain::SystemId;
+use shared::engine::LocalEngine;
+use shared::evaluator::{EvalError, Evaluator};
+use shared::local::{LocalHome, RunOptions, Silent};
+use shared::stages::PipelineConfig;
+use shared::store::dynamo::DynamoStore;
+use tests::moto::{MotoServer, unique_name};
+
+use crate::bin;
+
+#[derive(Debug)]
+struct Rising;
+
+#[async_trait::async_trait]
+impl Evaluator for Rising {
+    async fn evaluate(
+        &self,
+        genes: &shared::domain::Genes,
+    ) -> Result<shared::domain::FitnessScore, EvalError> {
+        let x = genes
+            .values()
+            .next()
+            .and_then(shared::domain::GeneValue::as_f64)
+            .unwrap_or_default();
+        Ok(shared::domain::FitnessScore {
+            score: x,
+            metrics: std::collections::BTreeMap::default(),
+        })
+    }
+}
+
+struct Stack {
+    moto: MotoServer,
+    table: String,
+    bucket: String,
+    queue_url: String,
+    sqs: aws_sdk_sqs::Client,
+    store: Arc<DynamoStore>,
+}
+
+async fn stack() -> Stack {
+    let moto = MotoServer::start();
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
+        .endpoint_url(moto.url())
+        .load()
+        .await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let table = unique_name("cli-table");
+    let bucket = unique_name("cli-bucket");
+    let store = DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        s3,
+        table.clone(),
+        bucket.clone(),
+    );
+    store.create_resources().await.expect("table and bucket");
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let queue_url = sqs
+        .create_queue()
+        .queue_name(unique_name("cli-snapshot"))
+        .send()
+        .await
+        .expect("queue")
+        .queue_url()
+        .expect("url")
+        .to_owned();
+    Stack {
+        moto,
+        table,
+        bucket,
+        queue_url,
+        sqs,
+        store: Arc::new(store),
+    }
+}
+
+fn evolve_aws(stack: &Stack, args: &[&str]) -> Output {
+    Command::new(bin("evolve"))
+        .args(args)
+        .env("EVOLVE_STORE", "aws")
+        .env("EVOLVE_TABLE_NAME", &stack.table)
+        .env("EVOLVE_BUCKET_NAME", &stack.bucket)
+        .env("EVOLVE_SNAPSHOT_QUEUE_URL", &stack.queue_url)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", stack.moto.url())
+        .env_remove("AWS_PROFILE")
+        .env_remove("EVOLVE_SYSTEM")
+        .stdin(Stdio::null())
+        .output()
+        .expect("evolve runs")
+}
+
+#[test]
+fn operator_commands_work_against_a_deployed_stack() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let stack = runtime.block_on(stack());
+    let dir = tempfile::tempdir().expect("dir");
+    let dna = dir.path().join("dna.json");
+    std::fs::write(
+        &dna,
+        r#"{"system_id": "svc-aws", "genes": {"x": {"type": "int", "value": 5, "min": 0, "max": 50, "max_step": 5}}}"#,
+    )
+    .expect("write");
+    let ok = |out: &Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&evolve_aws(
+        &stack,
+        &["init", "--dna", &dna.display().to_string()],
+    ));
+    let again = evolve_aws(&stack, &["init", "--dna", &dna.display().to_string()]);
+    assert_eq!(again.status.code(), Some(2), "a second init is refused");
+    assert_eq!(
+        evolve_aws(&stack, &["demo"]).status.code(),
+        Some(2),
+        "demo runs locally only"
+    );
+
+    // Evolve two generations through the real stages on the DynamoDB store.
+    runtime.block_on(async {
+        let home = LocalHome::new(
+            stack.store.clone(),
+            Arc::new(LocalEngine::new(1)),
+            chrono::Utc::now(),
+            PipelineConfig::default(),
+        );
+        let opts = RunOptions {
+            generations: 2,
+            ..RunOptions::default()
+        };
+        let id = SystemId::parse("svc-aws").expect("id");
+        let report = home
+            .runner(&Rising)
+            .run(&id, &opts, &Silent)
+            .await
+            .expect("run");
+        assert_eq!(report.generations, 2);
+    });
+
+    let status = evolve_aws(&stack, &["status", "--json"]);
+    ok(&status);
+    let status: Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    let generation = status["generation"].as_u64().expect("generation");
+    assert!(generation >= 2, "{status}");
+    let history = evolve_aws(&stack, &["history", "--json"]);
+    ok(&history);
+    let history: Value = serde_json::from_slice(&history.stdout).expect("JSON");
+    assert!(history.as_array().expect("array").len() >= 3, "{history}");
+    ok(&evolve_aws(&stack, &["decisions"]));
+    ok(&evolve_aws(&stack, &["cost", "--json"]));
+
+    ok(&evolve_aws(
+        &stack,
+        &["rollback", "--to", "0", "--reason", "test"],
+    ));
+    let received = runtime.block_on(async {
+        stack
+            .sqs
+            .receive_message()
+            .queue_url(&stack.queue_url)
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .expect("receive")
+    });
+    let body = received
+        .messages()
+        .first()
+        .and_then(|m| m.body())
+        .expect("a rollback message");
+    let envelope: Value = serde_json::from_str(body).expect("envelope");
+    assert_eq!(envelope["type"], "RollbackRequested");
+    assert_eq!(envelope["to_generation"], 0);
+    assert_eq!(envelope["base_generation"].as_u64(), Some(generation));
+    let who = envelope["requested_by"].as_str().expect("requested_by");
+    assert!(
+        who.starts_with("arn:aws:"),
+        "the caller's AWS identity: {who}"
+    );
+}
