@@ -9,6 +9,7 @@ use shared::lambda::{Invocation, Response, ScheduleKind};
 /// One function, two triggers told apart by the payload's shape: an SQS batch from the
 /// `analyze` queue (answered with its batch item failures), or the tick.
 pub async fn handler(deps: &FunctionDeps, event: LambdaEvent<Value>) -> Result<Response, Error> {
+    let deps = &deps.until(event.context.deadline);
     match Invocation::parse(event.payload)? {
         Invocation::Sqs(batch) => Ok(Response::Batch(deps.sqs(&batch).await)),
         Invocation::Schedule(schedule) => {

@@ -10,7 +10,7 @@ pub async fn handler(
     deps: &FunctionDeps,
     event: LambdaEvent<SqsEvent>,
 ) -> Result<SqsBatchResponse, Error> {
-    Ok(deps.sqs(&event.payload).await)
+    Ok(deps.until(event.context.deadline).sqs(&event.payload).await)
 }
 
 #[cfg(test)]

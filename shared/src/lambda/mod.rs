@@ -334,6 +334,19 @@ pub enum Response {
 }
 
 impl FunctionDeps {
+    /// These dependencies for one invocation ending at `deadline_ms` (milliseconds since the
+    /// epoch, from the Lambda context; 0 means unknown): claims expire and LLM calls must answer
+    /// by then.
+    #[must_use]
+    pub fn until(&self, deadline_ms: u64) -> Self {
+        let mut deps = self.clone();
+        deps.pipeline.config.deadline = i64::try_from(deadline_ms)
+            .ok()
+            .filter(|ms| *ms > 0)
+            .and_then(DateTime::<Utc>::from_timestamp_millis);
+        deps
+    }
+
     /// Handles an SQS batch and emits its counts as one metrics line.
     pub async fn sqs(&self, event: &SqsEvent) -> SqsBatchResponse {
         let batch = handle_sqs_batch(

@@ -408,3 +408,24 @@ fn batch_counts_become_count_metrics() {
     assert_eq!(by_name[metrics::MESSAGES_RETRIED], "2");
     assert_eq!(by_name[metrics::MESSAGES_DEAD_LETTERED], "4");
 }
+
+#[tokio::test]
+async fn the_invocation_deadline_reaches_the_pipeline_config() {
+    let t = TestFunction::new("analyze", QueueSources::Only(Queue::Analyze))
+        .await
+        .expect("test world");
+    assert_eq!(
+        t.deps.until(0).pipeline.config.deadline,
+        None,
+        "0 is unknown"
+    );
+    let deadline = t.clock.now() + Duration::seconds(42);
+    let deps = t
+        .deps
+        .until(u64::try_from(deadline.timestamp_millis()).expect("after the epoch"));
+    assert_eq!(deps.pipeline.config.deadline, Some(deadline));
+    assert_eq!(
+        t.deps.pipeline.config.deadline, None,
+        "the cold-start deps are unchanged"
+    );
+}

@@ -111,7 +111,7 @@ pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handle
         let payload = serde_json::to_vec(env).unwrap_or_default();
         let hash = sha256_hex(&payload);
         let now = deps.clock.now();
-        let until = now + Duration::seconds(deps.config.in_progress_seconds);
+        let until = claim_until(deps, now);
         match deps.store.claim(&env.id, &hash, now, until).await? {
             Claim::Claimed => {}
             Claim::Completed { outgoing } => {
@@ -162,7 +162,7 @@ pub async fn tick(
     let id = stages::tick::tick_id(scheduled_at);
     let hash = sha256_hex(id.as_bytes());
     let now = deps.clock.now();
-    let until = now + Duration::seconds(deps.config.in_progress_seconds);
+    let until = claim_until(deps, now);
     match deps.store.claim(&id, &hash, now, until).await? {
         Claim::Claimed => {}
         Claim::Completed { outgoing } => {
@@ -190,6 +190,15 @@ pub async fn tick(
             Err(e.into())
         }
     }
+}
+
+/// How long a claim holds: until the invocation's deadline when there is one (Powertools'
+/// semantics: a Lambda that times out frees its claims when it dies), else the configured time.
+fn claim_until(deps: &Deps, now: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    deps.config
+        .deadline
+        .filter(|d| *d > now)
+        .unwrap_or_else(|| now + Duration::seconds(deps.config.in_progress_seconds))
 }
 
 async fn run_stage(deps: &Deps, env: &Envelope) -> Result<StageOutput, StageError> {

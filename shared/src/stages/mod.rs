@@ -54,6 +54,9 @@ pub struct PipelineConfig {
     /// Closed evaluations passed to the LLM roles.
     pub history_window: usize,
     pub budgets: Budgets,
+    /// The invocation's deadline (a Lambda's): in-progress claims expire with it and LLM calls
+    /// must answer before it. Set per invocation; `None` locally.
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 impl Default for PipelineConfig {
@@ -75,6 +78,7 @@ impl Default for PipelineConfig {
                 economy_percent: 80,
                 ..Budgets::default()
             },
+            deadline: None,
         }
     }
 }
@@ -223,7 +227,7 @@ pub(crate) async fn call_context(
             critical,
         },
         budget_mode,
-        deadline: None,
+        deadline: deps.config.deadline,
     })
 }
 
