@@ -252,6 +252,16 @@ impl LocalRunner<'_> {
                     ));
                     break;
                 }
+                if self.bus.pending() == 0 {
+                    // Nothing in flight: the next tick that can act is the one at which the
+                    // system falls due, so skip the idle minutes in between.
+                    if let Some(due) = self.next_due(system_id).await? {
+                        let due = due.duration_trunc(Duration::minutes(1)).unwrap_or(due);
+                        if due > next_tick {
+                            next_tick = due;
+                        }
+                    }
+                }
                 let wake = self
                     .bus
                     .next_visible_at()
@@ -296,6 +306,23 @@ impl LocalRunner<'_> {
             dead_letters,
         )
         .await
+    }
+
+    /// When the tick next has something to do for the system: its next cycle, or the deadline
+    /// of its open evaluation window.
+    async fn next_due(&self, system_id: &SystemId) -> Result<Option<DateTime<Utc>>, RunError> {
+        let store = &self.deps.store;
+        let (Some(system), Some(head)) = (
+            store.get_system(system_id).await?,
+            store.get_head(system_id).await?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(match head.status {
+            HeadStatus::Stable => Some(system.next_cycle_at),
+            HeadStatus::Evaluating => head.evaluation.map(|e| e.deadline),
+            HeadStatus::Paused => None,
+        })
     }
 
     async fn tick(
