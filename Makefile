@@ -12,6 +12,16 @@ CARGO ?= cargo
 PYTHON ?= python3
 # moto's server stands in for DynamoDB and S3 (and the other AWS services) in the tests.
 MOTO_VERSION := 5.2.5
+# Deployment tools, all from PyPI: cfn-lint and cargo-lambda (which brings zig) go into .venv; the
+# SAM CLI gets its own .venv-sam because it pins libraries that clash with moto's.
+CFN_LINT_VERSION := 1.58.0
+CARGO_LAMBDA_VERSION := 1.9.2
+SAM_CLI_VERSION := 1.170.0
+SAM := .venv-sam/bin/sam
+# The SAM CLI sends no telemetry from here.
+SAM_ENV := env SAM_CLI_TELEMETRY=0
+# The Lambda functions (their packages and binaries share the name).
+FUNCTIONS := analyze strategize decide snapshot cost-guard
 
 # $(call timed,LABEL,COMMAND): runs COMMAND, then prints how long it took and its exit status.
 # (COMMAND must not contain a comma.)
@@ -23,7 +33,7 @@ define timed
 	exit $$status
 endef
 
-.PHONY: help demo build test test-tools lint bench clean
+.PHONY: help demo build deploy test test-tools lint lint-tools bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -31,10 +41,59 @@ help: ## List the targets
 demo: ## Run the built-in demo system end to end (local engine, embedded store)
 	$(CARGO) run -q -p evolve -- demo
 
-build: ## Debug build of every crate
-	$(call timed,build,$(CARGO) build --workspace)
+# $(call pip_pin,VENV,PACKAGE,VERSION,EXTRAS): installs PACKAGE==VERSION into VENV unless it is there.
+define pip_pin
+	@if [ "$$($(1)/bin/python -m pip show $(2) 2>/dev/null | sed -n 's/^Version: //p')" = "$(3)" ]; then \
+		echo "==> tools: $(2) $(3) in $(1)"; \
+	else \
+		echo "==> tools: installing $(2) $(3) into $(1)"; \
+		start=$$(date +%s); \
+		$(1)/bin/pip install --quiet --disable-pip-version-check '$(2)$(4)==$(3)'; \
+		echo "==> tools: $$(( $$(date +%s) - start ))s"; \
+	fi
+endef
 
-test-tools: ## Install what the tests need (cargo-nextest; moto's server in .venv)
+build: ## Release arm64 build of the Lambda functions (sam build if the SAM CLI is there, else cargo lambda)
+	@export PATH="$(CURDIR)/.venv/bin:$$PATH"; \
+	missing=(); \
+	$(CARGO) lambda --version >/dev/null 2>&1 \
+		|| missing+=("cargo-lambda: run 'make test-tools' (PyPI cargo-lambda==$(CARGO_LAMBDA_VERSION) into .venv)"); \
+	command -v zig >/dev/null 2>&1 || python3 -m ziglang version >/dev/null 2>&1 \
+		|| missing+=("zig, the cross linker: comes with cargo-lambda from PyPI ('make test-tools')"); \
+	rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu \
+		|| missing+=("the Rust standard library for arm64: rustup target add aarch64-unknown-linux-gnu"); \
+	if [ $${#missing[@]} -gt 0 ]; then \
+		echo "==> build: cannot build the arm64 Lambda binaries; missing:"; \
+		printf '    - %s\n' "$${missing[@]}"; \
+		exit 1; \
+	fi; \
+	start=$$(date +%s); \
+	if [ -x $(SAM) ]; then \
+		echo "==> build: sam build (cargo lambda, release, arm64)"; \
+		$(SAM_ENV) $(SAM) build --template-file infra/template.yaml --beta-features; \
+	else \
+		echo "==> build: no SAM CLI ('make lint-tools' installs it); cargo lambda build --release --arm64"; \
+		$(CARGO) lambda build --release --arm64 $(addprefix -p ,$(FUNCTIONS)); \
+	fi; \
+	echo "==> build: $$(( $$(date +%s) - start ))s"
+
+deploy: ## Deploy the stack with SAM after `make build` (guided the first time)
+	@if [ ! -x $(SAM) ]; then echo "==> deploy: no SAM CLI: run 'make lint-tools'"; exit 1; fi
+	@if [ ! -f target/sam/build/template.yaml ]; then \
+		echo "==> deploy: nothing built: run 'make build' first (with the SAM CLI installed)"; exit 1; \
+	fi
+	@if awk '/^\[/ { s = ($$0 == "[default.deploy.parameters]") } s && /^region *=/ { f = 1 } END { exit !f }' \
+		infra/samconfig.toml; then \
+		echo "==> deploy: sam deploy (settings from infra/samconfig.toml)"; \
+		$(SAM_ENV) $(SAM) deploy --config-file $(CURDIR)/infra/samconfig.toml \
+			--template-file target/sam/build/template.yaml; \
+	else \
+		echo "==> deploy: first deployment: sam deploy --guided saves your answers to infra/samconfig.toml"; \
+		$(SAM_ENV) $(SAM) deploy --guided --config-file $(CURDIR)/infra/samconfig.toml \
+			--template-file target/sam/build/template.yaml; \
+	fi
+
+test-tools: ## Install what the tests need (cargo-nextest; moto, cfn-lint and cargo-lambda in .venv)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "==> test-tools: $$($(CARGO) nextest --version | head -n 1)"; \
 	else \
@@ -55,14 +114,27 @@ test-tools: ## Install what the tests need (cargo-nextest; moto's server in .ven
 		.venv/bin/pip install --quiet --disable-pip-version-check 'moto[server]==$(MOTO_VERSION)'; \
 		echo "==> test-tools: $$(( $$(date +%s) - start ))s"; \
 	fi
+	$(call pip_pin,.venv,cfn-lint,$(CFN_LINT_VERSION))
+	$(call pip_pin,.venv,cargo-lambda,$(CARGO_LAMBDA_VERSION))
 
+# The Lambda binaries come first (debug): the smoke tests run them, and their own build of them
+# is then a no-op inside nextest's per-test time limit.
 test: test-tools ## All tests: nextest for unit and integration tests, then doctests
+	$(call timed,lambda-bins,$(CARGO) build --bins -p tests $(addprefix -p ,$(FUNCTIONS)))
 	$(call timed,nextest,$(CARGO) nextest run --workspace --all-features)
 	$(call timed,doctests,$(CARGO) test --workspace --doc --all-features)
 
-lint: ## rustfmt check and clippy with warnings denied
+lint-tools: ## Install cfn-lint (.venv) and the SAM CLI (.venv-sam)
+	@if [ ! -x .venv/bin/python ]; then echo "==> lint-tools: creating .venv"; $(PYTHON) -m venv .venv; fi
+	$(call pip_pin,.venv,cfn-lint,$(CFN_LINT_VERSION))
+	@if [ ! -x .venv-sam/bin/python ]; then echo "==> lint-tools: creating .venv-sam"; $(PYTHON) -m venv .venv-sam; fi
+	$(call pip_pin,.venv-sam,aws-sam-cli,$(SAM_CLI_VERSION))
+
+lint: lint-tools ## rustfmt check, clippy with warnings denied, cfn-lint and sam validate on the template
 	$(call timed,fmt,$(CARGO) fmt --all -- --check)
 	$(call timed,clippy,$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings)
+	$(call timed,cfn-lint,.venv/bin/cfn-lint infra/template.yaml)
+	$(call timed,sam-validate,$(SAM_ENV) AWS_REGION=$${AWS_REGION:-us-east-1} AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(SAM) validate --lint --template-file infra/template.yaml)
 
 bench: ## Engine vs random search, stage throughput, LLM-layer overhead (release builds)
 	$(call timed,bench-pipeline,$(CARGO) bench -p shared --bench pipeline)

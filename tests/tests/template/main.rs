@@ -1,0 +1,1129 @@
+//! The deployment template (`infra/template.yaml`) checked against the code it deploys: each
+//! function's environment equals what its config type reads, every queue has its dead-letter
+//! queue and a visibility timeout of at least six times its consumer's timeout, IAM is
+//! least-privilege (named actions, named resources, producers named on queues and topics),
+//! everything that stores data uses the stack's KMS key, the Bedrock grants cover the model
+//! catalog, and alarms and the dashboard name only metrics the code emits. `cfn-lint` runs last.
+
+mod cfn;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shared::domain::{Queue, Topic};
+use shared::lambda::config::{self, FUNCTIONS};
+use shared::lambda::metrics;
+use shared::llm::catalog::{Invocation, ModelCatalog};
+
+use cfn::{
+    Template, actions, alternatives, policy_documents, resources_of, statements, target, template,
+    text,
+};
+
+/// Every metric the code emits (shared/src/lambda/metrics.rs).
+const METRICS: &[&str] = &[
+    metrics::MESSAGES_PROCESSED,
+    metrics::MESSAGES_RETRIED,
+    metrics::MESSAGES_DEAD_LETTERED,
+    metrics::DUPLICATES,
+    metrics::FALLBACKS,
+    metrics::LLM_COST_NANO_USD,
+    metrics::LLM_TOKENS,
+    metrics::GENERATION,
+    metrics::FITNESS,
+    metrics::ROLLBACKS,
+    metrics::BUDGET_MODE,
+    metrics::SCHEDULED_RUNS,
+];
+
+/// The only statements that may say `Resource: '*'`, each with the reason (the template carries
+/// the same reason as a comment on each such line).
+const STAR_RESOURCES: &[(&str, &str, &str)] = &[
+    ("Key", "AccountAdministersAndDelegatesToIam", KEY_POLICY),
+    ("Key", "FunctionsThroughStackServices", KEY_POLICY),
+    ("Key", "CloudWatchLogsEncryptsTheFunctionLogs", KEY_POLICY),
+    (
+        "Key",
+        "CloudWatchAlarmsPublishToTheEncryptedAlertsTopic",
+        KEY_POLICY,
+    ),
+    ("Key", "SchedulerDecryptsTheScheduleInput", KEY_POLICY),
+    ("Key", "RunningSystemSendsFitnessThroughSqs", KEY_POLICY),
+    ("Key", "OperatorsSendThroughSqs", KEY_POLICY),
+];
+const KEY_POLICY: &str = "a key policy names its own key as '*'";
+
+/// The only statements whose actions may hold a wildcard: Denies, which only take away.
+const WILDCARD_DENIES: &[(&str, &str, &str)] = &[(
+    "BucketPolicy",
+    "DenyRequestsWithoutTls",
+    "AWS Config's s3-bucket-ssl-requests-only expects s3:* in the TLS Deny",
+)];
+
+/// The function resources by package name: `(package, logical id, resource)`.
+fn functions(t: &Template) -> Vec<(&'static str, &str, &Value)> {
+    FUNCTIONS
+        .iter()
+        .map(|(package, _)| {
+            let code_uri = format!("../functions/{package}");
+            let (id, resource) = t
+                .of_type("AWS::Serverless::Function")
+                .find(|(_, r)| r["Properties"]["CodeUri"] == code_uri.as_str())
+                .unwrap_or_else(|| panic!("no function with CodeUri {code_uri}"));
+            (*package, id, resource)
+        })
+        .collect()
+}
+
+fn variables_of(package: &str) -> &'static [&'static str] {
+    let Some((_, variables)) = FUNCTIONS.iter().find(|(p, _)| *p == package) else {
+        panic!("no function {package}")
+    };
+    variables
+}
+
+/// Whether a function calls Bedrock: its config reads the LLM engine.
+fn calls_llm(package: &str) -> bool {
+    variables_of(package).contains(&config::LLM)
+}
+
+/// The logical id of a function's role.
+fn role_of(function: &Value) -> &str {
+    target(&function["Properties"]["Role"]).expect("every function names its hand-written role")
+}
+
+/// Every statement a role holds: its inline policies and the managed policies of the template
+/// attached to it.
+fn role_statements<'a>(t: &'a Template, role: &str) -> Vec<&'a Value> {
+    let properties = &t.resource(role)["Properties"];
+    let mut out = Vec::new();
+    for policy in alternatives(&properties["Policies"]) {
+        out.extend(statements(&policy["PolicyDocument"]));
+    }
+    for managed in alternatives(&properties["ManagedPolicyArns"]) {
+        let id = target(managed).unwrap_or_else(|| {
+            panic!("{role} attaches a managed policy from outside the template: {managed}")
+        });
+        out.extend(statements(&t.resource(id)["Properties"]["PolicyDocument"]));
+    }
+    out
+}
+
+/// The logical ids of the resources the Allow statements of `role` grant `action` on.
+fn granted(t: &Template, role: &str, action: &str) -> BTreeSet<String> {
+    role_statements(t, role)
+        .into_iter()
+        .filter(|s| s["Effect"] == "Allow" && actions(s).contains(&action))
+        .flat_map(resources_of)
+        .map(|r| target(r).map_or_else(|| r.to_string(), str::to_owned))
+        .collect()
+}
+
+/// `(queue logical id, consumer package)` of every SQS event source.
+fn consumed_queues(t: &Template) -> Vec<(String, &'static str, &Value)> {
+    let mut out = Vec::new();
+    for (package, _, function) in functions(t) {
+        let Some(events) = function["Properties"]["Events"].as_object() else {
+            continue;
+        };
+        for event in events.values().filter(|e| e["Type"] == "SQS") {
+            let queue =
+                target(&event["Properties"]["Queue"]).expect("SQS event on a template queue");
+            out.push((queue.to_owned(), package, &event["Properties"]));
+        }
+    }
+    out
+}
+
+/// The logical id of the queue a queue URL variable of `function` refers to.
+fn env_target<'a>(function: &'a Value, variable: &str) -> &'a str {
+    target(&function["Properties"]["Environment"]["Variables"][variable])
+        .unwrap_or_else(|| panic!("{variable} does not refer to a template resource"))
+}
+
+/// The resources a function's environment says it sends to (queues and dead-letter queues) and
+/// publishes to (topics).
+fn destinations(function: &Value) -> (BTreeSet<String>, BTreeSet<String>) {
+    let variables = function["Properties"]["Environment"]["Variables"]
+        .as_object()
+        .expect("the function has environment variables");
+    let mut sends = BTreeSet::new();
+    let mut publishes = BTreeSet::new();
+    for name in variables.keys() {
+        if name.ends_with("_QUEUE_URL") || name.ends_with("_DLQ_URL") {
+            sends.insert(env_target(function, name).to_owned());
+        } else if name.ends_with("_TOPIC_ARN") {
+            publishes.insert(env_target(function, name).to_owned());
+        }
+    }
+    (sends, publishes)
+}
+
+/// The principals an Allow statement of a resource policy names, as logical ids of roles or
+/// parameter names.
+fn principals(statement: &Value) -> BTreeSet<String> {
+    alternatives(&statement["Principal"]["AWS"])
+        .into_iter()
+        .map(|p| target(p).map_or_else(|| p.to_string(), str::to_owned))
+        .collect()
+}
+
+/// The principals a `NoOtherProducers`-style Deny exempts.
+fn exempted(statement: &Value) -> BTreeSet<String> {
+    let condition = alternatives(&statement["Condition"]);
+    condition
+        .iter()
+        .flat_map(|c| alternatives(&c["ArnNotEquals"]["aws:PrincipalArn"]))
+        .map(|p| target(p).map_or_else(|| p.to_string(), str::to_owned))
+        .collect()
+}
+
+/// The role logical id of each function package.
+fn roles(t: &Template) -> BTreeMap<String, &'static str> {
+    functions(t)
+        .into_iter()
+        .map(|(package, _, f)| (role_of(f).to_owned(), package))
+        .collect()
+}
+
+#[test]
+fn each_function_is_a_rust_arm64_lambda_built_with_cargo_lambda() {
+    let t = template();
+    for (package, id, function) in functions(t) {
+        let p = &function["Properties"];
+        assert_eq!(p["Runtime"], "provided.al2023", "{id}");
+        assert_eq!(p["Architectures"], serde_json::json!(["arm64"]), "{id}");
+        assert_eq!(p["Handler"], "bootstrap", "{id}");
+        assert_eq!(
+            function["Metadata"]["BuildMethod"], "rust-cargolambda",
+            "{id}"
+        );
+        assert_eq!(
+            function["Metadata"]["BuildProperties"]["Binary"], package,
+            "{id}"
+        );
+        assert!(
+            cfn::repo_root()
+                .join("functions")
+                .join(package)
+                .join("Cargo.toml")
+                .is_file(),
+            "{id}: CodeUri does not point at a crate"
+        );
+        assert!(
+            target(&p["MemorySize"]).is_some(),
+            "{id}: MemorySize is a parameter"
+        );
+        assert!(
+            target(&p["Timeout"]).is_some(),
+            "{id}: Timeout is a parameter"
+        );
+        assert!(
+            p.get("ReservedConcurrentExecutions").is_none(),
+            "{id}: concurrency is capped on the event source mappings"
+        );
+        assert_eq!(p["LoggingConfig"]["LogFormat"], "JSON", "{id}");
+        let group = target(&p["LoggingConfig"]["LogGroup"]).expect("own log group");
+        let group = &t.resource(group)["Properties"];
+        assert_eq!(
+            target(&group["RetentionInDays"]),
+            Some("LogRetentionDays"),
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn each_function_environment_is_exactly_what_its_config_reads() {
+    let t = template();
+    for (package, id, function) in functions(t) {
+        let variables: BTreeSet<&str> = function["Properties"]["Environment"]["Variables"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{id} has no environment variables"))
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let expected: BTreeSet<&str> = variables_of(package).iter().copied().collect();
+        assert_eq!(
+            variables, expected,
+            "{id}: Environment.Variables must equal the config type's VARIABLES"
+        );
+    }
+}
+
+#[test]
+fn each_queue_has_a_dead_letter_queue_after_five_receives_and_its_own_consumer() {
+    let t = template();
+    let consumed = consumed_queues(t);
+    let mut main_queues = BTreeSet::new();
+    let mut dead_letter_queues = BTreeSet::new();
+    for (id, queue) in t.of_type("AWS::SQS::Queue") {
+        let redrive = &queue["Properties"]["RedrivePolicy"];
+        if redrive.is_null() {
+            continue;
+        }
+        assert_eq!(redrive["maxReceiveCount"], 5, "{id}");
+        let dlq = target(&redrive["deadLetterTargetArn"]).expect("DLQ in the template");
+        assert!(
+            t.resource(dlq)["Properties"]["RedrivePolicy"].is_null(),
+            "{id}: its dead-letter queue has no dead-letter queue of its own"
+        );
+        assert!(
+            dead_letter_queues.insert(dlq.to_owned()),
+            "{dlq} serves two queues"
+        );
+        main_queues.insert(id.to_owned());
+        let consumers: Vec<_> = consumed.iter().filter(|(q, _, _)| q == id).collect();
+        assert_eq!(consumers.len(), 1, "{id} must have exactly one consumer");
+    }
+    // One queue per domain queue, named after it.
+    let names: BTreeSet<String> = main_queues
+        .iter()
+        .map(|id| {
+            let name = text(&t.resource(id)["Properties"]["QueueName"]).expect("named queue");
+            name.trim_start_matches("${AWS::StackName}-").to_owned()
+        })
+        .collect();
+    let expected: BTreeSet<String> = Queue::ALL.iter().map(|q| q.as_str().to_owned()).collect();
+    assert_eq!(names, expected);
+    // Each function consumes the queues whose dead-letter queue it is told about.
+    for (package, id, function) in functions(t) {
+        let dlqs: BTreeSet<String> = variables_of(package)
+            .iter()
+            .filter(|v| v.ends_with("_DLQ_URL"))
+            .map(|v| env_target(function, v).to_owned())
+            .collect();
+        let own: BTreeSet<String> = consumed
+            .iter()
+            .filter(|(_, p, _)| *p == package)
+            .map(|(q, _, _)| {
+                target(&t.resource(q)["Properties"]["RedrivePolicy"]["deadLetterTargetArn"])
+                    .expect("DLQ")
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(
+            dlqs, own,
+            "{id}: its *_DLQ_URL variables name the DLQs of the queues it consumes"
+        );
+    }
+}
+
+/// The values a numeric property can take: a literal, or the allowed values of a parameter.
+fn possible_values(t: &Template, value: &Value) -> Vec<u64> {
+    if let Some(n) = value.as_u64() {
+        return vec![n];
+    }
+    let name = target(value).expect("a number or a parameter");
+    let parameter = t.parameter(name);
+    let allowed: Vec<u64> = alternatives(&parameter["AllowedValues"])
+        .into_iter()
+        .map(|v| v.as_u64().expect("numeric allowed value"))
+        .collect();
+    assert!(
+        !allowed.is_empty(),
+        "parameter {name} must list its AllowedValues"
+    );
+    let default = parameter["Default"].as_u64().expect("numeric default");
+    assert!(allowed.contains(&default), "{name}'s default is allowed");
+    allowed
+}
+
+#[test]
+fn each_queue_hides_a_message_for_at_least_six_times_its_consumer_timeout() {
+    let t = template();
+    for (queue, package, _) in consumed_queues(t) {
+        let (_, _, function) = functions(t)
+            .into_iter()
+            .find(|(p, _, _)| *p == package)
+            .expect("consumer");
+        let timeout = &function["Properties"]["Timeout"];
+        let visibility = &t.resource(&queue)["Properties"]["VisibilityTimeout"];
+        for seconds in possible_values(t, timeout) {
+            let hidden = if let Some(lookup) = visibility.get("Fn::FindInMap") {
+                let map = lookup[0].as_str().expect("mapping name");
+                assert_eq!(
+                    lookup[1], *timeout,
+                    "{queue}: the visibility timeout is looked up by its consumer's timeout"
+                );
+                let key = lookup[2].as_str().expect("mapping key");
+                t.mapping(map)[seconds.to_string()][key]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{map} has no {key} for {seconds}"))
+            } else {
+                visibility.as_u64().expect("a number or a lookup")
+            };
+            assert!(
+                hidden >= 6 * seconds,
+                "{queue}: visibility timeout {hidden}s < 6 x {seconds}s of {package}"
+            );
+        }
+    }
+}
+
+#[test]
+fn event_source_mappings_report_item_failures_cap_concurrency_and_take_one_llm_message_at_a_time() {
+    let t = template();
+    for (queue, package, properties) in consumed_queues(t) {
+        assert_eq!(
+            properties["FunctionResponseTypes"],
+            serde_json::json!(["ReportBatchItemFailures"]),
+            "{queue}"
+        );
+        assert!(
+            target(&properties["ScalingConfig"]["MaximumConcurrency"]).is_some(),
+            "{queue}: MaximumConcurrency is a parameter"
+        );
+        if calls_llm(package) {
+            assert_eq!(
+                properties["BatchSize"], 1,
+                "{queue}: {package} calls Bedrock"
+            );
+        }
+    }
+}
+
+#[test]
+fn no_allow_statement_has_a_wildcard_action() {
+    let t = template();
+    let mut denies = BTreeSet::new();
+    for (id, path, document) in policy_documents(t) {
+        for statement in statements(document) {
+            let sid = statement["Sid"].as_str().unwrap_or("");
+            assert!(
+                statement.get("NotAction").is_none(),
+                "{id} {path} {sid}: NotAction"
+            );
+            let wild: Vec<&str> = actions(statement)
+                .into_iter()
+                .filter(|a| a.contains('*'))
+                .collect();
+            if wild.is_empty() {
+                continue;
+            }
+            assert_eq!(
+                statement["Effect"], "Deny",
+                "{id} {path} {sid}: wildcard actions {wild:?}"
+            );
+            denies.insert((id.to_owned(), sid.to_owned()));
+        }
+    }
+    let allowed: BTreeSet<(String, String)> = WILDCARD_DENIES
+        .iter()
+        .map(|(id, sid, _)| ((*id).to_owned(), (*sid).to_owned()))
+        .collect();
+    assert_eq!(denies, allowed, "wildcard Denies outside the allow-list");
+}
+
+#[test]
+fn resource_star_appears_only_where_aws_requires_it_and_says_why() {
+    let t = template();
+    let mut found = BTreeSet::new();
+    for (id, _, document) in policy_documents(t) {
+        for statement in statements(document) {
+            if resources_of(statement).iter().any(|r| *r == "*") {
+                let sid = statement["Sid"].as_str().unwrap_or("");
+                found.insert((id.to_owned(), sid.to_owned()));
+            }
+        }
+    }
+    let allowed: BTreeSet<(String, String)> = STAR_RESOURCES
+        .iter()
+        .map(|(id, sid, _)| ((*id).to_owned(), (*sid).to_owned()))
+        .collect();
+    assert_eq!(found, allowed, "Resource '*' outside the allow-list");
+    // Each such line carries its reason as a comment.
+    let lines: Vec<&str> = t
+        .text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("Resource: '*'"))
+        .collect();
+    assert_eq!(lines.len(), STAR_RESOURCES.len());
+    for line in lines {
+        let comment = line.split_once('#').map(|(_, c)| c.trim());
+        assert_eq!(comment, Some(KEY_POLICY), "{line}");
+    }
+    // Identity policies (roles and managed policies) never use '*'.
+    for (id, _, document) in policy_documents(t) {
+        let kind = t.resource(id)["Type"].as_str().unwrap_or("");
+        if kind == "AWS::IAM::Role" || kind == "AWS::IAM::ManagedPolicy" {
+            for statement in statements(document) {
+                assert!(!resources_of(statement).iter().any(|r| *r == "*"), "{id}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_store_uses_the_stack_key() {
+    let t = template();
+    let (key, _) = t.of_type("AWS::KMS::Key").next().expect("a KMS key");
+    let uses_key = |value: &Value| target(value) == Some(key);
+    let mut stores = 0;
+    for (id, table) in t.of_type("AWS::DynamoDB::GlobalTable") {
+        let p = &table["Properties"];
+        assert_eq!(p["SSESpecification"]["SSEEnabled"], true, "{id}");
+        assert_eq!(p["SSESpecification"]["SSEType"], "KMS", "{id}");
+        let home = &p["Replicas"][0];
+        assert_eq!(
+            home["Region"]["Ref"], "AWS::Region",
+            "{id}: the first replica is home"
+        );
+        assert!(
+            uses_key(&home["SSESpecification"]["KMSMasterKeyId"]),
+            "{id}"
+        );
+        for replica in alternatives(&p["Replicas"]) {
+            assert_eq!(
+                replica["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], true,
+                "{id}: every replica has point-in-time recovery"
+            );
+        }
+        stores += 1;
+    }
+    for (id, bucket) in t.of_type("AWS::S3::Bucket") {
+        let rule =
+            &bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"][0];
+        assert_eq!(
+            rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"], "aws:kms",
+            "{id}"
+        );
+        assert!(
+            uses_key(&rule["ServerSideEncryptionByDefault"]["KMSMasterKeyID"]),
+            "{id}"
+        );
+        assert_eq!(rule["BucketKeyEnabled"], true, "{id}");
+        stores += 1;
+    }
+    for (kind, property) in [
+        ("AWS::SQS::Queue", "KmsMasterKeyId"),
+        ("AWS::SNS::Topic", "KmsMasterKeyId"),
+        ("AWS::Logs::LogGroup", "KmsKeyId"),
+        ("AWS::Scheduler::Schedule", "KmsKeyArn"),
+    ] {
+        for (id, resource) in t.of_type(kind) {
+            assert!(
+                uses_key(&resource["Properties"][property]),
+                "{id}: {property}"
+            );
+            stores += 1;
+        }
+    }
+    // 1 table, 1 bucket, 12 queues, 2 topics, 5 log groups, 2 schedules.
+    assert_eq!(stores, 1 + 1 + 12 + 2 + 5 + 2);
+}
+
+#[test]
+fn the_table_matches_the_dynamo_store() {
+    let t = template();
+    let (id, table) = t
+        .of_type("AWS::DynamoDB::GlobalTable")
+        .next()
+        .expect("a global table");
+    let p = &table["Properties"];
+    assert_eq!(p["BillingMode"], "PAY_PER_REQUEST", "{id}");
+    assert_eq!(
+        p["KeySchema"],
+        serde_json::json!([
+            {"AttributeName": "PK", "KeyType": "HASH"},
+            {"AttributeName": "SK", "KeyType": "RANGE"}
+        ])
+    );
+    assert_eq!(
+        p["AttributeDefinitions"],
+        serde_json::json!([
+            {"AttributeName": "PK", "AttributeType": "S"},
+            {"AttributeName": "SK", "AttributeType": "S"}
+        ])
+    );
+    assert_eq!(
+        p["TimeToLiveSpecification"],
+        serde_json::json!({"AttributeName": "ttl", "Enabled": true})
+    );
+    assert!(
+        p.get("GlobalSecondaryIndexes").is_none(),
+        "the store queries no index"
+    );
+}
+
+#[test]
+fn the_bucket_is_private_versioned_tls_only_and_expires_event_bodies() {
+    let t = template();
+    let (id, bucket) = t.of_type("AWS::S3::Bucket").next().expect("a bucket");
+    let p = &bucket["Properties"];
+    assert_eq!(p["VersioningConfiguration"]["Status"], "Enabled");
+    for flag in [
+        "BlockPublicAcls",
+        "BlockPublicPolicy",
+        "IgnorePublicAcls",
+        "RestrictPublicBuckets",
+    ] {
+        assert_eq!(p["PublicAccessBlockConfiguration"][flag], true, "{flag}");
+    }
+    let expiry = alternatives(&p["LifecycleConfiguration"]["Rules"])
+        .into_iter()
+        .find(|r| r.get("ExpirationInDays").is_some())
+        .expect("an expiration rule");
+    assert_eq!(
+        target(&expiry["ExpirationInDays"]),
+        Some("EventRetentionDays")
+    );
+    let (_, policy) = t
+        .of_type("AWS::S3::BucketPolicy")
+        .find(|(_, r)| target(&r["Properties"]["Bucket"]) == Some(id))
+        .expect("a bucket policy");
+    let tls = statements(&policy["Properties"]["PolicyDocument"])
+        .into_iter()
+        .find(|s| s["Effect"] == "Deny" && s["Condition"]["Bool"]["aws:SecureTransport"] == "false")
+        .expect("a TLS-only Deny");
+    assert_eq!(tls["Principal"], "*");
+}
+
+#[test]
+fn roles_send_and_publish_exactly_where_the_environment_points() {
+    let t = template();
+    let consumed = consumed_queues(t);
+    for (package, id, function) in functions(t) {
+        let role = role_of(function);
+        let (sends, publishes) = destinations(function);
+        assert_eq!(
+            granted(t, role, "sqs:SendMessage"),
+            sends,
+            "{id}: sqs:SendMessage"
+        );
+        assert_eq!(
+            granted(t, role, "sns:Publish"),
+            publishes,
+            "{id}: sns:Publish"
+        );
+        let own: BTreeSet<String> = consumed
+            .iter()
+            .filter(|(_, p, _)| *p == package)
+            .map(|(q, _, _)| q.clone())
+            .collect();
+        for action in [
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:GetQueueAttributes",
+        ] {
+            assert_eq!(granted(t, role, action), own, "{id}: {action}");
+        }
+        let (table, _) = t
+            .of_type("AWS::DynamoDB::GlobalTable")
+            .next()
+            .expect("table");
+        for action in [
+            "dynamodb:GetItem",
+            "dynamodb:Query",
+            "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
+        ] {
+            assert_eq!(
+                granted(t, role, action),
+                BTreeSet::from([table.to_owned()]),
+                "{id}: {action}"
+            );
+        }
+        assert!(
+            granted(t, role, "dynamodb:BatchWriteItem").is_empty()
+                && granted(t, role, "dynamodb:Scan").is_empty(),
+            "{id}: no bulk writes or scans"
+        );
+        let (key, _) = t.of_type("AWS::KMS::Key").next().expect("key");
+        for action in ["kms:Decrypt", "kms:GenerateDataKey"] {
+            assert_eq!(
+                granted(t, role, action),
+                BTreeSet::from([key.to_owned()]),
+                "{id}: {action}"
+            );
+        }
+    }
+}
+
+#[test]
+fn queue_and_topic_policies_name_exactly_their_producers() {
+    let t = template();
+    let roles = roles(t);
+    // Who sends where, from the functions' environments.
+    let mut producers: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (_, _, function) in functions(t) {
+        let role = role_of(function).to_owned();
+        let (sends, publishes) = destinations(function);
+        for destination in sends.into_iter().chain(publishes) {
+            producers
+                .entry(destination)
+                .or_default()
+                .insert(role.clone());
+        }
+    }
+    // Outside the functions: operators send to decide and snapshot, the running system to
+    // fitness, nobody else anywhere.
+    let decide = queue_id(t, Queue::Decide);
+    let snapshot = queue_id(t, Queue::Snapshot);
+    let fitness = queue_id(t, Queue::Fitness);
+    producers
+        .entry(decide.clone())
+        .or_default()
+        .insert("OperatorRoleArn".into());
+    producers
+        .entry(snapshot.clone())
+        .or_default()
+        .insert("OperatorRoleArn".into());
+    producers
+        .entry(fitness.clone())
+        .or_default()
+        .insert("RunningSystemRoleArn".into());
+
+    let mut checked = 0;
+    for (kind, targets, action) in [
+        ("AWS::SQS::QueuePolicy", "Queues", "sqs:SendMessage"),
+        ("AWS::SNS::TopicPolicy", "Topics", "sns:Publish"),
+    ] {
+        for (id, policy) in t.of_type(kind) {
+            let p = &policy["Properties"];
+            let resource = alternatives(&p[targets]);
+            assert_eq!(resource.len(), 1, "{id}: one policy per queue or topic");
+            let resource = target(resource[0]).expect("a template resource");
+            let expected = producers.get(resource).cloned().unwrap_or_default();
+            let document = statements(&p["PolicyDocument"]);
+            let allowed: BTreeSet<String> = document
+                .iter()
+                .filter(|s| s["Effect"] == "Allow" && actions(s).contains(&action))
+                .flat_map(|s| principals(s))
+                .collect();
+            assert_eq!(allowed, expected, "{id}: Allow {action}");
+            let deny = document
+                .iter()
+                .find(|s| s["Effect"] == "Deny" && actions(s).contains(&action))
+                .unwrap_or_else(|| panic!("{id}: no Deny of other producers"));
+            assert_eq!(deny["Principal"], "*", "{id}");
+            assert_eq!(
+                exempted(deny),
+                expected,
+                "{id}: the Deny exempts exactly the producers"
+            );
+            for role in &allowed {
+                assert!(
+                    roles.contains_key(role) || role.ends_with("RoleArn"),
+                    "{id}: unknown principal {role}"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(
+        checked,
+        12 + 2,
+        "every queue, dead-letter queue and topic has a policy"
+    );
+
+    // The running system only sends to fitness and subscribes to the events topic.
+    let events = topic_id(t, Topic::EvolutionEvents);
+    for (id, _, document) in policy_documents(t) {
+        for statement in statements(document) {
+            if principals(statement).contains("RunningSystemRoleArn")
+                && statement["Effect"] == "Allow"
+            {
+                let acts = actions(statement);
+                let ok = (id == "FitnessQueuePolicy" && acts == ["sqs:SendMessage"])
+                    || (id == format!("{events}Policy") && acts == ["sns:Subscribe"])
+                    || id == "Key";
+                assert!(
+                    ok,
+                    "{id}: the running system may only report fitness and subscribe"
+                );
+            }
+        }
+    }
+}
+
+fn queue_id(t: &Template, queue: Queue) -> String {
+    let name = format!("${{AWS::StackName}}-{}", queue.as_str());
+    let Some((id, _)) = t
+        .of_type("AWS::SQS::Queue")
+        .find(|(_, q)| text(&q["Properties"]["QueueName"]) == Some(name.as_str()))
+    else {
+        panic!("no queue {name}")
+    };
+    id.to_owned()
+}
+
+fn topic_id(t: &Template, topic: Topic) -> String {
+    let name = format!("${{AWS::StackName}}-{}", topic.as_str());
+    let Some((id, _)) = t
+        .of_type("AWS::SNS::Topic")
+        .find(|(_, q)| text(&q["Properties"]["TopicName"]) == Some(name.as_str()))
+    else {
+        panic!("no topic {name}")
+    };
+    id.to_owned()
+}
+
+#[test]
+fn bedrock_grants_cover_exactly_the_usable_catalog() {
+    let catalog = ModelCatalog::embedded().expect("the embedded catalog");
+    let mut expected = BTreeSet::new();
+    for model in catalog.usable() {
+        match model.invocation {
+            Invocation::InferenceProfile => {
+                expected.insert(format!(
+                    "arn:${{AWS::Partition}}:bedrock:${{AWS::Region}}:${{AWS::AccountId}}:inference-profile/{}",
+                    model.id
+                ));
+                for region in &model.regions {
+                    expected.insert(format!(
+                        "arn:${{AWS::Partition}}:bedrock:{region}::foundation-model/{}",
+                        model.base_model_id
+                    ));
+                }
+                if model.id.starts_with("global.") {
+                    expected.insert(format!(
+                        "arn:${{AWS::Partition}}:bedrock:::foundation-model/{}",
+                        model.base_model_id
+                    ));
+                }
+            }
+            Invocation::OnDemand => {
+                expected.insert(format!(
+                    "arn:${{AWS::Partition}}:bedrock:${{AWS::Region}}::foundation-model/{}",
+                    model.id
+                ));
+            }
+        }
+    }
+    assert!(!expected.is_empty());
+    let t = template();
+    for (package, id, function) in functions(t) {
+        let role = role_of(function);
+        let granted: BTreeSet<String> = role_statements(t, role)
+            .into_iter()
+            .filter(|s| {
+                s["Effect"] == "Allow" && actions(s).iter().any(|a| a.starts_with("bedrock:"))
+            })
+            .flat_map(|s| {
+                assert_eq!(
+                    actions(s),
+                    ["bedrock:InvokeModel"],
+                    "{id}: Converse needs InvokeModel only"
+                );
+                resources_of(s)
+            })
+            .map(|r| text(r).expect("an ARN").to_owned())
+            .collect();
+        if calls_llm(package) {
+            assert_eq!(granted, expected, "{id}: bedrock:InvokeModel resources");
+        } else {
+            assert!(granted.is_empty(), "{id} calls no model");
+        }
+    }
+}
+
+/// The metric names of namespace `Evolve` a dashboard body names (JSON inside `Fn::Sub`).
+fn dashboard_metrics(body: &str) -> BTreeSet<String> {
+    // `${...}` substitutions sit inside JSON strings: replace them with a plain word.
+    let mut plain = String::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(start) = rest.find("${") {
+        plain.push_str(&rest[..start]);
+        plain.push_str("substituted");
+        let end = rest[start..].find('}').expect("closed substitution");
+        rest = &rest[start + end + 1..];
+    }
+    plain.push_str(rest);
+    let body: Value = serde_json::from_str(&plain).expect("the dashboard body is JSON");
+    let mut names = BTreeSet::new();
+    for widget in body["widgets"].as_array().expect("widgets") {
+        let Some(rows) = widget["properties"]["metrics"].as_array() else {
+            continue;
+        };
+        let mut previous: Vec<Value> = Vec::new();
+        for row in rows {
+            let row = row.as_array().expect("a metric row");
+            if let Some(expression) = row.first().and_then(|v| v["expression"].as_str()) {
+                names.extend(search_metrics(expression));
+                continue;
+            }
+            // "." repeats the previous row's value at the same position.
+            let resolved: Vec<Value> = row
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    if v == "." {
+                        previous.get(i).cloned().unwrap_or(Value::Null)
+                    } else {
+                        v.clone()
+                    }
+                })
+                .collect();
+            if resolved.first().and_then(Value::as_str) == Some(metrics::NAMESPACE) {
+                names.insert(resolved[1].as_str().expect("metric name").to_owned());
+                if let Some(dimension) = resolved.get(2) {
+                    assert_eq!(dimension, metrics::DIMENSION, "dimension of {resolved:?}");
+                    let function = resolved[3].as_str().expect("dimension value");
+                    assert!(FUNCTIONS.iter().any(|(p, _)| *p == function), "{function}");
+                }
+            }
+            previous = resolved;
+        }
+    }
+    names
+}
+
+/// `MetricName="X"` of a `SEARCH('{Evolve,...} ...')` expression in namespace `Evolve`.
+fn search_metrics(expression: &str) -> Vec<String> {
+    let Some(schema) = expression.split_once('{').map(|(_, s)| s) else {
+        return Vec::new();
+    };
+    let namespace = schema.split([',', '}']).next().unwrap_or("");
+    if namespace != metrics::NAMESPACE {
+        return Vec::new();
+    }
+    expression
+        .split("MetricName=\"")
+        .skip(1)
+        .filter_map(|s| s.split_once('"').map(|(name, _)| name.to_owned()))
+        .collect()
+}
+
+#[test]
+fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
+    let t = template();
+    let known: BTreeSet<&str> = METRICS.iter().copied().collect();
+    let mut alarmed = BTreeSet::new();
+    for (id, alarm) in t.of_type("AWS::CloudWatch::Alarm") {
+        let p = &alarm["Properties"];
+        let mut stats = vec![p];
+        stats.extend(
+            alternatives(&p["Metrics"])
+                .into_iter()
+                .map(|m| &m["MetricStat"]["Metric"]),
+        );
+        for metric in stats {
+            if metric["Namespace"] == metrics::NAMESPACE {
+                let name = metric["MetricName"].as_str().expect("metric name");
+                assert!(
+                    known.contains(name),
+                    "{id}: {name} is not emitted by the code"
+                );
+                for dimension in alternatives(&metric["Dimensions"]) {
+                    assert_eq!(dimension["Name"], metrics::DIMENSION, "{id}");
+                }
+                alarmed.insert(name.to_owned());
+            }
+        }
+        let actions = alternatives(&p["AlarmActions"]);
+        assert!(
+            actions
+                .iter()
+                .any(|a| target(a) == Some(topic_id(t, Topic::Alerts).as_str())),
+            "{id}: alarms publish to the alerts topic"
+        );
+        let name = text(&p["AlarmName"]).expect("alarm name");
+        assert!(
+            name.starts_with("${AWS::StackName}-"),
+            "{id}: the key policy lets alarms named after the stack publish"
+        );
+    }
+    for needed in [metrics::BUDGET_MODE, metrics::FITNESS] {
+        assert!(alarmed.contains(needed), "no alarm on {needed}");
+    }
+
+    let (_, dashboard) = t
+        .of_type("AWS::CloudWatch::Dashboard")
+        .next()
+        .expect("a dashboard");
+    let body = text(&dashboard["Properties"]["DashboardBody"]).expect("a dashboard body");
+    let shown = dashboard_metrics(body);
+    for name in &shown {
+        assert!(
+            known.contains(name.as_str()),
+            "dashboard: {name} is not emitted by the code"
+        );
+    }
+    for needed in [
+        metrics::FITNESS,
+        metrics::GENERATION,
+        metrics::ROLLBACKS,
+        metrics::LLM_TOKENS,
+        metrics::LLM_COST_NANO_USD,
+        metrics::FALLBACKS,
+        metrics::BUDGET_MODE,
+    ] {
+        assert!(
+            shown.contains(needed),
+            "the dashboard does not show {needed}"
+        );
+    }
+}
+
+#[test]
+fn every_dead_letter_queue_and_function_has_alarms() {
+    let t = template();
+    let alarms: Vec<&Value> = t
+        .of_type("AWS::CloudWatch::Alarm")
+        .map(|(_, a)| &a["Properties"])
+        .collect();
+    let watching = |namespace: &str, metric: &str, resource: &str| {
+        alarms.iter().any(|a| {
+            a["Namespace"] == namespace
+                && a["MetricName"] == metric
+                && alternatives(&a["Dimensions"])
+                    .iter()
+                    .any(|d| target(&d["Value"]) == Some(resource))
+        })
+    };
+    for (queue, _, _) in consumed_queues(t) {
+        let dlq = target(&t.resource(&queue)["Properties"]["RedrivePolicy"]["deadLetterTargetArn"])
+            .expect("DLQ");
+        assert!(
+            watching("AWS/SQS", "ApproximateNumberOfMessagesVisible", dlq),
+            "{dlq}"
+        );
+    }
+    for (_, id, _) in functions(t) {
+        assert!(watching("AWS/Lambda", "Errors", id), "{id} errors");
+        assert!(watching("AWS/Lambda", "Throttles", id), "{id} throttles");
+    }
+}
+
+#[test]
+fn the_scheduler_ticks_analyze_and_sweeps_cost_guard_every_minute() {
+    let t = template();
+    let mut kinds = BTreeMap::new();
+    for (id, schedule) in t.of_type("AWS::Scheduler::Schedule") {
+        let p = &schedule["Properties"];
+        assert_eq!(p["ScheduleExpression"], "rate(1 minute)", "{id}");
+        let function = target(&p["Target"]["Arn"]).expect("a template function");
+        let input: Value = serde_json::from_str(p["Target"]["Input"].as_str().expect("input"))
+            .expect("JSON input");
+        assert_eq!(
+            input["scheduled_at"], "<aws.scheduler.scheduled-time>",
+            "{id}"
+        );
+        kinds.insert(
+            input["kind"].as_str().expect("kind").to_owned(),
+            function.to_owned(),
+        );
+        // Its own role, which may invoke that one function.
+        let role = target(&p["Target"]["RoleArn"]).expect("role");
+        let statements: Vec<&Value> = alternatives(&t.resource(role)["Properties"]["Policies"])
+            .into_iter()
+            .flat_map(|p| statements(&p["PolicyDocument"]))
+            .collect();
+        let invokes: BTreeSet<&str> = statements
+            .iter()
+            .filter(|s| actions(s).contains(&"lambda:InvokeFunction"))
+            .flat_map(|s| resources_of(s))
+            .filter_map(target)
+            .collect();
+        assert_eq!(invokes, BTreeSet::from([function]), "{id}: {role}");
+        let trust = &t.resource(role)["Properties"]["AssumeRolePolicyDocument"]["Statement"][0];
+        assert_eq!(
+            trust["Principal"]["Service"], "scheduler.amazonaws.com",
+            "{id}"
+        );
+    }
+    let by_package: BTreeMap<&str, &str> =
+        functions(t).into_iter().map(|(p, id, _)| (p, id)).collect();
+    assert_eq!(
+        kinds.get("tick").map(String::as_str),
+        Some(by_package["analyze"])
+    );
+    assert_eq!(
+        kinds.get("sweep").map(String::as_str),
+        Some(by_package["cost-guard"])
+    );
+}
+
+#[test]
+fn the_outputs_name_everything_the_cli_needs() {
+    let t = template();
+    let outputs = t.root["Outputs"].as_object().expect("outputs");
+    let mut needed = vec!["TableName".to_owned(), "BucketName".to_owned()];
+    for queue in Queue::ALL {
+        let camel: String = queue
+            .as_str()
+            .split('-')
+            .map(|w| {
+                let mut c = w.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect();
+        needed.push(format!("{camel}QueueUrl"));
+        needed.push(format!("{camel}DeadLetterQueueUrl"));
+        assert_eq!(
+            target(&outputs[&format!("{camel}QueueUrl")]["Value"]),
+            Some(queue_id(t, queue).as_str())
+        );
+    }
+    needed.push("EvolutionEventsTopicArn".into());
+    needed.push("AlertsTopicArn".into());
+    for name in needed {
+        assert!(outputs.contains_key(&name), "no output {name}");
+    }
+}
+
+/// Runs `cfn-lint` from the repository's virtualenv; it must report nothing at all.
+#[test]
+fn cfn_lint_reports_nothing() {
+    const LIMIT: Duration = Duration::from_secs(180);
+    let root = cfn::repo_root();
+    let executable = root.join(".venv/bin/cfn-lint");
+    assert!(
+        executable.is_file(),
+        "{} not found: run `make test-tools` to install cfn-lint",
+        executable.display()
+    );
+    let mut child = Command::new(&executable)
+        .arg(cfn::TEMPLATE)
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run cfn-lint");
+    // Drain both pipes on their own threads so a chatty run cannot block on a full pipe.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_string(&mut text);
+            }
+            text
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for cfn-lint") {
+            break status;
+        }
+        if started.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("cfn-lint did not finish within {LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = stdout.join().unwrap_or_default() + &stderr.join().unwrap_or_default();
+    assert!(
+        status.success() && output.trim().is_empty(),
+        "cfn-lint ({status}):\n{output}"
+    );
+}
