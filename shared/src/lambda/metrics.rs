@@ -10,6 +10,8 @@ use serde_json::{Map, Value, json};
 pub const NAMESPACE: &str = "Evolve";
 /// The one dimension: the function that emitted the metric.
 pub const DIMENSION: &str = "Function";
+/// The second dimension of the LLM metrics: the model that answered.
+pub const MODEL_DIMENSION: &str = "Model";
 
 /// Records handled to completion (including acknowledged no-ops).
 pub const MESSAGES_PROCESSED: &str = "MessagesProcessed";
@@ -107,6 +109,75 @@ pub fn render(function: &str, at: DateTime<Utc>, metrics: &[Metric]) -> Option<S
     Some(Value::Object(line).to_string())
 }
 
+/// The lines for what a batch changed: the head's generation, the fitness of the evaluations
+/// it closed and its rollbacks (snapshot), and per model the LLM tokens, cost and fallbacks
+/// (the LLM-calling stages), declared under both `Function` and `Function` + `Model`.
+pub fn render_observed(
+    function: &str,
+    at: DateTime<Utc>,
+    observed: &[crate::pipeline::Observed],
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut dna = Vec::new();
+    if let Some(g) = observed.iter().filter_map(|o| o.generation).next_back() {
+        dna.push(Metric::gauge(GENERATION, g as f64));
+    }
+    if let Some(f) = observed.iter().filter_map(|o| o.fitness).next_back() {
+        dna.push(Metric::gauge(FITNESS, f));
+    }
+    let rollbacks: u32 = observed.iter().map(|o| o.rollbacks).sum();
+    if rollbacks > 0 || !dna.is_empty() {
+        dna.push(Metric::count(ROLLBACKS, rollbacks));
+    }
+    lines.extend(render(function, at, &dna));
+    let mut by_model: std::collections::BTreeMap<&str, (u64, u64, u32)> =
+        std::collections::BTreeMap::new();
+    for call in observed.iter().flat_map(|o| &o.llm_calls) {
+        let entry = by_model.entry(call.model_id.as_str()).or_default();
+        entry.0 += call.usage.total();
+        entry.1 += call.cost_nano_usd;
+        entry.2 += u32::from(call.fallback.is_some());
+    }
+    for (model, (tokens, cost, fallbacks)) in by_model {
+        let metrics = [
+            Metric::gauge(LLM_TOKENS, tokens as f64),
+            Metric::gauge(LLM_COST_NANO_USD, cost as f64),
+            Metric::count(FALLBACKS, fallbacks),
+        ];
+        let definitions: Vec<Value> = metrics
+            .iter()
+            .map(|m| json!({ "Name": m.name, "Unit": m.unit.as_str() }))
+            .collect();
+        let mut line = Map::new();
+        line.insert(
+            "_aws".into(),
+            json!({
+                "Timestamp": at.timestamp_millis(),
+                "CloudWatchMetrics": [{
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [[DIMENSION], [DIMENSION, MODEL_DIMENSION]],
+                    "Metrics": definitions,
+                }],
+            }),
+        );
+        line.insert(DIMENSION.into(), Value::from(function));
+        line.insert(MODEL_DIMENSION.into(), Value::from(model));
+        for m in metrics {
+            line.insert(m.name.into(), json!(m.value));
+        }
+        lines.push(Value::Object(line).to_string());
+    }
+    lines
+}
+
+/// Prints [`render_observed`]'s lines to stdout.
+pub fn emit_observed(function: &str, at: DateTime<Utc>, observed: &[crate::pipeline::Observed]) {
+    let mut out = std::io::stdout().lock();
+    for line in render_observed(function, at, observed) {
+        let _ = writeln!(out, "{line}");
+    }
+}
+
 /// Prints the EMF line for `metrics` to stdout. Losing a metric never fails a message.
 pub fn emit(function: &str, at: DateTime<Utc>, metrics: &[Metric]) {
     if let Some(line) = render(function, at, metrics) {
@@ -120,6 +191,63 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+
+    #[test]
+    fn observed_changes_become_dna_and_per_model_llm_lines() {
+        use crate::domain::{Role, SystemId};
+        use crate::pipeline::Observed;
+        use crate::store::{LlmCallRecord, Usage};
+        let at = Utc
+            .with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+            .single()
+            .expect("valid time");
+        let call = |model: &str, fallback: bool| LlmCallRecord {
+            call_id: "c".into(),
+            system_id: SystemId::parse("s").expect("id"),
+            envelope_id: "e".into(),
+            role: Role::Analyze,
+            model_id: model.into(),
+            usage: Usage {
+                input_tokens: 100,
+                output_tokens: 20,
+                ..Usage::default()
+            },
+            cost_nano_usd: 7,
+            latency_ms: 3,
+            bedrock_requests: 1,
+            fallback: fallback.then(|| "throttled".into()),
+            at,
+        };
+        let observed = vec![
+            Observed {
+                llm_calls: vec![call("m1", false), call("m1", true)],
+                generation: Some(4),
+                fitness: Some(12.5),
+                rollbacks: 1,
+            },
+            Observed {
+                llm_calls: vec![call("m2", false)],
+                ..Observed::default()
+            },
+        ];
+        let lines: Vec<Value> = render_observed("snapshot", at, &observed)
+            .iter()
+            .map(|l| serde_json::from_str(l).expect("JSON"))
+            .collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0][GENERATION], 4.0);
+        assert_eq!(lines[0][FITNESS], 12.5);
+        assert_eq!(lines[0][ROLLBACKS], 1.0);
+        assert_eq!(lines[1][MODEL_DIMENSION], "m1");
+        assert_eq!(lines[1][LLM_TOKENS], 240.0);
+        assert_eq!(lines[1][LLM_COST_NANO_USD], 14.0);
+        assert_eq!(lines[1][FALLBACKS], 1.0);
+        assert_eq!(
+            lines[2]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["Function"], ["Function", "Model"]])
+        );
+        assert!(render_observed("x", at, &[Observed::default()]).is_empty());
+    }
 
     #[test]
     fn a_line_declares_its_metrics_under_the_function_dimension() {

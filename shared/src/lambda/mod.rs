@@ -24,7 +24,7 @@ pub use self::dead_letters::{DeadLetters, SqsDeadLetters};
 use self::metrics::Metric;
 use crate::bus::Bus;
 use crate::domain::{Body, BudgetMode, Envelope, Queue, SystemId, sha256_hex};
-use crate::pipeline::{self, Handled, PipelineError};
+use crate::pipeline::{self, Handled, Observed, PipelineError};
 use crate::stages::Deps;
 
 /// Everything a function's handler needs, built once at cold start.
@@ -79,10 +79,12 @@ impl BatchCounts {
 }
 
 /// The outcome of a batch: the message ids SQS must redeliver, and the counts for metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BatchResponse {
     pub batch_item_failures: Vec<String>,
     pub counts: BatchCounts,
+    /// What the processed records changed, for the batch's metrics.
+    pub observed: Vec<Observed>,
 }
 
 impl From<BatchResponse> for SqsBatchResponse {
@@ -95,7 +97,7 @@ impl From<BatchResponse> for SqsBatchResponse {
 
 /// What became of one record.
 enum Outcome {
-    Processed,
+    Processed(Observed),
     Duplicate,
     Retry,
     DeadLettered,
@@ -136,7 +138,10 @@ pub async fn handle_sqs_batch(
             Outcome::Retry
         };
         match outcome {
-            Outcome::Processed => batch.counts.processed += 1,
+            Outcome::Processed(observed) => {
+                batch.counts.processed += 1;
+                batch.observed.push(observed);
+            }
             Outcome::Duplicate => batch.counts.duplicates += 1,
             Outcome::DeadLettered => batch.counts.dead_lettered += 1,
             Outcome::Retry => {
@@ -156,9 +161,13 @@ async fn handle_record(
     body: &str,
 ) -> Outcome {
     match pipeline::handle_raw(deps, bus, queue, body).await {
-        Ok(Handled::Processed { summary, sent }) => {
+        Ok(Handled::Processed {
+            summary,
+            sent,
+            observed,
+        }) => {
             info!(%summary, sent, "processed");
-            Outcome::Processed
+            Outcome::Processed(observed)
         }
         Ok(Handled::Duplicate { resent }) => {
             info!(resent, "duplicate delivery acknowledged");
@@ -357,11 +366,9 @@ impl FunctionDeps {
             &event.records,
         )
         .await;
-        metrics::emit(
-            self.function,
-            self.pipeline.clock.now(),
-            &batch.counts.metrics(),
-        );
+        let now = self.pipeline.clock.now();
+        metrics::emit(self.function, now, &batch.counts.metrics());
+        metrics::emit_observed(self.function, now, &batch.observed);
         batch.into()
     }
 
@@ -395,7 +402,7 @@ impl FunctionDeps {
         }
         metrics::emit(self.function, self.pipeline.clock.now(), &emitted);
         let (outcome, sent) = match handled {
-            Handled::Processed { summary, sent } => {
+            Handled::Processed { summary, sent, .. } => {
                 info!(%id, %summary, sent, "scheduled run processed");
                 ("processed", sent)
             }

@@ -10,11 +10,47 @@ use crate::domain::{Body, Destination, Envelope, Queue, sha256_hex};
 use crate::stages::{self, Deps, StageError, StageOutput};
 use crate::store::{Claim, Completion, StoreError, Transaction};
 
+/// What a committed message changed that operators watch: the LLM calls it made, the head's
+/// generation, the fitness of an evaluation it closed, rollbacks. Read off the committed writes,
+/// so the numbers are exactly what the store holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub llm_calls: Vec<crate::store::LlmCallRecord>,
+    pub generation: Option<u64>,
+    pub fitness: Option<f64>,
+    pub rollbacks: u32,
+}
+
+impl Observed {
+    fn of(writes: &[crate::store::Write]) -> Self {
+        use crate::store::Write;
+        let mut observed = Self::default();
+        for write in writes {
+            match write {
+                Write::PutLlmCall { call } => observed.llm_calls.push(call.clone()),
+                Write::UpdateHead { head, .. } => observed.generation = Some(head.generation),
+                Write::PutHistory { entry, .. } => {
+                    observed.fitness = entry.fitness.or(observed.fitness);
+                    if entry.outcome != crate::domain::EvaluationOutcome::Keep {
+                        observed.rollbacks += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        observed
+    }
+}
+
 /// What became of a message that did not fail.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Handled {
     /// The stage ran and its results were committed and sent.
-    Processed { summary: String, sent: usize },
+    Processed {
+        summary: String,
+        sent: usize,
+        observed: Observed,
+    },
     /// A redelivery of a completed message: its stored messages were sent again.
     Duplicate { resent: usize },
 }
@@ -257,6 +293,7 @@ async fn commit_and_send(
     output: StageOutput,
 ) -> Result<Handled, PipelineError> {
     let now = deps.clock.now();
+    let observed = Observed::of(&output.writes);
     let tx = Transaction {
         writes: output.writes,
         completion: Some(Completion {
@@ -280,6 +317,7 @@ async fn commit_and_send(
     Ok(Handled::Processed {
         summary: output.summary,
         sent: output.messages.len(),
+        observed,
     })
 }
 

@@ -208,7 +208,7 @@ async fn stale_proposal_is_a_no_op() {
         .await
         .expect("handled");
     assert!(
-        matches!(handled, Handled::Processed { ref summary, sent: 0 } if summary.starts_with("no-op")),
+        matches!(handled, Handled::Processed { ref summary, sent: 0, .. } if summary.starts_with("no-op")),
         "{handled:?}"
     );
     assert_eq!(
