@@ -17,9 +17,8 @@ use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 use crate::domain::{
-    ConflictKind, DecisionResult, EvolutionAnalysis, GeneChange, GeneValue, Recommendation,
-    ResolutionAction, ResolutionStrategy, RiskAssessment, Role, Severity, apply_mutation,
-    describe_changes,
+    ConflictKind, DecisionResult, EvolutionAnalysis, GeneChange, Recommendation, ResolutionAction,
+    ResolutionStrategy, RiskAssessment, Role, Severity, apply_mutation, describe_changes,
 };
 use crate::llm::{
     AnalyzeRequest, DecideRequest, LanguageModel, LlmAnswer, LlmError, ResolveRequest,
@@ -216,12 +215,20 @@ impl LocalEngine {
                 vec!["retries a value that made the workload fail".to_owned()],
             );
         }
-        if let Some(refused) = replay.refused.iter().rev().find(|r| {
-            same_changes(&r.changes, &req.mutation.changes)
-                && r.pre
-                    .iter()
-                    .all(|(gene, before)| before.as_ref() == req.dna.genes.get(gene))
-        }) {
+        let changes_coerced: Vec<GeneChange> = req
+            .mutation
+            .changes
+            .iter()
+            .map(|c| GeneChange {
+                gene: c.gene.clone(),
+                value: req
+                    .dna
+                    .schema
+                    .get(&c.gene)
+                    .map_or_else(|| c.value.clone(), |d| d.spec.coerce(&c.value)),
+            })
+            .collect();
+        if let Some(refused) = replay.repeats_refused(&req.dna.genes, &changes_coerced) {
             return reject(
                 format!(
                     "{changes} was tried from these very genes in generation {} and rolled back",
@@ -396,18 +403,6 @@ fn step_fraction(req: &DecideRequest) -> f64 {
             (scale > 0.0).then(|| ((to - from).abs() / scale).min(1.0))
         })
         .fold(0.0, f64::max)
-}
-
-fn same_changes(a: &[GeneChange], b: &[GeneChange]) -> bool {
-    let key = |changes: &[GeneChange]| {
-        let mut v: Vec<(String, GeneValue)> = changes
-            .iter()
-            .map(|c| (c.gene.to_string(), c.value.clone()))
-            .collect();
-        v.sort_by(|x, y| x.0.cmp(&y.0));
-        v
-    };
-    key(a) == key(b)
 }
 
 /// "improving", "flat" or "declining", from the kept fitness values (recent third against the

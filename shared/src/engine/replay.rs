@@ -86,35 +86,23 @@ pub(crate) enum Barrier {
 pub(crate) struct Failure {
     pub generation: u64,
     pub parts: Vec<(GeneName, Barrier)>,
-    /// The other numeric genes that were being pushed a known way when the workload failed:
-    /// (gene, value then, direction). Failures at a cliff usually come from a shared limit
-    /// (memory, load), so pulling one of these back below its value then relieves the pressure,
-    /// and the region no longer applies.
-    pub pressure: Vec<(GeneName, f64, f64)>,
 }
 
 impl Failure {
     pub fn forbids(&self, point: &Genes) -> bool {
-        let inside = |gene: &GeneName, barrier: &Barrier| {
-            point.get(gene).is_some_and(|v| match barrier {
-                Barrier::Beyond { from, to } => {
-                    v.as_f64().is_some_and(|x| (x - to) * (to - from) >= 0.0)
-                }
-                Barrier::Exact(value) => v == value,
+        !self.parts.is_empty()
+            && self.parts.iter().all(|(gene, barrier)| {
+                point.get(gene).is_some_and(|v| match barrier {
+                    Barrier::Beyond { from, to } => {
+                        v.as_f64().is_some_and(|x| (x - to) * (to - from) >= 0.0)
+                    }
+                    Barrier::Exact(value) => v == value,
+                })
             })
-        };
-        let relieved = self.pressure.iter().any(|(gene, then, dir)| {
-            point
-                .get(gene)
-                .and_then(GeneValue::as_f64)
-                .is_some_and(|x| (x - then) * dir < -1e-12 * (1.0 + then.abs()))
-        });
-        !self.parts.is_empty() && !relieved && self.parts.iter().all(|(g, b)| inside(g, b))
     }
 
     pub fn describe(&self) -> String {
-        let region = self
-            .parts
+        self.parts
             .iter()
             .map(|(gene, barrier)| match barrier {
                 Barrier::Beyond { from, to } if to > from => format!("{gene} >= {to}"),
@@ -122,20 +110,7 @@ impl Failure {
                 Barrier::Exact(v) => format!("{gene} = {v}"),
             })
             .collect::<Vec<_>>()
-            .join(" and ");
-        if self.pressure.is_empty() {
-            region
-        } else {
-            let context = self
-                .pressure
-                .iter()
-                .map(|(gene, then, dir)| {
-                    format!("{gene} {} {then}", if *dir > 0.0 { ">=" } else { "<=" })
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            format!("{region} (while {context})")
-        }
+            .join(" and ")
     }
 }
 
@@ -183,6 +158,24 @@ impl Replay {
         } else {
             f64::from(self.rolled_back + self.inconclusive) / f64::from(self.evaluated)
         }
+    }
+
+    /// The refused change that `changes` would repeat from the very same genes, if any: the
+    /// same measurement again would give the same answer.
+    pub fn repeats_refused(&self, genes: &Genes, changes: &[GeneChange]) -> Option<&Refused> {
+        fn key(changes: &[GeneChange]) -> Vec<(&GeneName, &GeneValue)> {
+            let mut key: Vec<(&GeneName, &GeneValue)> =
+                changes.iter().map(|c| (&c.gene, &c.value)).collect();
+            key.sort_by(|a, b| a.0.cmp(b.0));
+            key
+        }
+        let wanted = key(changes);
+        self.refused.iter().rev().find(|r| {
+            key(&r.changes) == wanted
+                && r.pre
+                    .iter()
+                    .all(|(gene, before)| before.as_ref() == genes.get(gene))
+        })
     }
 
     /// The failure regions that `point` (normally the current genes) lies inside of; a region
@@ -429,21 +422,9 @@ pub(crate) fn replay(schema: &GeneSchema, genes: &Genes, history: &[HistoryEntry
                         (c.gene.clone(), barrier)
                     })
                     .collect();
-                let pressure = out
-                    .tracks
-                    .iter()
-                    .filter(|(gene, track)| {
-                        track.confirmed && !changes.iter().any(|c| &c.gene == *gene)
-                    })
-                    .filter_map(|(gene, track)| {
-                        let then = state.get(gene)?.as_ref()?.as_f64()?;
-                        Some((gene.clone(), then, track.dir))
-                    })
-                    .collect();
                 out.failures.push(Failure {
                     generation: entry.generation,
                     parts,
-                    pressure,
                 });
             }
             out.refused.push(Refused {

@@ -6,7 +6,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use super::replay::{
-    Barrier, Failure, GeneStats, NumericTrack, Replay, initial_step, prior_direction, replay,
+    Failure, GeneStats, NumericTrack, Replay, initial_step, prior_direction, replay,
 };
 use crate::domain::{
     GeneChange, GeneName, GeneSchema, GeneSpec, GeneValue, Genes, Mutation, MutationStrategy,
@@ -51,19 +51,28 @@ struct Candidate {
 /// one), moving toward the middle of its range; a kept change that improved fitness grows that
 /// gene's step x1.5 (capped at `max_step`) and keeps its direction; a rolled-back change halves
 /// it and reverses the direction; a change whose workload failed does the same and also marks
-/// the failed value as a barrier that later steps do not reach again (they bisect toward it
-/// instead). When two or more genes have a direction confirmed by their last kept change, the
-/// plan opens with a Hooke-Jeeves style pattern move that repeats their combined displacement at
-/// the grown step sizes, which follows interacting genes and curved valleys (Rosenbrock) far
-/// faster than one gene at a time; its contingency is the same move at half length, since the
-/// way back is already known to be worse. A joint move that is rolled back halves the steps of
-/// its genes without reversing them, and their directions must be confirmed again by single-gene
-/// exploratory steps, each paired with a contingency moving the same gene the opposite way.
-/// Bools and choices are flipped occasionally (seeded by the request), preferring values not
-/// tried yet. Steps are ordered by promise: pattern move, confirmed genes, untouched genes,
-/// genes that recently failed, genes with no visible effect, then discrete flips; each gene
-/// appears in at most one primary step, so every step stays valid whether or not the earlier
-/// ones are kept.
+/// the failed value as a barrier that later steps never reach again (they bisect toward it, down
+/// to a 1/64 of `max_step`). Genes whose last kept change improved fitness have a confirmed
+/// direction; the plan opens with Hooke-Jeeves style pattern moves that repeat their combined
+/// displacement at the grown step sizes, which follows interacting genes and curved valleys
+/// (Rosenbrock) far faster than one gene at a time. Two refinements shape those joint moves:
+/// - Gauss-Southwell: confirmed genes are ranked by their last measured improvement per step,
+///   and genes under a third as steep as the steepest sit the plan out until the steep ones
+///   flatten;
+/// - the risk budget: the pipeline's local risk grows with every gene a mutation touches, so the
+///   confirmed genes are cut into groups, each the largest that fits [`RISK_BUDGET`] at (nearly)
+///   full length.
+///
+/// A pattern move's contingency is the same move at half length (the way back is already known
+/// to be worse); a joint move that is rolled back halves its genes' steps without reversing them,
+/// and their directions must be confirmed again by single-gene exploratory steps, each paired
+/// with a contingency that moves the same gene the opposite way. A gene narrowed to its smallest
+/// step whose last try missed waits until another gene improves. Bools and choices are flipped
+/// occasionally (seeded by the request), preferring values not tried yet. Steps are ordered by
+/// promise: pattern moves, confirmed genes, untouched genes, genes that recently missed, genes
+/// with no visible effect, then discrete flips. Each gene appears in at most one primary step,
+/// so every step stays valid whether or not the earlier ones are kept, and no step repeats a
+/// change already measured worse from the same genes.
 pub(crate) fn strategy(req: &StrategizeRequest, rng: &mut ChaCha8Rng) -> MutationStrategy {
     let schema = &req.dna.schema;
     let genes = &req.dna.genes;
@@ -132,12 +141,6 @@ pub(crate) fn strategy(req: &StrategizeRequest, rng: &mut ChaCha8Rng) -> Mutatio
             predicted_impact: 0.5 * recent_gain,
             changes,
         });
-    }
-
-    // At a cliff, trade a flatter gene for a steeper one that the cliff blocks.
-    if let Some(trade) = edge_trade(schema, genes, &replay, &failures, &used, &risk_of) {
-        used.extend(trade.changes.iter().map(|c| c.gene.clone()));
-        candidates.push(trade);
     }
 
     // Single-gene steps for every other numeric gene.
@@ -313,13 +316,23 @@ fn assemble(
         }
         let index_text = index.to_string();
         let id = derive_id("step", &[envelope, &index_text]);
+        // Decide refuses a change already measured worse from the same genes; proposing one
+        // would only loop.
+        if replay
+            .repeats_refused(&current, &candidate.changes)
+            .is_some()
+        {
+            continue;
+        }
         let Ok(next) = apply_mutation(schema, &current, &as_mutation(&id, &candidate.changes))
         else {
             continue;
         };
         if let Some(changes) = candidate.contingency {
             let cid = derive_id("alt", &[envelope, &index_text]);
-            if apply_mutation(schema, &current, &as_mutation(&cid, &changes)).is_ok() {
+            if apply_mutation(schema, &current, &as_mutation(&cid, &changes)).is_ok()
+                && replay.repeats_refused(&current, &changes).is_none()
+            {
                 contingency.push(StrategicMutation {
                     id: cid,
                     changes,
@@ -478,107 +491,6 @@ fn single_move(
             return None;
         }
         step = moved * 0.5;
-    }
-    None
-}
-
-/// A gene's nearest failed value ahead of it: (direction toward it, distance).
-fn barrier_ahead(gene: &GeneName, x: f64, failures: &[&Failure]) -> Option<(f64, f64)> {
-    failures
-        .iter()
-        .flat_map(|f| f.parts.iter())
-        .filter(|(g, _)| g == gene)
-        .filter_map(|(_, barrier)| match barrier {
-            Barrier::Beyond { from, to } => {
-                let dir = (to - from).signum();
-                let gap = (to - x) * dir;
-                (gap > 0.0).then_some((dir, gap))
-            }
-            Barrier::Exact(_) => None,
-        })
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-}
-
-/// When the workload failed close ahead of a gene that has been paying off, the limit it hit
-/// is most often shared with other genes (memory, load). Pushing it on while pulling back the
-/// flattest other gene that was pushing the same limit keeps the system under the limit and
-/// slides along it toward the better side; a kept trade turns into pattern moves along the
-/// edge.
-fn edge_trade(
-    schema: &GeneSchema,
-    genes: &Genes,
-    replay: &Replay,
-    failures: &[&Failure],
-    used: &[GeneName],
-    risk_of: &dyn Fn(&[GeneChange]) -> f64,
-) -> Option<Candidate> {
-    let slope = |gene: &GeneName| replay.stats.get(gene).map_or(0.0, |s| s.slope);
-    let free = |gene: &GeneName| !used.contains(gene) && movable(schema, gene);
-    // The steepest gene with a failed value within two steps ahead.
-    let (a, a_track, a_dir, a_gap) = replay
-        .tracks
-        .iter()
-        .filter(|(gene, _)| free(gene) && slope(gene) > 0.0)
-        .filter_map(|(gene, track)| {
-            let x = value_of(genes, gene)?;
-            let (dir, gap) = barrier_ahead(gene, x, failures)?;
-            (gap <= 2.0 * track.cap).then_some((gene, track, dir, gap))
-        })
-        .max_by(|p, q| slope(p.0).total_cmp(&slope(q.0)).then_with(|| q.0.cmp(p.0)))?;
-    // The flattest other gene with a known push direction.
-    let (b, b_track, b_dir) = replay
-        .tracks
-        .iter()
-        .filter(|(gene, _)| *gene != a && free(gene) && slope(gene) < slope(a))
-        .filter_map(|(gene, track)| {
-            let x = value_of(genes, gene)?;
-            let dir = if track.confirmed {
-                track.dir
-            } else {
-                barrier_ahead(gene, x, failures)?.0
-            };
-            (slope(gene) > 0.0).then_some((gene, track, dir))
-        })
-        .min_by(|p, q| slope(p.0).total_cmp(&slope(q.0)).then_with(|| p.0.cmp(q.0)))?;
-
-    let (xa, xb) = (value_of(genes, a)?, value_of(genes, b)?);
-    let (spec_a, spec_b) = (&schema.get(a)?.spec, &schema.get(b)?.spec);
-    let fraction = (a_track.step / a_track.cap).min(1.0);
-    let pull = fraction * b_track.cap;
-    let mut push = a_track.step.min(a_gap * 2.0);
-    for _ in 0..6 {
-        let changes = vec![
-            GeneChange {
-                gene: a.clone(),
-                value: numeric_value(spec_a, xa, a_dir, push)?,
-            },
-            GeneChange {
-                gene: b.clone(),
-                value: numeric_value(spec_b, xb, -b_dir, pull)?,
-            },
-        ];
-        if !forbidden(genes, &changes, failures) && risk_of(&changes) <= RISK_BUDGET {
-            let half = halve(schema, genes, &changes)
-                .filter(|h| h.len() == 2 && !forbidden(genes, h, failures));
-            return Some(Candidate {
-                rationale: format!(
-                    "trade at the failure edge: {} (steeper) against {} ({})",
-                    a,
-                    b,
-                    describe_moves(genes, &changes)
-                ),
-                contingency_rationale: "the trade at half length".to_owned(),
-                contingency: half,
-                promise: 4.0,
-                focus: 0,
-                predicted_impact: 0.0,
-                changes,
-            });
-        }
-        push *= 0.5;
-        if push < step_floor(spec_a) {
-            break;
-        }
     }
     None
 }

@@ -3,8 +3,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::domain::{
-    BudgetMode, Complexity, EvaluationOutcome, GeneDef, GeneName, GeneSchema, GeneSpec, Genes,
-    HistoryEntry, Mutation, MutationStrategy, StrategicMutation, SystemConflict, SystemId,
+    BudgetMode, Complexity, EvaluationOutcome, GeneDef, GeneName, GeneSchema, GeneSpec, GeneValue,
+    Genes, HistoryEntry, Mutation, MutationStrategy, StrategicMutation, SystemConflict, SystemId,
     TaskContext,
 };
 use crate::llm::{CallContext, DnaView};
@@ -770,6 +770,35 @@ proptest! {
             return Err(TestCaseError::fail(why));
         }
         prop_assert_eq!(&plan, &engine.strategy(&req));
+    }
+
+    /// The first step of a plan is decided against the very genes and history it was planned
+    /// on, so the engine's own decide must take it; a refusal there would loop the pipeline.
+    #[test]
+    fn the_engine_approves_the_first_step_of_its_own_plans(
+        (schema, genes, history) in world(),
+        seed in any::<u64>(),
+    ) {
+        let engine = LocalEngine::new(seed);
+        let plan = engine.strategy(&strategize_request(&schema, &genes, history.clone(), 8));
+        if let Some(first) = plan.primary_mutations.first() {
+            let mutation = as_mutation(first);
+            let risk = crate::stages::risk::assess(&schema, &genes, &mutation, &history);
+            let decision = engine.decision(&DecideRequest {
+                ctx: ctx(Role::Decide, "env-first"),
+                dna: view(&schema, &genes),
+                history,
+                mutation,
+                local_risk: risk.overall_risk,
+                risk_ceiling: 0.8,
+            });
+            prop_assert_eq!(
+                decision.recommendation,
+                Recommendation::Approve,
+                "{}",
+                decision.reasoning
+            );
+        }
     }
 
     #[test]
