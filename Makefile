@@ -136,9 +136,11 @@ lint: lint-tools ## rustfmt check, clippy with warnings denied, cfn-lint and sam
 	$(call timed,cfn-lint,.venv/bin/cfn-lint infra/template.yaml)
 	$(call timed,sam-validate,$(SAM_ENV) AWS_REGION=$${AWS_REGION:-us-east-1} AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(SAM) validate --lint --template-file infra/template.yaml)
 
-bench: ## Engine vs random search, stage throughput, LLM-layer overhead (release builds)
+bench: ## Engine vs random search, stage throughput, LLM-layer overhead, Lambda init time and peak RSS
 	$(call timed,bench-pipeline,$(CARGO) bench -p shared --bench pipeline)
 	$(call timed,bench-llm,$(CARGO) bench -p tests --bench llm)
+	$(CARGO) build --bins -p analyze -p strategize -p decide -p snapshot -p cost-guard
+	$(call timed,bench-lambda-init,$(CARGO) bench -p tests --bench lambda_init)
 
 clean: ## Remove build artefacts
 	$(CARGO) clean
