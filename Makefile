@@ -72,8 +72,9 @@ build: ## Release arm64 build of the Lambda functions (sam build if the SAM CLI 
 		echo "==> build: sam build (cargo lambda, release, arm64)"; \
 		$(SAM_ENV) $(SAM) build --template-file infra/template.yaml --beta-features; \
 	else \
-		echo "==> build: no SAM CLI ('make lint-tools' installs it); cargo lambda build --release --arm64"; \
-		$(CARGO) lambda build --release --arm64 $(addprefix -p ,$(FUNCTIONS)); \
+		echo "==> build: no SAM CLI ('make lint-tools' installs it); cargo lambda build --release --arm64 (zips)"; \
+		$(CARGO) lambda build --release --arm64 --output-format zip $(addprefix -p ,$(FUNCTIONS)); \
+		ls -l target/lambda/*/bootstrap.zip; \
 	fi; \
 	echo "==> build: $$(( $$(date +%s) - start ))s"
 

@@ -159,93 +159,40 @@ impl World {
         let store_for = |common: &shared::lambda::config::Common| {
             wiring::dynamo_store(common, dynamo.clone(), s3.clone())
         };
-        let mut functions = BTreeMap::new();
-        {
-            let c = AnalyzeConfig::from_map(&env).expect("analyze config");
-            let s = store_for(&c.common);
-            let llm =
-                wiring::language_model(&c.llm, c.budgets, bedrock.clone(), s.clone()).expect("llm");
-            let p = wiring::deps(s, llm, c.pipeline());
-            functions.insert(
+        // Each function wired as its `main.rs` wires it, from its own typed config.
+        macro_rules! wire {
+            ($name:literal, $config:ty, $llm:expr) => {{
+                let c = <$config>::from_map(&env).expect(concat!($name, " config"));
+                let s = store_for(&c.common);
+                let llm = $llm(&c, s.clone());
+                let p = wiring::deps(s, llm, c.pipeline());
+                let deps =
+                    wiring::function($name, &c.common, c.sources(), p, sqs.clone(), sns.clone());
+                ($name, deps)
+            }};
+        }
+        let bedrock_for = |llm: &shared::lambda::config::LlmSettings, budgets, s| {
+            wiring::language_model(llm, budgets, bedrock.clone(), s).expect("llm")
+        };
+        let functions = BTreeMap::from([
+            wire!(
                 "analyze",
-                wiring::function(
-                    "analyze",
-                    &c.common,
-                    c.sources(),
-                    p,
-                    sqs.clone(),
-                    sns.clone(),
-                ),
-            );
-        }
-        {
-            let c = StrategizeConfig::from_map(&env).expect("strategize config");
-            let s = store_for(&c.common);
-            let llm =
-                wiring::language_model(&c.llm, c.budgets, bedrock.clone(), s.clone()).expect("llm");
-            let p = wiring::deps(s, llm, c.pipeline());
-            functions.insert(
-                "strategize",
-                wiring::function(
-                    "strategize",
-                    &c.common,
-                    c.sources(),
-                    p,
-                    sqs.clone(),
-                    sns.clone(),
-                ),
-            );
-        }
-        {
-            let c = DecideConfig::from_map(&env).expect("decide config");
-            let s = store_for(&c.common);
-            let llm =
-                wiring::language_model(&c.llm, c.budgets, bedrock.clone(), s.clone()).expect("llm");
-            let p = wiring::deps(s, llm, c.pipeline());
-            functions.insert(
-                "decide",
-                wiring::function(
-                    "decide",
-                    &c.common,
-                    c.sources(),
-                    p,
-                    sqs.clone(),
-                    sns.clone(),
-                ),
-            );
-        }
-        {
-            let c = SnapshotConfig::from_map(&env).expect("snapshot config");
-            let s = store_for(&c.common);
-            let p = wiring::deps(s, wiring::no_llm(), c.pipeline());
-            functions.insert(
-                "snapshot",
-                wiring::function(
-                    "snapshot",
-                    &c.common,
-                    c.sources(),
-                    p,
-                    sqs.clone(),
-                    sns.clone(),
-                ),
-            );
-        }
-        {
-            let c = CostGuardConfig::from_map(&env).expect("cost-guard config");
-            let s = store_for(&c.common);
-            let p = wiring::deps(s, wiring::no_llm(), c.pipeline());
-            functions.insert(
-                "cost-guard",
-                wiring::function(
-                    "cost-guard",
-                    &c.common,
-                    c.sources(),
-                    p,
-                    sqs.clone(),
-                    sns.clone(),
-                ),
-            );
-        }
+                AnalyzeConfig,
+                |c: &AnalyzeConfig, s| bedrock_for(&c.llm, c.budgets, s)
+            ),
+            wire!("strategize", StrategizeConfig, |c: &StrategizeConfig, s| {
+                bedrock_for(&c.llm, c.budgets, s)
+            }),
+            wire!("decide", DecideConfig, |c: &DecideConfig, s| bedrock_for(
+                &c.llm, c.budgets, s
+            )),
+            wire!("snapshot", SnapshotConfig, |_: &SnapshotConfig, _| {
+                wiring::no_llm()
+            }),
+            wire!("cost-guard", CostGuardConfig, |_: &CostGuardConfig, _| {
+                wiring::no_llm()
+            }),
+        ]);
 
         Self {
             store,
