@@ -162,6 +162,48 @@ pub struct CostGuardConfig {
     pub budgets: Budgets,
 }
 
+/// `from_env` (the process environment, read once at cold start) and `from_map` (tests), the
+/// same for every function: both read exactly the type's `VARIABLES`.
+macro_rules! env_readers {
+    ($config:ty) => {
+        impl $config {
+            pub fn from_env() -> Result<Self, ConfigError> {
+                Self::from_map(&env_map(Self::VARIABLES)?)
+            }
+
+            pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
+                Self::read(&Vars::new(map))
+            }
+        }
+    };
+}
+
+/// What the three LLM-calling stages share: their store and routes, budgets and engine, and
+/// the one queue each consumes.
+macro_rules! llm_stage {
+    ($config:ident, $queue:expr) => {
+        env_readers!($config);
+
+        impl $config {
+            fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+                Ok(Self {
+                    common: common(vars, &Self::ROUTES)?,
+                    budgets: budgets(vars)?,
+                    llm: llm(vars)?,
+                })
+            }
+
+            pub fn sources(&self) -> QueueSources {
+                QueueSources::Only($queue)
+            }
+
+            pub fn pipeline(&self) -> PipelineConfig {
+                pipeline(self.budgets)
+            }
+        }
+    };
+}
+
 impl AnalyzeConfig {
     pub const VARIABLES: &'static [&'static str] = &[
         TABLE_NAME,
@@ -188,31 +230,9 @@ impl AnalyzeConfig {
         publishes: &[],
         consumes: &[Queue::Analyze],
     };
-
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_map(&env_map(Self::VARIABLES)?)
-    }
-
-    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        Self::read(&Vars::new(map))
-    }
-
-    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
-        Ok(Self {
-            common: common(vars, &Self::ROUTES)?,
-            budgets: budgets(vars)?,
-            llm: llm(vars)?,
-        })
-    }
-
-    pub fn sources(&self) -> QueueSources {
-        QueueSources::Only(Queue::Analyze)
-    }
-
-    pub fn pipeline(&self) -> PipelineConfig {
-        pipeline(self.budgets)
-    }
 }
+
+llm_stage!(AnalyzeConfig, Queue::Analyze);
 
 impl StrategizeConfig {
     pub const VARIABLES: &'static [&'static str] = &[
@@ -232,31 +252,9 @@ impl StrategizeConfig {
         publishes: &[],
         consumes: &[Queue::Strategize],
     };
-
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_map(&env_map(Self::VARIABLES)?)
-    }
-
-    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        Self::read(&Vars::new(map))
-    }
-
-    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
-        Ok(Self {
-            common: common(vars, &Self::ROUTES)?,
-            budgets: budgets(vars)?,
-            llm: llm(vars)?,
-        })
-    }
-
-    pub fn sources(&self) -> QueueSources {
-        QueueSources::Only(Queue::Strategize)
-    }
-
-    pub fn pipeline(&self) -> PipelineConfig {
-        pipeline(self.budgets)
-    }
 }
+
+llm_stage!(StrategizeConfig, Queue::Strategize);
 
 impl DecideConfig {
     pub const VARIABLES: &'static [&'static str] = &[
@@ -283,31 +281,11 @@ impl DecideConfig {
         publishes: &[Topic::Alerts],
         consumes: &[Queue::Decide],
     };
-
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_map(&env_map(Self::VARIABLES)?)
-    }
-
-    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        Self::read(&Vars::new(map))
-    }
-
-    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
-        Ok(Self {
-            common: common(vars, &Self::ROUTES)?,
-            budgets: budgets(vars)?,
-            llm: llm(vars)?,
-        })
-    }
-
-    pub fn sources(&self) -> QueueSources {
-        QueueSources::Only(Queue::Decide)
-    }
-
-    pub fn pipeline(&self) -> PipelineConfig {
-        pipeline(self.budgets)
-    }
 }
+
+llm_stage!(DecideConfig, Queue::Decide);
+
+env_readers!(SnapshotConfig);
 
 impl SnapshotConfig {
     pub const VARIABLES: &'static [&'static str] = &[
@@ -327,14 +305,6 @@ impl SnapshotConfig {
         publishes: &[Topic::EvolutionEvents, Topic::Alerts],
         consumes: &[Queue::Snapshot, Queue::Fitness],
     };
-
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_map(&env_map(Self::VARIABLES)?)
-    }
-
-    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        Self::read(&Vars::new(map))
-    }
 
     fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
@@ -358,6 +328,8 @@ impl SnapshotConfig {
     }
 }
 
+env_readers!(CostGuardConfig);
+
 impl CostGuardConfig {
     pub const VARIABLES: &'static [&'static str] = &[
         TABLE_NAME,
@@ -372,14 +344,6 @@ impl CostGuardConfig {
         publishes: &[Topic::Alerts],
         consumes: &[Queue::CostGuard],
     };
-
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_map(&env_map(Self::VARIABLES)?)
-    }
-
-    pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        Self::read(&Vars::new(map))
-    }
 
     fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
         Ok(Self {

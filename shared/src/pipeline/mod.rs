@@ -143,48 +143,14 @@ pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handle
         system_id = %env.system_id,
         base_generation = env.base_generation
     );
-    async move {
-        let payload = serde_json::to_vec(env).unwrap_or_default();
-        let hash = sha256_hex(&payload);
-        let now = deps.clock.now();
-        let until = claim_until(deps, now);
-        match deps.store.claim(&env.id, &hash, now, until).await? {
-            Claim::Claimed => {}
-            Claim::Completed { outgoing } => {
-                if !outgoing.is_empty() {
-                    send(bus, &outgoing).await?;
-                    mark_sent(deps, &env.id).await;
-                }
-                debug!(resent = outgoing.len(), "duplicate delivery");
-                return Ok(Handled::Duplicate {
-                    resent: outgoing.len(),
-                });
-            }
-            Claim::InProgress { until } => {
-                return Err(PipelineError::Retryable(format!(
-                    "message {} is being processed elsewhere until {until}",
-                    env.id
-                )));
-            }
-            Claim::PayloadMismatch => {
-                return Err(PipelineError::Permanent(format!(
-                    "message id {} was already used for a different payload",
-                    env.id
-                )));
-            }
-        }
-        let output = match run_stage(deps, env).await {
-            Ok(output) => output,
-            Err(e) => {
-                release(deps, &env.id).await;
-                if !e.is_retryable() {
-                    warn!(error = %error_chain(&e), "permanent failure");
-                }
-                return Err(e.into());
-            }
-        };
-        commit_and_send(deps, bus, &env.id, &hash, output).await
-    }
+    let payload = serde_json::to_vec(env).unwrap_or_default();
+    exactly_once(
+        deps,
+        bus,
+        &env.id,
+        &sha256_hex(&payload),
+        run_stage(deps, env),
+    )
     .instrument(span)
     .await
 }
@@ -197,35 +163,57 @@ pub async fn tick(
 ) -> Result<Handled, PipelineError> {
     let id = stages::tick::tick_id(scheduled_at);
     let hash = sha256_hex(id.as_bytes());
+    exactly_once(deps, bus, &id, &hash, stages::tick::run(deps, scheduled_at)).await
+}
+
+/// Claims `key`, runs `stage`, commits its writes with the outbox, then sends; a completed key
+/// re-sends its outbox only if it was never sent. The one path every message and tick takes.
+async fn exactly_once(
+    deps: &Deps,
+    bus: &dyn Bus,
+    key: &str,
+    hash: &str,
+    stage: impl std::future::Future<Output = Result<StageOutput, StageError>>,
+) -> Result<Handled, PipelineError> {
     let now = deps.clock.now();
-    let until = claim_until(deps, now);
-    match deps.store.claim(&id, &hash, now, until).await? {
+    match deps
+        .store
+        .claim(key, hash, now, claim_until(deps, now))
+        .await?
+    {
         Claim::Claimed => {}
         Claim::Completed { outgoing } => {
             if !outgoing.is_empty() {
                 send(bus, &outgoing).await?;
-                mark_sent(deps, &id).await;
+                mark_sent(deps, key).await;
             }
+            debug!(resent = outgoing.len(), "duplicate delivery");
             return Ok(Handled::Duplicate {
                 resent: outgoing.len(),
             });
         }
         Claim::InProgress { until } => {
             return Err(PipelineError::Retryable(format!(
-                "tick {id} is running elsewhere until {until}"
+                "{key} is being processed elsewhere until {until}"
             )));
         }
         Claim::PayloadMismatch => {
-            return Err(PipelineError::Permanent(format!("tick id {id} reused")));
+            return Err(PipelineError::Permanent(format!(
+                "id {key} was already used for a different payload"
+            )));
         }
     }
-    match stages::tick::run(deps, scheduled_at).await {
-        Ok(output) => commit_and_send(deps, bus, &id, &hash, output).await,
+    let output = match stage.await {
+        Ok(output) => output,
         Err(e) => {
-            release(deps, &id).await;
-            Err(e.into())
+            release(deps, key).await;
+            if !e.is_retryable() {
+                warn!(error = %error_chain(&e), "permanent failure");
+            }
+            return Err(e.into());
         }
-    }
+    };
+    commit_and_send(deps, bus, key, hash, output).await
 }
 
 /// How long a claim holds: until the invocation's deadline when there is one (Powertools'
