@@ -96,7 +96,7 @@ deploy: ## Deploy the stack with SAM after `make build` (guided the first time)
 
 test-tools: ## Install what the tests need (cargo-nextest; moto, cfn-lint and cargo-lambda in .venv)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		echo "==> test-tools: $$($(CARGO) nextest --version | head -n 1)"; \
+		echo "==> test-tools: $$($(CARGO) nextest --version | sed -n 1p)"; \
 	else \
 		echo "==> test-tools: installing cargo-nextest"; \
 		start=$$(date +%s); \
