@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use shared::worker::config as worker;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,6 +70,9 @@ pub enum Command {
     Cost(JsonFlag),
     /// Roll back to an earlier generation (committed as a new generation, then re-measured).
     Rollback(RollbackArgs),
+    /// With `--store aws`: consume the stack's queues and run the pipeline, as the functions do,
+    /// until SIGTERM or Ctrl-C (then finish the messages in flight).
+    Worker(WorkerArgs),
 }
 
 #[derive(Debug, Args)]
@@ -168,4 +172,67 @@ pub struct RollbackArgs {
     /// Why, for the audit trail.
     #[arg(long, default_value = "operator request")]
     pub reason: String,
+}
+
+/// `evolve worker`: queue URLs and topic ARNs are the stack's outputs. The snapshot queue is the
+/// global `--snapshot-queue-url`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The queues to consume, comma separated (analyze, strategize, decide, snapshot, fitness,
+    /// cost-guard), or `all`.
+    #[arg(long, env = worker::QUEUES, default_value = "all")]
+    pub queues: String,
+    /// Messages processed at once per queue.
+    #[arg(long, env = worker::CONCURRENCY, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Seconds a received message stays hidden; a heartbeat renews it every third of this.
+    #[arg(long, env = worker::VISIBILITY_TIMEOUT, default_value_t = 60)]
+    pub visibility_timeout: u64,
+    /// Seconds one message may take; after a failure, the message is hidden this long.
+    #[arg(long, env = worker::MESSAGE_TIMEOUT, default_value_t = 300)]
+    pub message_timeout: u64,
+    /// Seconds the messages in flight may take to finish after SIGTERM or Ctrl-C.
+    #[arg(long, env = worker::DRAIN_TIMEOUT, default_value_t = 25)]
+    pub drain_timeout: u64,
+    /// Which engine plays the LLM roles (the functions' default: Bedrock).
+    #[arg(long, value_enum, default_value_t = Llm::Bedrock, env = worker::LLM)]
+    pub llm: Llm,
+    /// A model catalog JSON file replacing the built-in one.
+    #[arg(long, env = worker::MODEL_CATALOG)]
+    pub model_catalog: Option<PathBuf>,
+    /// Global daily LLM budget in whole nano-USD (the stack's `DailyBudgetNanoUsd`); empty or
+    /// absent for none.
+    #[arg(long, env = worker::DAILY_BUDGET_NANO_USD)]
+    pub daily_budget_nano_usd: Option<String>,
+    /// Global monthly LLM budget in whole nano-USD; empty or absent for none.
+    #[arg(long, env = worker::MONTHLY_BUDGET_NANO_USD)]
+    pub monthly_budget_nano_usd: Option<String>,
+    #[arg(long, env = worker::ANALYZE_QUEUE_URL)]
+    pub analyze_queue_url: Option<String>,
+    #[arg(long, env = worker::STRATEGIZE_QUEUE_URL)]
+    pub strategize_queue_url: Option<String>,
+    #[arg(long, env = worker::DECIDE_QUEUE_URL)]
+    pub decide_queue_url: Option<String>,
+    #[arg(long, env = worker::FITNESS_QUEUE_URL)]
+    pub fitness_queue_url: Option<String>,
+    #[arg(long, env = worker::COST_GUARD_QUEUE_URL)]
+    pub cost_guard_queue_url: Option<String>,
+    #[arg(long, env = worker::ANALYZE_DLQ_URL)]
+    pub analyze_dlq_url: Option<String>,
+    #[arg(long, env = worker::STRATEGIZE_DLQ_URL)]
+    pub strategize_dlq_url: Option<String>,
+    #[arg(long, env = worker::DECIDE_DLQ_URL)]
+    pub decide_dlq_url: Option<String>,
+    #[arg(long, env = worker::SNAPSHOT_DLQ_URL)]
+    pub snapshot_dlq_url: Option<String>,
+    #[arg(long, env = worker::FITNESS_DLQ_URL)]
+    pub fitness_dlq_url: Option<String>,
+    #[arg(long, env = worker::COST_GUARD_DLQ_URL)]
+    pub cost_guard_dlq_url: Option<String>,
+    /// The `evolution-events` topic (output `EvolutionEventsTopicArn`).
+    #[arg(long, env = worker::EVENTS_TOPIC_ARN)]
+    pub events_topic_arn: Option<String>,
+    /// The `alerts` topic (output `AlertsTopicArn`).
+    #[arg(long, env = worker::ALERTS_TOPIC_ARN)]
+    pub alerts_topic_arn: Option<String>,
 }

@@ -5,6 +5,7 @@ mod aws;
 mod evolve;
 mod llm;
 mod views;
+mod worker;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decisions(args) => views::decisions(&cli, args).await,
         Command::Cost(args) => views::cost(&cli, args.json).await,
         Command::Rollback(args) => views::rollback(&cli, args).await,
+        Command::Worker(args) => worker::run(&cli, args).await,
     }
 }
 

@@ -371,6 +371,31 @@ pub const FUNCTIONS: [(&str, &[&str]); 5] = [
     ("cost-guard", CostGuardConfig::VARIABLES),
 ];
 
+/// The queues and topics the stage that consumes `queue` may send to: the worker runs the same
+/// stages outside Lambda and must be configured with the same destinations.
+pub fn consumer_routes(queue: Queue) -> (&'static [Queue], &'static [Topic]) {
+    let routes = match queue {
+        Queue::Analyze => &AnalyzeConfig::ROUTES,
+        Queue::Strategize => &StrategizeConfig::ROUTES,
+        Queue::Decide => &DecideConfig::ROUTES,
+        Queue::Snapshot | Queue::Fitness => &SnapshotConfig::ROUTES,
+        Queue::CostGuard => &CostGuardConfig::ROUTES,
+    };
+    (routes.sends, routes.publishes)
+}
+
+/// The function that consumes `queue` on Lambda: the `Function` dimension of the metrics the
+/// worker emits for it, so dashboards count a stage's work wherever it runs.
+pub const fn consumer_function(queue: Queue) -> &'static str {
+    match queue {
+        Queue::Analyze => "analyze",
+        Queue::Strategize => "strategize",
+        Queue::Decide => "decide",
+        Queue::Snapshot | Queue::Fitness => "snapshot",
+        Queue::CostGuard => "cost-guard",
+    }
+}
+
 /// Reads `names` from the process environment; unset ones are simply absent.
 fn env_map(names: &[&'static str]) -> Result<HashMap<String, String>, ConfigError> {
     let mut map = HashMap::new();
