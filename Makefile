@@ -118,10 +118,11 @@ test-tools: ## Install what the tests need (cargo-nextest; moto, cfn-lint and ca
 	$(call pip_pin,.venv,cfn-lint,$(CFN_LINT_VERSION))
 	$(call pip_pin,.venv,cargo-lambda,$(CARGO_LAMBDA_VERSION))
 
-# The Lambda binaries come first (debug): the smoke tests run them, and their own build of them
-# is then a no-op inside nextest's per-test time limit.
+# The binaries come first (debug): the smoke tests run the Lambda binaries and the CLI and worker
+# tests run `evolve`, and their own build of them is then a no-op inside nextest's per-test time
+# limit.
 test: test-tools ## All tests: nextest for unit and integration tests, then doctests
-	$(call timed,lambda-bins,$(CARGO) build --bins -p tests $(addprefix -p ,$(FUNCTIONS)))
+	$(call timed,bins,$(CARGO) build --bins -p tests -p evolve $(addprefix -p ,$(FUNCTIONS)))
 	$(call timed,nextest,$(CARGO) nextest run --workspace --all-features)
 	$(call timed,doctests,$(CARGO) test --workspace --doc --all-features)
 
