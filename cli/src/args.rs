@@ -72,7 +72,7 @@ pub enum Command {
     Rollback(RollbackArgs),
     /// With `--store aws`: consume the stack's queues and run the pipeline, as the functions do,
     /// until SIGTERM or Ctrl-C (then finish the messages in flight).
-    Worker(WorkerArgs),
+    Worker(Box<WorkerArgs>),
 }
 
 #[derive(Debug, Args)]

@@ -36,7 +36,7 @@ pub async fn run(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
     };
     let worker = Worker::on_aws(&config, clients).map_err(|e| match e {
         WorkerError::Config(e) => bad_input(e.to_string()),
-        other => other.into(),
+        other @ WorkerError::Queue { .. } => other.into(),
     })?;
     let report = worker.run(stop_signal()).await?;
     eprintln!(

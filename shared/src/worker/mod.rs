@@ -21,6 +21,8 @@
 
 pub mod config;
 pub mod sqs;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -361,15 +363,14 @@ async fn process(context: &Context, queue: Queue, deps: &FunctionDeps, message: 
                 () = context.sleeper.sleep(timing.message_timeout) => None,
             }
         };
-        let acknowledged = match outcome {
-            Some(response) => response.batch_item_failures.is_empty(),
-            None => {
-                warn!(
-                    message_timeout_s = timing.message_timeout.as_secs(),
-                    "message timeout: left for redelivery"
-                );
-                false
-            }
+        let acknowledged = if let Some(response) = outcome {
+            response.batch_item_failures.is_empty()
+        } else {
+            warn!(
+                message_timeout_s = timing.message_timeout.as_secs(),
+                "message timeout: left for redelivery"
+            );
+            false
         };
         if acknowledged {
             match context.inbox.delete(queue, &message.receipt_handle).await {

@@ -17,6 +17,7 @@ use shared::domain::{Queue, Topic};
 use shared::lambda::config::{self, FUNCTIONS};
 use shared::lambda::metrics;
 use shared::llm::catalog::{Invocation, ModelCatalog};
+use shared::worker::config as w;
 
 use cfn::{
     Template, actions, alternatives, policy_documents, resources_of, statements, target, template,
@@ -1301,7 +1302,7 @@ fn the_worker_runs_on_arm64_fargate_with_its_logs_and_a_drain_shorter_than_the_s
 fn the_worker_environment_is_what_the_worker_reads_and_points_at_the_right_resources() {
     let t = template();
     let env = worker_environment(t);
-    let known: BTreeSet<&str> = shared::worker::config::VARIABLES
+    let known: BTreeSet<&str> = w::VARIABLES
         .iter()
         .chain(WORKER_CLI_VARIABLES)
         .copied()
@@ -1320,7 +1321,6 @@ fn the_worker_environment_is_what_the_worker_reads_and_points_at_the_right_resou
         .unwrap_or_else(|| panic!("{name} does not name a template resource"))
         .to_owned()
     };
-    use shared::worker::config as w;
     assert_eq!(points_at(w::TABLE_NAME), "Table");
     assert_eq!(points_at(w::BUCKET_NAME), "Bucket");
     for queue in Queue::ALL {

@@ -177,3 +177,42 @@ async fn the_heartbeat_keeps_a_long_message_from_other_consumers() {
     worker.sigterm();
     assert!(worker.exit_within(Duration::from_secs(30)).await.success());
 }
+
+#[test]
+fn a_worker_without_its_stack_or_a_destination_exits_2_naming_what_is_missing() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut command = std::process::Command::new(stack::evolve_bin());
+        command.args(args).stdin(std::process::Stdio::null());
+        for var in shared::worker::config::VARIABLES {
+            command.env_remove(var);
+        }
+        command.env_remove("EVOLVE_STORE").envs(env.iter().copied());
+        command.output().expect("evolve runs")
+    };
+    let local = run(&["worker"], &[]);
+    assert_eq!(local.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&local.stderr).contains("--store aws"));
+
+    let url = "http://127.0.0.1:9/queue/fitness";
+    let no_topic = run(
+        &["--store", "aws", "worker", "--queues", "fitness"],
+        &[
+            ("EVOLVE_TABLE_NAME", "t"),
+            ("EVOLVE_BUCKET_NAME", "b"),
+            ("EVOLVE_FITNESS_QUEUE_URL", url),
+            ("EVOLVE_FITNESS_DLQ_URL", url),
+            ("EVOLVE_ANALYZE_QUEUE_URL", url),
+            ("EVOLVE_DECIDE_QUEUE_URL", url),
+            (
+                "EVOLVE_ALERTS_TOPIC_ARN",
+                "arn:aws:sns:us-east-1:123456789012:alerts",
+            ),
+        ],
+    );
+    assert_eq!(no_topic.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&no_topic.stderr);
+    assert!(
+        stderr.contains("--events-topic-arn") && stderr.contains("EVOLVE_EVENTS_TOPIC_ARN"),
+        "{stderr}"
+    );
+}

@@ -34,7 +34,7 @@ pub fn system_id() -> SystemId {
 
 /// The `evolve` binary next to this test's executable, (re)built once per test process so a
 /// stale binary is never what gets tested.
-fn evolve_bin() -> PathBuf {
+pub fn evolve_bin() -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
