@@ -207,26 +207,37 @@ pub struct WorkerArgs {
     /// Global monthly LLM budget in whole nano-USD; empty or absent for none.
     #[arg(long, env = worker::MONTHLY_BUDGET_NANO_USD)]
     pub monthly_budget_nano_usd: Option<String>,
+    /// The analyze queue (output `AnalyzeQueueUrl`).
     #[arg(long, env = worker::ANALYZE_QUEUE_URL)]
     pub analyze_queue_url: Option<String>,
+    /// The strategize queue (output `StrategizeQueueUrl`).
     #[arg(long, env = worker::STRATEGIZE_QUEUE_URL)]
     pub strategize_queue_url: Option<String>,
+    /// The decide queue (output `DecideQueueUrl`).
     #[arg(long, env = worker::DECIDE_QUEUE_URL)]
     pub decide_queue_url: Option<String>,
+    /// The fitness queue (output `FitnessQueueUrl`).
     #[arg(long, env = worker::FITNESS_QUEUE_URL)]
     pub fitness_queue_url: Option<String>,
+    /// The cost-guard queue (output `CostGuardQueueUrl`).
     #[arg(long, env = worker::COST_GUARD_QUEUE_URL)]
     pub cost_guard_queue_url: Option<String>,
+    /// The analyze queue's dead-letter queue (output `AnalyzeDeadLetterQueueUrl`).
     #[arg(long, env = worker::ANALYZE_DLQ_URL)]
     pub analyze_dlq_url: Option<String>,
+    /// The strategize queue's dead-letter queue (output `StrategizeDeadLetterQueueUrl`).
     #[arg(long, env = worker::STRATEGIZE_DLQ_URL)]
     pub strategize_dlq_url: Option<String>,
+    /// The decide queue's dead-letter queue (output `DecideDeadLetterQueueUrl`).
     #[arg(long, env = worker::DECIDE_DLQ_URL)]
     pub decide_dlq_url: Option<String>,
+    /// The snapshot queue's dead-letter queue (output `SnapshotDeadLetterQueueUrl`).
     #[arg(long, env = worker::SNAPSHOT_DLQ_URL)]
     pub snapshot_dlq_url: Option<String>,
+    /// The fitness queue's dead-letter queue (output `FitnessDeadLetterQueueUrl`).
     #[arg(long, env = worker::FITNESS_DLQ_URL)]
     pub fitness_dlq_url: Option<String>,
+    /// The cost-guard queue's dead-letter queue (output `CostGuardDeadLetterQueueUrl`).
     #[arg(long, env = worker::COST_GUARD_DLQ_URL)]
     pub cost_guard_dlq_url: Option<String>,
     /// The `evolution-events` topic (output `EvolutionEventsTopicArn`).
