@@ -1158,9 +1158,10 @@ fn cfn_lint_reports_nothing() {
     );
 }
 
-/// The worker's task role, and the variables its container reads besides `shared::worker`'s.
+/// The worker's task role, and the variables its container reads besides `shared::worker`'s
+/// (the CLI's store, the log filter, the SDK's region: the stack's, where every write goes).
 const WORKER_TASK_ROLE: &str = "WorkerTaskRole";
-const WORKER_CLI_VARIABLES: &[&str] = &["EVOLVE_STORE", "RUST_LOG"];
+const WORKER_CLI_VARIABLES: &[&str] = &["EVOLVE_STORE", "RUST_LOG", "AWS_REGION"];
 
 /// The worker's container definition.
 fn worker_container(t: &Template) -> &Value {
