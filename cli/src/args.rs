@@ -69,6 +69,9 @@ pub enum Command {
     Cost(JsonFlag),
     /// Roll back to an earlier generation (committed as a new generation, then re-measured).
     Rollback(RollbackArgs),
+    /// Write a self-contained HTML report: fitness, genes, decisions, spend, budget mode and
+    /// predictions, with inline charts.
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Args)]
@@ -168,4 +171,15 @@ pub struct RollbackArgs {
     /// Why, for the audit trail.
     #[arg(long, default_value = "operator request")]
     pub reason: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Where to write the HTML file (default: `<state>/report.html`; with `--store aws`,
+    /// `<system>-report.html` in the working directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The global daily LLM budget in US dollars, drawn on the spend chart.
+    #[arg(long, env = "EVOLVE_DAILY_BUDGET_USD")]
+    pub daily_budget_usd: Option<String>,
 }

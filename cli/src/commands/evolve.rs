@@ -12,7 +12,7 @@ use shared::local::{InitError, LocalHome, RunOptions, init_system};
 use shared::stages::PipelineConfig;
 use shared::store::{EvolutionStore, SystemSettings, Transaction, Write};
 
-use super::{llm, local_only, open_existing, open_store, resolve_system};
+use super::{llm, local_only, open_existing, open_store, report, resolve_system};
 use crate::args::{Cli, DemoArgs, EngineArgs, InitArgs, RunArgs};
 use crate::output::{Progress, bad_input, print_json, print_summary};
 
@@ -29,7 +29,8 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     store.purge_system(&system_id).await?;
     let start = DateTime::parse_from_rfc3339(DEMO_EPOCH)?.with_timezone(&Utc);
     let engine = llm::build(&args.engine, &store, config.budgets).await?;
-    let home = LocalHome::new(store, engine, start, config);
+    let daily_budget = config.budgets.global_daily;
+    let home = LocalHome::new(store.clone(), engine, start, config);
     init_system(
         &home.deps,
         &system_id,
@@ -42,6 +43,7 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     )
     .await?;
     evolve(&home, &system_id, &demo, args.generations, &args.engine).await?;
+    report::after_run(cli, store.as_ref(), &system_id, daily_budget).await;
     eprintln!(
         "state in {}; try `evolve status`, `evolve history`, `evolve decisions`",
         cli.state.display()
@@ -100,7 +102,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         set_samples(store.as_ref(), &system_id, samples).await?;
     }
     let engine = llm::build(&args.engine, &store, config.budgets).await?;
-    let home = LocalHome::new(store, engine, Utc::now(), config);
+    let daily_budget = config.budgets.global_daily;
+    let home = LocalHome::new(store.clone(), engine, Utc::now(), config);
     evolve(
         &home,
         &system_id,
@@ -108,7 +111,9 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         args.generations,
         &args.engine,
     )
-    .await
+    .await?;
+    report::after_run(cli, store.as_ref(), &system_id, daily_budget).await;
+    Ok(())
 }
 
 async fn set_samples(

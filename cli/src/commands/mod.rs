@@ -4,6 +4,7 @@
 mod aws;
 mod evolve;
 mod llm;
+mod report;
 mod views;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decisions(args) => views::decisions(&cli, args).await,
         Command::Cost(args) => views::cost(&cli, args.json).await,
         Command::Rollback(args) => views::rollback(&cli, args).await,
+        Command::Report(args) => report::report(&cli, args).await,
     }
 }
 
