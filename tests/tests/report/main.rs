@@ -119,6 +119,10 @@ fn stub(log: &Path) -> (std::process::Child, String) {
 }
 
 #[test]
+#[expect(
+    clippy::float_cmp,
+    reason = "the page carries the store's numbers exactly, not approximately"
+)]
 fn report_numbers_equal_the_stores_and_each_chart_has_a_point_per_generation() {
     let dir = tempfile::tempdir().expect("dir");
     let state = dir.path().join("state");

@@ -136,9 +136,9 @@ fn summary(html: &mut String, data: &ReportData) {
         ("budget mode now", data.budget_now.mode.as_str().to_owned()),
     ];
     for (name, value) in items {
-        let _ = write!(
+        let _ = writeln!(
             html,
-            "<div><dt>{}</dt><dd>{}</dd></div>\n",
+            "<div><dt>{}</dt><dd>{}</dd></div>",
             esc(name),
             esc(&value)
         );
@@ -166,10 +166,10 @@ fn fitness(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
          <th>changes</th><th>closed</th></tr>\n",
     );
     for e in &data.evaluations {
-        let _ = write!(
+        let _ = writeln!(
             html,
             "<tr data-generation=\"{}\" data-fitness=\"{}\" data-kind=\"{}\"><td class=\"num\">{}</td>\
-             <td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>\n",
+             <td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
             e.generation,
             raw(e.fitness),
             esc(e.kind.as_str()),
@@ -228,20 +228,20 @@ fn decisions(html: &mut String, data: &ReportData) {
         "<section id=\"decisions\" data-rows=\"{}\" data-cost-nano=\"{cost}\">\n\
          <h2>Decisions</h2>\n<p class=\"note\">Every decision in the audit trail, oldest first; \
          reasoning cut to an excerpt.</p>\n<div class=\"scroll\"><table class=\"decisions\">\n\
-         <colgroup><col style=\"width:12%\"><col style=\"width:16%\"><col style=\"width:6%\">\
-         <col style=\"width:12%\"><col style=\"width:6%\"><col style=\"width:12%\">\
-         <col style=\"width:27%\"><col style=\"width:9%\"></colgroup>\n\
+         <colgroup><col style=\"width:12%\"><col style=\"width:15%\"><col style=\"width:6%\">\
+         <col style=\"width:14%\"><col style=\"width:6%\"><col style=\"width:12%\">\
+         <col style=\"width:26%\"><col style=\"width:9%\"></colgroup>\n\
          <tr><th>time</th><th>mutation</th><th>risk</th><th>recommendation</th>\
          <th>conf.</th><th>model</th><th>reasoning</th><th>cost</th></tr>\n",
         data.decisions.len(),
     );
     for d in &data.decisions {
         let rec = esc(d.recommendation);
-        let _ = write!(
+        let _ = writeln!(
             html,
             "<tr data-risk=\"{}\" data-confidence=\"{}\" data-cost-nano=\"{}\"><td>{}</td><td>{}</td>\
              <td class=\"num\">{:.2}</td><td><span class=\"rec rec-{rec}\">{rec}</span></td>\
-             <td class=\"num\">{:.2}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>\n",
+             <td class=\"num\">{:.2}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
             d.risk,
             d.confidence,
             d.cost_nano,
@@ -288,10 +288,10 @@ fn spend(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
             .map_or_else(String::new, |b| b.to_string()),
     );
     for s in &data.spend {
-        let _ = write!(
+        let _ = writeln!(
             html,
             "<tr data-cost-nano=\"{}\"><td>{}</td><td>{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{}</td></tr>\n",
+             <td class=\"num\">{}</td></tr>",
             s.cost_nano,
             esc(&s.day),
             esc(&s.model),
@@ -317,9 +317,9 @@ fn budget(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
         data.budget_modes.len(),
     );
     for c in &data.budget_modes {
-        let _ = write!(
+        let _ = writeln!(
             html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
             c.at.format("%Y-%m-%d %H:%M:%S"),
             esc(c.mode.as_str()),
             esc(&c.reason),
@@ -361,10 +361,10 @@ fn predictions(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
         let mean = |f: &dyn Fn(&(f64, f64)) -> f64| {
             (!pairs.is_empty()).then(|| pairs.iter().map(f).sum::<f64>() / pairs.len() as f64)
         };
-        let _ = write!(
+        let _ = writeln!(
             html,
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>\n",
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
             esc(model),
             all.len(),
             pairs.len(),
@@ -381,9 +381,9 @@ fn predictions(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
              <th>predictions</th><th>prediction error</th></tr>\n",
         );
         for e in &data.model_errors {
-            let _ = write!(
+            let _ = writeln!(
                 html,
-                "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{:.4}</td></tr>\n",
+                "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{:.4}</td></tr>",
                 esc(&e.model),
                 esc(e.role.as_str()),
                 e.predictions,
