@@ -13,12 +13,23 @@ use serde_json::Value;
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// A workspace binary next to this test's executable, (re)built once per test run so a stale
-/// binary is never what gets tested.
+/// binary is never what gets tested. The same packages as the `cli` tests build, so the two
+/// binaries share one set of artefacts instead of rebuilding each other's.
 fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "evolve", "-p", "tests", "--bins"])
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "evolve",
+                "-p",
+                "tests",
+                "-p",
+                "sqlite-evaluator",
+            ])
+            .arg("--bins")
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the binaries failed");
@@ -340,27 +351,38 @@ fn a_headless_browser_renders_the_demo_report_with_charts() {
         .collect();
     let total = pixels.len() as f64;
     let non_white = pixels.iter().filter(|p| **p != [255, 255, 255]).count() as f64;
-    // Text, axes and markers: dark or saturated pixels.
-    let ink = pixels
-        .iter()
-        .filter(|p| {
-            let (max, min) = (p.iter().max().copied(), p.iter().min().copied());
-            let (max, min) = (max.unwrap_or(0), min.unwrap_or(0));
-            max < 160 || max - min > 80
-        })
-        .count() as f64;
+    let spread = |p: &[u8; 3]| {
+        let max = p.iter().max().copied().unwrap_or(0);
+        let min = p.iter().min().copied().unwrap_or(0);
+        (max, max - min)
+    };
+    // Text and axes draw dark pixels; the charts' series and markers draw saturated ones.
+    let dark = pixels.iter().filter(|p| spread(p).0 < 160).count() as f64;
+    let colourful = pixels.iter().filter(|p| spread(p).1 > 80).count() as f64;
     let mut colours: Vec<[u8; 3]> = pixels.iter().map(|p| p.map(|c| c & 0xF0)).collect();
     colours.sort_unstable();
     colours.dedup();
+    eprintln!(
+        "screenshot: {:.1}% non-white, {:.2}% dark, {:.2}% colourful, {} colours",
+        non_white / total * 100.0,
+        dark / total * 100.0,
+        colourful / total * 100.0,
+        colours.len()
+    );
     assert!(
         non_white / total > 0.2,
         "the page looks blank: {:.1}% non-white",
         non_white / total * 100.0
     );
     assert!(
-        ink / total > 0.01,
-        "no charts or text drawn: {:.2}% ink",
-        ink / total * 100.0
+        dark / total > 0.01,
+        "no text or axes drawn: {:.2}% dark pixels",
+        dark / total * 100.0
+    );
+    assert!(
+        colourful / total > 0.001,
+        "no chart series drawn: {:.2}% saturated pixels",
+        colourful / total * 100.0
     );
     assert!(
         colours.len() >= 12,
