@@ -398,7 +398,107 @@ fn predictions(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
 
 #[cfg(test)]
 mod tests {
-    use super::esc;
+    use chrono::{DateTime, Utc};
+    use shared::domain::{BudgetMode, EvaluationOutcome, GeneValue, SystemId};
+    use shared::store::BudgetState;
+
+    use super::super::data::{
+        DecisionRow, EvaluationPoint, GeneAxis, GeneSeries, GenerationPoint, ModeChange, PointKind,
+        ReportData, SpendRow,
+    };
+    use super::{esc, render};
+
+    fn at(minute: i64) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc)
+            + chrono::Duration::minutes(minute)
+    }
+
+    /// A system that was just created: nothing evaluated, decided or spent yet.
+    fn empty() -> ReportData {
+        ReportData {
+            system_id: SystemId::parse("svc").expect("id"),
+            generated_at: at(10),
+            span: (at(0), at(0)),
+            head_generation: 0,
+            stable_fitness: None,
+            evaluations: vec![],
+            generations: vec![GenerationPoint {
+                generation: 0,
+                origin: "initial",
+            }],
+            genes: vec![GeneSeries {
+                name: "x".into(),
+                axis: GeneAxis::Numeric {
+                    min: 0.0,
+                    max: 10.0,
+                },
+                points: vec![(0, GeneValue::Int(5))],
+            }],
+            decisions: vec![],
+            spend: vec![],
+            daily_budget_nano: None,
+            budget_modes: vec![ModeChange {
+                at: at(0),
+                mode: BudgetMode::Normal,
+                reason: "start".into(),
+            }],
+            budget_now: BudgetState::default(),
+            predictions: vec![],
+            model_errors: vec![],
+        }
+    }
+
+    #[test]
+    fn a_system_with_no_history_still_renders_every_chart() {
+        let page = render(&empty()).expect("renders");
+        for chart in ["fitness", "gene", "spend", "budget-mode", "predictions"] {
+            assert!(
+                page.contains(&format!("data-chart=\"{chart}\"")),
+                "{chart} chart missing"
+            );
+        }
+        assert_eq!(page.matches("<svg").count(), 5);
+        assert!(page.contains("data-points=\"0\""));
+    }
+
+    #[test]
+    fn llm_and_user_text_is_escaped_everywhere() {
+        let hostile = "</td><script>alert(1)</script><img src=x onerror=y>\"'&";
+        let mut data = empty();
+        data.decisions.push(DecisionRow {
+            timestamp: at(1),
+            mutation: hostile.into(),
+            risk: 0.4,
+            recommendation: "APPROVE",
+            confidence: 0.9,
+            model: hostile.into(),
+            reasoning_excerpt: hostile.into(),
+            cost_nano: 42,
+        });
+        data.spend.push(SpendRow {
+            day: "2026-01-01".into(),
+            model: hostile.into(),
+            calls: 1,
+            cost_nano: 42,
+        });
+        data.evaluations.push(EvaluationPoint {
+            generation: 1,
+            fitness: Some(1.0),
+            baseline_fitness: Some(0.5),
+            kind: PointKind::Kept,
+            outcome: EvaluationOutcome::Keep,
+            changes: hostile.into(),
+            closed_at: at(1),
+        });
+        data.budget_now.reason = hostile.into();
+        let page = render(&data).expect("renders");
+        assert!(!page.contains("<script"), "raw markup leaked");
+        assert!(!page.contains("<img"), "raw markup leaked");
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+        assert!(page.contains("data-total-cost-nano=\"42\""));
+    }
 
     #[test]
     fn escaping_neutralises_markup_in_llm_text() {
