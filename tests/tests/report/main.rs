@@ -200,6 +200,10 @@ fn report_numbers_equal_the_stores_and_each_chart_has_a_point_per_generation() {
         .expect("summary section");
     let head: u64 = num(&summary, "data-head-generation");
     assert_eq!(Some(head), status["generation"].as_u64());
+    assert_eq!(
+        Some(summary["data-head-status"].as_str()),
+        status["status"].as_str()
+    );
     assert_eq!(num::<u64>(&summary, "data-generations"), head + 1);
     assert_eq!(num::<usize>(&summary, "data-evaluations"), history.len());
     assert_eq!(

@@ -21,6 +21,8 @@ pub struct ReportData {
     /// The first and last instants the records cover (simulated time for the demo).
     pub span: (DateTime<Utc>, DateTime<Utc>),
     pub head_generation: u64,
+    /// `HeadStatus::as_str()`: stable, evaluating, paused, ...
+    pub head_status: &'static str,
     pub stable_fitness: Option<f64>,
     /// One per closed evaluation, ascending by generation.
     pub evaluations: Vec<EvaluationPoint>,
@@ -319,6 +321,7 @@ pub async fn gather(
         generated_at: Utc::now(),
         span: (start, end),
         head_generation: head.generation,
+        head_status: head.status.as_str(),
         stable_fitness: head.stable_fitness,
         evaluations,
         generations: generation_points,

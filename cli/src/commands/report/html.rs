@@ -107,12 +107,14 @@ fn summary(html: &mut String, data: &ReportData) {
     let _ = write!(
         html,
         "<section id=\"summary\" data-system=\"{}\" data-head-generation=\"{}\" \
+         data-head-status=\"{}\" \
          data-generations=\"{}\" data-evaluations=\"{}\" data-mutations-evaluated=\"{evaluated}\" \
          data-kept=\"{}\" data-rollbacks=\"{}\" data-initial-fitness=\"{}\" \
          data-final-fitness=\"{}\" data-decisions=\"{}\" data-total-cost-nano=\"{}\">\n\
          <h2>Summary</h2>\n<dl class=\"summary\">\n",
         esc(data.system_id.as_str()),
         data.head_generation,
+        esc(data.head_status),
         data.generations.len(),
         data.evaluations.len(),
         data.kept(),
@@ -123,7 +125,10 @@ fn summary(html: &mut String, data: &ReportData) {
         data.total_cost_nano(),
     );
     let items = [
-        ("head generation", data.head_generation.to_string()),
+        (
+            "head generation",
+            format!("{} ({})", data.head_generation, data.head_status),
+        ),
         ("baseline fitness", fmt_opt(baseline)),
         ("current fitness", fmt_opt(data.stable_fitness)),
         (
@@ -422,6 +427,7 @@ mod tests {
             generated_at: at(10),
             span: (at(0), at(0)),
             head_generation: 0,
+            head_status: "evaluating",
             stable_fitness: None,
             evaluations: vec![],
             generations: vec![GenerationPoint {
