@@ -1,5 +1,6 @@
 //! The tick: the one timer of the system. Every minute it requests cycles for idle systems that
-//! are due and closes evaluation windows whose deadline has passed.
+//! are due, closes evaluation windows whose deadline has passed and rejects approvals nobody
+//! answered in time.
 
 use chrono::{DateTime, Duration, Utc};
 
@@ -21,6 +22,7 @@ pub async fn run(deps: &Deps, scheduled_at: DateTime<Utc>) -> StageResult {
     let mut out = StageOutput::default();
     let mut cycles = 0;
     let mut due = 0;
+    let mut expired = 0;
     for mut system in deps.store.list_systems().await? {
         let Some(head) = deps.store.get_head(&system.system_id).await? else {
             continue;
@@ -41,6 +43,20 @@ pub async fn run(deps: &Deps, scheduled_at: DateTime<Utc>) -> StageResult {
                     Body::EvaluationDue {
                         generation: eval.generation,
                     },
+                )));
+            }
+            (HeadStatus::AwaitingApproval, _)
+                if head.approval.as_ref().is_some_and(|a| a.expires_at <= now) =>
+            {
+                expired += 1;
+                let decision_id = head
+                    .approval
+                    .as_ref()
+                    .map(|a| a.decision_id.clone())
+                    .unwrap_or_default();
+                out.messages.push(Outgoing::new(message(
+                    "expire",
+                    Body::ApprovalExpired { decision_id },
                 )));
             }
             (HeadStatus::Stable, _) if system.next_cycle_at <= now => {
@@ -65,6 +81,8 @@ pub async fn run(deps: &Deps, scheduled_at: DateTime<Utc>) -> StageResult {
             _ => {}
         }
     }
-    out.summary = format!("tick: {cycles} cycle(s) requested, {due} window(s) due");
+    out.summary = format!(
+        "tick: {cycles} cycle(s) requested, {due} window(s) due, {expired} approval(s) expired"
+    );
     Ok(out)
 }

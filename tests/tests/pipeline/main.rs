@@ -1,6 +1,7 @@
 //! The pipeline's contract (DESIGN sections 3 and 5) exercised through the real stages, the
 //! real pipeline and the in-memory store.
 
+mod approval;
 mod helpers;
 
 use chrono::Duration;
