@@ -324,3 +324,60 @@ async fn without_a_threshold_nothing_waits() {
     assert_eq!(report.generations, 1);
     assert_eq!(report.decisions.pending, 0);
 }
+
+#[tokio::test]
+async fn an_operator_rollback_supersedes_a_held_decision() {
+    let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 65)])]);
+    let h = harness(llm, gated()).await;
+    let first = h
+        .home
+        .runner(&rises_with_x())
+        .run(&system_id(), &opts(1, PendingPolicy::ApproveAll), &Silent)
+        .await
+        .expect("run");
+    assert_eq!(first.generations, 1);
+    // The next proposal is held; the operator rolls back instead of answering.
+    let held = h
+        .home
+        .runner(&rises_with_x())
+        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
+        .await
+        .expect("run")
+        .awaiting_approval
+        .expect("held");
+    let at = head(&h).await;
+    let rollback = shared::domain::Envelope {
+        id: "op-rollback".into(),
+        causation_id: String::new(),
+        system_id: system_id(),
+        base_generation: at.generation,
+        sent_at: h.home.clock.now(),
+        body: shared::domain::Body::RollbackRequested {
+            to_generation: Some(0),
+            requested_by: "local user bob".into(),
+            reason: "back to the start".into(),
+        },
+    };
+    pipeline::handle(&h.home.deps, h.home.bus.as_ref(), &rollback)
+        .await
+        .expect("rollback");
+    let after = head(&h).await;
+    assert_eq!(after.status, HeadStatus::Evaluating);
+    assert!(after.approval.is_none());
+    let decisions = h
+        .store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("list");
+    let closed = decisions
+        .iter()
+        .find(|d| d.resolves.as_deref() == Some(held.as_str()))
+        .expect("the held decision is closed");
+    assert_eq!(closed.decision, Recommendation::Reject);
+    assert_eq!(closed.approver.as_deref(), Some("local user bob"));
+    assert!(
+        closed.reasoning.contains("superseded"),
+        "{}",
+        closed.reasoning
+    );
+}
