@@ -68,6 +68,7 @@ pub async fn init_system(
         created_at: now,
         next_cycle_at: now,
         evaluation_deadline: Some(deadline),
+        cost_mode: crate::domain::BudgetMode::Normal,
     };
     let event = EvolutionEvent {
         id: derive_id("evt", &[system_id.as_str(), "created"]),

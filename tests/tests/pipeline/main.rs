@@ -2,6 +2,7 @@
 //! real pipeline and the in-memory store.
 
 mod approval;
+mod cost_actions;
 mod helpers;
 
 use chrono::Duration;

@@ -35,6 +35,7 @@ pub fn system_record(id: &SystemId) -> SystemRecord {
         created_at: t(0),
         next_cycle_at: t(900),
         evaluation_deadline: None,
+        cost_mode: shared::domain::BudgetMode::Economy,
     }
 }
 
