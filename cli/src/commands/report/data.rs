@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use shared::domain::{
-    AlertLevel, BudgetMode, DecisionRecord, EvaluationOutcome, GeneSpec, GeneValue, HistoryEntry,
-    Origin, Role, SystemId, describe_changes,
+    AlertLevel, BudgetMode, DecisionRecord, EvaluationOutcome, EventType, GeneSpec, GeneValue,
+    HistoryEntry, Origin, Role, SystemId, describe_changes,
 };
 use shared::store::{BudgetState, FullStore, StoreError};
 
@@ -36,6 +36,8 @@ pub struct ReportData {
     /// The budget mode in force at the span's start, then each change, oldest first.
     pub budget_modes: Vec<ModeChange>,
     pub budget_now: BudgetState,
+    /// What the tick did to this system's schedule for the budget mode, oldest first.
+    pub cost_actions: Vec<CostAction>,
     pub predictions: Vec<PredictionPoint>,
     /// The stored performance record's prediction error, per model and role.
     pub model_errors: Vec<ModelError>,
@@ -150,6 +152,14 @@ pub struct ModeChange {
     pub reason: String,
 }
 
+/// A budget-mode event recorded for this system (the tick's cost action on its schedule).
+#[derive(Debug, Clone)]
+pub struct CostAction {
+    pub at: DateTime<Utc>,
+    pub generation: u64,
+    pub detail: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct PredictionPoint {
     /// The strategist model whose plan predicted the impact.
@@ -210,6 +220,7 @@ pub async fn gather(
     let budget_now = store.budget_state().await?;
     let alerts = store.list_alerts(None, usize::MAX).await?;
     let performance = store.performance().await?;
+    let events = store.list_events(system_id, None, usize::MAX).await?;
 
     let evaluations = history.iter().map(evaluation_point).collect();
     let genes = system
@@ -277,6 +288,20 @@ pub async fn gather(
     .fold(start, DateTime::max);
 
     let budget_modes = budget_timeline(&alerts, &budget_now, start, end);
+    let cost_actions = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.event_type,
+                EventType::CostActionApplied | EventType::BudgetModeChanged
+            )
+        })
+        .map(|e| CostAction {
+            at: e.timestamp,
+            generation: e.generation,
+            detail: e.detail.clone().unwrap_or_default(),
+        })
+        .collect();
 
     let mut plan_models: HashMap<String, Option<String>> = HashMap::new();
     let mut predictions = Vec::new();
@@ -331,6 +356,7 @@ pub async fn gather(
         daily_budget_nano,
         budget_modes,
         budget_now,
+        cost_actions,
         predictions,
         model_errors,
     })

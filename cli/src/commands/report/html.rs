@@ -66,6 +66,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: now
 .rec-APPROVE { background: #dff3e6; color: #11683a; }
 .rec-REJECT { background: #fbe0e0; color: #a11d1e; }
 .rec-DEFER { background: #fff1d6; color: #8a5a00; }
+.rec-PENDING_APPROVAL { background: #e3ecfb; color: #1f4e99; }
 .scroll { max-height: 520px; overflow-y: auto; }
 table.decisions { table-layout: fixed; }
 table.decisions td { overflow-wrap: anywhere; }
@@ -330,6 +331,27 @@ fn budget(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
             esc(&c.reason),
         );
     }
+    html.push_str("</table>\n");
+    let _ = writeln!(
+        html,
+        "<h3>Cost actions on this system</h3>\n<p class=\"note\">What the tick did to the \
+         system's cycle schedule for the budget mode (stretched in Economy, stopped when Paused, \
+         restored in Normal).</p>\n<table data-rows=\"{}\">\n\
+         <tr><th>at</th><th>generation</th><th>action</th></tr>",
+        data.cost_actions.len()
+    );
+    if data.cost_actions.is_empty() {
+        html.push_str("<tr><td colspan=\"3\">none recorded</td></tr>\n");
+    }
+    for a in &data.cost_actions {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+            a.at.format("%Y-%m-%d %H:%M:%S"),
+            a.generation,
+            esc(&a.detail),
+        );
+    }
     html.push_str("</table>\n</section>\n");
     Ok(())
 }
@@ -408,8 +430,8 @@ mod tests {
     use shared::store::BudgetState;
 
     use super::super::data::{
-        DecisionRow, EvaluationPoint, GeneAxis, GeneSeries, GenerationPoint, ModeChange, PointKind,
-        ReportData, SpendRow,
+        CostAction, DecisionRow, EvaluationPoint, GeneAxis, GeneSeries, GenerationPoint,
+        ModeChange, PointKind, ReportData, SpendRow,
     };
     use super::{esc, render};
 
@@ -451,6 +473,7 @@ mod tests {
                 reason: "start".into(),
             }],
             budget_now: BudgetState::default(),
+            cost_actions: vec![],
             predictions: vec![],
             model_errors: vec![],
         }
@@ -499,11 +522,24 @@ mod tests {
             closed_at: at(1),
         });
         data.budget_now.reason = hostile.into();
+        data.span.1 = at(90);
+        data.budget_modes.push(ModeChange {
+            at: at(30),
+            mode: BudgetMode::Paused,
+            reason: hostile.into(),
+        });
+        data.cost_actions.push(CostAction {
+            at: at(31),
+            generation: 1,
+            detail: hostile.into(),
+        });
         let page = render(&data).expect("renders");
         assert!(!page.contains("<script"), "raw markup leaked");
         assert!(!page.contains("<img"), "raw markup leaked");
         assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(page.contains("data-total-cost-nano=\"42\""));
+        assert!(page.contains("data-chart=\"budget-mode\" data-points=\"2\""));
+        assert!(page.contains("<table data-rows=\"1\">"));
     }
 
     #[test]
