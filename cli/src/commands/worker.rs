@@ -72,7 +72,7 @@ fn config(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
     let queue_urls = given([
         (Queue::Analyze, &args.analyze_queue_url),
         (Queue::Strategize, &args.strategize_queue_url),
-        (Queue::Decide, &args.decide_queue_url),
+        (Queue::Decide, &cli.decide_queue_url),
         (Queue::Snapshot, &cli.snapshot_queue_url),
         (Queue::Fitness, &args.fitness_queue_url),
         (Queue::CostGuard, &args.cost_guard_queue_url),
