@@ -42,6 +42,7 @@ use crate::domain::{
     derive_id,
 };
 use crate::engine::LocalEngine;
+use crate::security::SecurityEvent;
 use crate::store::{Checkpoint, ControlState, Usage};
 
 /// Sampling and size settings of one role.
@@ -130,6 +131,7 @@ struct Spent {
     usage: Usage,
     crossings: Vec<BudgetCrossing>,
     perf: Vec<(String, bool, u64, bool)>,
+    security: Vec<SecurityEvent>,
 }
 
 /// How a role call ended on the Bedrock side.
@@ -184,6 +186,8 @@ impl BedrockModel {
                 bedrock_requests: spent.requests,
                 fallback: None,
                 budget_crossings: Vec::new(),
+                security_events: Vec::new(),
+                cache_hit: false,
             },
             Outcome::Fallback { reason } => {
                 info!(role = ctx.task.role.as_str(), %reason, "local engine answers");
@@ -197,6 +201,7 @@ impl BedrockModel {
             }
         };
         answer.budget_crossings = spent.crossings;
+        answer.security_events = spent.security;
         Ok(answer)
     }
 
@@ -408,15 +413,16 @@ impl BedrockModel {
                         first_failure.get_or_insert(now);
                         spent.perf.push((model_id.clone(), false, 0, false));
                         last_reason = format!("{model_id}: {failure}");
-                        if failure.is_security_event() {
-                            warn!(
-                                target: "security",
-                                event = "bedrock_access_denied",
-                                model = %model_id,
-                                system_id = %ctx.system_id,
-                                role = role.as_str(),
-                                "authorization failure calling Bedrock"
-                            );
+                        if let Failure::AccessDenied(message) = &failure {
+                            let event = SecurityEvent::new(
+                                "bedrock",
+                                "Converse",
+                                "AccessDeniedException",
+                                message,
+                            )
+                            .with_resource(&model_id);
+                            event.emit();
+                            spent.security.push(event);
                         }
                         if failure.counts_against_model() {
                             self.open_circuit_on_failure(&model_id).await;
@@ -458,6 +464,7 @@ impl BedrockModel {
                                 models.extend(rest);
                                 continue 'models;
                             }
+                            Path::LocalEngine => break 'models,
                             _ => continue 'models,
                         }
                     }

@@ -44,8 +44,12 @@ pub enum Path {
     RetryThenNextModel,
     /// "Input is too long": trim history oldest first, then a larger-context model.
     TrimThenLargerModel,
-    /// Validation, access and not-found errors: never retried; the next model.
+    /// Validation and not-found errors: never retried; the next model.
     NextModel,
+    /// Access denied: a security event. Neither retried nor tried on another model (the same
+    /// role is denied there too, and probing model after model looks like an attack): the local
+    /// engine answers this call.
+    LocalEngine,
     /// The model answered but the answer is unusable: one repair attempt, then the next model.
     Repair,
 }
@@ -60,7 +64,8 @@ impl Failure {
             | Self::Transport(_)
             | Self::Malformed(_) => Path::RetryThenNextModel,
             Self::InputTooLong(_) => Path::TrimThenLargerModel,
-            Self::Validation(_) | Self::AccessDenied(_) | Self::NotFound(_) => Path::NextModel,
+            Self::Validation(_) | Self::NotFound(_) => Path::NextModel,
+            Self::AccessDenied(_) => Path::LocalEngine,
             Self::Answer(_) => Path::Repair,
         }
     }
@@ -182,7 +187,10 @@ mod tests {
             Failure::InputTooLong(String::new()).path(),
             Path::TrimThenLargerModel
         );
-        assert_eq!(Failure::AccessDenied(String::new()).path(), Path::NextModel);
+        assert_eq!(
+            Failure::AccessDenied(String::new()).path(),
+            Path::LocalEngine
+        );
         assert!(Failure::AccessDenied(String::new()).is_security_event());
         assert_eq!(Failure::Answer(AnswerError::Truncated).path(), Path::Repair);
     }

@@ -101,6 +101,13 @@ pub struct LlmAnswer<T> {
     /// Budget thresholds this call's spend crossed, to be reported to cost-guard at once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budget_crossings: Vec<BudgetCrossing>,
+    /// Authorization failures met on the way (Bedrock `AccessDeniedException`): the stage raises
+    /// a critical security alert for each, with its outbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_events: Vec<crate::security::SecurityEvent>,
+    /// The answer came from the response cache: no request was sent and nothing was paid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }
 
 /// A budget threshold crossed by a settled call.
@@ -123,6 +130,8 @@ impl<T> LlmAnswer<T> {
             bedrock_requests: 0,
             fallback: None,
             budget_crossings: Vec::new(),
+            security_events: Vec::new(),
+            cache_hit: false,
         }
     }
 }

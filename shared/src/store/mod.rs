@@ -90,6 +90,10 @@ pub struct LlmCallRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
     pub at: DateTime<Utc>,
+    /// Answered from the response cache (at zero cost, no request); `model_id` is the model
+    /// whose stored answer was reused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }
 
 /// The current budget mode with when and why it was set (control state).
@@ -238,11 +242,23 @@ pub enum StoreError {
     /// The request itself is wrong (missing system for an update, oversized item).
     #[error("invalid store request: {0}")]
     Invalid(String),
+    /// The backend refused our credentials or a key policy (`AccessDenied`, KMS): a security
+    /// event, and permanent, because a redelivery runs with the same role.
+    #[error("store access denied: {}", .0.summary())]
+    Denied(Box<crate::security::SecurityEvent>),
 }
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::ConditionFailed(_) | Self::Unavailable(_))
+    }
+
+    /// The security event behind an authorization failure.
+    pub fn security_event(&self) -> Option<&crate::security::SecurityEvent> {
+        match self {
+            Self::Denied(event) => Some(event),
+            _ => None,
+        }
     }
 }
 

@@ -10,7 +10,8 @@
 //! - `budget`: refusals, the critical reserve, threshold crossings, the paused mode;
 //! - `ledger`: the ledger equals an independent recomputation to the nano-USD;
 //! - `checkpoint`: a checkpointed answer is parsed instead of paid for again;
-//! - `parser`: no bytes or JSON make the parser panic.
+//! - `parser`: no bytes or JSON make the parser panic;
+//! - `security`: access denied is a security alert, answered locally without another request.
 
 mod budget;
 mod checkpoint;
@@ -22,3 +23,4 @@ mod ledger;
 mod parser;
 mod requests;
 mod roles;
+mod security;

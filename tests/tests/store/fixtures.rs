@@ -226,6 +226,7 @@ pub fn llm_call(id: &SystemId, call_id: &str, secs: i64) -> LlmCallRecord {
         bedrock_requests: 1,
         fallback: None,
         at: t(secs),
+        cache_hit: false,
     }
 }
 
