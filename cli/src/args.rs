@@ -117,6 +117,10 @@ pub struct EngineArgs {
     /// Global monthly LLM budget in US dollars; unlimited when absent.
     #[arg(long, env = "EVOLVE_MONTHLY_BUDGET_USD")]
     pub monthly_budget_usd: Option<String>,
+    /// Seconds a validated Bedrock answer is reused for an identical request, at no cost
+    /// (0 turns the response cache off).
+    #[arg(long, default_value_t = 900, env = "EVOLVE_RESPONSE_CACHE_TTL_SECONDS")]
+    pub response_cache_ttl_seconds: u32,
 }
 
 #[derive(Debug, Args)]

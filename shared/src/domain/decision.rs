@@ -100,4 +100,8 @@ pub struct DecisionRecord {
     /// The local `RiskAnalyzer` score that routed this decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_risk: Option<f64>,
+    /// The answer was reused from the response cache (free, no request); `model_used` is the
+    /// model that gave it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }

@@ -45,6 +45,12 @@ use crate::engine::LocalEngine;
 use crate::security::SecurityEvent;
 use crate::store::{Checkpoint, ControlState, Usage};
 
+/// The response cache's default time to live. Long enough to absorb the repeats of one burst
+/// (a redelivered proposal, a deferred one coming back, systems that share a prompt), short
+/// enough that an answer never outlives the situation it was given for by much: history and
+/// fitness change the prompt, and then the key, anyway.
+pub const DEFAULT_RESPONSE_CACHE_MINUTES: i64 = 15;
+
 /// Sampling and size settings of one role.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RoleSettings {
@@ -68,6 +74,9 @@ pub struct BedrockSettings {
     pub history_limit: usize,
     /// How long a raw answer is kept for retries after a crash.
     pub checkpoint_ttl: chrono::Duration,
+    /// How long a validated answer is reused for an identical request (same model, role and
+    /// request); zero turns the response cache off.
+    pub response_cache_ttl: chrono::Duration,
 }
 
 impl BedrockSettings {
@@ -93,6 +102,7 @@ impl BedrockSettings {
             critical_reserve_percent: 10,
             history_limit: 30,
             checkpoint_ttl: chrono::Duration::hours(24),
+            response_cache_ttl: chrono::Duration::minutes(DEFAULT_RESPONSE_CACHE_MINUTES),
         }
     }
 
@@ -132,6 +142,7 @@ struct Spent {
     crossings: Vec<BudgetCrossing>,
     perf: Vec<(String, bool, u64, bool)>,
     security: Vec<SecurityEvent>,
+    cache_hit: bool,
 }
 
 /// How a role call ended on the Bedrock side.
@@ -202,6 +213,7 @@ impl BedrockModel {
         };
         answer.budget_crossings = spent.crossings;
         answer.security_events = spent.security;
+        answer.cache_hit = spent.cache_hit;
         Ok(answer)
     }
 
@@ -300,6 +312,13 @@ impl BedrockModel {
                     + estimate_tokens(&prompt.user)
                     + estimate_tokens(&schema.to_string());
                 let max_tokens = settings.max_tokens.min(entry.max_output_tokens);
+                // An identical request answered and validated within the TTL: reuse it, free.
+                let cache_key = cache_key(&model_id, entry, &prompt, schema, settings, max_tokens);
+                if let Some(value) = self.cached(&cache_key, entry, role, parse).await {
+                    spent.cache_hit = true;
+                    info!(model = %model_id, role = role.as_str(), "response cache hit");
+                    return Outcome::Answered { value, model_id };
+                }
                 let worst = worst_case_nano(price, estimate, u64::from(max_tokens));
                 attempt_no += 1;
                 let call_id = derive_id(
@@ -370,6 +389,9 @@ impl BedrockModel {
                             Ok(value) => {
                                 spent.perf.push((model_id.clone(), true, elapsed, false));
                                 self.close_circuit(&model_id).await;
+                                // Stored only now that it has validated.
+                                self.remember(cache_key, &model_id, role, &raw, usage, cost)
+                                    .await;
                                 return Outcome::Answered { value, model_id };
                             }
                             Err(e) => {
@@ -677,6 +699,73 @@ impl BedrockModel {
         }
     }
 
+    /// A cached answer for `key` that still parses and validates for this request, if any.
+    /// Validation runs again on every hit: the stored answer passed it once, but the risk
+    /// ceiling and the gene schema the parser checks against are the caller's, now.
+    async fn cached<T>(
+        &self,
+        key: &str,
+        entry: &ModelEntry,
+        role: Role,
+        parse: &(dyn Fn(Value) -> Result<T, AnswerError> + Sync),
+    ) -> Option<T> {
+        if self.settings.response_cache_ttl <= chrono::Duration::zero() {
+            return None;
+        }
+        let found = match self
+            .ports
+            .control
+            .cached_answer(key, self.ports.clock.now())
+            .await
+        {
+            Ok(found) => found?,
+            Err(e) => {
+                warn!(error = %e, "could not read the response cache");
+                return None;
+            }
+        };
+        serde_json::from_value::<RawAnswer>(found.answer)
+            .map_err(|e| AnswerError::SchemaMismatch(e.to_string()))
+            .and_then(|raw| validate::extract(&raw, extraction(entry, role)))
+            .and_then(parse)
+            .ok()
+    }
+
+    /// Stores a validated answer for reuse by identical requests (best effort).
+    async fn remember(
+        &self,
+        key: String,
+        model_id: &str,
+        role: Role,
+        raw: &Result<RawAnswer, String>,
+        usage: Usage,
+        cost: u64,
+    ) {
+        let ttl = self.settings.response_cache_ttl;
+        if ttl <= chrono::Duration::zero() {
+            return;
+        }
+        let (Ok(raw), now) = (raw, self.ports.clock.now()) else {
+            return;
+        };
+        let Ok(answer) = serde_json::to_value(raw) else {
+            return;
+        };
+        let entry = crate::store::CachedAnswer {
+            key,
+            model_id: model_id.to_owned(),
+            role,
+            answer,
+            usage,
+            cost_nano_usd: cost,
+            stored_at: now,
+            expires_at: now + ttl,
+        };
+        if let Err(e) = self.ports.control.put_cached_answer(&entry).await {
+            warn!(error = %e, "could not store an answer in the response cache");
+        }
+    }
+
     async fn open_circuit_on_failure(&self, model_id: &str) {
         let control = &self.ports.control;
         let state = control.circuit(model_id).await.ok().flatten();
@@ -804,6 +893,32 @@ impl BedrockModel {
         };
         request.send().await
     }
+}
+
+/// The response-cache key: SHA-256 over the model id, the role and everything that shapes the
+/// answer (how structured output is forced, the system prompt, the user message, the tool, the
+/// output schema and the inference settings). Any difference is another key.
+fn cache_key(
+    model_id: &str,
+    entry: &ModelEntry,
+    prompt: &Prompt,
+    schema: &Value,
+    settings: RoleSettings,
+    max_tokens: u32,
+) -> String {
+    let request = serde_json::json!({
+        "model_id": model_id,
+        "role": prompt.role.as_str(),
+        "structured_output": entry.structured_output,
+        "system": prompt.system,
+        "messages": [prompt.user],
+        "tool_name": prompt.tool_name,
+        "tool_description": prompt.tool_description,
+        "schema": schema,
+        "temperature": settings.temperature,
+        "max_tokens": max_tokens,
+    });
+    crate::domain::sha256_hex(request.to_string().as_bytes())
 }
 
 /// What is left of the fallback window once a failure has opened it (`None` before any failure).

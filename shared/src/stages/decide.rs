@@ -67,6 +67,7 @@ pub async fn handle_proposal(
         mutation: Some(mutation.clone()),
         decided_by: Some(DecidedBy::Policy),
         local_risk: None,
+        cache_hit: false,
     };
 
     // Untrusted proposal: validate against the gene schema first.
@@ -135,6 +136,7 @@ pub async fn handle_proposal(
             reasoning = format!("deferred {deferrals} times already; {reasoning}");
         }
         DecisionRecord {
+            cache_hit: answer.cache_hit,
             model_used: answer.model_id,
             decision,
             confidence: result.confidence,

@@ -136,6 +136,24 @@ pub struct Checkpoint {
     pub expires_at: DateTime<Utc>,
 }
 
+/// A validated model answer kept for reuse by an identical request (the response cache): same
+/// model, role, system prompt, messages, output schema and inference settings. Only answers that
+/// passed validation are stored, and a hit is validated again before it is used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    /// SHA-256 (hex) of the model id, the role and the exact request.
+    pub key: String,
+    pub model_id: String,
+    pub role: Role,
+    /// The raw answer as the model gave it (before extraction), like a checkpoint's.
+    pub answer: serde_json::Value,
+    /// What the answer cost when it was paid for (a hit costs nothing).
+    pub usage: Usage,
+    pub cost_nano_usd: u64,
+    pub stored_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// One state change, with the condition DynamoDB would check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -371,4 +389,13 @@ pub trait ControlState: Send + Sync + std::fmt::Debug {
     /// The checkpoint stored under `key`, unless it expired by `now`.
     async fn checkpoint(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<Checkpoint>>;
     async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()>;
+    /// The response-cache entry under `key`, unless it expired by `now` (the clock port's time;
+    /// the store's own TTL deletes late and is never relied on).
+    async fn cached_answer(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<CachedAnswer>>;
+    /// Stores (or replaces) a response-cache entry.
+    async fn put_cached_answer(&self, entry: &CachedAnswer) -> StoreResult<()>;
 }

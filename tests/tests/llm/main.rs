@@ -9,11 +9,13 @@
 //!   a pipeline cycle completes on it;
 //! - `budget`: refusals, the critical reserve, threshold crossings, the paused mode;
 //! - `ledger`: the ledger equals an independent recomputation to the nano-USD;
+//! - `cache`: the response cache reuses validated answers for identical requests, for nothing;
 //! - `checkpoint`: a checkpointed answer is parsed instead of paid for again;
 //! - `parser`: no bytes or JSON make the parser panic;
 //! - `security`: access denied is a security alert, answered locally without another request.
 
 mod budget;
+mod cache;
 mod checkpoint;
 mod circuit;
 mod deadline;

@@ -137,6 +137,7 @@ pub fn decision(id: &SystemId, decision_id: &str, secs: i64) -> DecisionRecord {
         mutation: None,
         decided_by: Some(DecidedBy::Policy),
         local_risk: Some(0.2),
+        cache_hit: false,
     }
 }
 
@@ -152,6 +153,7 @@ pub fn plan(id: &SystemId, plan_id: &str) -> Plan {
         success_criteria: BTreeMap::new(),
         model_used: "local".to_owned(),
         created_at: t(0),
+        cache_hit: false,
     }
 }
 
@@ -179,6 +181,7 @@ pub fn analysis(id: &SystemId, analysis_id: &str, assessment: &str) -> AnalysisR
         },
         model_used: "local".to_owned(),
         created_at: t(0),
+        cache_hit: false,
     }
 }
 

@@ -168,6 +168,12 @@ pub(super) mod keys {
     pub(in crate::store::dynamo) fn checkpoint(key: &str) -> String {
         format!("CKPT#{key}")
     }
+
+    /// `CACHE#<key hash>`: one partition per response-cache entry, so entries spread over the
+    /// table's partitions instead of heating the `CTRL` one.
+    pub(in crate::store::dynamo) fn cached_answer(key: &str) -> String {
+        format!("CACHE#{key}")
+    }
 }
 
 /// RFC 3339 with nanoseconds and `Z`: fixed width, so text order is time order.
