@@ -38,8 +38,8 @@ use crate::cost::{
     Settlement,
 };
 use crate::domain::{
-    BudgetScope, DecisionResult, EvolutionAnalysis, MutationStrategy, ResolutionStrategy, Role,
-    derive_id,
+    BudgetScope, DecisionResult, EvolutionAnalysis, MutationStrategy, Priority, ResolutionStrategy,
+    Role, derive_id, healthy,
 };
 use crate::engine::LocalEngine;
 use crate::security::SecurityEvent;
@@ -171,6 +171,7 @@ impl BedrockModel {
     async fn role_call<T, L>(
         &self,
         ctx: &CallContext,
+        priority: Priority,
         schema: Value,
         prompt_for: &(dyn Fn(usize) -> Prompt + Sync),
         parse: &(dyn Fn(Value) -> Result<T, AnswerError> + Sync),
@@ -183,7 +184,7 @@ impl BedrockModel {
         let started = self.ports.clock.now();
         let mut spent = Spent::default();
         let outcome = self
-            .try_bedrock(ctx, &schema, prompt_for, parse, &mut spent)
+            .try_bedrock(ctx, priority, &schema, prompt_for, parse, &mut spent)
             .await;
         self.record_performance(ctx.task.role, &spent.perf).await;
         let latency_ms = (self.ports.clock.now() - started).num_milliseconds().max(0) as u64;
@@ -201,7 +202,12 @@ impl BedrockModel {
                 cache_hit: false,
             },
             Outcome::Fallback { reason } => {
-                info!(role = ctx.task.role.as_str(), %reason, "local engine answers");
+                info!(
+                    role = ctx.task.role.as_str(),
+                    priority = priority.as_str(),
+                    %reason,
+                    "local engine answers"
+                );
                 let mut a = local.await?;
                 a.fallback = Some(reason);
                 a.usage = spent.usage;
@@ -221,6 +227,7 @@ impl BedrockModel {
     async fn try_bedrock<T>(
         &self,
         ctx: &CallContext,
+        priority: Priority,
         schema: &Value,
         prompt_for: &(dyn Fn(usize) -> Prompt + Sync),
         parse: &(dyn Fn(Value) -> Result<T, AnswerError> + Sync),
@@ -255,10 +262,15 @@ impl BedrockModel {
 
         let perf = self.ports.control.performance().await.unwrap_or_default();
         let mut policy = self.settings.routing.clone();
+        // Models Bedrock throttled recently: low-priority calls skip them without a request.
+        let mut throttled = std::collections::BTreeSet::new();
         for entry in self.settings.catalog.usable() {
             if let Ok(state) = self.ports.control.circuit(&entry.id).await {
                 if healing::is_open(state.as_ref(), clock.now()) {
                     policy.open_circuits.insert(entry.id.clone());
+                }
+                if healing::is_throttled(state.as_ref(), clock.now()) {
+                    throttled.insert(entry.id.clone());
                 }
             }
         }
@@ -318,6 +330,12 @@ impl BedrockModel {
                     spent.cache_hit = true;
                     info!(model = %model_id, role = role.as_str(), "response cache hit");
                     return Outcome::Answered { value, model_id };
+                }
+                if priority == Priority::Low && throttled.contains(&model_id) {
+                    last_reason = format!(
+                        "{model_id}: throttled recently; a low-priority call does not wait for it"
+                    );
+                    continue 'models;
                 }
                 let worst = worst_case_nano(price, estimate, u64::from(max_tokens));
                 attempt_no += 1;
@@ -448,6 +466,15 @@ impl BedrockModel {
                         }
                         if failure.counts_against_model() {
                             self.open_circuit_on_failure(&model_id).await;
+                        }
+                        if matches!(failure, Failure::Throttled(_)) {
+                            self.open_throttle_window(&model_id).await;
+                            if priority == Priority::Low {
+                                // No retry and no backoff: give the quota to the calls that
+                                // need it; the next model, or the local engine.
+                                throttled.insert(model_id.clone());
+                                continue 'models;
+                            }
                         }
                         match failure.path() {
                             Path::RetryThenNextModel if retries < retry.retries_per_model => {
@@ -785,13 +812,41 @@ impl BedrockModel {
         }
     }
 
+    /// Records that Bedrock throttled `model_id`: low-priority calls skip it for the window.
+    async fn open_throttle_window(&self, model_id: &str) {
+        let control = &self.ports.control;
+        let window = chrono::Duration::from_std(self.settings.retry.throttle_window)
+            .unwrap_or(chrono::Duration::seconds(30));
+        let mut state =
+            control
+                .circuit(model_id)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(crate::store::CircuitState {
+                    model_id: model_id.to_owned(),
+                    consecutive_failures: 0,
+                    open_until: None,
+                    throttled_until: None,
+                });
+        state.throttled_until = Some(self.ports.clock.now() + window);
+        if let Err(e) = control.put_circuit(&state).await {
+            warn!(error = %e, "could not record a throttle window");
+        }
+    }
+
     async fn close_circuit(&self, model_id: &str) {
         let control = &self.ports.control;
         if let Ok(Some(state)) = control.circuit(model_id).await {
-            if state.consecutive_failures > 0 || state.open_until.is_some() {
+            if state.consecutive_failures > 0
+                || state.open_until.is_some()
+                || state.throttled_until.is_some()
+            {
+                // An answer means capacity again: the throttle window closes too.
                 let closed = crate::store::CircuitState {
                     consecutive_failures: 0,
                     open_until: None,
+                    throttled_until: None,
                     ..state
                 };
                 if let Err(e) = control.put_circuit(&closed).await {
@@ -1057,6 +1112,7 @@ impl LanguageModel for BedrockModel {
     ) -> Result<LlmAnswer<EvolutionAnalysis>, LlmError> {
         self.role_call(
             &req.ctx,
+            Priority::of(&req.ctx.task, healthy(&req.history)),
             schema_for(Role::Analyze),
             &|limit| prompts::analyze(req, limit),
             &|v| validate::analysis(v),
@@ -1072,6 +1128,7 @@ impl LanguageModel for BedrockModel {
         let schema = &req.dna.schema;
         self.role_call(
             &req.ctx,
+            Priority::of(&req.ctx.task, healthy(&req.history)),
             schema_for(Role::Strategize),
             &|limit| prompts::strategize(req, limit),
             &|v| validate::strategy(v, schema),
@@ -1083,6 +1140,7 @@ impl LanguageModel for BedrockModel {
     async fn decide(&self, req: &DecideRequest) -> Result<LlmAnswer<DecisionResult>, LlmError> {
         self.role_call(
             &req.ctx,
+            Priority::of(&req.ctx.task, true),
             schema_for(Role::Decide),
             &|limit| prompts::decide(req, limit),
             &|v| validate::decision(v, req.local_risk, req.risk_ceiling),
@@ -1097,6 +1155,7 @@ impl LanguageModel for BedrockModel {
     ) -> Result<LlmAnswer<ResolutionStrategy>, LlmError> {
         self.role_call(
             &req.ctx,
+            Priority::of(&req.ctx.task, true),
             schema_for(Role::Resolve),
             &|_| prompts::resolve(req),
             &|v| validate::resolution(v),

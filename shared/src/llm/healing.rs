@@ -96,6 +96,8 @@ pub struct RetryPolicy {
     pub circuit_threshold: u32,
     /// How long an open breaker keeps the model out of the routes.
     pub circuit_cooldown: Duration,
+    /// How long a throttled model is skipped by low-priority calls.
+    pub throttle_window: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -108,6 +110,7 @@ impl Default for RetryPolicy {
             max_models: 3,
             circuit_threshold: 3,
             circuit_cooldown: Duration::from_secs(60),
+            throttle_window: Duration::from_secs(30),
         }
     }
 }
@@ -119,6 +122,13 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, random: &dyn Random) -> Durat
         .saturating_mul(1u32 << attempt.min(16))
         .min(policy.max_backoff);
     cap.mul_f64(random.next_f64())
+}
+
+/// Whether a throttle window recorded for the model is still open at `now`.
+pub fn is_throttled(state: Option<&CircuitState>, now: DateTime<Utc>) -> bool {
+    state
+        .and_then(|s| s.throttled_until)
+        .is_some_and(|until| until > now)
 }
 
 pub fn is_open(state: Option<&CircuitState>, now: DateTime<Utc>) -> bool {
@@ -139,6 +149,7 @@ pub fn after_failure(
         model_id: model_id.to_owned(),
         consecutive_failures: 0,
         open_until: None,
+        throttled_until: None,
     });
     s.consecutive_failures = s.consecutive_failures.saturating_add(1);
     if s.consecutive_failures >= policy.circuit_threshold {

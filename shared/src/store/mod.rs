@@ -121,6 +121,10 @@ pub struct CircuitState {
     pub consecutive_failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_until: Option<DateTime<Utc>>,
+    /// Bedrock throttled this model recently: until then, low-priority calls skip it without a
+    /// request (see `domain::Priority`); other calls still try it with their retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_until: Option<DateTime<Utc>>,
 }
 
 /// A model's raw answer, stored before it is parsed so that a retry after a crash parses it

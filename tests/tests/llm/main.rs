@@ -12,6 +12,7 @@
 //! - `cache`: the response cache reuses validated answers for identical requests, for nothing;
 //! - `checkpoint`: a checkpointed answer is parsed instead of paid for again;
 //! - `parser`: no bytes or JSON make the parser panic;
+//! - `priority`: under throttling, low-priority calls give way at once, critical ones retry;
 //! - `security`: access denied is a security alert, answered locally without another request.
 
 mod budget;
@@ -23,6 +24,7 @@ mod fixture;
 mod healing;
 mod ledger;
 mod parser;
+mod priority;
 mod requests;
 mod roles;
 mod security;

@@ -83,6 +83,7 @@ pub async fn circuits_are_kept_per_model(h: &Harness) {
         model_id: "model-a".to_owned(),
         consecutive_failures: 3,
         open_until: Some(t(60)),
+        throttled_until: None,
     };
     store.put_circuit(&open).await.expect("put");
     store
@@ -90,6 +91,7 @@ pub async fn circuits_are_kept_per_model(h: &Harness) {
             model_id: "model-b".to_owned(),
             consecutive_failures: 1,
             open_until: None,
+            throttled_until: None,
         })
         .await
         .expect("put");
@@ -98,6 +100,7 @@ pub async fn circuits_are_kept_per_model(h: &Harness) {
         model_id: "model-a".to_owned(),
         consecutive_failures: 0,
         open_until: None,
+        throttled_until: None,
     };
     store.put_circuit(&closed).await.expect("overwrite");
     assert_eq!(store.circuit("model-a").await.expect("read"), Some(closed));
