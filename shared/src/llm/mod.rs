@@ -77,6 +77,17 @@ pub struct DecideRequest {
     pub local_risk: f64,
     /// Above this risk an answer may only be REJECT or DEFER.
     pub risk_ceiling: f64,
+    /// The plan's later steps, for a batch decision while Bedrock throttles (see
+    /// `bedrock::BedrockModel::decide`); empty otherwise. Engines that do not batch ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<PendingProposal>,
+}
+
+/// A later step of the same plan, with its local risk against the same DNA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingProposal {
+    pub mutation: Mutation,
+    pub local_risk: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -119,6 +130,22 @@ pub struct BudgetCrossing {
 }
 
 impl<T> LlmAnswer<T> {
+    /// The same answer with its value mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> LlmAnswer<U> {
+        LlmAnswer {
+            value: f(self.value),
+            model_id: self.model_id,
+            usage: self.usage,
+            cost_nano_usd: self.cost_nano_usd,
+            latency_ms: self.latency_ms,
+            bedrock_requests: self.bedrock_requests,
+            fallback: self.fallback,
+            budget_crossings: self.budget_crossings,
+            security_events: self.security_events,
+            cache_hit: self.cache_hit,
+        }
+    }
+
     /// An answer from the local engine: free and immediate.
     pub fn local(value: T, model_id: &str) -> Self {
         Self {
