@@ -78,9 +78,8 @@ impl Priority {
         match task.role {
             _ if task.critical => Self::Critical,
             Role::Resolve => Self::Critical,
-            Role::Decide => Self::Normal,
             Role::Analyze | Role::Strategize if healthy => Self::Low,
-            Role::Analyze | Role::Strategize => Self::Normal,
+            Role::Decide | Role::Analyze | Role::Strategize => Self::Normal,
         }
     }
 

@@ -272,7 +272,7 @@ async fn exactly_once_inner(
         Claim::Claimed => {}
         Claim::Completed { outgoing } => {
             if !outgoing.is_empty() {
-                send(bus, &outgoing).await.map_err(bus_denied)?;
+                send(bus, &outgoing).await.map_err(|e| bus_denied(&e))?;
                 mark_sent(deps, key).await;
             }
             debug!(resent = outgoing.len(), "duplicate delivery");
@@ -319,7 +319,7 @@ fn store_denied(e: StoreError) -> Failed {
     }
 }
 
-fn bus_denied(e: BusError) -> Failed {
+fn bus_denied(e: &BusError) -> Failed {
     match e.security_event().cloned() {
         Some(event) => Failed::Security(PipelineError::Permanent(e.to_string()), event),
         None => Failed::Other(bus_error(e)),
@@ -407,7 +407,9 @@ async fn commit_and_send(
         return Err(store_denied(e));
     }
     // Committed: from here a failure only delays the messages; the redelivery re-sends them.
-    send(bus, &output.messages).await.map_err(bus_denied)?;
+    send(bus, &output.messages)
+        .await
+        .map_err(|e| bus_denied(&e))?;
     if !output.messages.is_empty() {
         mark_sent(deps, key).await;
     }
@@ -426,7 +428,7 @@ async fn send(bus: &dyn Bus, messages: &[crate::domain::Outgoing]) -> Result<(),
     bus.send(messages).await
 }
 
-fn bus_error(e: BusError) -> PipelineError {
+fn bus_error(e: &BusError) -> PipelineError {
     match e {
         BusError::Unavailable(_) => PipelineError::Retryable(e.to_string()),
         BusError::Refused(_) | BusError::Denied(_) => PipelineError::Permanent(e.to_string()),
@@ -473,7 +475,7 @@ mod tests {
         let store: PipelineError = StoreError::Denied(Box::new(denied())).into();
         assert!(!store.is_retryable(), "{store}");
         assert!(store.to_string().contains("security: dynamodb GetItem"));
-        let bus = bus_error(BusError::Denied(Box::new(denied())));
+        let bus = bus_error(&BusError::Denied(Box::new(denied())));
         assert!(!bus.is_retryable());
         // Throttling stays retryable.
         let throttled: PipelineError = StoreError::Unavailable("throttled".into()).into();
