@@ -181,3 +181,23 @@ async fn a_changed_proposal_misses_and_without_throttling_nothing_is_batched() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn the_stubs_default_answer_to_a_batch_covers_every_proposal() {
+    let f = throttled_fixture().await;
+    let before = f.stub.request_count();
+
+    let first = f.model.decide(&batched("env-1")).await.expect("an answer");
+
+    assert_eq!(first.model_id, A, "{:?}", first.fallback);
+    assert_eq!(f.stub.request_count(), before + 1);
+    for i in [1, 2] {
+        let answer = f
+            .model
+            .decide(&alone(&format!("env-{}", i + 1), i))
+            .await
+            .expect("an answer");
+        assert!(answer.cache_hit, "step {i}");
+    }
+    assert_eq!(f.stub.request_count(), before + 1);
+}

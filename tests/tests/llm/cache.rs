@@ -194,3 +194,80 @@ async fn only_answers_that_validated_are_cached() {
     assert_eq!(third.value, second.value);
     assert_eq!(f.stub.request_count(), 3);
 }
+
+/// Runs `generations` of the pipeline on the stub's default answers and returns (Bedrock
+/// requests, LLM calls, cache hits).
+async fn demo_run(cache_ttl: Duration, generations: u32) -> (usize, usize, usize) {
+    use std::sync::Arc;
+
+    use shared::bus::local::LocalBus;
+    use shared::clock::SimClock;
+    use shared::local::{LocalHome, RunOptions, Silent, init_system};
+    use shared::stages::{Deps, PipelineConfig};
+    use shared::store::memory::MemoryStore;
+    use shared::store::{EvolutionStore, SystemSettings};
+    use tests::bedrock_stub::StubServer;
+
+    use crate::fixture::start;
+    use crate::requests::system_id;
+
+    let stub = StubServer::start().await;
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(SimClock::new(start()));
+    let mut settings = BedrockSettings::new(catalog(&[A, B]), Budgets::default());
+    settings.response_cache_ttl = cache_ttl;
+    let model = crate::fixture::bedrock_model(&stub.url(), &store, &clock, settings);
+    let home = LocalHome {
+        deps: Deps {
+            store: store.clone(),
+            control: store.clone(),
+            ledger: store.clone(),
+            llm: Arc::new(model),
+            clock: clock.clone(),
+            config: PipelineConfig::default(),
+        },
+        bus: Arc::new(LocalBus::new(clock.clone())),
+        clock: clock.clone(),
+    };
+    let (schema, genes) = crate::requests::schema_and_genes();
+    init_system(
+        &home.deps,
+        &system_id(),
+        schema,
+        genes,
+        SystemSettings::default(),
+    )
+    .await
+    .expect("init");
+    let report = home
+        .runner(&crate::security::Flat)
+        .run(
+            &system_id(),
+            &RunOptions {
+                generations,
+                ..RunOptions::default()
+            },
+            &Silent,
+        )
+        .await
+        .expect("the run completes");
+    assert_eq!(report.generations, generations, "{report:?}");
+    let calls = store
+        .list_llm_calls(Some(&system_id()), None)
+        .await
+        .expect("memory store");
+    let hits = calls.iter().filter(|c| c.cache_hit).count();
+    (stub.request_count(), calls.len(), hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_demo_like_run_the_cache_never_adds_requests() {
+    let (without, calls_without, hits_without) = demo_run(Duration::zero(), 12).await;
+    let (with, calls_with, hits_with) = demo_run(Duration::minutes(15), 12).await;
+    println!(
+        "12 generations on the stub: {without} Bedrock requests for {calls_without} LLM calls \
+         without the cache; {with} requests for {calls_with} calls ({hits_with} hits) with it"
+    );
+    assert_eq!(hits_without, 0);
+    assert!(with <= without, "{with} > {without}");
+}

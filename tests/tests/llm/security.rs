@@ -111,7 +111,7 @@ async fn a_stage_whose_call_was_denied_raises_a_critical_security_alert() {
 
 /// A system whose fitness never changes.
 #[derive(Debug)]
-struct Flat;
+pub struct Flat;
 
 #[async_trait::async_trait]
 impl Evaluator for Flat {
