@@ -201,3 +201,196 @@ async fn the_stubs_default_answer_to_a_batch_covers_every_proposal() {
     }
     assert_eq!(f.stub.request_count(), before + 1);
 }
+
+/// Through the decide stage: a plan of three steps, Bedrock throttling, every proposal
+/// rejected. The first proposal's request decides all three; the next two proposals arrive
+/// against the same DNA and history and are answered from the stored decisions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_decide_stage_decides_a_plans_three_proposals_with_one_request() {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use shared::bus::local::LocalBus;
+    use shared::clock::{Clock, SimClock};
+    use shared::domain::{Body, Envelope, Plan, PlanStep, PlanStepRef, derive_id};
+    use shared::local::{LocalHome, init_system};
+    use shared::stages::{Deps, PipelineConfig};
+    use shared::store::memory::MemoryStore;
+    use shared::store::{
+        CircuitState, ControlState, EvolutionStore, SystemSettings, Transaction, Write,
+    };
+
+    use crate::fixture::{bedrock_model, start};
+    use crate::requests::system_id;
+
+    let stub = tests::bedrock_stub::StubServer::start().await;
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(SimClock::new(start()));
+    let mut settings =
+        shared::llm::bedrock::BedrockSettings::new(catalog(&[A]), Budgets::default());
+    settings.response_cache_ttl = Duration::minutes(15);
+    let model = bedrock_model(&stub.url(), &store, &clock, settings);
+    let home = LocalHome {
+        deps: Deps {
+            store: store.clone(),
+            control: store.clone(),
+            ledger: store.clone(),
+            llm: Arc::new(model),
+            clock: clock.clone(),
+            // Every proposal goes to the engine; nothing is above the ceiling.
+            config: PipelineConfig {
+                auto_approve_risk: 0.0,
+                risk_ceiling: 1.0,
+                ..PipelineConfig::default()
+            },
+        },
+        bus: Arc::new(LocalBus::new(clock.clone())),
+        clock: clock.clone(),
+    };
+    let (schema, genes) = crate::requests::schema_and_genes();
+    init_system(
+        &home.deps,
+        &system_id(),
+        schema,
+        genes,
+        SystemSettings::default(),
+    )
+    .await
+    .expect("init");
+    // The baseline measurement init leaves open: reported and closed.
+    let baseline = store
+        .get_generation(&system_id(), 0)
+        .await
+        .expect("read")
+        .expect("generation 0");
+    let report = Envelope::caused_by(
+        "baseline",
+        "subscriber",
+        0,
+        system_id(),
+        0,
+        clock.now(),
+        Body::FitnessReported {
+            generation: 0,
+            checksum: baseline.checksum.clone(),
+            score: Some(1.0),
+            metrics: BTreeMap::default(),
+            error: None,
+        },
+    );
+    let handled = shared::pipeline::handle(&home.deps, home.bus.as_ref(), &report)
+        .await
+        .expect("the baseline closes");
+    let head = store
+        .get_head(&system_id())
+        .await
+        .expect("read")
+        .expect("a head");
+    assert_eq!(
+        head.status,
+        shared::domain::HeadStatus::Stable,
+        "{head:?} {handled:?}"
+    );
+    let plan = Plan {
+        plan_id: "plan-1".into(),
+        system_id: system_id(),
+        analysis_id: "ana-1".into(),
+        base_generation: head.generation,
+        steps: [10, 12, 14]
+            .iter()
+            .enumerate()
+            .map(|(i, threads)| PlanStep {
+                id: format!("s{i}"),
+                changes: vec![GeneChange {
+                    gene: gene("threads"),
+                    value: GeneValue::Int(*threads),
+                }],
+                rationale: format!("threads to {threads}"),
+                predicted_impact: 1.0,
+                contingency: None,
+            })
+            .collect(),
+        dropped: Vec::new(),
+        truncated: false,
+        success_criteria: BTreeMap::new(),
+        model_used: A.into(),
+        created_at: clock.now(),
+        cache_hit: false,
+    };
+    store
+        .commit(Transaction {
+            writes: vec![Write::PutPlan { plan: plan.clone() }],
+            completion: None,
+        })
+        .await
+        .expect("the plan");
+    // Bedrock is throttling: A's window is open.
+    store
+        .put_circuit(&CircuitState {
+            model_id: A.into(),
+            consecutive_failures: 0,
+            open_until: None,
+            throttled_until: Some(clock.now() + Duration::seconds(30)),
+        })
+        .await
+        .expect("the window");
+    stub.push_for(
+        A,
+        batch_reply(&[
+            decision_json("REJECT"),
+            decision_json("REJECT"),
+            decision_json("REJECT"),
+        ]),
+    );
+
+    for (i, step) in plan.steps.iter().enumerate() {
+        let mutation = shared::domain::Mutation {
+            id: derive_id("mut", &[&plan.plan_id, &i.to_string(), "false"]),
+            changes: step.changes.clone(),
+            description: step.rationale.clone(),
+            predicted_impact: step.predicted_impact,
+            plan_step: Some(PlanStepRef {
+                plan_id: plan.plan_id.clone(),
+                step: i as u32,
+            }),
+        };
+        let env = Envelope::caused_by(
+            &format!("cycle-{i}"),
+            "analyze",
+            0,
+            system_id(),
+            head.generation,
+            clock.now(),
+            Body::MutationProposed {
+                mutation,
+                deferrals: 0,
+            },
+        );
+        shared::pipeline::handle(&home.deps, home.bus.as_ref(), &env)
+            .await
+            .expect("decided");
+    }
+
+    assert_eq!(
+        stub.request_count(),
+        1,
+        "one decide request for three proposals"
+    );
+    let decisions = store
+        .list_decisions(&system_id(), None, 10)
+        .await
+        .expect("read");
+    assert_eq!(decisions.len(), 3);
+    assert!(
+        decisions
+            .iter()
+            .all(|d| d.decision == Recommendation::Reject)
+    );
+    assert_eq!(decisions.iter().filter(|d| d.cache_hit).count(), 2);
+    let calls = store
+        .list_llm_calls(Some(&system_id()), None)
+        .await
+        .expect("read");
+    assert_eq!(calls.iter().map(|c| c.bedrock_requests).sum::<u32>(), 1);
+    assert_eq!(calls.iter().filter(|c| c.cache_hit).count(), 2);
+}
