@@ -181,6 +181,10 @@ pub struct EngineArgs {
     /// Seconds a held approval waits before it is rejected.
     #[arg(long, env = "EVOLVE_APPROVAL_TTL_SECONDS", default_value_t = 86_400)]
     pub approval_ttl_seconds: u32,
+    /// Seconds a validated Bedrock answer is reused for an identical request, at no cost
+    /// (0 turns the response cache off).
+    #[arg(long, default_value_t = 900, env = "EVOLVE_RESPONSE_CACHE_TTL_SECONDS")]
+    pub response_cache_ttl_seconds: u32,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +279,15 @@ pub struct WorkerArgs {
     /// Global monthly LLM budget in whole nano-USD; empty or absent for none.
     #[arg(long, env = worker::MONTHLY_BUDGET_NANO_USD)]
     pub monthly_budget_nano_usd: Option<String>,
+    /// decide's approval gate: risk (0..1) above which an approval waits for an operator.
+    #[arg(long, env = worker::APPROVAL_RISK_THRESHOLD)]
+    pub approval_threshold: Option<f64>,
+    /// Seconds a held approval waits before the tick rejects it.
+    #[arg(long, env = worker::APPROVAL_TTL_SECONDS, default_value_t = 86_400)]
+    pub approval_ttl_seconds: u32,
+    /// Seconds a validated Bedrock answer is reused for an identical request (0: off).
+    #[arg(long, env = worker::RESPONSE_CACHE_TTL_SECONDS, default_value_t = 900)]
+    pub response_cache_ttl_seconds: u32,
     /// The analyze queue (output `AnalyzeQueueUrl`).
     #[arg(long, env = worker::ANALYZE_QUEUE_URL)]
     pub analyze_queue_url: Option<String>,

@@ -10,6 +10,7 @@ pub mod lambda;
 pub mod llm;
 pub mod local;
 pub mod pipeline;
+pub mod security;
 pub mod sim;
 pub mod stages;
 pub mod store;

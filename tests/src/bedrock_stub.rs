@@ -687,10 +687,19 @@ pub fn default_reply(request: &Value, request_len: usize) -> Reply {
             .and_then(|d| d["role"].as_str())
             .and_then(kind_in)
     });
-    let answer = kind.map_or_else(
+    let mut answer = kind.map_or_else(
         || json!({ "note": "default answer of the Bedrock stub" }),
         |kind| answer_for(kind, data.as_ref()),
     );
+    // A batch decision (the proposal and the plan's `more_mutations`): one decision each.
+    if let (Some(Kind::Decision), Some(more)) = (
+        kind,
+        data.as_ref()
+            .and_then(|d| d["more_mutations"].as_array())
+            .map(Vec::len),
+    ) {
+        answer = json!({ "decisions": vec![answer; more + 1] });
+    }
     let answer_text = answer.to_string();
     let usage = Usage::new((request_len / 4) as u64, (answer_text.len() / 4) as u64);
     match forced_tool {

@@ -97,7 +97,9 @@ pub async fn build(
         sleeper: Arc::new(SystemClock),
         random: Arc::new(SeededRandom::from_os()),
     };
-    let settings = BedrockSettings::new(catalog, budgets);
+    let mut settings = BedrockSettings::new(catalog, budgets);
+    settings.response_cache_ttl =
+        chrono::Duration::seconds(i64::from(args.response_cache_ttl_seconds));
     Ok(Arc::new(BedrockModel::new(client, settings, ports, local)))
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use aws_config::BehaviorVersion;
 use shared::cost::Budgets;
 use shared::domain::{Queue, Topic};
-use shared::lambda::config::{LlmEngine, LlmSettings};
+use shared::lambda::config::{ApprovalGate, LlmEngine, LlmSettings};
 use shared::stages::PipelineConfig;
 use shared::worker::{Clients, Timing, Worker, WorkerConfig, WorkerError, stop_signal};
 
@@ -124,6 +124,22 @@ fn config(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
                 Llm::Local => LlmEngine::Local,
             },
             model_catalog: args.model_catalog.clone(),
+            response_cache_ttl_seconds: Some(args.response_cache_ttl_seconds),
+        },
+        gate: ApprovalGate {
+            threshold: match args.approval_threshold {
+                Some(t) if !(0.0..=1.0).contains(&t) => {
+                    return Err(bad_input(format!(
+                        "--approval-threshold {t}: expected a risk between 0 and 1"
+                    )));
+                }
+                t => t,
+            },
+            ttl_seconds: if args.approval_ttl_seconds == 0 {
+                return Err(bad_input("--approval-ttl-seconds must be at least 1"));
+            } else {
+                args.approval_ttl_seconds
+            },
         },
         timing: Timing {
             concurrency: args.concurrency,

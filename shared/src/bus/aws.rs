@@ -183,6 +183,19 @@ fn failed_entries(failed: &[BatchResultErrorEntry]) -> Option<BusError> {
         "SendMessageBatch: {} of the entries failed: {detail}",
         failed.len()
     );
+    if let Some(denied) = failed
+        .iter()
+        .find(|f| crate::security::is_authorization_error(f.code()))
+    {
+        let event = crate::security::SecurityEvent::new(
+            service_of("SendMessageBatch", denied.code()),
+            "SendMessageBatch",
+            denied.code(),
+            denied.message().unwrap_or_default(),
+        );
+        event.emit();
+        return Some(BusError::Denied(Box::new(event)));
+    }
     Some(if failed.iter().any(BatchResultErrorEntry::sender_fault) {
         BusError::Refused(text)
     } else {
@@ -207,7 +220,19 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestTimeout",
 ];
 
-/// Throttling, timeouts, transport failures and 5xx are retryable; everything else is refused.
+/// The service behind an operation of this adapter (KMS when the key refused).
+fn service_of(operation: &str, code: &str) -> &'static str {
+    if code.to_ascii_uppercase().starts_with("KMS") || code.contains(".Kms") {
+        "kms"
+    } else if operation == "Publish" {
+        "sns"
+    } else {
+        "sqs"
+    }
+}
+
+/// Throttling, timeouts, transport failures and 5xx are retryable; authorization failures are
+/// denied (a security event, never retried); everything else is refused.
 pub(crate) fn classify<E>(
     operation: &str,
     error: &SdkError<E, aws_sdk_sqs::config::http::HttpResponse>,
@@ -221,7 +246,16 @@ where
             let code = service.err().code().unwrap_or("Unknown");
             let message = service.err().message().unwrap_or("");
             let text = format!("{operation}: {code} (HTTP {status}): {message}");
-            if status >= 500 || status == 429 || TRANSIENT_CODES.contains(&code) {
+            if crate::security::is_authorization_error(code) {
+                let event = crate::security::SecurityEvent::new(
+                    service_of(operation, code),
+                    operation,
+                    code,
+                    message,
+                );
+                event.emit();
+                BusError::Denied(Box::new(event))
+            } else if status >= 500 || status == 429 || TRANSIENT_CODES.contains(&code) {
                 BusError::Unavailable(text)
             } else {
                 BusError::Refused(text)
@@ -298,6 +332,50 @@ mod tests {
             failed_entries(&[entry(false), entry(true)]),
             Some(BusError::Refused(_))
         ));
+    }
+
+    #[test]
+    fn a_key_policy_refusal_is_a_security_event_not_a_retry() {
+        let denied = BatchResultErrorEntry::builder()
+            .id("0")
+            .code("KMS.AccessDeniedException")
+            .sender_fault(true)
+            .build()
+            .expect("entry");
+        let err = failed_entries(&[denied]).expect("a failure");
+        assert!(!err.is_retryable());
+        let event = err.security_event().expect("a security event");
+        assert_eq!(
+            (event.service.as_str(), event.operation.as_str()),
+            ("kms", "SendMessageBatch")
+        );
+    }
+
+    #[test]
+    fn authorization_errors_of_sqs_and_sns_are_denied() {
+        use aws_sdk_sqs::config::http::HttpResponse;
+        use aws_sdk_sqs::error::ErrorMetadata;
+        use aws_sdk_sqs::operation::send_message_batch::SendMessageBatchError;
+        use aws_smithy_types::body::SdkBody;
+        for (operation, code, service) in [
+            ("SendMessageBatch", "AccessDenied", "sqs"),
+            ("Publish", "AuthorizationError", "sns"),
+        ] {
+            let err = SendMessageBatchError::generic(
+                ErrorMetadata::builder()
+                    .code(code)
+                    .message("not allowed")
+                    .build(),
+            );
+            let status = 403u16.try_into().expect("status");
+            let sdk = SdkError::service_error(err, HttpResponse::new(status, SdkBody::empty()));
+            let mapped = classify(operation, &sdk);
+            assert!(!mapped.is_retryable());
+            assert_eq!(
+                mapped.security_event().map(|e| e.service.as_str()),
+                Some(service)
+            );
+        }
     }
 
     #[tokio::test]

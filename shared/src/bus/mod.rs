@@ -15,11 +15,23 @@ pub enum BusError {
     /// The message cannot be sent as it is (too large, unknown destination).
     #[error("message refused: {0}")]
     Refused(String),
+    /// Our role or the key policy does not allow the send (IAM, KMS): a security event, and
+    /// permanent, because a redelivery sends with the same role.
+    #[error("send denied: {}", .0.summary())]
+    Denied(Box<crate::security::SecurityEvent>),
 }
 
 impl BusError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+
+    /// The security event behind an authorization failure.
+    pub fn security_event(&self) -> Option<&crate::security::SecurityEvent> {
+        match self {
+            Self::Denied(event) => Some(event),
+            _ => None,
+        }
     }
 }
 

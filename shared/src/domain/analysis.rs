@@ -67,6 +67,10 @@ pub struct AnalysisRecord {
     pub analysis: EvolutionAnalysis,
     pub model_used: String,
     pub created_at: DateTime<Utc>,
+    /// The answer was reused from the response cache (free, no request); `model_used` is the
+    /// model that gave it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }
 
 /// A validated, ordered step of a stored plan.
@@ -98,6 +102,10 @@ pub struct Plan {
     pub success_criteria: BTreeMap<String, f64>,
     pub model_used: String,
     pub created_at: DateTime<Utc>,
+    /// The answer was reused from the response cache (free, no request); `model_used` is the
+    /// model that gave it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }
 
 /// Why the plan cursor asked for a new plan.

@@ -115,4 +115,8 @@ pub struct DecisionRecord {
     /// a record of its own that points back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolves: Option<String>,
+    /// The answer was reused from the response cache (free, no request); `model_used` is the
+    /// model that gave it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }

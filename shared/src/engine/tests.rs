@@ -194,6 +194,7 @@ fn decide_request(
         },
         local_risk,
         risk_ceiling,
+        batch: Vec::new(),
     }
 }
 
@@ -791,6 +792,7 @@ proptest! {
                 mutation,
                 local_risk: risk.overall_risk,
                 risk_ceiling: 0.8,
+                batch: Vec::new(),
             });
             prop_assert_eq!(
                 decision.recommendation,

@@ -46,6 +46,9 @@ pub const MODEL_CATALOG: &str = "MODEL_CATALOG";
 pub const APPROVAL_RISK_THRESHOLD: &str = "APPROVAL_RISK_THRESHOLD";
 /// Optional seconds a pending approval waits before it is rejected (default 86400).
 pub const APPROVAL_TTL_SECONDS: &str = "APPROVAL_TTL_SECONDS";
+/// Seconds a validated LLM answer is reused for an identical request; `0` turns the response
+/// cache off; unset or blank means the default (15 minutes).
+pub const RESPONSE_CACHE_TTL_SECONDS: &str = "RESPONSE_CACHE_TTL_SECONDS";
 
 /// The environment variable holding the URL of `queue`.
 pub const fn queue_url_variable(queue: Queue) -> &'static str {
@@ -102,6 +105,8 @@ pub enum LlmEngine {
 pub struct LlmSettings {
     pub engine: LlmEngine,
     pub model_catalog: Option<PathBuf>,
+    /// The response cache's TTL in seconds; `None` keeps the adapter's default.
+    pub response_cache_ttl_seconds: Option<u32>,
 }
 
 /// What every function reads: its store and where it sends.
@@ -123,8 +128,8 @@ struct Routes {
 }
 
 /// The analyze function: its queue and the tick. Sends analyses to strategize, plan steps to
-/// decide, the tick's `CycleRequested` to itself and `EvaluationDue` to snapshot, and budget
-/// crossings to cost-guard.
+/// decide, the tick's `CycleRequested` to itself and `EvaluationDue` to snapshot, budget
+/// crossings to cost-guard, and security alerts (a denied Bedrock call) to the alerts topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AnalyzeConfig {
     pub common: Common,
@@ -133,7 +138,7 @@ pub struct AnalyzeConfig {
 }
 
 /// The strategize function: plans to decide, empty plans back to analyze, budget crossings to
-/// cost-guard. Budgets only bound its LLM calls.
+/// cost-guard, security alerts to the alerts topic. Budgets only bound its LLM calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StrategizeConfig {
     pub common: Common,
@@ -156,6 +161,16 @@ pub struct DecideConfig {
 pub struct ApprovalGate {
     pub threshold: Option<f64>,
     pub ttl_seconds: u32,
+}
+
+impl Default for ApprovalGate {
+    fn default() -> Self {
+        let defaults = PipelineConfig::default();
+        Self {
+            threshold: defaults.approval_threshold,
+            ttl_seconds: defaults.approval_ttl_seconds,
+        }
+    }
 }
 
 impl ApprovalGate {
@@ -187,7 +202,7 @@ impl ApprovalGate {
         })
     }
 
-    fn apply(self, config: &mut PipelineConfig) {
+    pub fn apply(self, config: &mut PipelineConfig) {
         config.approval_threshold = self.threshold;
         config.approval_ttl_seconds = self.ttl_seconds;
     }
@@ -266,11 +281,13 @@ impl AnalyzeConfig {
         DECIDE_QUEUE_URL,
         SNAPSHOT_QUEUE_URL,
         COST_GUARD_QUEUE_URL,
+        ALERTS_TOPIC_ARN,
         ANALYZE_DLQ_URL,
         DAILY_BUDGET_NANO_USD,
         MONTHLY_BUDGET_NANO_USD,
         LLM,
         MODEL_CATALOG,
+        RESPONSE_CACHE_TTL_SECONDS,
     ];
     const ROUTES: Routes = Routes {
         sends: &[
@@ -280,7 +297,7 @@ impl AnalyzeConfig {
             Queue::Snapshot,
             Queue::CostGuard,
         ],
-        publishes: &[],
+        publishes: &[Topic::Alerts],
         consumes: &[Queue::Analyze],
     };
 }
@@ -294,15 +311,17 @@ impl StrategizeConfig {
         ANALYZE_QUEUE_URL,
         DECIDE_QUEUE_URL,
         COST_GUARD_QUEUE_URL,
+        ALERTS_TOPIC_ARN,
         STRATEGIZE_DLQ_URL,
         DAILY_BUDGET_NANO_USD,
         MONTHLY_BUDGET_NANO_USD,
         LLM,
         MODEL_CATALOG,
+        RESPONSE_CACHE_TTL_SECONDS,
     ];
     const ROUTES: Routes = Routes {
         sends: &[Queue::Analyze, Queue::Decide, Queue::CostGuard],
-        publishes: &[],
+        publishes: &[Topic::Alerts],
         consumes: &[Queue::Strategize],
     };
 }
@@ -325,6 +344,7 @@ impl DecideConfig {
         MODEL_CATALOG,
         APPROVAL_RISK_THRESHOLD,
         APPROVAL_TTL_SECONDS,
+        RESPONSE_CACHE_TTL_SECONDS,
     ];
     const ROUTES: Routes = Routes {
         sends: &[
@@ -579,9 +599,19 @@ fn llm(vars: &Vars<'_>) -> Result<LlmSettings, ConfigError> {
             });
         }
     };
+    let response_cache_ttl_seconds = vars
+        .optional(RESPONSE_CACHE_TTL_SECONDS)
+        .map(|v| {
+            v.parse::<u32>().map_err(|_| ConfigError::Invalid {
+                name: RESPONSE_CACHE_TTL_SECONDS,
+                reason: "expected a whole number of seconds (0 turns the cache off)".into(),
+            })
+        })
+        .transpose()?;
     Ok(LlmSettings {
         engine,
         model_catalog: vars.optional(MODEL_CATALOG).map(PathBuf::from),
+        response_cache_ttl_seconds,
     })
 }
 
@@ -637,6 +667,7 @@ mod tests {
         set(MODEL_CATALOG, "catalog.json".into());
         set(APPROVAL_RISK_THRESHOLD, "0.6".into());
         set(APPROVAL_TTL_SECONDS, "3600".into());
+        set(RESPONSE_CACHE_TTL_SECONDS, "600".into());
         map
     }
 
@@ -747,6 +778,7 @@ mod tests {
             (DAILY_BUDGET_NANO_USD, "5.50"),
             (MONTHLY_BUDGET_NANO_USD, "-1"),
             (ANALYZE_QUEUE_URL, "analyze"),
+            (RESPONSE_CACHE_TTL_SECONDS, "15m"),
         ];
         for (name, value) in cases {
             let mut map = only(AnalyzeConfig::VARIABLES);
@@ -772,7 +804,12 @@ mod tests {
     #[test]
     fn optional_variables_default_to_bedrock_without_budgets() {
         let mut map = only(StrategizeConfig::VARIABLES);
-        for name in [LLM, MODEL_CATALOG, DAILY_BUDGET_NANO_USD] {
+        for name in [
+            LLM,
+            MODEL_CATALOG,
+            DAILY_BUDGET_NANO_USD,
+            RESPONSE_CACHE_TTL_SECONDS,
+        ] {
             map.remove(name);
         }
         map.insert(MONTHLY_BUDGET_NANO_USD.into(), String::new());
@@ -791,6 +828,7 @@ mod tests {
         let a = AnalyzeConfig::from_map(&full()).expect("analyze");
         assert_eq!(a.llm.engine, LlmEngine::Local);
         assert_eq!(a.llm.model_catalog, Some(PathBuf::from("catalog.json")));
+        assert_eq!(a.llm.response_cache_ttl_seconds, Some(600));
     }
 
     #[test]

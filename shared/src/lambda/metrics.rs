@@ -216,6 +216,7 @@ mod tests {
             latency_ms: 3,
             bedrock_requests: 1,
             fallback: fallback.then(|| "throttled".into()),
+            cache_hit: false,
             at,
         };
         let observed = vec![

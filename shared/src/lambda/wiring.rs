@@ -87,9 +87,13 @@ where
         random: Arc::new(SeededRandom::from_os()),
     };
     let bedrock = bedrock.retry_config(RetryConfig::disabled()).build();
+    let mut model_settings = BedrockSettings::new(catalog, budgets);
+    if let Some(seconds) = settings.response_cache_ttl_seconds {
+        model_settings.response_cache_ttl = chrono::Duration::seconds(i64::from(seconds));
+    }
     Ok(Arc::new(BedrockModel::new(
         aws_sdk_bedrockruntime::Client::from_conf(bedrock),
-        BedrockSettings::new(catalog, budgets),
+        model_settings,
         ports,
         local,
     )))

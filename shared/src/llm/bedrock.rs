@@ -38,11 +38,18 @@ use crate::cost::{
     Settlement,
 };
 use crate::domain::{
-    BudgetScope, DecisionResult, EvolutionAnalysis, MutationStrategy, ResolutionStrategy, Role,
-    derive_id,
+    BudgetScope, DecisionResult, EvolutionAnalysis, MutationStrategy, Priority, ResolutionStrategy,
+    Role, derive_id, healthy,
 };
 use crate::engine::LocalEngine;
+use crate::security::SecurityEvent;
 use crate::store::{Checkpoint, ControlState, Usage};
+
+/// The response cache's default time to live. Long enough to absorb the repeats of one burst
+/// (a redelivered proposal, a deferred one coming back, systems that share a prompt), short
+/// enough that an answer never outlives the situation it was given for by much: history and
+/// fitness change the prompt, and then the key, anyway.
+pub const DEFAULT_RESPONSE_CACHE_MINUTES: i64 = 15;
 
 /// Sampling and size settings of one role.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -67,6 +74,9 @@ pub struct BedrockSettings {
     pub history_limit: usize,
     /// How long a raw answer is kept for retries after a crash.
     pub checkpoint_ttl: chrono::Duration,
+    /// How long a validated answer is reused for an identical request (same model, role and
+    /// request); zero turns the response cache off.
+    pub response_cache_ttl: chrono::Duration,
 }
 
 impl BedrockSettings {
@@ -92,6 +102,7 @@ impl BedrockSettings {
             critical_reserve_percent: 10,
             history_limit: 30,
             checkpoint_ttl: chrono::Duration::hours(24),
+            response_cache_ttl: chrono::Duration::minutes(DEFAULT_RESPONSE_CACHE_MINUTES),
         }
     }
 
@@ -130,6 +141,8 @@ struct Spent {
     usage: Usage,
     crossings: Vec<BudgetCrossing>,
     perf: Vec<(String, bool, u64, bool)>,
+    security: Vec<SecurityEvent>,
+    cache_hit: bool,
 }
 
 /// How a role call ended on the Bedrock side.
@@ -158,6 +171,7 @@ impl BedrockModel {
     async fn role_call<T, L>(
         &self,
         ctx: &CallContext,
+        priority: Priority,
         schema: Value,
         prompt_for: &(dyn Fn(usize) -> Prompt + Sync),
         parse: &(dyn Fn(Value) -> Result<T, AnswerError> + Sync),
@@ -170,7 +184,7 @@ impl BedrockModel {
         let started = self.ports.clock.now();
         let mut spent = Spent::default();
         let outcome = self
-            .try_bedrock(ctx, &schema, prompt_for, parse, &mut spent)
+            .try_bedrock(ctx, priority, &schema, prompt_for, parse, &mut spent)
             .await;
         self.record_performance(ctx.task.role, &spent.perf).await;
         let latency_ms = (self.ports.clock.now() - started).num_milliseconds().max(0) as u64;
@@ -184,9 +198,16 @@ impl BedrockModel {
                 bedrock_requests: spent.requests,
                 fallback: None,
                 budget_crossings: Vec::new(),
+                security_events: Vec::new(),
+                cache_hit: false,
             },
             Outcome::Fallback { reason } => {
-                info!(role = ctx.task.role.as_str(), %reason, "local engine answers");
+                info!(
+                    role = ctx.task.role.as_str(),
+                    priority = priority.as_str(),
+                    %reason,
+                    "local engine answers"
+                );
                 let mut a = local.await?;
                 a.fallback = Some(reason);
                 a.usage = spent.usage;
@@ -197,6 +218,8 @@ impl BedrockModel {
             }
         };
         answer.budget_crossings = spent.crossings;
+        answer.security_events = spent.security;
+        answer.cache_hit = spent.cache_hit;
         Ok(answer)
     }
 
@@ -204,6 +227,7 @@ impl BedrockModel {
     async fn try_bedrock<T>(
         &self,
         ctx: &CallContext,
+        priority: Priority,
         schema: &Value,
         prompt_for: &(dyn Fn(usize) -> Prompt + Sync),
         parse: &(dyn Fn(Value) -> Result<T, AnswerError> + Sync),
@@ -238,10 +262,15 @@ impl BedrockModel {
 
         let perf = self.ports.control.performance().await.unwrap_or_default();
         let mut policy = self.settings.routing.clone();
+        // Models Bedrock throttled recently: low-priority calls skip them without a request.
+        let mut throttled = std::collections::BTreeSet::new();
         for entry in self.settings.catalog.usable() {
             if let Ok(state) = self.ports.control.circuit(&entry.id).await {
                 if healing::is_open(state.as_ref(), clock.now()) {
                     policy.open_circuits.insert(entry.id.clone());
+                }
+                if healing::is_throttled(state.as_ref(), clock.now()) {
+                    throttled.insert(entry.id.clone());
                 }
             }
         }
@@ -295,6 +324,19 @@ impl BedrockModel {
                     + estimate_tokens(&prompt.user)
                     + estimate_tokens(&schema.to_string());
                 let max_tokens = settings.max_tokens.min(entry.max_output_tokens);
+                // An identical request answered and validated within the TTL: reuse it, free.
+                let cache_key = cache_key(&model_id, entry, &prompt, schema, settings, max_tokens);
+                if let Some(value) = self.cached(&cache_key, entry, role, parse).await {
+                    spent.cache_hit = true;
+                    info!(model = %model_id, role = role.as_str(), "response cache hit");
+                    return Outcome::Answered { value, model_id };
+                }
+                if priority == Priority::Low && throttled.contains(&model_id) {
+                    last_reason = format!(
+                        "{model_id}: throttled recently; a low-priority call does not wait for it"
+                    );
+                    continue 'models;
+                }
                 let worst = worst_case_nano(price, estimate, u64::from(max_tokens));
                 attempt_no += 1;
                 let call_id = derive_id(
@@ -365,6 +407,9 @@ impl BedrockModel {
                             Ok(value) => {
                                 spent.perf.push((model_id.clone(), true, elapsed, false));
                                 self.close_circuit(&model_id).await;
+                                // Stored only now that it has validated.
+                                self.remember(cache_key, &model_id, role, &raw, usage, cost)
+                                    .await;
                                 return Outcome::Answered { value, model_id };
                             }
                             Err(e) => {
@@ -408,18 +453,28 @@ impl BedrockModel {
                         first_failure.get_or_insert(now);
                         spent.perf.push((model_id.clone(), false, 0, false));
                         last_reason = format!("{model_id}: {failure}");
-                        if failure.is_security_event() {
-                            warn!(
-                                target: "security",
-                                event = "bedrock_access_denied",
-                                model = %model_id,
-                                system_id = %ctx.system_id,
-                                role = role.as_str(),
-                                "authorization failure calling Bedrock"
-                            );
+                        if let Failure::AccessDenied(message) = &failure {
+                            let event = SecurityEvent::new(
+                                "bedrock",
+                                "Converse",
+                                "AccessDeniedException",
+                                message,
+                            )
+                            .with_resource(&model_id);
+                            event.emit();
+                            spent.security.push(event);
                         }
                         if failure.counts_against_model() {
                             self.open_circuit_on_failure(&model_id).await;
+                        }
+                        if matches!(failure, Failure::Throttled(_)) {
+                            self.open_throttle_window(&model_id).await;
+                            if priority == Priority::Low {
+                                // No retry and no backoff: give the quota to the calls that
+                                // need it; the next model, or the local engine.
+                                throttled.insert(model_id.clone());
+                                continue 'models;
+                            }
                         }
                         match failure.path() {
                             Path::RetryThenNextModel if retries < retry.retries_per_model => {
@@ -458,6 +513,7 @@ impl BedrockModel {
                                 models.extend(rest);
                                 continue 'models;
                             }
+                            Path::LocalEngine => break 'models,
                             _ => continue 'models,
                         }
                     }
@@ -670,6 +726,168 @@ impl BedrockModel {
         }
     }
 
+    /// Whether Bedrock is throttling: a throttle window is open on some catalog model.
+    async fn throttling(&self) -> bool {
+        let now = self.ports.clock.now();
+        for entry in self.settings.catalog.usable() {
+            if let Ok(state) = self.ports.control.circuit(&entry.id).await {
+                if healing::is_throttled(state.as_ref(), now) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Request batching under throttling: the proposal and the plan's later steps in one
+    /// request. The proposal's decision is validated and returned like a single one; each later
+    /// decision that validates (against its own local risk and the ceiling) is stored in the
+    /// response cache under the key of the single request that step would send against the same
+    /// DNA and history. When its proposal arrives and nothing it depends on has changed (the
+    /// steps before it were rejected, or rolled back to the same genes), the cache answers it
+    /// for nothing, validated again; otherwise the key differs and it is decided normally.
+    async fn decide_batch(
+        &self,
+        req: &DecideRequest,
+    ) -> Result<LlmAnswer<DecisionResult>, LlmError> {
+        let parse = |v: Value| -> Result<(DecisionResult, Vec<Option<Value>>), AnswerError> {
+            let decisions = v
+                .get("decisions")
+                .and_then(Value::as_array)
+                .ok_or_else(|| AnswerError::SchemaMismatch("no `decisions` array".into()))?;
+            let first = decisions
+                .first()
+                .cloned()
+                .ok_or_else(|| AnswerError::SchemaMismatch("no decision".into()))?;
+            let value = validate::decision(first, req.local_risk, req.risk_ceiling)?;
+            let later = req
+                .batch
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let d = decisions.get(i + 1)?.clone();
+                    validate::decision(d.clone(), p.local_risk, req.risk_ceiling)
+                        .ok()
+                        .map(|_| d)
+                })
+                .collect();
+            Ok((value, later))
+        };
+        let local = async {
+            self.local
+                .decide(req)
+                .await
+                .map(|a| a.map(|v| (v, Vec::new())))
+        };
+        let answer = self
+            .role_call(
+                &req.ctx,
+                Priority::of(&req.ctx.task, true),
+                batch_schema(),
+                &|limit| batch_prompt(req, limit),
+                &parse,
+                local,
+            )
+            .await?;
+        if answer.fallback.is_none() {
+            if let Some(entry) = self.settings.catalog.get(&answer.model_id) {
+                let settings = self.settings.role(Role::Decide);
+                let max_tokens = settings.max_tokens.min(entry.max_output_tokens);
+                let schema = schema_for(Role::Decide);
+                let mut stored = 0;
+                for (pending, decision) in req.batch.iter().zip(&answer.value.1) {
+                    let Some(decision) = decision else { continue };
+                    let single = DecideRequest {
+                        mutation: pending.mutation.clone(),
+                        local_risk: pending.local_risk,
+                        batch: Vec::new(),
+                        ..req.clone()
+                    };
+                    let prompt = prompts::decide(&single, self.settings.history_limit);
+                    let key = cache_key(&entry.id, entry, &prompt, &schema, settings, max_tokens);
+                    let raw = Ok(single_answer(entry, decision));
+                    self.remember(key, &entry.id, Role::Decide, &raw, Usage::default(), 0)
+                        .await;
+                    stored += 1;
+                }
+                info!(
+                    model = %entry.id,
+                    batch = req.batch.len() + 1,
+                    stored,
+                    "batch decision under throttling"
+                );
+            }
+        }
+        Ok(answer.map(|(value, _)| value))
+    }
+
+    /// A cached answer for `key` that still parses and validates for this request, if any.
+    /// Validation runs again on every hit: the stored answer passed it once, but the risk
+    /// ceiling and the gene schema the parser checks against are the caller's, now.
+    async fn cached<T>(
+        &self,
+        key: &str,
+        entry: &ModelEntry,
+        role: Role,
+        parse: &(dyn Fn(Value) -> Result<T, AnswerError> + Sync),
+    ) -> Option<T> {
+        if self.settings.response_cache_ttl <= chrono::Duration::zero() {
+            return None;
+        }
+        let found = match self
+            .ports
+            .control
+            .cached_answer(key, self.ports.clock.now())
+            .await
+        {
+            Ok(found) => found?,
+            Err(e) => {
+                warn!(error = %e, "could not read the response cache");
+                return None;
+            }
+        };
+        serde_json::from_value::<RawAnswer>(found.answer)
+            .map_err(|e| AnswerError::SchemaMismatch(e.to_string()))
+            .and_then(|raw| validate::extract(&raw, extraction(entry, role)))
+            .and_then(parse)
+            .ok()
+    }
+
+    /// Stores a validated answer for reuse by identical requests (best effort).
+    async fn remember(
+        &self,
+        key: String,
+        model_id: &str,
+        role: Role,
+        raw: &Result<RawAnswer, String>,
+        usage: Usage,
+        cost: u64,
+    ) {
+        let ttl = self.settings.response_cache_ttl;
+        if ttl <= chrono::Duration::zero() {
+            return;
+        }
+        let (Ok(raw), now) = (raw, self.ports.clock.now()) else {
+            return;
+        };
+        let Ok(answer) = serde_json::to_value(raw) else {
+            return;
+        };
+        let entry = crate::store::CachedAnswer {
+            key,
+            model_id: model_id.to_owned(),
+            role,
+            answer,
+            usage,
+            cost_nano_usd: cost,
+            stored_at: now,
+            expires_at: now + ttl,
+        };
+        if let Err(e) = self.ports.control.put_cached_answer(&entry).await {
+            warn!(error = %e, "could not store an answer in the response cache");
+        }
+    }
+
     async fn open_circuit_on_failure(&self, model_id: &str) {
         let control = &self.ports.control;
         let state = control.circuit(model_id).await.ok().flatten();
@@ -689,13 +907,41 @@ impl BedrockModel {
         }
     }
 
+    /// Records that Bedrock throttled `model_id`: low-priority calls skip it for the window.
+    async fn open_throttle_window(&self, model_id: &str) {
+        let control = &self.ports.control;
+        let window = chrono::Duration::from_std(self.settings.retry.throttle_window)
+            .unwrap_or(chrono::Duration::seconds(30));
+        let mut state =
+            control
+                .circuit(model_id)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or(crate::store::CircuitState {
+                    model_id: model_id.to_owned(),
+                    consecutive_failures: 0,
+                    open_until: None,
+                    throttled_until: None,
+                });
+        state.throttled_until = Some(self.ports.clock.now() + window);
+        if let Err(e) = control.put_circuit(&state).await {
+            warn!(error = %e, "could not record a throttle window");
+        }
+    }
+
     async fn close_circuit(&self, model_id: &str) {
         let control = &self.ports.control;
         if let Ok(Some(state)) = control.circuit(model_id).await {
-            if state.consecutive_failures > 0 || state.open_until.is_some() {
+            if state.consecutive_failures > 0
+                || state.open_until.is_some()
+                || state.throttled_until.is_some()
+            {
+                // An answer means capacity again: the throttle window closes too.
                 let closed = crate::store::CircuitState {
                     consecutive_failures: 0,
                     open_until: None,
+                    throttled_until: None,
                     ..state
                 };
                 if let Err(e) = control.put_circuit(&closed).await {
@@ -797,6 +1043,96 @@ impl BedrockModel {
         };
         request.send().await
     }
+}
+
+/// The batch decision's answer: one decision per mutation, in the order they were given.
+fn batch_schema() -> Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "decisions": {
+                "type": "array",
+                "minItems": 1,
+                "items": schema_for(Role::Decide),
+            },
+        },
+        "required": ["decisions"],
+    })
+}
+
+/// The decide prompt of `req` with the later steps added: `mutation` first, then each of
+/// `more_mutations`, every one judged alone against the same DNA.
+fn batch_prompt(req: &DecideRequest, history_limit: usize) -> Prompt {
+    let single = prompts::decide(req, history_limit);
+    let mut data: Value = serde_json::from_str(&single.user).unwrap_or_default();
+    if let Some(obj) = data.as_object_mut() {
+        obj.insert(
+            "more_mutations".into(),
+            req.batch
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "changes": p.mutation.changes,
+                        "predicted_impact": p.mutation.predicted_impact,
+                        "local_risk": p.local_risk,
+                    })
+                })
+                .collect(),
+        );
+    }
+    Prompt {
+        system: format!(
+            "{}\n\nDecide several proposals at once: `mutation` first, then each entry of \
+             `more_mutations` in order, each judged on its own against the same DNA and its own \
+             `local_risk`. Answer with `decisions`: one decision per proposal, in that order.",
+            single.system
+        ),
+        user: data.to_string(),
+        ..single
+    }
+}
+
+/// A stored answer in the shape a single request to `entry` would have received.
+fn single_answer(entry: &ModelEntry, decision: &Value) -> RawAnswer {
+    let blocks = match entry.structured_output {
+        StructuredOutput::ToolUse => vec![RawContent::ToolUse {
+            name: prompts::tool_name(Role::Decide).to_owned(),
+            input: decision.clone(),
+        }],
+        StructuredOutput::JsonSchema | StructuredOutput::Text => vec![RawContent::Text {
+            text: decision.to_string(),
+        }],
+    };
+    RawAnswer {
+        blocks,
+        stop_reason: "end_turn".into(),
+    }
+}
+
+/// The response-cache key: SHA-256 over the model id, the role and everything that shapes the
+/// answer (how structured output is forced, the system prompt, the user message, the tool, the
+/// output schema and the inference settings). Any difference is another key.
+fn cache_key(
+    model_id: &str,
+    entry: &ModelEntry,
+    prompt: &Prompt,
+    schema: &Value,
+    settings: RoleSettings,
+    max_tokens: u32,
+) -> String {
+    let request = serde_json::json!({
+        "model_id": model_id,
+        "role": prompt.role.as_str(),
+        "structured_output": entry.structured_output,
+        "system": prompt.system,
+        "messages": [prompt.user],
+        "tool_name": prompt.tool_name,
+        "tool_description": prompt.tool_description,
+        "schema": schema,
+        "temperature": settings.temperature,
+        "max_tokens": max_tokens,
+    });
+    crate::domain::sha256_hex(request.to_string().as_bytes())
 }
 
 /// What is left of the fallback window once a failure has opened it (`None` before any failure).
@@ -935,6 +1271,7 @@ impl LanguageModel for BedrockModel {
     ) -> Result<LlmAnswer<EvolutionAnalysis>, LlmError> {
         self.role_call(
             &req.ctx,
+            Priority::of(&req.ctx.task, healthy(&req.history)),
             schema_for(Role::Analyze),
             &|limit| prompts::analyze(req, limit),
             &|v| validate::analysis(v),
@@ -950,6 +1287,7 @@ impl LanguageModel for BedrockModel {
         let schema = &req.dna.schema;
         self.role_call(
             &req.ctx,
+            Priority::of(&req.ctx.task, healthy(&req.history)),
             schema_for(Role::Strategize),
             &|limit| prompts::strategize(req, limit),
             &|v| validate::strategy(v, schema),
@@ -958,9 +1296,19 @@ impl LanguageModel for BedrockModel {
         .await
     }
 
+    /// Decides one proposal. While Bedrock throttles (a throttle window is open on some model)
+    /// and the request carries the plan's later steps, all of them are decided in one request
+    /// instead (see [`BedrockModel::decide_batch`]).
     async fn decide(&self, req: &DecideRequest) -> Result<LlmAnswer<DecisionResult>, LlmError> {
+        if !req.batch.is_empty()
+            && self.settings.response_cache_ttl > chrono::Duration::zero()
+            && self.throttling().await
+        {
+            return self.decide_batch(req).await;
+        }
         self.role_call(
             &req.ctx,
+            Priority::of(&req.ctx.task, true),
             schema_for(Role::Decide),
             &|limit| prompts::decide(req, limit),
             &|v| validate::decision(v, req.local_risk, req.risk_ceiling),
@@ -975,6 +1323,7 @@ impl LanguageModel for BedrockModel {
     ) -> Result<LlmAnswer<ResolutionStrategy>, LlmError> {
         self.role_call(
             &req.ctx,
+            Priority::of(&req.ctx.task, true),
             schema_for(Role::Resolve),
             &|_| prompts::resolve(req),
             &|v| validate::resolution(v),

@@ -44,8 +44,12 @@ pub enum Path {
     RetryThenNextModel,
     /// "Input is too long": trim history oldest first, then a larger-context model.
     TrimThenLargerModel,
-    /// Validation, access and not-found errors: never retried; the next model.
+    /// Validation and not-found errors: never retried; the next model.
     NextModel,
+    /// Access denied: a security event. Neither retried nor tried on another model (the same
+    /// role is denied there too, and probing model after model looks like an attack): the local
+    /// engine answers this call.
+    LocalEngine,
     /// The model answered but the answer is unusable: one repair attempt, then the next model.
     Repair,
 }
@@ -60,7 +64,8 @@ impl Failure {
             | Self::Transport(_)
             | Self::Malformed(_) => Path::RetryThenNextModel,
             Self::InputTooLong(_) => Path::TrimThenLargerModel,
-            Self::Validation(_) | Self::AccessDenied(_) | Self::NotFound(_) => Path::NextModel,
+            Self::Validation(_) | Self::NotFound(_) => Path::NextModel,
+            Self::AccessDenied(_) => Path::LocalEngine,
             Self::Answer(_) => Path::Repair,
         }
     }
@@ -91,6 +96,8 @@ pub struct RetryPolicy {
     pub circuit_threshold: u32,
     /// How long an open breaker keeps the model out of the routes.
     pub circuit_cooldown: Duration,
+    /// How long a throttled model is skipped by low-priority calls.
+    pub throttle_window: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -103,6 +110,7 @@ impl Default for RetryPolicy {
             max_models: 3,
             circuit_threshold: 3,
             circuit_cooldown: Duration::from_secs(60),
+            throttle_window: Duration::from_secs(30),
         }
     }
 }
@@ -114,6 +122,13 @@ pub fn backoff(policy: &RetryPolicy, attempt: u32, random: &dyn Random) -> Durat
         .saturating_mul(1u32 << attempt.min(16))
         .min(policy.max_backoff);
     cap.mul_f64(random.next_f64())
+}
+
+/// Whether a throttle window recorded for the model is still open at `now`.
+pub fn is_throttled(state: Option<&CircuitState>, now: DateTime<Utc>) -> bool {
+    state
+        .and_then(|s| s.throttled_until)
+        .is_some_and(|until| until > now)
 }
 
 pub fn is_open(state: Option<&CircuitState>, now: DateTime<Utc>) -> bool {
@@ -134,6 +149,7 @@ pub fn after_failure(
         model_id: model_id.to_owned(),
         consecutive_failures: 0,
         open_until: None,
+        throttled_until: None,
     });
     s.consecutive_failures = s.consecutive_failures.saturating_add(1);
     if s.consecutive_failures >= policy.circuit_threshold {
@@ -182,7 +198,10 @@ mod tests {
             Failure::InputTooLong(String::new()).path(),
             Path::TrimThenLargerModel
         );
-        assert_eq!(Failure::AccessDenied(String::new()).path(), Path::NextModel);
+        assert_eq!(
+            Failure::AccessDenied(String::new()).path(),
+            Path::LocalEngine
+        );
         assert!(Failure::AccessDenied(String::new()).is_security_event());
         assert_eq!(Failure::Answer(AnswerError::Truncated).path(), Path::Repair);
     }

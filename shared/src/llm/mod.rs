@@ -77,6 +77,17 @@ pub struct DecideRequest {
     pub local_risk: f64,
     /// Above this risk an answer may only be REJECT or DEFER.
     pub risk_ceiling: f64,
+    /// The plan's later steps, for a batch decision while Bedrock throttles (see
+    /// `bedrock::BedrockModel::decide`); empty otherwise. Engines that do not batch ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch: Vec<PendingProposal>,
+}
+
+/// A later step of the same plan, with its local risk against the same DNA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingProposal {
+    pub mutation: Mutation,
+    pub local_risk: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +112,13 @@ pub struct LlmAnswer<T> {
     /// Budget thresholds this call's spend crossed, to be reported to cost-guard at once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub budget_crossings: Vec<BudgetCrossing>,
+    /// Authorization failures met on the way (Bedrock `AccessDeniedException`): the stage raises
+    /// a critical security alert for each, with its outbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_events: Vec<crate::security::SecurityEvent>,
+    /// The answer came from the response cache: no request was sent and nothing was paid.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }
 
 /// A budget threshold crossed by a settled call.
@@ -112,6 +130,22 @@ pub struct BudgetCrossing {
 }
 
 impl<T> LlmAnswer<T> {
+    /// The same answer with its value mapped.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> LlmAnswer<U> {
+        LlmAnswer {
+            value: f(self.value),
+            model_id: self.model_id,
+            usage: self.usage,
+            cost_nano_usd: self.cost_nano_usd,
+            latency_ms: self.latency_ms,
+            bedrock_requests: self.bedrock_requests,
+            fallback: self.fallback,
+            budget_crossings: self.budget_crossings,
+            security_events: self.security_events,
+            cache_hit: self.cache_hit,
+        }
+    }
+
     /// An answer from the local engine: free and immediate.
     pub fn local(value: T, model_id: &str) -> Self {
         Self {
@@ -123,6 +157,8 @@ impl<T> LlmAnswer<T> {
             bedrock_requests: 0,
             fallback: None,
             budget_crossings: Vec::new(),
+            security_events: Vec::new(),
+            cache_hit: false,
         }
     }
 }

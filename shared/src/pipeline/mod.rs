@@ -148,6 +148,7 @@ pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handle
         deps,
         bus,
         &env.id,
+        Some(env),
         &sha256_hex(&payload),
         run_stage(deps, env),
     )
@@ -163,7 +164,15 @@ pub async fn tick(
 ) -> Result<Handled, PipelineError> {
     let id = stages::tick::tick_id(scheduled_at);
     let hash = sha256_hex(id.as_bytes());
-    exactly_once(deps, bus, &id, &hash, stages::tick::run(deps, scheduled_at)).await
+    exactly_once(
+        deps,
+        bus,
+        &id,
+        None,
+        &hash,
+        stages::tick::run(deps, scheduled_at),
+    )
+    .await
 }
 
 /// Claims `key`, runs `stage`, commits its writes with the outbox, then sends; a completed key
@@ -172,19 +181,98 @@ async fn exactly_once(
     deps: &Deps,
     bus: &dyn Bus,
     key: &str,
+    env: Option<&Envelope>,
     hash: &str,
     stage: impl std::future::Future<Output = Result<StageOutput, StageError>>,
 ) -> Result<Handled, PipelineError> {
+    let result = exactly_once_inner(deps, bus, key, hash, stage).await;
+    if let Err(Failed::Security(_, event)) = &result {
+        raise_security_alert(deps, bus, key, env, event).await;
+    }
+    result.map_err(Failed::into_pipeline)
+}
+
+/// A pipeline error, or an authorization failure that must also raise a security alert.
+enum Failed {
+    Security(PipelineError, crate::security::SecurityEvent),
+    Other(PipelineError),
+}
+
+impl Failed {
+    fn into_pipeline(self) -> PipelineError {
+        match self {
+            Self::Security(e, _) | Self::Other(e) => e,
+        }
+    }
+}
+
+impl<E: Into<PipelineError>> From<E> for Failed {
+    fn from(e: E) -> Self {
+        Self::Other(e.into())
+    }
+}
+
+/// Authorization failures of the store or the bus are security events: the message goes to the
+/// DLQ with the reason (never a blind retry: a redelivery runs with the same role), and operators
+/// get a critical `security` alert, recorded with `PutAlert` and published on the alerts topic.
+/// Both are best effort: the denied service may be the one the alert needs. A tick has no
+/// system to address an alert envelope to, so its alert is recorded and logged only.
+async fn raise_security_alert(
+    deps: &Deps,
+    bus: &dyn Bus,
+    key: &str,
+    env: Option<&Envelope>,
+    event: &crate::security::SecurityEvent,
+) {
     let now = deps.clock.now();
-    match deps
+    let alert = event.alert(
+        crate::domain::derive_id("alert", &[key, "security"]),
+        env.map(|e| e.system_id.clone()),
+        now,
+    );
+    let tx = Transaction {
+        writes: vec![crate::store::Write::PutAlert {
+            alert: alert.clone(),
+        }],
+        completion: None,
+    };
+    if let Err(e) = deps.store.commit(tx).await {
+        warn!(error = %e, "could not record the security alert");
+    }
+    if let Some(env) = env {
+        let message = crate::domain::Outgoing::new(Envelope::caused_by(
+            &env.id,
+            "security",
+            0,
+            env.system_id.clone(),
+            env.base_generation,
+            now,
+            Body::AlertRaised { alert },
+        ));
+        if let Err(e) = bus.send(&[message]).await {
+            warn!(error = %e, "could not publish the security alert");
+        }
+    }
+}
+
+async fn exactly_once_inner(
+    deps: &Deps,
+    bus: &dyn Bus,
+    key: &str,
+    hash: &str,
+    stage: impl std::future::Future<Output = Result<StageOutput, StageError>>,
+) -> Result<Handled, Failed> {
+    let now = deps.clock.now();
+    let claimed = deps
         .store
         .claim(key, hash, now, claim_until(deps, now))
-        .await?
-    {
+        .await
+        .map_err(store_denied)?;
+    match claimed {
         Claim::Claimed => {}
         Claim::Completed { outgoing } => {
             if !outgoing.is_empty() {
-                send(bus, &outgoing).await?;
+                send(bus, &outgoing).await.map_err(|e| bus_denied(&e))?;
                 mark_sent(deps, key).await;
             }
             debug!(resent = outgoing.len(), "duplicate delivery");
@@ -195,12 +283,14 @@ async fn exactly_once(
         Claim::InProgress { until } => {
             return Err(PipelineError::Retryable(format!(
                 "{key} is being processed elsewhere until {until}"
-            )));
+            ))
+            .into());
         }
         Claim::PayloadMismatch => {
             return Err(PipelineError::Permanent(format!(
                 "id {key} was already used for a different payload"
-            )));
+            ))
+            .into());
         }
     }
     let output = match stage.await {
@@ -210,10 +300,30 @@ async fn exactly_once(
             if !e.is_retryable() {
                 warn!(error = %error_chain(&e), "permanent failure");
             }
+            if let StageError::Store(store) = &e {
+                if let Some(event) = store.security_event() {
+                    let event = event.clone();
+                    return Err(Failed::Security(e.into(), event));
+                }
+            }
             return Err(e.into());
         }
     };
     commit_and_send(deps, bus, key, hash, output).await
+}
+
+fn store_denied(e: StoreError) -> Failed {
+    match e.security_event().cloned() {
+        Some(event) => Failed::Security(e.into(), event),
+        None => Failed::Other(e.into()),
+    }
+}
+
+fn bus_denied(e: &BusError) -> Failed {
+    match e.security_event().cloned() {
+        Some(event) => Failed::Security(PipelineError::Permanent(e.to_string()), event),
+        None => Failed::Other(bus_error(e)),
+    }
 }
 
 /// How long a claim holds: until the invocation's deadline when there is one (Powertools'
@@ -303,7 +413,7 @@ async fn commit_and_send(
     key: &str,
     hash: &str,
     output: StageOutput,
-) -> Result<Handled, PipelineError> {
+) -> Result<Handled, Failed> {
     let now = deps.clock.now();
     let observed = Observed::of(&output.writes);
     let tx = Transaction {
@@ -318,10 +428,12 @@ async fn commit_and_send(
     };
     if let Err(e) = deps.store.commit(tx).await {
         release(deps, key).await;
-        return Err(e.into());
+        return Err(store_denied(e));
     }
     // Committed: from here a failure only delays the messages; the redelivery re-sends them.
-    send(bus, &output.messages).await?;
+    send(bus, &output.messages)
+        .await
+        .map_err(|e| bus_denied(&e))?;
     if !output.messages.is_empty() {
         mark_sent(deps, key).await;
     }
@@ -333,14 +445,18 @@ async fn commit_and_send(
     })
 }
 
-async fn send(bus: &dyn Bus, messages: &[crate::domain::Outgoing]) -> Result<(), PipelineError> {
+async fn send(bus: &dyn Bus, messages: &[crate::domain::Outgoing]) -> Result<(), BusError> {
     if messages.is_empty() {
         return Ok(());
     }
-    bus.send(messages).await.map_err(|e| match e {
+    bus.send(messages).await
+}
+
+fn bus_error(e: &BusError) -> PipelineError {
+    match e {
         BusError::Unavailable(_) => PipelineError::Retryable(e.to_string()),
-        BusError::Refused(_) => PipelineError::Permanent(e.to_string()),
-    })
+        BusError::Refused(_) | BusError::Denied(_) => PipelineError::Permanent(e.to_string()),
+    }
 }
 
 /// Best effort: if it fails, a later duplicate re-sends messages consumers already deduplicate.
@@ -354,5 +470,85 @@ async fn release(deps: &Deps, key: &str) {
     if let Err(e) = deps.store.release(key).await {
         // The claim then expires on its own after `in_progress_seconds`.
         warn!(error = %e, "could not release the idempotency claim");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::Clock;
+    use crate::domain::{CycleReason, SystemId};
+    use crate::engine::LocalEngine;
+    use crate::local::LocalHome;
+    use crate::security::SecurityEvent;
+    use crate::store::memory::MemoryStore;
+
+    fn denied() -> SecurityEvent {
+        SecurityEvent::new(
+            "dynamodb",
+            "GetItem",
+            "AccessDeniedException",
+            "not allowed",
+        )
+    }
+
+    #[test]
+    fn authorization_failures_of_the_store_and_the_bus_are_permanent() {
+        let store: PipelineError = StoreError::Denied(Box::new(denied())).into();
+        assert!(!store.is_retryable(), "{store}");
+        assert!(store.to_string().contains("security: dynamodb GetItem"));
+        let bus = bus_error(&BusError::Denied(Box::new(denied())));
+        assert!(!bus.is_retryable());
+        // Throttling stays retryable.
+        let throttled: PipelineError = StoreError::Unavailable("throttled".into()).into();
+        assert!(throttled.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_denied_store_read_raises_a_critical_security_alert_and_is_not_retried() {
+        let home = LocalHome::new(
+            Arc::new(MemoryStore::new()),
+            Arc::new(LocalEngine::new(1)),
+            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH,
+            stages::PipelineConfig::default(),
+        );
+        let env = Envelope::caused_by(
+            "cause",
+            "test",
+            0,
+            SystemId::parse("svc").expect("id"),
+            0,
+            home.clock.now(),
+            Body::CycleRequested {
+                reason: CycleReason::Scheduled,
+            },
+        );
+        let stage = async { Err(StageError::Store(StoreError::Denied(Box::new(denied())))) };
+        let err = exactly_once(
+            &home.deps,
+            home.bus.as_ref(),
+            &env.id,
+            Some(&env),
+            "hash",
+            stage,
+        )
+        .await
+        .expect_err("denied");
+
+        assert!(!err.is_retryable());
+        let alerts = home.deps.store.list_alerts(None, 10).await.expect("alerts");
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(alerts[0].kind, "security");
+        assert_eq!(alerts[0].level, crate::domain::AlertLevel::Critical);
+        let published = home
+            .bus
+            .pop_due(home.clock.now())
+            .expect("the alert is published");
+        assert!(matches!(
+            published.outgoing.envelope.body,
+            Body::AlertRaised { .. }
+        ));
     }
 }

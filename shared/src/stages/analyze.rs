@@ -192,6 +192,7 @@ pub async fn handle(deps: &Deps, env: &Envelope, reason: &CycleReason) -> StageR
             analysis: answer.value,
             model_used: answer.model_id,
             created_at: now,
+            cache_hit: answer.cache_hit,
         },
     });
     cursor.plan_id = None;

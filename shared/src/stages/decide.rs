@@ -71,6 +71,7 @@ pub async fn handle_proposal(
         local_risk: None,
         approver: None,
         resolves: None,
+        cache_hit: false,
     };
 
     // Untrusted proposal: validate against the gene schema first.
@@ -111,6 +112,7 @@ pub async fn handle_proposal(
             Complexity::Medium
         };
         let ctx = call_context(deps, env, Role::Decide, complexity, critical).await?;
+        let batch = pending_steps(deps, &dna, &history, mutation).await?;
         let answer = deps
             .llm
             .decide(&DecideRequest {
@@ -120,6 +122,7 @@ pub async fn handle_proposal(
                 mutation: mutation.clone(),
                 local_risk,
                 risk_ceiling: deps.config.risk_ceiling,
+                batch,
             })
             .await?;
         record_call(&mut out, env, Role::Decide, &answer, now);
@@ -139,6 +142,7 @@ pub async fn handle_proposal(
             reasoning = format!("deferred {deferrals} times already; {reasoning}");
         }
         DecisionRecord {
+            cache_hit: answer.cache_hit,
             model_used: answer.model_id,
             decision,
             confidence: result.confidence,
@@ -593,4 +597,52 @@ pub async fn handle_conflict(
     raise(&mut out, env, head.generation, now, alert);
     out.summary = format!("conflict resolved with {:?}", resolution.action);
     Ok(out)
+}
+
+/// Most later steps handed to the engine for a batch decision.
+const MAX_BATCH_STEPS: usize = 4;
+
+/// The plan's steps after this proposal's that would also need an engine decision against the
+/// current DNA (they validate, and their local risk is above the auto-approve threshold), with
+/// the mutation ids analyze will give them. The engine may decide them with this one in a single
+/// request while Bedrock throttles (`llm::bedrock`); it ignores them otherwise.
+async fn pending_steps(
+    deps: &Deps,
+    dna: &crate::llm::DnaView,
+    history: &[crate::domain::HistoryEntry],
+    mutation: &Mutation,
+) -> Result<Vec<crate::llm::PendingProposal>, super::StageError> {
+    let Some(step) = &mutation.plan_step else {
+        return Ok(Vec::new());
+    };
+    let Some(plan) = deps.store.get_plan(&dna.system_id, &step.plan_id).await? else {
+        return Ok(Vec::new());
+    };
+    let mut pending = Vec::new();
+    for (index, later) in plan.steps.iter().enumerate().skip(step.step as usize + 1) {
+        let candidate = Mutation {
+            id: derive_id("mut", &[&plan.plan_id, &index.to_string(), "false"]),
+            changes: later.changes.clone(),
+            description: later.rationale.clone(),
+            predicted_impact: later.predicted_impact,
+            plan_step: Some(crate::domain::PlanStepRef {
+                plan_id: plan.plan_id.clone(),
+                step: index as u32,
+            }),
+        };
+        if apply_mutation(&dna.schema, &dna.genes, &candidate).is_err() {
+            continue;
+        }
+        let local_risk = risk::assess(&dna.schema, &dna.genes, &candidate, history).overall_risk;
+        if local_risk > deps.config.auto_approve_risk {
+            pending.push(crate::llm::PendingProposal {
+                mutation: candidate,
+                local_risk,
+            });
+        }
+        if pending.len() == MAX_BATCH_STEPS {
+            break;
+        }
+    }
+    Ok(pending)
 }

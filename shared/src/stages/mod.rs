@@ -260,8 +260,32 @@ pub(crate) fn record_call<T>(
             bedrock_requests: answer.bedrock_requests,
             fallback: answer.fallback.clone(),
             at,
+            cache_hit: answer.cache_hit,
         },
     });
+    // Authorization failures met by the call: a critical security alert each, in the audit
+    // trail and on the alerts topic, sent with the outbox so it cannot be lost.
+    for (i, event) in answer.security_events.iter().enumerate() {
+        let alert = event.alert(
+            derive_id(
+                "alert",
+                &[&env.id, role.as_str(), "security", &i.to_string()],
+            ),
+            Some(env.system_id.clone()),
+            at,
+        );
+        out.writes.push(Write::PutAlert {
+            alert: alert.clone(),
+        });
+        out.messages.push(reply(
+            env,
+            &format!("security-{}", role.as_str()),
+            i,
+            env.base_generation,
+            at,
+            Body::AlertRaised { alert },
+        ));
+    }
     for (i, c) in answer.budget_crossings.iter().enumerate() {
         out.messages.push(reply(
             env,

@@ -64,6 +64,7 @@ pub async fn handle(deps: &Deps, env: &Envelope, analysis_id: &str) -> StageResu
         success_criteria: answer.value.success_criteria.clone(),
         model_used: answer.model_id.clone(),
         created_at: now,
+        cache_hit: answer.cache_hit,
     };
     let mut out = StageOutput {
         summary: format!(

@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 
 use super::sqlite::rules::{self, IdempotencyRecord, Lookup};
 use super::{
-    BudgetState, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord,
-    StoreResult, SystemRecord, Transaction, Write,
+    BudgetState, CachedAnswer, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore,
+    LlmCallRecord, StoreResult, SystemRecord, Transaction, Write,
 };
 use crate::cost::{
     CostLedger, LedgerEntry, LedgerScope, PeriodKey, Reservation, ReserveOutcome, SettleOutcome,
@@ -49,6 +49,7 @@ struct State {
     circuits: BTreeMap<String, CircuitState>,
     performance: PerformanceSnapshot,
     checkpoints: BTreeMap<String, Checkpoint>,
+    answers: BTreeMap<String, CachedAnswer>,
     idempotency: BTreeMap<String, IdempotencyRecord>,
     counters: BTreeMap<(PeriodKey, LedgerScope), Totals>,
     ledger: BTreeMap<String, LedgerEntry>,
@@ -516,6 +517,24 @@ impl ControlState for MemoryStore {
 
     async fn put_performance(&self, snapshot: &PerformanceSnapshot) -> StoreResult<()> {
         self.lock().performance = snapshot.clone();
+        Ok(())
+    }
+
+    async fn cached_answer(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<CachedAnswer>> {
+        Ok(self
+            .lock()
+            .answers
+            .get(key)
+            .filter(|c| c.expires_at > now)
+            .cloned())
+    }
+
+    async fn put_cached_answer(&self, entry: &CachedAnswer) -> StoreResult<()> {
+        self.lock().answers.insert(entry.key.clone(), entry.clone());
         Ok(())
     }
 }

@@ -114,6 +114,10 @@ pub struct LlmCallRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
     pub at: DateTime<Utc>,
+    /// Answered from the response cache (at zero cost, no request); `model_id` is the model
+    /// whose stored answer was reused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }
 
 /// The current budget mode with when and why it was set (control state).
@@ -141,6 +145,10 @@ pub struct CircuitState {
     pub consecutive_failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_until: Option<DateTime<Utc>>,
+    /// Bedrock throttled this model recently: until then, low-priority calls skip it without a
+    /// request (see `domain::Priority`); other calls still try it with their retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttled_until: Option<DateTime<Utc>>,
 }
 
 /// A model's raw answer, stored before it is parsed so that a retry after a crash parses it
@@ -153,6 +161,24 @@ pub struct Checkpoint {
     pub answer: serde_json::Value,
     pub usage: Usage,
     pub cost_nano_usd: u64,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A validated model answer kept for reuse by an identical request (the response cache): same
+/// model, role, system prompt, messages, output schema and inference settings. Only answers that
+/// passed validation are stored, and a hit is validated again before it is used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedAnswer {
+    /// SHA-256 (hex) of the model id, the role and the exact request.
+    pub key: String,
+    pub model_id: String,
+    pub role: Role,
+    /// The raw answer as the model gave it (before extraction), like a checkpoint's.
+    pub answer: serde_json::Value,
+    /// What the answer cost when it was paid for (a hit costs nothing).
+    pub usage: Usage,
+    pub cost_nano_usd: u64,
+    pub stored_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
 }
 
@@ -262,11 +288,23 @@ pub enum StoreError {
     /// The request itself is wrong (missing system for an update, oversized item).
     #[error("invalid store request: {0}")]
     Invalid(String),
+    /// The backend refused our credentials or a key policy (`AccessDenied`, KMS): a security
+    /// event, and permanent, because a redelivery runs with the same role.
+    #[error("store access denied: {}", .0.summary())]
+    Denied(Box<crate::security::SecurityEvent>),
 }
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::ConditionFailed(_) | Self::Unavailable(_))
+    }
+
+    /// The security event behind an authorization failure.
+    pub fn security_event(&self) -> Option<&crate::security::SecurityEvent> {
+        match self {
+            Self::Denied(event) => Some(event),
+            _ => None,
+        }
     }
 }
 
@@ -379,4 +417,13 @@ pub trait ControlState: Send + Sync + std::fmt::Debug {
     /// The checkpoint stored under `key`, unless it expired by `now`.
     async fn checkpoint(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<Checkpoint>>;
     async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()>;
+    /// The response-cache entry under `key`, unless it expired by `now` (the clock port's time;
+    /// the store's own TTL deletes late and is never relied on).
+    async fn cached_answer(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<CachedAnswer>>;
+    /// Stores (or replaces) a response-cache entry.
+    async fn put_cached_answer(&self, entry: &CachedAnswer) -> StoreResult<()>;
 }

@@ -20,8 +20,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{
-    BudgetState, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord,
-    StoreError, StoreResult, SystemRecord, Transaction, Write,
+    BudgetState, CachedAnswer, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore,
+    LlmCallRecord, StoreError, StoreResult, SystemRecord, Transaction, Write,
 };
 use crate::cost::{
     CostLedger, LedgerEntry, LedgerScope, PeriodKey, Reservation, ReserveOutcome, SettleOutcome,
@@ -959,10 +959,43 @@ impl ControlState for SqliteStore {
             ],
         )
     }
+
+    async fn cached_answer(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<CachedAnswer>> {
+        let found: Option<CachedAnswer> = one(
+            &self.conn(),
+            "control",
+            "SELECT body FROM control WHERE name = ?1",
+            [format!("{CACHE_PREFIX}{key}")],
+        )?;
+        Ok(found.filter(|c| c.expires_at > now))
+    }
+
+    async fn put_cached_answer(&self, entry: &CachedAnswer) -> StoreResult<()> {
+        let conn = self.conn();
+        // Expired entries are never read; drop them as new ones arrive so the file stays small.
+        put(
+            &conn,
+            "DELETE FROM control WHERE name LIKE 'cache:%' \
+             AND julianday(json_extract(body, '$.expires_at')) < julianday(?1)",
+            [ts(entry.stored_at)],
+        )?;
+        put(
+            &conn,
+            "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
+            [format!("{CACHE_PREFIX}{}", entry.key), encode(entry)?],
+        )
+    }
 }
 
 /// Prefix of the `control` rows holding LLM answer checkpoints.
 const CHECKPOINT_PREFIX: &str = "checkpoint:";
+
+/// Prefix of the `control` rows holding response-cache entries.
+const CACHE_PREFIX: &str = "cache:";
 
 #[async_trait]
 impl CostLedger for SqliteStore {

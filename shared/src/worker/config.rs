@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::bus::aws::Destinations;
 use crate::cost::Budgets;
 use crate::domain::{Queue, Topic};
-use crate::lambda::config::{Common, LlmSettings, consumer_routes};
+use crate::lambda::config::{ApprovalGate, Common, LlmSettings, consumer_routes};
 use crate::stages::PipelineConfig;
 
 pub const TABLE_NAME: &str = "EVOLVE_TABLE_NAME";
@@ -33,6 +33,10 @@ pub const MODEL_CATALOG: &str = "EVOLVE_MODEL_CATALOG";
 /// Budgets in integer nano-USD, like the stack's `DailyBudgetNanoUsd` parameter.
 pub const DAILY_BUDGET_NANO_USD: &str = "EVOLVE_DAILY_BUDGET_NANO_USD";
 pub const MONTHLY_BUDGET_NANO_USD: &str = "EVOLVE_MONTHLY_BUDGET_NANO_USD";
+/// decide's approval gate and the response cache, named as for the CLI's local runs.
+pub const APPROVAL_RISK_THRESHOLD: &str = "EVOLVE_APPROVAL_RISK_THRESHOLD";
+pub const APPROVAL_TTL_SECONDS: &str = "EVOLVE_APPROVAL_TTL_SECONDS";
+pub const RESPONSE_CACHE_TTL_SECONDS: &str = "EVOLVE_RESPONSE_CACHE_TTL_SECONDS";
 pub const QUEUES: &str = "EVOLVE_WORKER_QUEUES";
 pub const CONCURRENCY: &str = "EVOLVE_WORKER_CONCURRENCY";
 pub const VISIBILITY_TIMEOUT: &str = "EVOLVE_WORKER_VISIBILITY_TIMEOUT";
@@ -61,6 +65,9 @@ pub const VARIABLES: &[&str] = &[
     MODEL_CATALOG,
     DAILY_BUDGET_NANO_USD,
     MONTHLY_BUDGET_NANO_USD,
+    APPROVAL_RISK_THRESHOLD,
+    APPROVAL_TTL_SECONDS,
+    RESPONSE_CACHE_TTL_SECONDS,
     QUEUES,
     CONCURRENCY,
     VISIBILITY_TIMEOUT,
@@ -139,7 +146,7 @@ impl Timing {
 }
 
 /// The worker's configuration, checked before anything is received.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkerConfig {
     pub table_name: String,
     pub bucket_name: String,
@@ -152,6 +159,8 @@ pub struct WorkerConfig {
     pub topics: BTreeMap<Topic, String>,
     pub budgets: Budgets,
     pub llm: LlmSettings,
+    /// decide's approval gate, as the decide function has it.
+    pub gate: ApprovalGate,
     pub timing: Timing,
 }
 
@@ -282,10 +291,12 @@ impl WorkerConfig {
     }
 
     pub fn pipeline(&self) -> PipelineConfig {
-        PipelineConfig {
+        let mut config = PipelineConfig {
             budgets: self.budgets,
             ..PipelineConfig::default()
-        }
+        };
+        self.gate.apply(&mut config);
+        config
     }
 }
 
@@ -316,6 +327,7 @@ mod tests {
                 .into(),
             budgets: Budgets::default(),
             llm: LlmSettings::default(),
+            gate: ApprovalGate::default(),
             timing: Timing::default(),
         }
     }

@@ -410,7 +410,7 @@ async fn heartbeat(context: &Context, queue: Queue, receipt_handle: &str) {
             Err(BusError::Unavailable(e)) => {
                 warn!(error = %e, "visibility not renewed; trying again at the next beat");
             }
-            Err(BusError::Refused(e)) => {
+            Err(e @ (BusError::Refused(_) | BusError::Denied(_))) => {
                 error!(error = %e, "the message's visibility can no longer be renewed");
                 return std::future::pending().await;
             }

@@ -68,6 +68,7 @@ impl Budgeted {
         });
         let clock = Arc::new(SimClock::new(start()));
         let mut settings = BedrockSettings::new(catalog(&[A, B, C]), budgets);
+        settings.response_cache_ttl = chrono::Duration::zero();
         tweak(&mut settings);
         let ports = BedrockPorts {
             ledger: ledger.clone(),

@@ -168,14 +168,13 @@ async fn input_too_long_trims_history_oldest_first_then_moves_to_a_larger_contex
 }
 
 #[tokio::test]
-async fn validation_access_and_not_found_errors_move_to_the_next_model_without_retry() {
+async fn validation_and_not_found_errors_move_to_the_next_model_without_retry() {
     for reply in [
         Reply::error(
             400,
             "ValidationException",
             "Malformed input request: #: extraneous key [foo] is not permitted",
         ),
-        Reply::access_denied(),
         Reply::not_found(),
     ] {
         let f = Fixture::new(&[A, B, C]).await;

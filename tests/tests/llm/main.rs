@@ -7,12 +7,18 @@
 //! - `circuit`: the per-model breaker;
 //! - `deadline`: the local engine answers within five (virtual) seconds of the first failure, and
 //!   a pipeline cycle completes on it;
+//! - `batch`: under throttling, one decide request covers a plan's remaining proposals;
 //! - `budget`: refusals, the critical reserve, threshold crossings, the paused mode;
 //! - `ledger`: the ledger equals an independent recomputation to the nano-USD;
+//! - `cache`: the response cache reuses validated answers for identical requests, for nothing;
 //! - `checkpoint`: a checkpointed answer is parsed instead of paid for again;
-//! - `parser`: no bytes or JSON make the parser panic.
+//! - `parser`: no bytes or JSON make the parser panic;
+//! - `priority`: under throttling, low-priority calls give way at once, critical ones retry;
+//! - `security`: access denied is a security alert, answered locally without another request.
 
+mod batch;
 mod budget;
+mod cache;
 mod checkpoint;
 mod circuit;
 mod deadline;
@@ -20,5 +26,7 @@ mod fixture;
 mod healing;
 mod ledger;
 mod parser;
+mod priority;
 mod requests;
 mod roles;
+mod security;

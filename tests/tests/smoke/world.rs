@@ -155,6 +155,8 @@ impl World {
             | config::MONTHLY_BUDGET_NANO_USD
             | config::MODEL_CATALOG => String::new(),
             config::LLM => "bedrock".to_owned(),
+            // The template's default.
+            config::RESPONSE_CACHE_TTL_SECONDS => "900".to_owned(),
             other => panic!("the smoke test does not know how to set {other}"),
         }
     }

@@ -2,7 +2,7 @@
 
 use shared::domain::{BudgetMode, Role};
 use shared::llm::performance::PerformanceSnapshot;
-use shared::store::{BudgetState, CircuitState, Write};
+use shared::store::{BudgetState, CachedAnswer, CircuitState, Write};
 
 use crate::fixtures::{assert_condition_failed, t, tx};
 use crate::harness::Harness;
@@ -83,6 +83,7 @@ pub async fn circuits_are_kept_per_model(h: &Harness) {
         model_id: "model-a".to_owned(),
         consecutive_failures: 3,
         open_until: Some(t(60)),
+        throttled_until: None,
     };
     store.put_circuit(&open).await.expect("put");
     store
@@ -90,6 +91,7 @@ pub async fn circuits_are_kept_per_model(h: &Harness) {
             model_id: "model-b".to_owned(),
             consecutive_failures: 1,
             open_until: None,
+            throttled_until: None,
         })
         .await
         .expect("put");
@@ -98,6 +100,7 @@ pub async fn circuits_are_kept_per_model(h: &Harness) {
         model_id: "model-a".to_owned(),
         consecutive_failures: 0,
         open_until: None,
+        throttled_until: None,
     };
     store.put_circuit(&closed).await.expect("overwrite");
     assert_eq!(store.circuit("model-a").await.expect("read"), Some(closed));
@@ -160,5 +163,51 @@ pub async fn performance_starts_empty_and_is_replaced_whole(h: &Harness) {
     assert_eq!(
         store.budget_state().await.expect("read"),
         BudgetState::default()
+    );
+}
+
+pub fn cached_answer(key: &str, model_id: &str, role: Role, stored: i64, ttl: i64) -> CachedAnswer {
+    CachedAnswer {
+        key: key.to_owned(),
+        model_id: model_id.to_owned(),
+        role,
+        answer: serde_json::json!({"blocks": [{"type": "text", "text": key}], "stop_reason": "end_turn"}),
+        usage: shared::store::Usage {
+            input_tokens: 100,
+            output_tokens: 20,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+        },
+        cost_nano_usd: 1_234,
+        stored_at: t(stored),
+        expires_at: t(stored + ttl),
+    }
+}
+
+pub async fn cached_answers_are_kept_per_key_and_expire_by_the_callers_clock(h: &Harness) {
+    let store = &h.store;
+    assert_eq!(store.cached_answer("k1", t(0)).await.expect("read"), None);
+    let first = cached_answer("k1", "model-a", Role::Decide, 0, 900);
+    let second = cached_answer("k2", "model-b", Role::Analyze, 10, 60);
+    store.put_cached_answer(&first).await.expect("put");
+    store.put_cached_answer(&second).await.expect("put");
+
+    assert_eq!(
+        store.cached_answer("k1", t(899)).await.expect("read"),
+        Some(first.clone())
+    );
+    assert_eq!(
+        store.cached_answer("k2", t(69)).await.expect("read"),
+        Some(second)
+    );
+    // Expiry is the caller's clock, whatever the store's own TTL has done so far.
+    assert_eq!(store.cached_answer("k2", t(70)).await.expect("read"), None);
+    assert_eq!(store.cached_answer("k1", t(900)).await.expect("read"), None);
+    // A newer answer under the same key replaces the old one.
+    let renewed = cached_answer("k1", "model-a", Role::Decide, 1_000, 900);
+    store.put_cached_answer(&renewed).await.expect("put");
+    assert_eq!(
+        store.cached_answer("k1", t(1_001)).await.expect("read"),
+        Some(renewed)
     );
 }

@@ -746,3 +746,26 @@ async fn concurrent_predictions_are_all_recorded() {
         Some(10)
     );
 }
+
+/// A response-cache entry is its own `CACHE#<key hash>` partition with a numeric `ttl` at its
+/// expiry, so DynamoDB's TTL removes it eventually; reads never rely on that.
+#[tokio::test]
+async fn a_cached_answer_is_a_cache_partition_with_a_ttl() {
+    let d = Dynamo::create().await;
+    let store = d.store();
+    let entry = crate::control::cached_answer("0123abcd", "model-a", Role::Decide, 0, 900);
+    store.put_cached_answer(&entry).await.expect("put");
+
+    let items = partition(&d, "CACHE#0123abcd").await;
+    assert_eq!(items.len(), 1);
+    assert_eq!(text(&items[0], "SK"), "RECORD");
+    let ttl = match items[0].get("ttl") {
+        Some(AttributeValue::N(n)) => n.parse::<i64>().expect("a number"),
+        other => panic!("ttl is not a number: {other:?}"),
+    };
+    assert_eq!(ttl, t(900).timestamp());
+    assert_eq!(
+        store.cached_answer("0123abcd", t(1)).await.expect("read"),
+        Some(entry)
+    );
+}

@@ -141,6 +141,7 @@ pub fn decision(id: &SystemId, decision_id: &str, secs: i64) -> DecisionRecord {
         local_risk: Some(0.2),
         approver: None,
         resolves: None,
+        cache_hit: false,
     }
 }
 
@@ -156,6 +157,7 @@ pub fn plan(id: &SystemId, plan_id: &str) -> Plan {
         success_criteria: BTreeMap::new(),
         model_used: "local".to_owned(),
         created_at: t(0),
+        cache_hit: false,
     }
 }
 
@@ -183,6 +185,7 @@ pub fn analysis(id: &SystemId, analysis_id: &str, assessment: &str) -> AnalysisR
         },
         model_used: "local".to_owned(),
         created_at: t(0),
+        cache_hit: false,
     }
 }
 
@@ -230,6 +233,7 @@ pub fn llm_call(id: &SystemId, call_id: &str, secs: i64) -> LlmCallRecord {
         bedrock_requests: 1,
         fallback: None,
         at: t(secs),
+        cache_hit: false,
     }
 }
 

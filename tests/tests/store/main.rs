@@ -92,4 +92,5 @@ conformance! {
     control::budget_mode_changes_only_from_the_expected_mode,
     control::circuits_are_kept_per_model,
     control::performance_starts_empty_and_is_replaced_whole,
+    control::cached_answers_are_kept_per_key_and_expire_by_the_callers_clock,
 }

@@ -54,6 +54,7 @@ async fn sqlite_data_survives_reopening_the_file() {
                 model_id: "model-a".to_owned(),
                 consecutive_failures: 2,
                 open_until: None,
+                throttled_until: None,
             })
             .await
             .expect("circuit");

@@ -168,6 +168,12 @@ pub(super) mod keys {
     pub(in crate::store::dynamo) fn checkpoint(key: &str) -> String {
         format!("CKPT#{key}")
     }
+
+    /// `CACHE#<key hash>`: one partition per response-cache entry, so entries spread over the
+    /// table's partitions instead of heating the `CTRL` one.
+    pub(in crate::store::dynamo) fn cached_answer(key: &str) -> String {
+        format!("CACHE#{key}")
+    }
 }
 
 /// RFC 3339 with nanoseconds and `Z`: fixed width, so text order is time order.
@@ -302,9 +308,10 @@ const INVALID_CODES: [&str; 4] = [
     "InvalidArgument",
 ];
 
-/// Maps an SDK error onto the port: a malformed request is `Invalid`; throttling, 5xx, timeouts,
-/// dispatch failures and deployment problems (missing table, denied access) are `Unavailable`,
-/// so the message is redelivered rather than dropped.
+/// Maps an SDK error onto the port: a malformed request is `Invalid`; an authorization failure
+/// (IAM or KMS) is `Denied`, a security event that is logged here and never retried; throttling,
+/// 5xx, timeouts, dispatch failures and other deployment problems (a missing table) are
+/// `Unavailable`, so the message is redelivered rather than dropped.
 pub(super) fn sdk_error<E>(what: &str, error: &SdkError<E>) -> StoreError
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
@@ -314,7 +321,16 @@ where
         SdkError::ServiceError(context) => {
             let code = context.err().code().unwrap_or("unknown");
             let status = context.raw().status().as_u16();
-            if status < 500 && INVALID_CODES.contains(&code) {
+            if crate::security::is_authorization_error(code) {
+                let event = crate::security::SecurityEvent::new(
+                    service_of(what, code),
+                    what,
+                    code,
+                    context.err().message().unwrap_or_default(),
+                );
+                event.emit();
+                StoreError::Denied(Box::new(event))
+            } else if status < 500 && INVALID_CODES.contains(&code) {
                 StoreError::Invalid(format!("{what}: {code}: {detail}"))
             } else {
                 StoreError::Unavailable(format!("{what}: {code} (HTTP {status}): {detail}"))
@@ -324,6 +340,18 @@ where
             StoreError::Invalid(format!("{what}: request cannot be built: {detail}"))
         }
         _ => StoreError::Unavailable(format!("{what}: {detail}")),
+    }
+}
+
+/// The service an operation of this adapter calls: S3 for objects and buckets, DynamoDB for the
+/// rest; KMS when the code says the key refused (both encrypt through it).
+pub(super) fn service_of(operation: &str, code: &str) -> &'static str {
+    if code.to_ascii_uppercase().starts_with("KMS") {
+        "kms"
+    } else if operation.contains("Object") || operation.contains("Bucket") {
+        "s3"
+    } else {
+        "dynamodb"
     }
 }
 
@@ -346,4 +374,58 @@ pub(super) fn event_object(system: &SystemId, at: DateTime<Utc>, event_id: &str)
         at.year(),
         at.month()
     )
+}
+
+#[cfg(test)]
+mod error_tests {
+    use aws_sdk_dynamodb::config::http::HttpResponse;
+    use aws_sdk_dynamodb::error::ErrorMetadata;
+    use aws_sdk_dynamodb::operation::get_item::GetItemError;
+    use aws_smithy_types::body::SdkBody;
+
+    use super::*;
+
+    fn service_error(status: u16, code: &str, message: &str) -> SdkError<GetItemError> {
+        let err =
+            GetItemError::generic(ErrorMetadata::builder().code(code).message(message).build());
+        let status = status.try_into().expect("a valid status");
+        SdkError::service_error(err, HttpResponse::new(status, SdkBody::empty()))
+    }
+
+    #[test]
+    fn authorization_failures_are_permanent_security_events() {
+        for (code, service) in [
+            ("AccessDeniedException", "dynamodb"),
+            ("UnrecognizedClientException", "dynamodb"),
+            ("KMSAccessDeniedException", "kms"),
+        ] {
+            let mapped = sdk_error(
+                "GetItem",
+                &service_error(400, code, "User: arn:aws:iam::1:user/x is not authorized"),
+            );
+            assert!(!mapped.is_retryable(), "{code}: {mapped}");
+            let event = mapped.security_event().expect("a security event");
+            assert_eq!(event.error_code, code);
+            assert_eq!(event.service, service);
+            assert_eq!(event.operation, "GetItem");
+            assert_eq!(event.principal.as_deref(), Some("arn:aws:iam::1:user/x"));
+        }
+        let s3 = sdk_error(
+            "GetObject (event body)",
+            &service_error(403, "AccessDenied", ""),
+        );
+        assert_eq!(s3.security_event().map(|e| e.service.as_str()), Some("s3"));
+    }
+
+    #[test]
+    fn throttling_stays_retryable_and_validation_stays_invalid() {
+        let throttled = sdk_error(
+            "GetItem",
+            &service_error(400, "ProvisionedThroughputExceededException", "slow down"),
+        );
+        assert!(throttled.is_retryable());
+        assert!(throttled.security_event().is_none());
+        let invalid = sdk_error("GetItem", &service_error(400, "ValidationException", "bad"));
+        assert!(matches!(invalid, StoreError::Invalid(_)));
+    }
 }

@@ -21,6 +21,7 @@
 //! | `IDEMP#<key>` | `RECORD` | claim or outbox (`state`, `until`, `expires_at`, `sent`, `ttl`) |
 //! | `CTRL` | `BUDGET`, `PERFORMANCE` | budget mode (`mode`), model performance (`revision`) |
 //! | `CTRL` | `CIRCUIT#<model>`, `CKPT#<key>` | circuit breaker, answer checkpoint (`ttl`) |
+//! | `CACHE#<key hash>` | `RECORD` | response-cache entry (`ttl`, `expires_at`) |
 //! | `COST#<yyyy-mm-dd>`, `COST#<yyyy-mm>` | `TOTAL`, `SYS#<id>`, `MODEL#<id>` | counters |
 //! | `LEDGER#<call id>` | `RECORD` | settled call, written once |
 //! | `LEDGERDAY#<yyyy-mm-dd>` | `<ts>#<call id>` | settled calls by day |
@@ -59,8 +60,8 @@ use serde::de::DeserializeOwned;
 
 use super::sqlite::rules::{self, COMPLETED, IN_PROGRESS, IdempotencyRecord};
 use super::{
-    BudgetState, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore, LlmCallRecord,
-    StoreError, StoreResult, SystemRecord, Transaction, Write,
+    BudgetState, CachedAnswer, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore,
+    LlmCallRecord, StoreError, StoreResult, SystemRecord, Transaction, Write,
 };
 use crate::clock::{Clock, SystemClock};
 use crate::domain::{
@@ -916,6 +917,25 @@ impl ControlState for DynamoStore {
         let mut item = item::record(keys::CTRL, keys::checkpoint(&checkpoint.key), checkpoint)?;
         item.insert(TTL.to_owned(), item::n(epoch_ceil(checkpoint.expires_at)));
         item.insert(EXPIRES_AT.to_owned(), s(ts(checkpoint.expires_at)));
+        self.put(item).await
+    }
+
+    async fn cached_answer(
+        &self,
+        key: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<CachedAnswer>> {
+        let found: Option<CachedAnswer> = self
+            .get_record(&keys::cached_answer(key), keys::RECORD)
+            .await?;
+        // TTL deletes late (up to days): expiry is decided here, by the caller's clock.
+        Ok(found.filter(|c| c.expires_at > now))
+    }
+
+    async fn put_cached_answer(&self, entry: &CachedAnswer) -> StoreResult<()> {
+        let mut item = item::record(keys::cached_answer(&entry.key), keys::RECORD, entry)?;
+        item.insert(TTL.to_owned(), item::n(epoch_ceil(entry.expires_at)));
+        item.insert(EXPIRES_AT.to_owned(), s(ts(entry.expires_at)));
         self.put(item).await
     }
 }
