@@ -37,6 +37,8 @@ const METRICS: &[&str] = &[
     metrics::ROLLBACKS,
     metrics::BUDGET_MODE,
     metrics::SCHEDULED_RUNS,
+    metrics::ALERTS_POSTED,
+    metrics::ALERTS_FILTERED,
 ];
 
 /// The only statements that may say `Resource: '*'`, each with the reason (the template carries
@@ -51,6 +53,11 @@ const STAR_RESOURCES: &[(&str, &str, &str)] = &[
         KEY_POLICY,
     ),
     ("Key", "SchedulerDecryptsTheScheduleInput", KEY_POLICY),
+    (
+        "Key",
+        "AlertsTopicDeliversToTheEncryptedNotifyQueue",
+        KEY_POLICY,
+    ),
     ("Key", "RunningSystemSendsFitnessThroughSqs", KEY_POLICY),
     ("Key", "OperatorsSendThroughSqs", KEY_POLICY),
 ];
@@ -287,7 +294,9 @@ fn each_queue_has_a_dead_letter_queue_after_five_receives_and_its_own_consumer()
             name.trim_start_matches("${AWS::StackName}-").to_owned()
         })
         .collect();
-    let expected: BTreeSet<String> = Queue::ALL.iter().map(|q| q.as_str().to_owned()).collect();
+    let mut expected: BTreeSet<String> = Queue::ALL.iter().map(|q| q.as_str().to_owned()).collect();
+    // Plus notify's queue, which the alerts topic (not the pipeline) delivers to.
+    expected.insert(shared::notify::QUEUE.to_owned());
     assert_eq!(names, expected);
     // Each function consumes the queues whose dead-letter queue it is told about.
     for (package, id, function) in functions(t) {
@@ -503,6 +512,7 @@ fn every_store_uses_the_stack_key() {
         ("AWS::SNS::Topic", "KmsMasterKeyId"),
         ("AWS::Logs::LogGroup", "KmsKeyId"),
         ("AWS::Scheduler::Schedule", "KmsKeyArn"),
+        ("AWS::SecretsManager::Secret", "KmsKeyId"),
     ] {
         for (id, resource) in t.of_type(kind) {
             assert!(
@@ -512,8 +522,8 @@ fn every_store_uses_the_stack_key() {
             stores += 1;
         }
     }
-    // 1 table, 1 bucket, 12 queues, 2 topics, 5 log groups, 2 schedules.
-    assert_eq!(stores, 1 + 1 + 12 + 2 + 5 + 2);
+    // 1 table, 1 bucket, 14 queues, 2 topics, 6 log groups, 2 schedules, 1 secret.
+    assert_eq!(stores, 1 + 1 + 14 + 2 + 6 + 2 + 1);
 }
 
 #[test]
@@ -615,12 +625,22 @@ fn roles_send_and_publish_exactly_where_the_environment_points() {
             .of_type("AWS::DynamoDB::GlobalTable")
             .next()
             .expect("table");
-        for action in [
-            "dynamodb:GetItem",
-            "dynamodb:Query",
-            "dynamodb:PutItem",
-            "dynamodb:UpdateItem",
-        ] {
+        // notify only claims and completes its idempotency records: no queries.
+        let table_actions: &[&str] = if package == "notify" {
+            &[
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+            ]
+        } else {
+            &[
+                "dynamodb:GetItem",
+                "dynamodb:Query",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+            ]
+        };
+        for &action in table_actions {
             assert_eq!(
                 granted(t, role, action),
                 BTreeSet::from([table.to_owned()]),
@@ -716,7 +736,7 @@ fn queue_and_topic_policies_name_exactly_their_producers() {
     }
     assert_eq!(
         checked,
-        12 + 2,
+        14 + 2,
         "every queue, dead-letter queue and topic has a policy"
     );
 
@@ -1066,6 +1086,98 @@ fn the_outputs_name_everything_the_cli_needs() {
     for name in needed {
         assert!(outputs.contains_key(&name), "no output {name}");
     }
+}
+
+#[test]
+fn notify_hears_only_alerts_from_the_alerts_topic_and_alone_reads_the_webhook_secret() {
+    let t = template();
+    let alerts = topic_id(t, Topic::Alerts);
+    let (secret, resource) = t
+        .of_type("AWS::SecretsManager::Secret")
+        .next()
+        .expect("the webhook secret");
+    assert_eq!(
+        resource["Properties"]["SecretString"], "{}",
+        "the stack creates the secret with no webhook; operators put the URLs in it"
+    );
+    let (_, _, notify) = functions(t)
+        .into_iter()
+        .find(|(p, _, _)| *p == "notify")
+        .expect("the notify function");
+    assert_eq!(env_target(notify, config::WEBHOOK_SECRET_ARN), secret);
+    let notify_role = role_of(notify);
+    for (package, id, function) in functions(t) {
+        let readers = granted(t, role_of(function), "secretsmanager:GetSecretValue");
+        if package == "notify" {
+            assert_eq!(readers, BTreeSet::from([secret.to_owned()]), "{id}");
+        } else {
+            assert!(readers.is_empty(), "{id} reads no secret");
+        }
+    }
+    // Its table access is confined to its own idempotency records.
+    let table_statements: Vec<&Value> = role_statements(t, notify_role)
+        .into_iter()
+        .filter(|s| actions(s).iter().any(|a| a.starts_with("dynamodb:")))
+        .collect();
+    assert!(!table_statements.is_empty());
+    for statement in table_statements {
+        assert_eq!(
+            statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"],
+            serde_json::json!(["IDEMP#notify:*"])
+        );
+    }
+    // The alerts topic delivers alerts (not alarms) to the queue, as SNS notifications.
+    let (_, _, events) = consumed_queues(t)
+        .into_iter()
+        .find(|(_, p, _)| *p == "notify")
+        .expect("notify consumes a queue");
+    let queue = target(&events["Queue"])
+        .expect("a template queue")
+        .to_owned();
+    let subscriptions: Vec<&Value> = t
+        .of_type("AWS::SNS::Subscription")
+        .map(|(_, s)| &s["Properties"])
+        .filter(|p| p["Protocol"] == "sqs")
+        .collect();
+    assert_eq!(subscriptions.len(), 1);
+    let p = subscriptions[0];
+    assert_eq!(target(&p["TopicArn"]), Some(alerts.as_str()));
+    assert_eq!(target(&p["Endpoint"]), Some(queue.as_str()));
+    assert_eq!(
+        p["RawMessageDelivery"], false,
+        "the handler reads SNS notifications"
+    );
+    assert_eq!(
+        p["FilterPolicy"],
+        serde_json::json!({"type": ["AlertRaised"]})
+    );
+    // Only that topic may send to the queue.
+    let (_, policy) = t
+        .of_type("AWS::SQS::QueuePolicy")
+        .find(|(_, r)| target(&r["Properties"]["Queues"][0]) == Some(queue.as_str()))
+        .expect("the queue's policy");
+    let allows: Vec<&Value> = statements(&policy["Properties"]["PolicyDocument"])
+        .into_iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .collect();
+    assert_eq!(allows.len(), 1);
+    assert_eq!(allows[0]["Principal"]["Service"], "sns.amazonaws.com");
+    assert_eq!(
+        target(&allows[0]["Condition"]["ArnEquals"]["aws:SourceArn"]),
+        Some(alerts.as_str())
+    );
+    // SNS may use the key to deliver to the encrypted queue, for that topic only.
+    let (key, _) = t.of_type("AWS::KMS::Key").next().expect("key");
+    let sns = statements(&t.resource(key)["Properties"]["KeyPolicy"])
+        .into_iter()
+        .find(|s| s["Principal"]["Service"] == "sns.amazonaws.com")
+        .expect("a key statement for SNS");
+    let topic_name = text(&t.resource(&alerts)["Properties"]["TopicName"]).expect("name");
+    let source = text(&sns["Condition"]["ArnEquals"]["aws:SourceArn"]).expect("source ARN");
+    assert!(
+        source.ends_with(&format!(":{topic_name}")),
+        "{source} is the alerts topic"
+    );
 }
 
 /// Runs `cfn-lint` from the repository's virtualenv; it must report nothing at all.
