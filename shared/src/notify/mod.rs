@@ -256,14 +256,18 @@ pub fn delivery_key(alert_id: &str, target: Target) -> String {
 
 impl Notifier {
     /// This notifier for one invocation ending at `deadline_ms` (milliseconds since the epoch,
-    /// from the Lambda context; 0 means unknown).
+    /// from the Lambda context; 0 means unknown). A deadline already past when the invocation
+    /// starts is not a real one (Lambda's is always ahead; the local Runtime API emulator sends
+    /// a duration instead) and counts as unknown, so it cannot turn every post into a retry.
     #[must_use]
     pub fn until(&self, deadline_ms: u64) -> Self {
+        let now = self.clock.now();
         let mut notifier = self.clone();
         notifier.deadline = i64::try_from(deadline_ms)
             .ok()
             .filter(|ms| *ms > 0)
-            .and_then(DateTime::<Utc>::from_timestamp_millis);
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .filter(|deadline| *deadline > now);
         notifier
     }
 
