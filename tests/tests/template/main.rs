@@ -1180,6 +1180,165 @@ fn notify_hears_only_alerts_from_the_alerts_topic_and_alone_reads_the_webhook_se
     );
 }
 
+/// The JSON field names a Glue table reads: each column (renamed back through the JSON SerDe's
+/// `mapping.<column>` parameters) and, for `struct<...>` columns, their fields as
+/// `column.field`.
+fn glue_fields(table: &Value) -> BTreeSet<String> {
+    let storage = &table["Properties"]["TableInput"]["StorageDescriptor"];
+    let mappings = &storage["SerdeInfo"]["Parameters"];
+    let mut fields = BTreeSet::new();
+    for column in alternatives(&storage["Columns"]) {
+        let name = column["Name"].as_str().expect("column name");
+        let json = mappings[format!("mapping.{name}")]
+            .as_str()
+            .unwrap_or(name)
+            .to_owned();
+        let kind = column["Type"].as_str().expect("column type");
+        if let Some(inner) = kind
+            .strip_prefix("struct<")
+            .and_then(|k| k.strip_suffix('>'))
+        {
+            for field in inner.split(',') {
+                let (field, _) = field.split_once(':').expect("field:type");
+                fields.insert(format!("{json}.{field}"));
+            }
+        }
+        fields.insert(json);
+    }
+    fields
+}
+
+/// The field names of a record's JSON, nested objects as `field.inner`.
+fn json_fields(value: &Value) -> BTreeSet<String> {
+    let mut fields = BTreeSet::new();
+    for (name, inner) in value.as_object().expect("a JSON object") {
+        if let Some(object) = inner.as_object() {
+            for field in object.keys() {
+                fields.insert(format!("{name}.{field}"));
+            }
+        }
+        fields.insert(name.clone());
+    }
+    fields
+}
+
+#[test]
+fn the_athena_tables_read_exactly_what_the_store_writes_where_it_writes_it() {
+    use shared::domain::{
+        BedrockAnalysis, EventType, EvolutionEvent, Role, StorageMetadata, SystemContext, SystemId,
+    };
+    use shared::store::{LlmCallRecord, Usage};
+    let t = template();
+    let at = chrono::DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    // Every optional field set, so every field the store can write shows.
+    let event = EvolutionEvent {
+        id: "evt-1".into(),
+        timestamp: at,
+        event_type: EventType::MutationKept,
+        generation: 3,
+        fitness_delta: Some(0.1),
+        mutation_id: Some("mut-1".into()),
+        bedrock_analysis: Some(BedrockAnalysis {
+            model_used: "m".into(),
+            confidence: 0.5,
+            reasoning: "r".into(),
+            predicted_impact: 0.1,
+            actual_impact: 0.1,
+        }),
+        system_context: Some(SystemContext {
+            cpu_usage: 0.1,
+            memory_usage: 0.1,
+            active_processes: 1,
+            recent_errors: 0,
+        }),
+        storage_metadata: Some(StorageMetadata {
+            s3_location: "s3://b/k".into(),
+            size_bytes: 1,
+            storage_class: "STANDARD".into(),
+        }),
+        system_id: Some(SystemId::parse("checkout-api").expect("id")),
+        detail: Some("d".into()),
+    };
+    let call = LlmCallRecord {
+        call_id: "c".into(),
+        system_id: SystemId::parse("checkout-api").expect("id"),
+        envelope_id: "e".into(),
+        role: Role::Decide,
+        model_id: "m".into(),
+        usage: Usage::default(),
+        cost_nano_usd: 1,
+        latency_ms: 1,
+        bedrock_requests: 1,
+        fallback: Some("throttled".into()),
+        at,
+    };
+    let (bucket, _) = t.of_type("AWS::S3::Bucket").next().expect("bucket");
+    let mut tables = 0;
+    for (id, table) in t.of_type("AWS::Glue::Table") {
+        let input = &table["Properties"]["TableInput"];
+        let storage = &input["StorageDescriptor"];
+        assert_eq!(
+            storage["SerdeInfo"]["SerializationLibrary"], "org.openx.data.jsonserde.JsonSerDe",
+            "{id}"
+        );
+        assert_eq!(input["Parameters"]["projection.enabled"], "true", "{id}");
+        let template_path =
+            text(&input["Parameters"]["storage.location.template"]).expect("a location template");
+        let location = text(&storage["Location"]).expect("a location");
+        assert!(
+            template_path.starts_with(location),
+            "{id}: {template_path} under {location}"
+        );
+        assert!(
+            location.starts_with(&format!("s3://${{{bucket}}}/")),
+            "{id}: {location}"
+        );
+        for partition in alternatives(&input["PartitionKeys"]) {
+            let name = partition["Name"].as_str().expect("partition name");
+            assert!(
+                input["Parameters"][format!("projection.{name}.type")].is_string(),
+                "{id}: {name} is projected"
+            );
+            assert!(
+                template_path.contains(&format!("${{!{name}}}")),
+                "{id}: {name} in the location template"
+            );
+        }
+        let (written, expected_path) = match input["Name"].as_str() {
+            Some("evolution_events") => (
+                serde_json::to_value(&event).expect("event JSON"),
+                "s3://${Bucket}/evolution-events/system=${!system}/${!year}/${!month}/",
+            ),
+            Some("llm_calls") => (
+                serde_json::to_value(&call).expect("call JSON"),
+                "s3://${Bucket}/llm-calls/year=${!year}/month=${!month}/",
+            ),
+            other => panic!("{id}: unexpected table {other:?}"),
+        };
+        assert_eq!(template_path, expected_path, "{id}");
+        assert_eq!(glue_fields(table), json_fields(&written), "{id}: columns");
+        tables += 1;
+    }
+    assert_eq!(tables, 2);
+    let (id, workgroup) = t
+        .of_type("AWS::Athena::WorkGroup")
+        .next()
+        .expect("an Athena workgroup");
+    let results = &workgroup["Properties"]["WorkGroupConfiguration"]["ResultConfiguration"];
+    assert_eq!(
+        results["EncryptionConfiguration"]["EncryptionOption"], "SSE_KMS",
+        "{id}"
+    );
+    let (key, _) = t.of_type("AWS::KMS::Key").next().expect("key");
+    assert_eq!(
+        target(&results["EncryptionConfiguration"]["KmsKey"]),
+        Some(key),
+        "{id}"
+    );
+}
+
 /// Runs `cfn-lint` from the repository's virtualenv; it must report nothing at all.
 #[test]
 fn cfn_lint_reports_nothing() {
