@@ -95,7 +95,10 @@ async fn an_alert_is_posted_once_to_each_webhook_even_when_redelivered() {
     assert_eq!(posted.len(), 2);
     assert_eq!(posted[0].url, SLACK);
     assert!(posted[0].payload["text"].is_string());
-    assert_eq!(posted[1].payload["@type"], "MessageCard");
+    assert_eq!(
+        posted[1].payload["attachments"][0]["content"]["type"],
+        "AdaptiveCard"
+    );
 }
 
 #[tokio::test]

@@ -186,9 +186,11 @@ impl WebhookPoster for HyperPoster {
                 }
             })?;
             let status = response.status();
-            // Read the (small) body so the connection returns to the pool; its text is not
-            // kept: services echo request details in it.
-            let _ = response.into_body().collect().await;
+            // Read the body (at most 64 KiB) so the connection returns to the pool; its text is
+            // not kept: services echo request details in it.
+            let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+                .collect()
+                .await;
             if status.is_success() {
                 Ok(())
             } else {
@@ -249,31 +251,49 @@ pub fn slack_payload(alert: &Alert) -> Value {
     })
 }
 
-/// Teams' incoming-webhook payload: a MessageCard (what Office 365 connectors and Workflows'
-/// "post to a channel when a webhook request is received" template both accept), coloured by
-/// level, with the fields as facts.
+/// Teams' incoming-webhook payload: a message with one Adaptive Card attachment, the format
+/// both Workflows webhooks ("post to a channel when a webhook request is received") and the
+/// older Office 365 connector webhooks accept (Workflows does not render legacy MessageCards).
+/// The title is coloured by level; the fields are a fact set.
 pub fn teams_payload(alert: &Alert) -> Value {
     let colour = match alert.level {
-        AlertLevel::Info => "2E77D0",
-        AlertLevel::Warning => "E8A317",
-        AlertLevel::Critical => "D13438",
+        AlertLevel::Info => "Accent",
+        AlertLevel::Warning => "Warning",
+        AlertLevel::Critical => "Attention",
     };
     let mut facts = vec![
-        json!({"name": "Level", "value": level_label(alert.level)}),
-        json!({"name": "Kind", "value": alert.kind}),
+        json!({"title": "Level", "value": level_label(alert.level)}),
+        json!({"title": "Kind", "value": alert.kind}),
     ];
     if let Some(system) = &alert.system_id {
-        facts.push(json!({"name": "System", "value": system.as_str()}));
+        facts.push(json!({"title": "System", "value": system.as_str()}));
     }
-    facts.push(json!({"name": "At", "value": alert.at.to_rfc3339()}));
-    facts.push(json!({"name": "Alert id", "value": alert.id}));
+    facts.push(json!({"title": "At", "value": alert.at.to_rfc3339()}));
+    facts.push(json!({"title": "Alert id", "value": alert.id}));
     json!({
-        "@type": "MessageCard",
-        "@context": "https://schema.org/extensions",
+        "type": "message",
         "summary": headline(alert),
-        "themeColor": colour,
-        "title": format!("Evolve {}: {}", level_label(alert.level), alert.kind),
-        "sections": [{ "text": alert.message, "facts": facts }],
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": [
+                    {
+                        "type": "TextBlock",
+                        "size": "Medium",
+                        "weight": "Bolder",
+                        "color": colour,
+                        "wrap": true,
+                        "text": format!("Evolve {}: {}", level_label(alert.level), alert.kind),
+                    },
+                    {"type": "TextBlock", "wrap": true, "text": alert.message},
+                    {"type": "FactSet", "facts": facts},
+                ],
+            },
+        }],
     })
 }
 
@@ -348,15 +368,22 @@ mod tests {
     }
 
     #[test]
-    fn slack_gets_text_and_teams_a_message_card() {
+    fn slack_gets_text_and_teams_an_adaptive_card() {
         let slack = slack_payload(&alert());
         let text = slack["text"].as_str().expect("text");
         assert!(text.contains("CRITICAL") && text.contains("budget mode is now paused"));
         assert!(text.contains("checkout-api") && text.contains("alert-1"));
         let teams = teams_payload(&alert());
-        assert_eq!(teams["@type"], "MessageCard");
-        assert_eq!(teams["themeColor"], "D13438");
-        assert_eq!(teams["sections"][0]["text"], "budget mode is now paused");
-        assert_eq!(teams["sections"][0]["facts"][2]["value"], "checkout-api");
+        assert_eq!(teams["type"], "message");
+        let card = &teams["attachments"][0];
+        assert_eq!(
+            card["contentType"],
+            "application/vnd.microsoft.card.adaptive"
+        );
+        let body = &card["content"]["body"];
+        assert_eq!(card["content"]["type"], "AdaptiveCard");
+        assert_eq!(body[0]["color"], "Attention");
+        assert_eq!(body[1]["text"], "budget mode is now paused");
+        assert_eq!(body[2]["facts"][2]["value"], "checkout-api");
     }
 }

@@ -397,8 +397,9 @@ async fn an_alert_reaches_slack_and_teams_once_even_when_its_record_is_redeliver
         text.contains("budget_mode") && text.contains("CRITICAL"),
         "{text}"
     );
-    assert_eq!(teams[0].body["@type"], "MessageCard");
-    assert_eq!(teams[0].body["sections"][0]["text"], "budget_mode alert a1");
+    let card = &teams[0].body["attachments"][0]["content"];
+    assert_eq!(card["type"], "AdaptiveCard");
+    assert_eq!(card["body"][1]["text"], "budget_mode alert a1");
     assert_eq!(w.reads(), 1);
 }
 
