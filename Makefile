@@ -20,6 +20,8 @@ SAM_CLI_VERSION := 1.170.0
 SAM := .venv-sam/bin/sam
 # The SAM CLI sends no telemetry from here.
 SAM_ENV := env SAM_CLI_TELEMETRY=0
+# The browser the report test renders the HTML report in (Debian's package).
+CHROMIUM := /usr/bin/chromium
 # The Lambda functions (their packages and binaries share the name).
 FUNCTIONS := analyze strategize decide snapshot cost-guard notify
 
@@ -94,7 +96,7 @@ deploy: ## Deploy the stack with SAM after `make build` (guided the first time)
 			--template-file target/sam/build/template.yaml; \
 	fi
 
-test-tools: ## Install what the tests need (cargo-nextest; moto, cfn-lint and cargo-lambda in .venv)
+test-tools: ## Install what the tests need (cargo-nextest; moto, cfn-lint and cargo-lambda in .venv; chromium)
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		echo "==> test-tools: $$($(CARGO) nextest --version | sed -n 1p)"; \
 	else \
@@ -117,11 +119,22 @@ test-tools: ## Install what the tests need (cargo-nextest; moto, cfn-lint and ca
 	fi
 	$(call pip_pin,.venv,cfn-lint,$(CFN_LINT_VERSION))
 	$(call pip_pin,.venv,cargo-lambda,$(CARGO_LAMBDA_VERSION))
+	@if [ -x $(CHROMIUM) ]; then \
+		echo "==> test-tools: $$($(CHROMIUM) --version 2>/dev/null | sed -n 1p)"; \
+	else \
+		sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		echo "==> test-tools: installing Debian's chromium (headless, for the report test): $${sudo:+sudo }apt-get install chromium"; \
+		start=$$(date +%s); \
+		$$sudo apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+		echo "==> test-tools: $$(( $$(date +%s) - start ))s"; \
+	fi
 
-# The Lambda binaries come first (debug): the smoke tests run them, and their own build of them
-# is then a no-op inside nextest's per-test time limit.
+# The binaries come first (debug): the smoke tests run the Lambda binaries and the CLI and worker
+# tests run `evolve`, and their own build of them is then a no-op inside nextest's per-test time
+# limit.
 test: test-tools ## All tests: nextest for unit and integration tests, then doctests
-	$(call timed,lambda-bins,$(CARGO) build --bins -p tests $(addprefix -p ,$(FUNCTIONS)))
+	$(call timed,bins,$(CARGO) build --bins -p tests -p evolve $(addprefix -p ,$(FUNCTIONS)))
 	$(call timed,nextest,$(CARGO) nextest run --workspace --all-features)
 	$(call timed,doctests,$(CARGO) test --workspace --doc --all-features)
 

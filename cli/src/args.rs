@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use shared::worker::config as worker;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +37,10 @@ pub struct Cli {
     /// `SnapshotQueueUrl`).
     #[arg(long, global = true, env = "EVOLVE_SNAPSHOT_QUEUE_URL")]
     pub snapshot_queue_url: Option<String>,
+    /// With `--store aws`: the decide queue operators send approvals to (output
+    /// `DecideQueueUrl`).
+    #[arg(long, global = true, env = "EVOLVE_DECIDE_QUEUE_URL")]
+    pub decide_queue_url: Option<String>,
     /// More logging on stderr (-v info, -vv debug). `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -59,8 +64,9 @@ pub enum Command {
     Init(InitArgs),
     /// Evolve a system, measuring each generation with an evaluator command.
     Run(RunArgs),
-    /// The head, fitness, budget mode and last decision.
-    Status(JsonFlag),
+    /// At a glance: generation and status, fitness and trend, budget mode and spend against
+    /// budget, pending approvals, the last decision.
+    Status(StatusArgs),
     /// Closed evaluations, newest last.
     History(ListArgs),
     /// The decision audit trail.
@@ -69,6 +75,40 @@ pub enum Command {
     Cost(JsonFlag),
     /// Roll back to an earlier generation (committed as a new generation, then re-measured).
     Rollback(RollbackArgs),
+    /// With `--store aws`: consume the stack's queues and run the pipeline, as the functions do,
+    /// until SIGTERM or Ctrl-C (then finish the messages in flight).
+    Worker(Box<WorkerArgs>),
+    /// Approve a decision held for approval (`PENDING_APPROVAL`); the mutation is then applied.
+    Approve(VerdictArgs),
+    /// Reject a decision held for approval; the plan moves on to its next step.
+    Reject(VerdictArgs),
+    /// Write a self-contained HTML report: fitness, genes, decisions, spend, budget mode and
+    /// predictions, with inline charts.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerdictArgs {
+    /// The pending decision's id (`evolve status` and the approval alert name it).
+    pub decision_id: String,
+    /// Why, for the audit trail.
+    #[arg(long)]
+    pub note: Option<String>,
+    /// Locally, the engine that plays the LLM roles for what follows a rejection.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+/// What an unattended local run does with a decision held for approval; without either flag it
+/// stops there.
+#[derive(Debug, Args)]
+pub struct PendingArgs {
+    /// Approve every decision held for approval, in the OS user's name.
+    #[arg(long, conflicts_with = "reject_pending")]
+    pub approve_all: bool,
+    /// Reject every decision held for approval, in the OS user's name.
+    #[arg(long)]
+    pub reject_pending: bool,
 }
 
 #[derive(Debug, Args)]
@@ -79,10 +119,27 @@ pub struct JsonFlag {
 }
 
 #[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The global daily budget to show spend against, in US dollars.
+    #[arg(long, env = "EVOLVE_DAILY_BUDGET_USD")]
+    pub daily_budget_usd: Option<String>,
+    /// The global monthly budget to show spend against, in US dollars.
+    #[arg(long, env = "EVOLVE_MONTHLY_BUDGET_USD")]
+    pub monthly_budget_usd: Option<String>,
+}
+
+#[derive(Debug, Args)]
 pub struct ListArgs {
     /// Show at most this many rows (the newest).
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// Only rows at or after this time: RFC 3339 (`2026-11-27T09:00:00Z`), a date
+    /// (`2026-11-27`), or an age (`90m`, `6h`, `2d`).
+    #[arg(long, value_parser = parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
     #[arg(long)]
     pub json: bool,
 }
@@ -117,6 +174,13 @@ pub struct EngineArgs {
     /// Global monthly LLM budget in US dollars; unlimited when absent.
     #[arg(long, env = "EVOLVE_MONTHLY_BUDGET_USD")]
     pub monthly_budget_usd: Option<String>,
+    /// Hold approvals whose risk (0..1) is above this for a human (`evolve approve`); no gate
+    /// when absent.
+    #[arg(long, env = "EVOLVE_APPROVAL_RISK_THRESHOLD")]
+    pub approval_threshold: Option<f64>,
+    /// Seconds a held approval waits before it is rejected.
+    #[arg(long, env = "EVOLVE_APPROVAL_TTL_SECONDS", default_value_t = 86_400)]
+    pub approval_ttl_seconds: u32,
 }
 
 #[derive(Debug, Args)]
@@ -124,8 +188,14 @@ pub struct DemoArgs {
     /// Mutation generations to evaluate.
     #[arg(long, default_value_t = 30)]
     pub generations: u32,
+    /// Continue the demo system where the last demo stopped (after `evolve approve`, say)
+    /// instead of re-creating it.
+    #[arg(long = "continue")]
+    pub resume: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub pending: PendingArgs,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +228,8 @@ pub struct RunArgs {
     pub eval_timeout: u64,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub pending: PendingArgs,
 }
 
 #[derive(Debug, Args)]
@@ -168,4 +240,132 @@ pub struct RollbackArgs {
     /// Why, for the audit trail.
     #[arg(long, default_value = "operator request")]
     pub reason: String,
+}
+
+/// `evolve worker`: queue URLs and topic ARNs are the stack's outputs. The snapshot and decide
+/// queues are the global `--snapshot-queue-url` and `--decide-queue-url`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The queues to consume, comma separated (analyze, strategize, decide, snapshot, fitness,
+    /// cost-guard), or `all`.
+    #[arg(long, env = worker::QUEUES, default_value = "all")]
+    pub queues: String,
+    /// Messages processed at once per queue.
+    #[arg(long, env = worker::CONCURRENCY, default_value_t = 2)]
+    pub concurrency: usize,
+    /// Seconds a received message stays hidden; a heartbeat renews it every third of this.
+    #[arg(long, env = worker::VISIBILITY_TIMEOUT, default_value_t = 60)]
+    pub visibility_timeout: u64,
+    /// Seconds one message may take; after a failure, the message is hidden this long.
+    #[arg(long, env = worker::MESSAGE_TIMEOUT, default_value_t = 300)]
+    pub message_timeout: u64,
+    /// Seconds the messages in flight may take to finish after SIGTERM or Ctrl-C.
+    #[arg(long, env = worker::DRAIN_TIMEOUT, default_value_t = 25)]
+    pub drain_timeout: u64,
+    /// Which engine plays the LLM roles (the functions' default: Bedrock).
+    #[arg(long, value_enum, default_value_t = Llm::Bedrock, env = worker::LLM)]
+    pub llm: Llm,
+    /// A model catalog JSON file replacing the built-in one.
+    #[arg(long, env = worker::MODEL_CATALOG)]
+    pub model_catalog: Option<PathBuf>,
+    /// Global daily LLM budget in whole nano-USD (the stack's `DailyBudgetNanoUsd`); empty or
+    /// absent for none.
+    #[arg(long, env = worker::DAILY_BUDGET_NANO_USD)]
+    pub daily_budget_nano_usd: Option<String>,
+    /// Global monthly LLM budget in whole nano-USD; empty or absent for none.
+    #[arg(long, env = worker::MONTHLY_BUDGET_NANO_USD)]
+    pub monthly_budget_nano_usd: Option<String>,
+    /// The analyze queue (output `AnalyzeQueueUrl`).
+    #[arg(long, env = worker::ANALYZE_QUEUE_URL)]
+    pub analyze_queue_url: Option<String>,
+    /// The strategize queue (output `StrategizeQueueUrl`).
+    #[arg(long, env = worker::STRATEGIZE_QUEUE_URL)]
+    pub strategize_queue_url: Option<String>,
+    /// The fitness queue (output `FitnessQueueUrl`).
+    #[arg(long, env = worker::FITNESS_QUEUE_URL)]
+    pub fitness_queue_url: Option<String>,
+    /// The cost-guard queue (output `CostGuardQueueUrl`).
+    #[arg(long, env = worker::COST_GUARD_QUEUE_URL)]
+    pub cost_guard_queue_url: Option<String>,
+    /// The analyze queue's dead-letter queue (output `AnalyzeDeadLetterQueueUrl`).
+    #[arg(long, env = worker::ANALYZE_DLQ_URL)]
+    pub analyze_dlq_url: Option<String>,
+    /// The strategize queue's dead-letter queue (output `StrategizeDeadLetterQueueUrl`).
+    #[arg(long, env = worker::STRATEGIZE_DLQ_URL)]
+    pub strategize_dlq_url: Option<String>,
+    /// The decide queue's dead-letter queue (output `DecideDeadLetterQueueUrl`).
+    #[arg(long, env = worker::DECIDE_DLQ_URL)]
+    pub decide_dlq_url: Option<String>,
+    /// The snapshot queue's dead-letter queue (output `SnapshotDeadLetterQueueUrl`).
+    #[arg(long, env = worker::SNAPSHOT_DLQ_URL)]
+    pub snapshot_dlq_url: Option<String>,
+    /// The fitness queue's dead-letter queue (output `FitnessDeadLetterQueueUrl`).
+    #[arg(long, env = worker::FITNESS_DLQ_URL)]
+    pub fitness_dlq_url: Option<String>,
+    /// The cost-guard queue's dead-letter queue (output `CostGuardDeadLetterQueueUrl`).
+    #[arg(long, env = worker::COST_GUARD_DLQ_URL)]
+    pub cost_guard_dlq_url: Option<String>,
+    /// The `evolution-events` topic (output `EvolutionEventsTopicArn`).
+    #[arg(long, env = worker::EVENTS_TOPIC_ARN)]
+    pub events_topic_arn: Option<String>,
+    /// The `alerts` topic (output `AlertsTopicArn`).
+    #[arg(long, env = worker::ALERTS_TOPIC_ARN)]
+    pub alerts_topic_arn: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Where to write the HTML file (default: `<state>/report.html`; with `--store aws`,
+    /// `<system>-report.html` in the working directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The global daily LLM budget in US dollars, drawn on the spend chart.
+    #[arg(long, env = "EVOLVE_DAILY_BUDGET_USD")]
+    pub daily_budget_usd: Option<String>,
+}
+
+/// `--since`: an instant, a day (UTC midnight) or an age before now.
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    use chrono::{DateTime, Duration, NaiveDate, Utc};
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a time, a date or an age like 6h"))?;
+    let age = match unit {
+        "s" => Duration::seconds(n),
+        "m" => Duration::minutes(n),
+        "h" => Duration::hours(n),
+        "d" => Duration::days(n),
+        _ => return Err(format!("{text:?}: an age ends in s, m, h or d")),
+    };
+    Ok(Utc::now() - age)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn since_takes_instants_dates_and_ages() {
+        assert_eq!(
+            parse_since("2026-11-27T09:30:00Z")
+                .expect("instant")
+                .to_rfc3339(),
+            "2026-11-27T09:30:00+00:00"
+        );
+        assert_eq!(
+            parse_since("2026-11-27").expect("date").to_rfc3339(),
+            "2026-11-27T00:00:00+00:00"
+        );
+        let six_hours = chrono::Utc::now() - parse_since("6h").expect("age");
+        assert!((six_hours.num_minutes() - 360).abs() <= 1);
+        assert!(parse_since("6x").is_err());
+        assert!(parse_since("yesterday").is_err());
+    }
 }

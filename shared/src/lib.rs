@@ -14,3 +14,4 @@ pub mod pipeline;
 pub mod sim;
 pub mod stages;
 pub mod store;
+pub mod worker;

@@ -306,6 +306,8 @@ struct Queues {
     requests: Vec<Recorded>,
     received: u64,
     tool_uses: u64,
+    /// How long default (unscripted) answers wait before they are sent.
+    default_delay: Duration,
 }
 
 #[derive(Debug)]
@@ -395,6 +397,12 @@ impl StubServer {
             .push_back(reply);
     }
 
+    /// Delays every later default (unscripted) answer by `delay`: slow work that still completes
+    /// with a valid answer, for tests of what happens while a call is in flight.
+    pub fn delay_defaults(&self, delay: Duration) {
+        self.shared.lock().default_delay = delay;
+    }
+
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().requests.clone()
@@ -457,7 +465,14 @@ async fn converse(
         } else {
             queues.global.pop_front()
         };
-        let reply = scripted.unwrap_or_else(|| default_reply(&body_json, body.len()));
+        let reply = scripted.unwrap_or_else(|| {
+            let reply = default_reply(&body_json, body.len());
+            if queues.default_delay.is_zero() {
+                reply
+            } else {
+                Reply::slow(queues.default_delay, reply)
+            }
+        });
         let answer = render(reply, &mut queues.tool_uses);
         queues.requests.push(Recorded {
             model_id: model_id.clone(),

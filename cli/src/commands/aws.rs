@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use aws_config::{BehaviorVersion, SdkConfig};
 use shared::bus::Bus;
 use shared::bus::aws::{AwsBus, Destinations};
-use shared::domain::{Outgoing, Queue};
+use shared::domain::{Destination, Outgoing, Queue};
 use shared::store::dynamo::DynamoStore;
 
 use crate::args::Cli;
@@ -53,19 +53,31 @@ pub async fn caller_identity() -> anyhow::Result<String> {
     Ok(identity.arn().unwrap_or("unknown AWS principal").to_owned())
 }
 
-/// Sends an operator message to the snapshot queue.
-pub async fn send_to_snapshot(cli: &Cli, message: Outgoing) -> anyhow::Result<()> {
-    let url = required(
-        cli.snapshot_queue_url.as_ref(),
-        "--snapshot-queue-url",
-        "EVOLVE_SNAPSHOT_QUEUE_URL",
-    )?;
+/// Sends an operator message to its queue: rollbacks to snapshot, approvals to decide.
+pub async fn send_operator_message(cli: &Cli, message: Outgoing) -> anyhow::Result<()> {
+    let queue = match message.destination {
+        Destination::Queue(queue @ (Queue::Snapshot | Queue::Decide)) => queue,
+        other => anyhow::bail!("operators do not send to {other:?}"),
+    };
+    let url = if queue == Queue::Snapshot {
+        required(
+            cli.snapshot_queue_url.as_ref(),
+            "--snapshot-queue-url",
+            "EVOLVE_SNAPSHOT_QUEUE_URL",
+        )?
+    } else {
+        required(
+            cli.decide_queue_url.as_ref(),
+            "--decide-queue-url",
+            "EVOLVE_DECIDE_QUEUE_URL",
+        )?
+    };
     let sdk = sdk().await;
     let bus = AwsBus::new(
         aws_sdk_sqs::Client::new(&sdk),
         aws_sdk_sns::Client::new(&sdk),
         Destinations {
-            queues: BTreeMap::from([(Queue::Snapshot, url.to_owned())]),
+            queues: BTreeMap::from([(queue, url.to_owned())]),
             topics: BTreeMap::new(),
         },
     );

@@ -8,12 +8,12 @@ use shared::domain::{DnaFile, SystemId};
 use shared::engine::LocalEngine;
 use shared::evaluator::Evaluator;
 use shared::evaluator::command::CommandEvaluator;
-use shared::local::{InitError, LocalHome, RunOptions, init_system};
+use shared::local::{InitError, LocalHome, PendingPolicy, RunOptions, init_system};
 use shared::stages::PipelineConfig;
 use shared::store::{EvolutionStore, SystemSettings, Transaction, Write};
 
-use super::{llm, local_only, open_existing, open_store, resolve_system};
-use crate::args::{Cli, DemoArgs, EngineArgs, InitArgs, RunArgs};
+use super::{llm, local_only, open_existing, open_store, report, resolve_system};
+use crate::args::{Cli, DemoArgs, EngineArgs, InitArgs, PendingArgs, RunArgs};
 use crate::output::{Progress, bad_input, print_json, print_summary};
 
 /// Simulated time of a demo's start: fixed, so two demos with one seed are identical.
@@ -26,22 +26,47 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     local_only(cli, "demo")?;
     let config = llm::pipeline_config(&args.engine)?;
     let store = open_store(cli).await?;
-    store.purge_system(&system_id).await?;
     let start = DateTime::parse_from_rfc3339(DEMO_EPOCH)?.with_timezone(&Utc);
+    if args.resume {
+        if store.get_head(&system_id).await?.is_none() {
+            return Err(bad_input(format!(
+                "no demo system {system_id} to continue: run `evolve demo` first"
+            )));
+        }
+    } else {
+        store.purge_system(&system_id).await?;
+    }
     let engine = llm::build(&args.engine, &store, config.budgets).await?;
-    let home = LocalHome::new(store, engine, start, config);
-    init_system(
-        &home.deps,
+    let daily_budget = config.budgets.global_daily;
+    let home = LocalHome::new(store.clone(), engine, start, config);
+    if !args.resume {
+        init_system(
+            &home.deps,
+            &system_id,
+            schema,
+            genes,
+            SystemSettings {
+                samples_required: 1,
+                ..SystemSettings::default()
+            },
+        )
+        .await?;
+    }
+    let continue_with = "evolve demo --continue";
+    evolve(
+        cli,
+        &home,
         &system_id,
-        schema,
-        genes,
-        SystemSettings {
-            samples_required: 1,
-            ..SystemSettings::default()
+        &demo,
+        Evolve {
+            generations: args.generations,
+            engine: &args.engine,
+            pending: &args.pending,
+            continue_with,
         },
     )
     .await?;
-    evolve(&home, &system_id, &demo, args.generations, &args.engine).await?;
+    report::after_run(cli, store.as_ref(), &system_id, daily_budget).await;
     eprintln!(
         "state in {}; try `evolve status`, `evolve history`, `evolve decisions`",
         cli.state.display()
@@ -100,15 +125,23 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
         set_samples(store.as_ref(), &system_id, samples).await?;
     }
     let engine = llm::build(&args.engine, &store, config.budgets).await?;
-    let home = LocalHome::new(store, engine, Utc::now(), config);
+    let daily_budget = config.budgets.global_daily;
+    let home = LocalHome::new(store.clone(), engine, Utc::now(), config);
     evolve(
+        cli,
         &home,
         &system_id,
         &evaluator,
-        args.generations,
-        &args.engine,
+        Evolve {
+            generations: args.generations,
+            engine: &args.engine,
+            pending: &args.pending,
+            continue_with: "evolve run --evaluator ...",
+        },
     )
-    .await
+    .await?;
+    report::after_run(cli, store.as_ref(), &system_id, daily_budget).await;
+    Ok(())
 }
 
 async fn set_samples(
@@ -131,16 +164,39 @@ async fn set_samples(
     Ok(())
 }
 
+/// How `demo` and `run` drive the runner.
+struct Evolve<'a> {
+    generations: u32,
+    engine: &'a EngineArgs,
+    pending: &'a PendingArgs,
+    /// The command that picks the run up again, for the message at a pending approval.
+    continue_with: &'a str,
+}
+
 async fn evolve(
+    cli: &Cli,
     home: &LocalHome,
     system_id: &SystemId,
     evaluator: &dyn Evaluator,
-    generations: u32,
-    engine: &EngineArgs,
+    how: Evolve<'_>,
 ) -> anyhow::Result<()> {
+    let Evolve {
+        generations,
+        engine,
+        pending,
+        continue_with,
+    } = how;
     let progress = Progress::new(generations);
     let opts = RunOptions {
         generations,
+        pending: if pending.approve_all {
+            PendingPolicy::ApproveAll
+        } else if pending.reject_pending {
+            PendingPolicy::RejectAll
+        } else {
+            PendingPolicy::Stop
+        },
+        operator: super::operator(cli).await?,
         ..RunOptions::default()
     };
     let report = home
@@ -150,6 +206,12 @@ async fn evolve(
     progress.finish();
     let report = report?;
     print_summary(&report);
+    if let Some(decision) = &report.awaiting_approval {
+        eprintln!(
+            "decision {decision} awaits approval: `evolve approve {decision}` or `evolve reject \
+             {decision}`, then `{continue_with}` (or run with --approve-all / --reject-pending)"
+        );
+    }
     if engine.json {
         print_json(&report)?;
     }

@@ -50,7 +50,19 @@ pub fn pipeline_config(args: &EngineArgs) -> anyhow::Result<PipelineConfig> {
             .map_err(|e| bad_input(format!("{flag}: {e}")))
     };
     let defaults = PipelineConfig::default();
+    if let Some(t) = args.approval_threshold {
+        if !(0.0..=1.0).contains(&t) {
+            return Err(bad_input(format!(
+                "--approval-threshold {t}: expected a risk between 0 and 1"
+            )));
+        }
+    }
+    if args.approval_ttl_seconds == 0 {
+        return Err(bad_input("--approval-ttl-seconds must be at least 1"));
+    }
     Ok(PipelineConfig {
+        approval_threshold: args.approval_threshold,
+        approval_ttl_seconds: args.approval_ttl_seconds,
         budgets: Budgets {
             global_daily: usd(&args.daily_budget_usd, "--daily-budget-usd")?,
             global_monthly: usd(&args.monthly_budget_usd, "--monthly-budget-usd")?,

@@ -1,10 +1,13 @@
 //! One function per subcommand. Everything here wires ports and prints; the work is done by
 //! `shared::local` and `shared::pipeline`.
 
+mod approval;
 mod aws;
 mod evolve;
 mod llm;
+mod report;
 mod views;
+mod worker;
 
 use std::sync::Arc;
 
@@ -21,12 +24,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(args) => evolve::demo(&cli, args).await,
         Command::Init(args) => evolve::init(&cli, args).await,
         Command::Run(args) => evolve::run(&cli, args).await,
-        Command::Status(args) => views::status(&cli, args.json).await,
+        Command::Status(args) => views::status(&cli, args).await,
         Command::History(args) => views::history(&cli, args).await,
         Command::Decisions(args) => views::decisions(&cli, args).await,
         Command::Cost(args) => views::cost(&cli, args.json).await,
         Command::Rollback(args) => views::rollback(&cli, args).await,
+        Command::Worker(args) => worker::run(&cli, args).await,
+        Command::Approve(args) => approval::resolve(&cli, args, true).await,
+        Command::Reject(args) => approval::resolve(&cli, args, false).await,
+        Command::Report(args) => report::report(&cli, args).await,
     }
+}
+
+/// Who an operator action is recorded as: the caller's AWS identity on AWS, the OS user
+/// locally.
+pub(crate) async fn operator(cli: &Cli) -> anyhow::Result<String> {
+    Ok(match cli.store {
+        StoreKind::Aws => aws::caller_identity().await?,
+        StoreKind::Local => format!(
+            "local user {}",
+            std::env::var("USER")
+                .or_else(|_| std::env::var("USERNAME"))
+                .unwrap_or_else(|_| "unknown".into())
+        ),
+    })
 }
 
 /// Opens the store, creating the embedded one if needed.

@@ -16,7 +16,7 @@ use shared::pipeline;
 use shared::stages::PipelineConfig;
 
 use super::{open_existing, resolve_system};
-use crate::args::{Cli, ListArgs, RollbackArgs, StoreKind};
+use crate::args::{Cli, ListArgs, RollbackArgs, StatusArgs, StoreKind};
 use crate::output::{bad_input, fmt_fitness, print_json};
 
 /// Direction of the last few kept fitness values: the mean step between them.
@@ -30,7 +30,15 @@ fn trend(history: &[HistoryEntry]) -> Option<f64> {
     (tail.len() >= 2).then(|| (tail[tail.len() - 1] - tail[0]) / (tail.len() - 1) as f64)
 }
 
-pub async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
+pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
+    let usd = |v: &Option<String>, flag: &str| {
+        v.as_deref()
+            .map(super::llm::parse_usd)
+            .transpose()
+            .map_err(|e| bad_input(format!("{flag}: {e}")))
+    };
+    let daily_budget = usd(&args.daily_budget_usd, "--daily-budget-usd")?;
+    let monthly_budget = usd(&args.monthly_budget_usd, "--monthly-budget-usd")?;
     let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
     let head = store
@@ -40,20 +48,29 @@ pub async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let history = store.list_history(&id, 50).await?;
     let budget = store.budget_state().await?;
     let now = Utc::now();
-    let day = store
-        .totals(
-            PeriodKey::of(BudgetPeriod::Day, now),
-            &LedgerScope::System(id.clone()),
-        )
-        .await?;
-    let month = store
-        .totals(
-            PeriodKey::of(BudgetPeriod::Month, now),
-            &LedgerScope::System(id.clone()),
-        )
-        .await?;
+    let total = |period| store.totals(PeriodKey::of(period, now), &LedgerScope::Total);
+    let (day, month) = (
+        total(BudgetPeriod::Day).await?,
+        total(BudgetPeriod::Month).await?,
+    );
+    let scope = LedgerScope::System(id.clone());
+    let system = |period| store.totals(PeriodKey::of(period, now), &scope);
+    let (system_day, system_month) = (
+        system(BudgetPeriod::Day).await?,
+        system(BudgetPeriod::Month).await?,
+    );
     let last_decision = store.list_decisions(&id, None, usize::MAX).await?.pop();
     let trend = trend(&history);
+    let pending: Vec<_> = head
+        .approval
+        .iter()
+        .filter(|_| head.status == HeadStatus::AwaitingApproval)
+        .collect();
+    let percent = |spent: u64, budget: Option<u64>| {
+        budget
+            .filter(|b| *b > 0)
+            .map(|b| (spent as f64 / b as f64 * 1000.0).round() / 10.0)
+    };
     let value = json!({
         "system_id": id,
         "generation": head.generation,
@@ -65,15 +82,28 @@ pub async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
             "generation": e.generation, "deadline": e.deadline, "samples_required": e.samples_required
         })),
         "budget_mode": budget.mode.as_str(),
-        "spend_today_nano_usd": day.spent_nano,
-        "spend_month_nano_usd": month.spent_nano,
-        "pending_approvals": 0,
+        "budget_mode_reason": budget.reason,
+        "spend": {
+            "today_nano_usd": day.spent_nano,
+            "month_nano_usd": month.spent_nano,
+            "system_today_nano_usd": system_day.spent_nano,
+            "system_month_nano_usd": system_month.spent_nano,
+            "daily_budget_nano_usd": daily_budget,
+            "monthly_budget_nano_usd": monthly_budget,
+            "today_percent_of_budget": percent(day.spent_nano, daily_budget),
+            "month_percent_of_budget": percent(month.spent_nano, monthly_budget),
+        },
+        "pending_approvals": pending.iter().map(|p| json!({
+            "decision_id": p.decision_id, "mutation": describe_changes(&p.mutation.changes),
+            "risk": p.risk, "requested_at": p.requested_at, "expires_at": p.expires_at,
+        })).collect::<Vec<_>>(),
         "last_decision": last_decision.as_ref().map(|d| json!({
             "decision_id": d.decision_id, "decision": d.decision, "mutation_id": d.mutation_id,
-            "model_used": d.model_used, "timestamp": d.timestamp,
+            "model_used": d.model_used, "timestamp": d.timestamp, "decided_by": d.decided_by,
+            "approver": d.approver,
         })),
     });
-    if json {
+    if args.json {
         return print_json(&value);
     }
     println!("system      {id}");
@@ -90,20 +120,44 @@ pub async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
             ", trend {t:+.4} per kept generation"
         ))
     );
+    let against = |spent: u64, budget: Option<u64>| match budget {
+        Some(b) => format!(
+            "{} of {} ({:.1}%)",
+            format_usd(spent),
+            format_usd(b),
+            percent(spent, Some(b)).unwrap_or(0.0)
+        ),
+        None => format!("{} (no budget given)", format_usd(spent)),
+    };
     println!(
-        "budget      {} (spent today {}, this month {})",
+        "budget      {}: today {}, this month {}",
         budget.mode.as_str(),
-        format_usd(day.spent_nano),
-        format_usd(month.spent_nano)
+        against(day.spent_nano, daily_budget),
+        against(month.spent_nano, monthly_budget)
     );
+    if pending.is_empty() {
+        println!("approvals   none pending");
+    }
+    for p in &pending {
+        println!(
+            "approvals   {} awaits approval: {} (risk {:.2}), expires {}",
+            p.decision_id,
+            describe_changes(&p.mutation.changes),
+            p.risk,
+            p.expires_at.format("%Y-%m-%d %H:%M:%S")
+        );
+    }
     if let Some(d) = last_decision {
         println!(
-            "last        {} {} by {} at {}",
+            "last        {} {} by {}{} at {}",
             d.decision.as_str(),
             d.mutation
                 .as_ref()
                 .map_or(d.mutation_id.clone(), |m| describe_changes(&m.changes)),
             d.model_used,
+            d.approver
+                .as_ref()
+                .map_or(String::new(), |a| format!(" ({a})")),
             d.timestamp.format("%Y-%m-%d %H:%M:%S")
         );
     }
@@ -113,7 +167,11 @@ pub async fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
 pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
     let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
-    let history = store.list_history(&id, args.limit).await?;
+    let mut history = store.list_history(&id, usize::MAX).await?;
+    if let Some(since) = args.since {
+        history.retain(|h| h.closed_at >= since);
+    }
+    let history = &history[history.len().saturating_sub(args.limit)..];
     if args.json {
         return print_json(&history);
     }
@@ -121,7 +179,7 @@ pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
         "{:>5}  {:<12}  {:>12}  {:>12}  changes",
         "gen", "outcome", "fitness", "parent"
     );
-    for h in &history {
+    for h in history {
         println!(
             "{:>5}  {:<12}  {:>12}  {:>12}  {}",
             h.generation,
@@ -141,13 +199,13 @@ pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
 pub async fn decisions(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
     let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
-    let all = store.list_decisions(&id, None, usize::MAX).await?;
+    let all = store.list_decisions(&id, args.since, usize::MAX).await?;
     let shown = &all[all.len().saturating_sub(args.limit)..];
     if args.json {
         return print_json(&shown);
     }
     println!(
-        "{:<19}  {:<7}  {:>5}  {:>5}  {:<18}  mutation / reasoning",
+        "{:<19}  {:<16}  {:>5}  {:>5}  {:<18}  mutation / reasoning",
         "time", "verdict", "risk", "conf", "model"
     );
     for d in shown {
@@ -157,7 +215,7 @@ pub async fn decisions(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
             .map_or(d.mutation_id.clone(), |m| describe_changes(&m.changes));
         let reasoning: String = d.reasoning.chars().take(80).collect();
         println!(
-            "{:<19}  {:<7}  {:>5.2}  {:>5.2}  {:<18}  {changes} / {reasoning}",
+            "{:<19}  {:<16}  {:>5.2}  {:>5.2}  {:<18}  {changes} / {reasoning}",
             d.timestamp.format("%Y-%m-%d %H:%M:%S"),
             d.decision.as_str(),
             d.risk_assessment.overall_risk,
@@ -246,13 +304,7 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> anyhow::Result<()> {
         }
     }
     let now = Utc::now().max(head.updated_at + chrono::Duration::seconds(1));
-    let operator = match cli.store {
-        StoreKind::Aws => super::aws::caller_identity().await?,
-        StoreKind::Local => format!(
-            "local user {}",
-            std::env::var("USER").unwrap_or_else(|_| "operator".into())
-        ),
-    };
+    let operator = super::operator(cli).await?;
     let env = Envelope {
         id: derive_id(
             "op",
@@ -269,7 +321,7 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> anyhow::Result<()> {
         },
     };
     if cli.store == StoreKind::Aws {
-        super::aws::send_to_snapshot(cli, Outgoing::new(env)).await?;
+        super::aws::send_operator_message(cli, Outgoing::new(env)).await?;
         eprintln!("{id}: rollback requested on the snapshot queue");
         return Ok(());
     }

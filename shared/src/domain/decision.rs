@@ -14,6 +14,11 @@ pub enum Recommendation {
     Approve,
     Reject,
     Defer,
+    /// An approval held for a human because its risk is above the approval threshold. Only the
+    /// decide stage sets it: it is left out of the schema the LLM answers in, and the
+    /// validation refuses it from a model.
+    #[schemars(skip)]
+    PendingApproval,
 }
 
 impl Recommendation {
@@ -22,6 +27,7 @@ impl Recommendation {
             Self::Approve => "APPROVE",
             Self::Reject => "REJECT",
             Self::Defer => "DEFER",
+            Self::PendingApproval => "PENDING_APPROVAL",
         }
     }
 }
@@ -73,6 +79,8 @@ pub enum DecidedBy {
     Engine,
     /// A human, through an approval.
     Operator,
+    /// A pending approval that nobody resolved in time (rejected by the tick).
+    Expiry,
 }
 
 /// The audit record of one decision, written once (seed "Bedrock Decision" schema plus ours).
@@ -100,4 +108,11 @@ pub struct DecisionRecord {
     /// The local `RiskAnalyzer` score that routed this decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_risk: Option<f64>,
+    /// Who resolved a pending approval: the caller's AWS identity, or the OS user locally.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approver: Option<String>,
+    /// The pending decision this record resolves (records are written once, so a resolution is
+    /// a record of its own that points back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolves: Option<String>,
 }

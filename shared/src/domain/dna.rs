@@ -94,6 +94,8 @@ pub enum HeadStatus {
     Stable,
     Evaluating,
     Paused,
+    /// An approved mutation is held for a human (`Head::approval` says which); no cycle runs.
+    AwaitingApproval,
 }
 
 impl HeadStatus {
@@ -102,6 +104,7 @@ impl HeadStatus {
             Self::Stable => "stable",
             Self::Evaluating => "evaluating",
             Self::Paused => "paused",
+            Self::AwaitingApproval => "awaiting_approval",
         }
     }
 }
@@ -139,6 +142,22 @@ pub struct Head {
     #[serde(default)]
     pub rollback_streak: u32,
     pub updated_at: DateTime<Utc>,
+    /// The decision held for a human while the status is `AwaitingApproval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Box<PendingApproval>>,
+}
+
+/// An approval held for a human. It lives on the head so that the transition into and out of
+/// it is one conditional write, and the tick sees its deadline without another read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PendingApproval {
+    pub decision_id: String,
+    pub mutation: Mutation,
+    /// The risk that put it above the threshold.
+    pub risk: f64,
+    pub requested_at: DateTime<Utc>,
+    /// After this the tick rejects it.
+    pub expires_at: DateTime<Utc>,
 }
 
 /// The aggregate view: schema, head and the immutable generations.

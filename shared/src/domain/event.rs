@@ -17,6 +17,8 @@ pub enum EventType {
     PlanCreated,
     ConflictResolved,
     BudgetModeChanged,
+    /// The tick changed a system's schedule for the budget mode (the cost optimizer's action).
+    CostActionApplied,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

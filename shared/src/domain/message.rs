@@ -218,6 +218,19 @@ pub enum Body {
     AlertRaised {
         alert: Alert,
     },
+    /// An operator's verdict on a pending approval (`evolve approve` / `evolve reject`).
+    ApprovalGiven {
+        decision_id: String,
+        approve: bool,
+        /// The caller's AWS identity, or the OS user locally.
+        approver: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
+    /// The tick found a pending approval past its deadline: it is rejected.
+    ApprovalExpired {
+        decision_id: String,
+    },
 }
 
 impl Body {
@@ -237,6 +250,8 @@ impl Body {
             Self::BudgetThresholdCrossed { .. } => "BudgetThresholdCrossed",
             Self::BudgetSweep {} => "BudgetSweep",
             Self::AlertRaised { .. } => "AlertRaised",
+            Self::ApprovalGiven { .. } => "ApprovalGiven",
+            Self::ApprovalExpired { .. } => "ApprovalExpired",
         }
     }
 
@@ -245,9 +260,10 @@ impl Body {
         match self {
             Self::CycleRequested { .. } => Destination::Queue(Queue::Analyze),
             Self::AnalysisReady { .. } => Destination::Queue(Queue::Strategize),
-            Self::MutationProposed { .. } | Self::ConflictDetected { .. } => {
-                Destination::Queue(Queue::Decide)
-            }
+            Self::MutationProposed { .. }
+            | Self::ConflictDetected { .. }
+            | Self::ApprovalGiven { .. }
+            | Self::ApprovalExpired { .. } => Destination::Queue(Queue::Decide),
             Self::MutationApproved { .. }
             | Self::RollbackRequested { .. }
             | Self::EvaluationDue { .. } => Destination::Queue(Queue::Snapshot),

@@ -42,6 +42,10 @@ pub const MONTHLY_BUDGET_NANO_USD: &str = "MONTHLY_BUDGET_NANO_USD";
 pub const LLM: &str = "LLM";
 /// Optional path of a model catalog file replacing the embedded one.
 pub const MODEL_CATALOG: &str = "MODEL_CATALOG";
+/// Optional risk (0..1) above which an approval is held for a human; unset turns the gate off.
+pub const APPROVAL_RISK_THRESHOLD: &str = "APPROVAL_RISK_THRESHOLD";
+/// Optional seconds a pending approval waits before it is rejected (default 86400).
+pub const APPROVAL_TTL_SECONDS: &str = "APPROVAL_TTL_SECONDS";
 /// The notify function's dead-letter queue.
 pub const NOTIFY_DLQ_URL: &str = "NOTIFY_DLQ_URL";
 /// The ARN of the Secrets Manager secret holding the webhook URLs (never the URLs themselves).
@@ -151,11 +155,54 @@ pub struct StrategizeConfig {
 
 /// The decide function: approvals and operator rollbacks to snapshot, rejections to analyze,
 /// deferrals to itself, budget crossings to cost-guard, escalations to the alerts topic.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct DecideConfig {
     pub common: Common,
     pub budgets: Budgets,
     pub llm: LlmSettings,
+    pub gate: ApprovalGate,
+}
+
+/// The approval gate's settings (decide only).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ApprovalGate {
+    pub threshold: Option<f64>,
+    pub ttl_seconds: u32,
+}
+
+impl ApprovalGate {
+    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        let threshold = vars
+            .optional(APPROVAL_RISK_THRESHOLD)
+            .map(|v| match v.parse::<f64>() {
+                Ok(t) if (0.0..=1.0).contains(&t) => Ok(t),
+                _ => Err(ConfigError::Invalid {
+                    name: APPROVAL_RISK_THRESHOLD,
+                    reason: "expected a risk between 0 and 1".into(),
+                }),
+            })
+            .transpose()?;
+        let ttl_seconds = vars
+            .optional(APPROVAL_TTL_SECONDS)
+            .map(|v| match v.parse::<u32>() {
+                Ok(t) if t > 0 => Ok(t),
+                _ => Err(ConfigError::Invalid {
+                    name: APPROVAL_TTL_SECONDS,
+                    reason: "expected a positive whole number of seconds".into(),
+                }),
+            })
+            .transpose()?
+            .unwrap_or(PipelineConfig::default().approval_ttl_seconds);
+        Ok(Self {
+            threshold,
+            ttl_seconds,
+        })
+    }
+
+    fn apply(self, config: &mut PipelineConfig) {
+        config.approval_threshold = self.threshold;
+        config.approval_ttl_seconds = self.ttl_seconds;
+    }
 }
 
 /// The snapshot function: consumes the snapshot and fitness queues; publishes DNA changes and
@@ -192,8 +239,10 @@ macro_rules! env_readers {
 
 /// What the three LLM-calling stages share: their store and routes, budgets and engine, and
 /// the one queue each consumes.
+/// A stage's own settings follow as `field: Type`, each read by `Type::read` and applied to
+/// the pipeline config by `Type::apply`.
 macro_rules! llm_stage {
-    ($config:ident, $queue:expr) => {
+    ($config:ident, $queue:expr $(, $field:ident: $extra:ty)*) => {
         env_readers!($config);
 
         impl $config {
@@ -202,6 +251,7 @@ macro_rules! llm_stage {
                     common: common(vars, &Self::ROUTES)?,
                     budgets: budgets(vars)?,
                     llm: llm(vars)?,
+                    $($field: <$extra>::read(vars)?,)*
                 })
             }
 
@@ -210,7 +260,10 @@ macro_rules! llm_stage {
             }
 
             pub fn pipeline(&self) -> PipelineConfig {
-                pipeline(self.budgets)
+                #[allow(unused_mut)]
+                let mut config = pipeline(self.budgets);
+                $(self.$field.apply(&mut config);)*
+                config
             }
         }
     };
@@ -282,6 +335,8 @@ impl DecideConfig {
         MONTHLY_BUDGET_NANO_USD,
         LLM,
         MODEL_CATALOG,
+        APPROVAL_RISK_THRESHOLD,
+        APPROVAL_TTL_SECONDS,
     ];
     const ROUTES: Routes = Routes {
         sends: &[
@@ -295,7 +350,7 @@ impl DecideConfig {
     };
 }
 
-llm_stage!(DecideConfig, Queue::Decide);
+llm_stage!(DecideConfig, Queue::Decide, gate: ApprovalGate);
 
 env_readers!(SnapshotConfig);
 
@@ -453,6 +508,31 @@ pub const FUNCTIONS: [(&str, &[&str]); 6] = [
     ("cost-guard", CostGuardConfig::VARIABLES),
     ("notify", NotifyConfig::VARIABLES),
 ];
+
+/// The queues and topics the stage that consumes `queue` may send to: the worker runs the same
+/// stages outside Lambda and must be configured with the same destinations.
+pub fn consumer_routes(queue: Queue) -> (&'static [Queue], &'static [Topic]) {
+    let routes = match queue {
+        Queue::Analyze => &AnalyzeConfig::ROUTES,
+        Queue::Strategize => &StrategizeConfig::ROUTES,
+        Queue::Decide => &DecideConfig::ROUTES,
+        Queue::Snapshot | Queue::Fitness => &SnapshotConfig::ROUTES,
+        Queue::CostGuard => &CostGuardConfig::ROUTES,
+    };
+    (routes.sends, routes.publishes)
+}
+
+/// The function that consumes `queue` on Lambda: the `Function` dimension of the metrics the
+/// worker emits for it, so dashboards count a stage's work wherever it runs.
+pub const fn consumer_function(queue: Queue) -> &'static str {
+    match queue {
+        Queue::Analyze => "analyze",
+        Queue::Strategize => "strategize",
+        Queue::Decide => "decide",
+        Queue::Snapshot | Queue::Fitness => "snapshot",
+        Queue::CostGuard => "cost-guard",
+    }
+}
 
 /// Reads `names` from the process environment; unset ones are simply absent.
 fn env_map(names: &[&'static str]) -> Result<HashMap<String, String>, ConfigError> {
@@ -651,6 +731,8 @@ mod tests {
         set(MONTHLY_BUDGET_NANO_USD, "100000000000".into());
         set(LLM, "local".into());
         set(MODEL_CATALOG, "catalog.json".into());
+        set(APPROVAL_RISK_THRESHOLD, "0.6".into());
+        set(APPROVAL_TTL_SECONDS, "3600".into());
         set(
             NOTIFY_DLQ_URL,
             "https://sqs.eu-west-1.amazonaws.com/123456789012/notify-dlq".into(),
@@ -858,6 +940,25 @@ mod tests {
         let a = AnalyzeConfig::from_map(&full()).expect("analyze");
         assert_eq!(a.llm.engine, LlmEngine::Local);
         assert_eq!(a.llm.model_catalog, Some(PathBuf::from("catalog.json")));
+    }
+
+    #[test]
+    fn the_approval_gate_is_read_by_decide_only_and_checked() {
+        let d = DecideConfig::from_map(&full()).expect("decide");
+        assert_eq!(d.pipeline().approval_threshold, Some(0.6));
+        assert_eq!(d.pipeline().approval_ttl_seconds, 3600);
+        let a = AnalyzeConfig::from_map(&full()).expect("analyze");
+        assert_eq!(a.pipeline().approval_threshold, None);
+        let mut off = full();
+        off.remove(APPROVAL_RISK_THRESHOLD);
+        off.remove(APPROVAL_TTL_SECONDS);
+        let d = DecideConfig::from_map(&off).expect("decide without a gate");
+        assert_eq!(d.pipeline().approval_threshold, None);
+        assert_eq!(d.pipeline().approval_ttl_seconds, 86_400);
+        let mut bad = full();
+        bad.insert(APPROVAL_RISK_THRESHOLD.into(), "1.5".into());
+        let err = DecideConfig::from_map(&bad).expect_err("out of range");
+        assert!(err.to_string().contains(APPROVAL_RISK_THRESHOLD), "{err}");
     }
 
     #[test]

@@ -283,6 +283,12 @@ pub fn decision(
     for (k, v) in &d.estimated_impact {
         finite(k, *v)?;
     }
+    if d.recommendation == Recommendation::PendingApproval {
+        // Holding for a human is the gate's call, never the model's.
+        return Err(AnswerError::SchemaMismatch(
+            "recommendation PENDING_APPROVAL is not an answer a model may give".into(),
+        ));
+    }
     if d.recommendation == Recommendation::Approve && local_risk > ceiling {
         return Err(AnswerError::ApproveAboveCeiling {
             risk: local_risk,
@@ -364,6 +370,18 @@ mod tests {
             Err(AnswerError::ApproveAboveCeiling { .. })
         ));
         assert!(decision(decision_json("REJECT", 0.9), 0.9, 0.8).is_ok());
+    }
+
+    #[test]
+    fn a_model_cannot_hold_a_decision_for_approval() {
+        let err = decision(decision_json("PENDING_APPROVAL", 0.9), 0.1, 0.8)
+            .expect_err("only the gate holds decisions");
+        assert!(matches!(err, AnswerError::SchemaMismatch(_)), "{err:?}");
+        // Nor is it offered in the schema the model answers in.
+        let schema = serde_json::to_string(&schemars::schema_for!(crate::domain::DecisionResult))
+            .expect("schema");
+        assert!(schema.contains("APPROVE"), "{schema}");
+        assert!(!schema.contains("PENDING_APPROVAL"), "{schema}");
     }
 
     #[test]

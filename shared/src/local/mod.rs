@@ -59,6 +59,7 @@ pub async fn init_system(
         }),
         rollback_streak: 0,
         updated_at: now,
+        approval: None,
     };
     let system = SystemRecord {
         system_id: system_id.clone(),
@@ -67,6 +68,7 @@ pub async fn init_system(
         created_at: now,
         next_cycle_at: now,
         evaluation_deadline: Some(deadline),
+        cost_mode: crate::domain::BudgetMode::Normal,
     };
     let event = EvolutionEvent {
         id: derive_id("evt", &[system_id.as_str(), "created"]),
@@ -98,6 +100,9 @@ pub async fn init_system(
     }
 }
 
+/// How far ahead [`LocalRunner::settle`] follows delayed messages.
+pub const SETTLE_HORIZON: Duration = Duration::minutes(5);
+
 /// How a local run proceeds.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -109,6 +114,22 @@ pub struct RunOptions {
     pub max_receives: u32,
     /// Stop when this much simulated time passes without a closed evaluation.
     pub max_idle: Duration,
+    /// What to do when a decision is held for approval.
+    pub pending: PendingPolicy,
+    /// Who answers pending approvals under `ApproveAll` / `RejectAll` (the OS user).
+    pub operator: String,
+}
+
+/// How an unattended local run treats a decision held for approval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PendingPolicy {
+    /// Stop the run and say how to continue (the pending decision stays for `evolve approve`).
+    #[default]
+    Stop,
+    /// Approve it in the operator's name (`--approve-all`).
+    ApproveAll,
+    /// Reject it in the operator's name (`--reject-pending`).
+    RejectAll,
 }
 
 impl Default for RunOptions {
@@ -118,6 +139,8 @@ impl Default for RunOptions {
             visibility_timeout: Duration::seconds(30),
             max_receives: 5,
             max_idle: Duration::days(2),
+            pending: PendingPolicy::Stop,
+            operator: "operator".into(),
         }
     }
 }
@@ -160,6 +183,9 @@ pub struct RunReport {
     /// Why the run stopped before its generations, if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
+    /// The decision held for approval when the run stopped at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub awaiting_approval: Option<String>,
     /// Messages given up on, with reasons.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dead_letters: Vec<String>,
@@ -245,6 +271,36 @@ impl LocalRunner<'_> {
                     stopped = Some("the system is paused".to_owned());
                     break;
                 }
+                if let Some(approval) = head
+                    .as_ref()
+                    .filter(|h| h.status == HeadStatus::AwaitingApproval)
+                    .and_then(|h| h.approval.as_ref())
+                    .filter(|a| a.expires_at > now && self.bus.pending() == 0)
+                {
+                    let approve = match opts.pending {
+                        PendingPolicy::Stop => {
+                            stopped =
+                                Some(format!("decision {} awaits approval", approval.decision_id));
+                            break;
+                        }
+                        PendingPolicy::ApproveAll => true,
+                        PendingPolicy::RejectAll => false,
+                    };
+                    let verdict = verdict_message(
+                        system_id,
+                        &approval.decision_id,
+                        approve,
+                        &opts.operator,
+                        None,
+                        now,
+                    );
+                    self.bus
+                        .send(&[Outgoing::new(verdict)])
+                        .await
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    last_progress = now;
+                    continue;
+                }
                 if now - last_progress > opts.max_idle {
                     stopped = Some(format!(
                         "no evaluation closed in {} hours of simulated time",
@@ -308,6 +364,41 @@ impl LocalRunner<'_> {
         .await
     }
 
+    /// Processes what is on the bus (an operator's verdict, say) until nothing is left for the
+    /// pipeline, without ticks and without measuring: the running system measures a new
+    /// generation when the next `run` starts, so this needs no evaluator. Messages delayed
+    /// past [`SETTLE_HORIZON`] (an empty plan's retry, a deferral) are left to the ticks of the
+    /// next run, which find the system due again. Returns the dead letters.
+    pub async fn settle(
+        &self,
+        opts: &RunOptions,
+        observer: &dyn Observer,
+    ) -> Result<Vec<String>, RunError> {
+        let horizon = self.clock.now() + SETTLE_HORIZON;
+        let mut dead_letters = Vec::new();
+        loop {
+            let now = self.clock.now();
+            let Some(delivery) = self.bus.pop_due(now) else {
+                match self.bus.next_visible_at().filter(|at| *at <= horizon) {
+                    Some(at) => {
+                        self.clock.advance_to(at.max(now));
+                        continue;
+                    }
+                    None => return Ok(dead_letters),
+                }
+            };
+            self.clock.advance(Duration::seconds(1));
+            if matches!(
+                delivery.outgoing.destination,
+                Destination::Topic(Topic::EvolutionEvents)
+            ) {
+                continue;
+            }
+            self.dispatch(delivery, opts, &mut dead_letters, observer)
+                .await?;
+        }
+    }
+
     /// When the tick next has something to do for the system: its next cycle, or the deadline
     /// of its open evaluation window.
     async fn next_due(&self, system_id: &SystemId) -> Result<Option<DateTime<Utc>>, RunError> {
@@ -321,6 +412,7 @@ impl LocalRunner<'_> {
         Ok(match head.status {
             HeadStatus::Stable => Some(system.next_cycle_at),
             HeadStatus::Evaluating => head.evaluation.map(|e| e.deadline),
+            HeadStatus::AwaitingApproval => head.approval.map(|a| a.expires_at),
             HeadStatus::Paused => None,
         })
     }
@@ -532,16 +624,30 @@ async fn report(
             Some(best.map_or(f, |b| b.max(f)))
         });
     let mut decisions = DecisionCounts::default();
-    for d in store
+    let records = store
         .list_decisions(system_id, Some(started_at), usize::MAX)
-        .await?
-    {
+        .await?;
+    for d in &records {
         match d.decision {
             Recommendation::Approve => decisions.approve += 1,
             Recommendation::Reject => decisions.reject += 1,
             Recommendation::Defer => decisions.defer += 1,
+            // Counted only while unresolved: its resolution counts as approve or reject.
+            Recommendation::PendingApproval => {
+                if !records
+                    .iter()
+                    .any(|r| r.resolves.as_deref() == Some(d.decision_id.as_str()))
+                {
+                    decisions.pending += 1;
+                }
+            }
         }
     }
+    let awaiting_approval = if stopped.is_some() && head.status == HeadStatus::AwaitingApproval {
+        head.approval.as_ref().map(|a| a.decision_id.clone())
+    } else {
+        None
+    };
     let calls = store
         .list_llm_calls(Some(system_id), Some(started_at))
         .await?;
@@ -568,8 +674,36 @@ async fn report(
         bedrock_requests: calls.iter().map(|c| u64::from(c.bedrock_requests)).sum(),
         cost_nano_usd: calls.iter().map(|c| c.cost_nano_usd).sum(),
         stopped,
+        awaiting_approval,
         dead_letters,
     })
+}
+
+/// An operator's verdict on a pending approval, as the message `evolve approve` / `reject`
+/// sends. The id includes the time so that a second verdict is a new message (which the decide
+/// stage turns into a no-op), not a payload mismatch.
+pub fn verdict_message(
+    system_id: &SystemId,
+    decision_id: &str,
+    approve: bool,
+    approver: &str,
+    note: Option<&str>,
+    now: DateTime<Utc>,
+) -> Envelope {
+    let verb = if approve { "approve" } else { "reject" };
+    Envelope {
+        id: derive_id("msg", &[decision_id, verb, approver, &now.to_rfc3339()]),
+        causation_id: decision_id.to_owned(),
+        system_id: system_id.clone(),
+        base_generation: 0,
+        sent_at: now,
+        body: Body::ApprovalGiven {
+            decision_id: decision_id.to_owned(),
+            approve,
+            approver: approver.to_owned(),
+            note: note.map(str::to_owned),
+        },
+    }
 }
 
 /// Everything a local invocation needs, wired once.
@@ -601,6 +735,15 @@ impl LocalHome {
         Self { deps, bus, clock }
     }
 
+    /// [`LocalRunner::settle`] without an evaluator: it never measures.
+    pub async fn settle(
+        &self,
+        opts: &RunOptions,
+        observer: &dyn Observer,
+    ) -> Result<Vec<String>, RunError> {
+        self.runner(&NeverMeasures).settle(opts, observer).await
+    }
+
     pub fn runner<'a>(&'a self, evaluator: &'a dyn Evaluator) -> LocalRunner<'a> {
         LocalRunner {
             deps: &self.deps,
@@ -608,5 +751,21 @@ impl LocalHome {
             clock: &self.clock,
             evaluator,
         }
+    }
+}
+
+/// The evaluator of [`LocalHome::settle`], which skips every measurement.
+#[derive(Debug)]
+struct NeverMeasures;
+
+#[async_trait::async_trait]
+impl Evaluator for NeverMeasures {
+    async fn evaluate(
+        &self,
+        _genes: &Genes,
+    ) -> Result<crate::domain::FitnessScore, crate::evaluator::EvalError> {
+        Err(crate::evaluator::EvalError::Spawn(
+            "settling the pipeline does not measure".into(),
+        ))
     }
 }

@@ -235,6 +235,30 @@ async fn run_stage(deps: &Deps, env: &Envelope) -> Result<StageOutput, StageErro
             deferrals,
         } => decide::handle_proposal(deps, env, mutation, *deferrals).await,
         Body::ConflictDetected { conflict } => decide::handle_conflict(deps, env, conflict).await,
+        Body::ApprovalGiven {
+            decision_id,
+            approve,
+            approver,
+            note,
+        } => {
+            let verdict = if *approve {
+                decide::Verdict::Approve
+            } else {
+                decide::Verdict::Reject
+            };
+            decide::handle_verdict(deps, env, decision_id, verdict, approver, note.as_deref()).await
+        }
+        Body::ApprovalExpired { decision_id } => {
+            decide::handle_verdict(
+                deps,
+                env,
+                decision_id,
+                decide::Verdict::Expire,
+                "expiry",
+                None,
+            )
+            .await
+        }
         Body::MutationApproved {
             decision_id,
             mutation,

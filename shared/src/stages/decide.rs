@@ -11,14 +11,16 @@ use super::{
 use crate::cost::nano_to_usd;
 use crate::domain::{
     Alert, AlertLevel, Body, Complexity, CostAnalysis, CycleReason, DecidedBy, DecisionRecord,
-    Envelope, EventType, EvolutionEvent, HeadStatus, Mutation, Recommendation, ResolutionAction,
-    Role, StepOutcome, SystemConflict, apply_mutation, derive_id,
+    Envelope, EventType, EvolutionEvent, Head, HeadStatus, Mutation, PendingApproval,
+    Recommendation, ResolutionAction, Role, StepOutcome, SystemConflict, apply_mutation, derive_id,
 };
 use crate::llm::{DecideRequest, ResolveRequest};
 use crate::store::Write;
 
 /// Model id recorded for decisions made by policy or validation, without any engine.
 pub const POLICY_MODEL_ID: &str = "policy";
+/// Model id recorded for the resolution of a pending approval.
+pub const OPERATOR_MODEL_ID: &str = "operator";
 
 pub async fn handle_proposal(
     deps: &Deps,
@@ -67,6 +69,8 @@ pub async fn handle_proposal(
         mutation: Some(mutation.clone()),
         decided_by: Some(DecidedBy::Policy),
         local_risk: None,
+        approver: None,
+        resolves: None,
     };
 
     // Untrusted proposal: validate against the gene schema first.
@@ -84,7 +88,7 @@ pub async fn handle_proposal(
 
     let assessment = risk::assess(&dna.schema, &dna.genes, mutation, &history);
     let local_risk = assessment.overall_risk;
-    let record = if local_risk <= deps.config.auto_approve_risk {
+    let mut record = if local_risk <= deps.config.auto_approve_risk {
         DecisionRecord {
             decision: Recommendation::Approve,
             risk_assessment: assessment,
@@ -164,6 +168,23 @@ pub async fn handle_proposal(
         }
     };
 
+    // The approval gate: a human confirms the riskiest approvals (the larger of the local score
+    // and the engine's own assessment decides).
+    let gate_risk = record.risk_assessment.overall_risk.max(local_risk);
+    if let Some(threshold) = deps.config.approval_threshold {
+        if record.decision == Recommendation::Approve && gate_risk > threshold {
+            record.decision = Recommendation::PendingApproval;
+            record.reasoning = cap(
+                &format!(
+                    "held for approval: risk {gate_risk:.3} is above the approval threshold \
+                     {threshold}; {}",
+                    record.reasoning
+                ),
+                2_000,
+            );
+        }
+    }
+
     out.summary = format!(
         "{} {} (risk {local_risk:.3}, {})",
         record.decision.as_str(),
@@ -199,9 +220,227 @@ pub async fn handle_proposal(
         Recommendation::Reject => {
             push_outcome(&mut out, env, mutation, &record, head.generation, now);
         }
+        Recommendation::PendingApproval => {
+            let expires_at =
+                now + chrono::Duration::seconds(i64::from(deps.config.approval_ttl_seconds));
+            out.writes.push(Write::UpdateHead {
+                expected_generation: head.generation,
+                expected_status: HeadStatus::Stable,
+                head: Head {
+                    status: HeadStatus::AwaitingApproval,
+                    approval: Some(Box::new(PendingApproval {
+                        decision_id: decision_id.clone(),
+                        mutation: mutation.clone(),
+                        risk: gate_risk,
+                        requested_at: now,
+                        expires_at,
+                    })),
+                    updated_at: now,
+                    ..head.clone()
+                },
+            });
+            let alert = Alert {
+                id: derive_id("alr", &[&env.id]),
+                level: AlertLevel::Warning,
+                kind: "approval".into(),
+                message: format!(
+                    "decision {decision_id} on {} awaits approval: {} (risk {gate_risk:.3}); \
+                     `evolve approve {decision_id}` or `evolve reject {decision_id}` before {}",
+                    env.system_id,
+                    describe(mutation),
+                    expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+                system_id: Some(env.system_id.clone()),
+                at: now,
+            };
+            raise(&mut out, env, head.generation, now, alert);
+        }
     }
     out.writes.push(Write::PutDecision { decision: record });
     Ok(out)
+}
+
+/// A human's (or the clock's) answer to a pending approval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Approve,
+    Reject,
+    /// Nobody answered before the deadline: a rejection by the tick.
+    Expire,
+}
+
+/// Resolves a pending approval. The resolution is a decision record of its own (records are
+/// written once) pointing back at the pending one, committed with the head's move out of
+/// `AwaitingApproval`: of two racing verdicts exactly one wins, and a duplicate is a no-op.
+pub async fn handle_verdict(
+    deps: &Deps,
+    env: &Envelope,
+    decision_id: &str,
+    verdict: Verdict,
+    approver: &str,
+    note: Option<&str>,
+) -> StageResult {
+    let (_, head) = load_system(deps, &env.system_id).await?;
+    let now = deps.clock.now();
+    let pending = match (&head.status, &head.approval) {
+        (HeadStatus::AwaitingApproval, Some(p)) if p.decision_id == decision_id => (**p).clone(),
+        _ => {
+            return Ok(StageOutput::noop(format!(
+                "decision {decision_id} is not awaiting approval (head is {})",
+                head.status.as_str()
+            )));
+        }
+    };
+    if verdict == Verdict::Expire && now < pending.expires_at {
+        return Ok(StageOutput::noop(format!(
+            "decision {decision_id} waits until {}",
+            pending.expires_at
+        )));
+    }
+    let held = deps
+        .store
+        .get_decision(&env.system_id, decision_id)
+        .await?
+        .ok_or_else(|| {
+            super::StageError::Inconsistent(format!("pending decision {decision_id} has no record"))
+        })?;
+    let approver = cap(approver, 200);
+    let note = note.map(|n| cap(n, 500));
+    let (decision, decided_by, reasoning) = match verdict {
+        Verdict::Approve => (
+            Recommendation::Approve,
+            DecidedBy::Operator,
+            format!("approved by {approver}"),
+        ),
+        Verdict::Reject => (
+            Recommendation::Reject,
+            DecidedBy::Operator,
+            format!("rejected by {approver}"),
+        ),
+        Verdict::Expire => (
+            Recommendation::Reject,
+            DecidedBy::Expiry,
+            format!(
+                "expired: nobody answered by {}",
+                pending
+                    .expires_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        ),
+    };
+    let reasoning = match &note {
+        Some(note) => format!("{reasoning}: {note}"),
+        None => reasoning,
+    };
+    let record = DecisionRecord {
+        decision_id: derive_id("dec", &[&env.id]),
+        timestamp: now,
+        model_used: OPERATOR_MODEL_ID.into(),
+        decision,
+        confidence: 1.0,
+        reasoning,
+        cost_analysis: CostAnalysis {
+            tokens_used: 0,
+            cost_usd: 0.0,
+            processing_time_ms: 0,
+            cost_nano_usd: Some(0),
+        },
+        base_generation: Some(head.generation),
+        mutation: Some(pending.mutation.clone()),
+        decided_by: Some(decided_by),
+        approver: Some(approver),
+        resolves: Some(decision_id.to_owned()),
+        ..held
+    };
+    let mut out = StageOutput::default();
+    out.writes.push(Write::UpdateHead {
+        expected_generation: head.generation,
+        expected_status: HeadStatus::AwaitingApproval,
+        head: Head {
+            status: HeadStatus::Stable,
+            approval: None,
+            updated_at: now,
+            ..head.clone()
+        },
+    });
+    if decision == Recommendation::Approve {
+        out.messages.push(reply(
+            env,
+            "decide",
+            0,
+            head.generation,
+            now,
+            Body::MutationApproved {
+                decision_id: record.decision_id.clone(),
+                mutation: pending.mutation.clone(),
+            },
+        ));
+    } else {
+        push_outcome(
+            &mut out,
+            env,
+            &pending.mutation,
+            &record,
+            head.generation,
+            now,
+        );
+    }
+    if verdict == Verdict::Expire {
+        let alert = Alert {
+            id: derive_id("alr", &[&env.id]),
+            level: AlertLevel::Warning,
+            kind: "approval".into(),
+            message: format!(
+                "decision {decision_id} on {} expired without an answer and was rejected",
+                env.system_id
+            ),
+            system_id: Some(env.system_id.clone()),
+            at: now,
+        };
+        raise(&mut out, env, head.generation, now, alert);
+    }
+    out.summary = format!(
+        "{} pending decision {decision_id} ({})",
+        match verdict {
+            Verdict::Approve => "approved",
+            Verdict::Reject => "rejected",
+            Verdict::Expire => "expired",
+        },
+        record.reasoning
+    );
+    out.writes.push(Write::PutDecision { decision: record });
+    Ok(out)
+}
+
+/// Stores an alert in the audit trail and publishes it on the alerts topic.
+fn raise(
+    out: &mut StageOutput,
+    env: &Envelope,
+    generation: u64,
+    now: chrono::DateTime<chrono::Utc>,
+    alert: Alert,
+) {
+    out.writes.push(Write::PutAlert {
+        alert: alert.clone(),
+    });
+    out.messages.push(reply(
+        env,
+        "decide",
+        1,
+        generation,
+        now,
+        Body::AlertRaised { alert },
+    ));
+}
+
+/// `name: old -> new, ...` for alerts.
+fn describe(mutation: &Mutation) -> String {
+    mutation
+        .changes
+        .iter()
+        .map(|c| format!("{} -> {}", c.gene, c.value))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A rejected plan step goes back to the plan cursor so the plan moves on.
@@ -351,17 +590,7 @@ pub async fn handle_conflict(
             detail: Some(alert.message.clone()),
         },
     });
-    out.writes.push(Write::PutAlert {
-        alert: alert.clone(),
-    });
-    out.messages.push(reply(
-        env,
-        "decide",
-        1,
-        head.generation,
-        now,
-        Body::AlertRaised { alert },
-    ));
+    raise(&mut out, env, head.generation, now, alert);
     out.summary = format!("conflict resolved with {:?}", resolution.action);
     Ok(out)
 }

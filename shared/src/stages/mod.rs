@@ -34,6 +34,11 @@ pub struct PipelineConfig {
     pub auto_approve_risk: f64,
     /// Above this risk nothing may approve a mutation.
     pub risk_ceiling: f64,
+    /// Above this risk an approval is held for a human (`PENDING_APPROVAL`); `None` turns the
+    /// gate off.
+    pub approval_threshold: Option<f64>,
+    /// How long a pending approval waits before the tick rejects it.
+    pub approval_ttl_seconds: u32,
     /// The plan-length cap.
     pub max_plan_steps: u32,
     /// A proposal deferred this many times is rejected.
@@ -64,6 +69,8 @@ impl Default for PipelineConfig {
         Self {
             auto_approve_risk: 0.3,
             risk_ceiling: 0.8,
+            approval_threshold: None,
+            approval_ttl_seconds: 86_400,
             max_plan_steps: 8,
             max_deferrals: 3,
             defer_delay_seconds: 300,

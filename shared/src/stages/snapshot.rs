@@ -558,6 +558,7 @@ pub async fn handle_rollback(
         }),
         rollback_streak: 0,
         updated_at: now,
+        approval: None,
         ..head.clone()
     };
     system.evaluation_deadline = Some(deadline);
@@ -565,6 +566,30 @@ pub async fn handle_rollback(
         summary: format!("operator rollback: generation {next} restores {target}"),
         ..StageOutput::default()
     };
+    // A decision held for approval is moot once the operator moves the head: close it in the
+    // audit trail so nothing is left pending.
+    if let Some(pending) = &head.approval {
+        if let Some(held) = deps
+            .store
+            .get_decision(&env.system_id, &pending.decision_id)
+            .await?
+        {
+            out.writes.push(Write::PutDecision {
+                decision: crate::domain::DecisionRecord {
+                    decision_id: derive_id("dec", &[&env.id]),
+                    timestamp: now,
+                    model_used: super::decide::OPERATOR_MODEL_ID.into(),
+                    decision: crate::domain::Recommendation::Reject,
+                    confidence: 1.0,
+                    reasoning: format!("superseded by an operator rollback ({why})"),
+                    decided_by: Some(crate::domain::DecidedBy::Operator),
+                    approver: Some(cap(requested_by, 200)),
+                    resolves: Some(pending.decision_id.clone()),
+                    ..held
+                },
+            });
+        }
+    }
     out.writes.push(Write::PutEvent {
         event: event(
             env,

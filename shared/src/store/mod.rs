@@ -53,7 +53,31 @@ pub struct SystemRecord {
     /// The open evaluation window's deadline, when one is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub evaluation_deadline: Option<DateTime<Utc>>,
+    /// The budget mode whose cost action the tick last applied to this system's schedule.
+    #[serde(default = "normal_mode")]
+    pub cost_mode: BudgetMode,
 }
+
+fn normal_mode() -> BudgetMode {
+    BudgetMode::Normal
+}
+
+impl SystemRecord {
+    /// The cycle interval the budget mode allows: the configured one in Normal, longer in
+    /// Economy; `None` in Paused, where scheduled cycles stop.
+    pub fn effective_cycle_interval(&self, mode: BudgetMode) -> Option<u32> {
+        let base = self.settings.cycle_interval_seconds;
+        match mode {
+            BudgetMode::Normal => Some(base),
+            BudgetMode::Economy => Some(base.saturating_mul(ECONOMY_CYCLE_FACTOR)),
+            BudgetMode::Paused => None,
+        }
+    }
+}
+
+/// How much longer the cycle interval is in Economy: a quarter of the cycles, so a quarter of
+/// the LLM spend and of the compute the cycles drive.
+pub const ECONOMY_CYCLE_FACTOR: u32 = 4;
 
 /// Token usage of one LLM call, as Bedrock reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -169,6 +169,16 @@ fn operator_commands_work_against_a_deployed_stack() {
     assert!(history.as_array().expect("array").len() >= 3, "{history}");
     ok(&evolve_aws(&stack, &["decisions"]));
     ok(&evolve_aws(&stack, &["cost", "--json"]));
+    let report = dir.path().join("report.html");
+    ok(&evolve_aws(
+        &stack,
+        &["report", "--out", &report.display().to_string()],
+    ));
+    let html = std::fs::read_to_string(&report).expect("the report is written");
+    assert!(
+        html.contains(&format!("data-head-generation=\"{generation}\"")),
+        "the report reads the stack's head"
+    );
 
     ok(&evolve_aws(
         &stack,

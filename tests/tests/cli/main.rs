@@ -319,3 +319,109 @@ fn demo_on_bedrock_through_the_stub_counts_every_request_and_nano_dollar() {
     assert_eq!(report["bedrock_requests"].as_u64(), Some(requests));
     assert_eq!(report["cost_nano_usd"].as_u64().map(u128::from), Some(cost));
 }
+
+#[test]
+fn approval_gate_stops_the_demo_and_approve_lets_it_continue() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path();
+    let out = evolve(
+        state,
+        &[
+            "demo",
+            "--generations",
+            "5",
+            "--approval-threshold",
+            "0",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = last_json(&out);
+    assert_eq!(report["decisions"]["pending"], 1, "{report}");
+    let pending = report["awaiting_approval"]
+        .as_str()
+        .expect("the pending decision id")
+        .to_owned();
+    assert!(
+        stderr(&out).contains(&format!("evolve approve {pending}")),
+        "{}",
+        stderr(&out)
+    );
+
+    let status = evolve(state, &["status", "--json"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    let status = last_json(&status);
+    assert_eq!(status["status"], "awaiting_approval", "{status}");
+    assert_eq!(
+        status["pending_approvals"][0]["decision_id"],
+        pending.as_str()
+    );
+
+    let wrong = evolve(state, &["reject", "dec_not_pending"]);
+    assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
+
+    let approve = evolve(
+        state,
+        &["approve", &pending, "--note", "checked the dashboards"],
+    );
+    assert!(approve.status.success(), "{}", stderr(&approve));
+    assert!(
+        stderr(&approve).contains("approved"),
+        "{}",
+        stderr(&approve)
+    );
+
+    let decisions = evolve(state, &["decisions", "--json", "--limit", "1000"]);
+    let decisions = last_json(&decisions);
+    let resolution = decisions
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|d| d["resolves"] == pending.as_str())
+        .expect("the approval is in the audit trail");
+    assert_eq!(resolution["decision"], "APPROVE");
+    assert_eq!(resolution["decided_by"], "operator");
+    assert!(
+        resolution["approver"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("local user ")),
+        "{resolution}"
+    );
+    assert!(
+        resolution["reasoning"]
+            .as_str()
+            .is_some_and(|r| r.contains("checked the dashboards"))
+    );
+
+    let resumed = evolve(
+        state,
+        &[
+            "demo",
+            "--continue",
+            "--generations",
+            "2",
+            "--approval-threshold",
+            "0",
+            "--approve-all",
+            "--json",
+        ],
+    );
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let resumed = last_json(&resumed);
+    assert_eq!(resumed["generations"], 2, "{resumed}");
+    assert_eq!(resumed["decisions"]["pending"], 0, "{resumed}");
+
+    // `--since` filters; both lists print JSON.
+    let recent = last_json(&evolve(
+        state,
+        &["history", "--json", "--since", "2000-01-01"],
+    ));
+    assert!(recent.as_array().is_some_and(|h| h.len() >= 3), "{recent}");
+    let none = last_json(&evolve(
+        state,
+        &["decisions", "--json", "--since", "2999-01-01"],
+    ));
+    assert_eq!(none, serde_json::json!([]));
+    let bad = evolve(state, &["history", "--since", "last tuesday"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}

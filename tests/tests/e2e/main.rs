@@ -337,3 +337,102 @@ async fn a_spent_budget_pauses_llm_use_and_alerts_within_one_cost_guard_run() {
         "no Bedrock request while paused"
     );
 }
+
+/// The approval gate on the deployed shape: decide holds the approval and alerts, nothing moves
+/// until an operator's message arrives on the decide queue, then the mutation is applied and the
+/// audit trail names the operator's AWS identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_approval_waits_for_the_operators_message_on_the_decide_queue() {
+    let mut world = World::new(Options {
+        approval_threshold: Some(0.0),
+        ..Options::default()
+    })
+    .await;
+    let id = system_id();
+    world.init().await;
+    world.report_baseline(score(0)).await;
+    world.tick().await;
+    let mut pending = None;
+    for _ in 0..30 {
+        world.round(&score).await;
+        let head = world
+            .store
+            .get_head(&id)
+            .await
+            .expect("head")
+            .expect("exists");
+        if head.status == HeadStatus::AwaitingApproval {
+            pending = head.approval;
+            break;
+        }
+    }
+    let pending = pending.expect("decide held an approval");
+    let alerts = world.inbox().await;
+    assert!(
+        alerts.iter().any(|a| a["alert"]["kind"] == "approval"
+            && a["alert"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(&pending.decision_id))),
+        "{alerts:?}"
+    );
+
+    // Nothing moves while it waits.
+    for _ in 0..3 {
+        world.round(&score).await;
+    }
+    let head = world
+        .store
+        .get_head(&id)
+        .await
+        .expect("head")
+        .expect("exists");
+    assert_eq!(head.status, HeadStatus::AwaitingApproval);
+    assert_eq!(head.generation, 0);
+
+    let approver = "arn:aws:sts::123456789012:assumed-role/operators/alice";
+    let verdict = serde_json::json!({
+        "id": "op-approve-1",
+        "system_id": SYSTEM,
+        "base_generation": 0,
+        "sent_at": chrono::Utc::now().to_rfc3339(),
+        "type": "ApprovalGiven",
+        "decision_id": pending.decision_id,
+        "approve": true,
+        "approver": approver,
+        "note": "change window open",
+    });
+    world.send(Queue::Decide, &verdict.to_string()).await;
+    for _ in 0..10 {
+        world.round(&score).await;
+        let head = world
+            .store
+            .get_head(&id)
+            .await
+            .expect("head")
+            .expect("exists");
+        if head.generation >= 1 {
+            break;
+        }
+    }
+    let head = world
+        .store
+        .get_head(&id)
+        .await
+        .expect("head")
+        .expect("exists");
+    assert!(
+        head.generation >= 1,
+        "the approved mutation was not applied: {head:?}"
+    );
+    let decisions = world
+        .store
+        .list_decisions(&id, None, 100)
+        .await
+        .expect("decisions");
+    let resolution = decisions
+        .iter()
+        .find(|d| d.resolves.as_deref() == Some(pending.decision_id.as_str()))
+        .expect("the approval record");
+    assert_eq!(resolution.approver.as_deref(), Some(approver));
+    assert!(resolution.reasoning.contains("change window open"));
+}

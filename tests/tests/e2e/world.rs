@@ -59,6 +59,8 @@ pub struct Options {
     /// Deliver every record twice, in a shuffled batch.
     pub twice: bool,
     pub daily_budget_nano: Option<u64>,
+    /// decide's approval gate (`APPROVAL_RISK_THRESHOLD`).
+    pub approval_threshold: Option<f64>,
 }
 
 pub struct World {
@@ -144,6 +146,9 @@ impl World {
             let var = q.as_str().to_uppercase().replace('-', "_");
             env.insert(format!("{var}_QUEUE_URL"), queues[&q].0.clone());
             env.insert(format!("{var}_DLQ_URL"), dlqs[&q].clone());
+        }
+        if let Some(threshold) = options.approval_threshold {
+            env.insert("APPROVAL_RISK_THRESHOLD".into(), threshold.to_string());
         }
         if let Some(budget) = options.daily_budget_nano {
             env.insert("DAILY_BUDGET_NANO_USD".into(), budget.to_string());

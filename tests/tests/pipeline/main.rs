@@ -1,6 +1,8 @@
 //! The pipeline's contract (DESIGN sections 3 and 5) exercised through the real stages, the
 //! real pipeline and the in-memory store.
 
+mod approval;
+mod cost_actions;
 mod helpers;
 
 use chrono::Duration;

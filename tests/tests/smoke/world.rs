@@ -177,7 +177,9 @@ impl World {
             config::DAILY_BUDGET_NANO_USD
             | config::MONTHLY_BUDGET_NANO_USD
             | config::MODEL_CATALOG
-            | config::NOTIFY_KINDS => String::new(),
+            | config::NOTIFY_KINDS
+            | config::APPROVAL_RISK_THRESHOLD => String::new(),
+            config::APPROVAL_TTL_SECONDS => "86400".to_owned(),
             config::LLM => "bedrock".to_owned(),
             config::NOTIFY_DLQ_URL => self.notify.dead_letters.clone(),
             config::WEBHOOK_SECRET_ARN => self.webhook_secret.clone(),

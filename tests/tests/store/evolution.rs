@@ -148,6 +148,59 @@ pub async fn head_moves_only_from_the_expected_status(h: &Harness) {
         .expect("advance from the stable head");
 }
 
+/// A held approval lives on the head: it round-trips, and only its own transition releases it.
+pub async fn a_head_awaiting_approval_round_trips_and_moves_only_from_that_status(h: &Harness) {
+    let id = created(h, "alpha").await;
+    let mutation = shared::domain::Mutation {
+        id: "m1".into(),
+        changes: vec![],
+        description: "test".into(),
+        predicted_impact: 0.0,
+        plan_step: None,
+    };
+    let awaiting = shared::domain::Head {
+        approval: Some(Box::new(shared::domain::PendingApproval {
+            decision_id: "dec_1".into(),
+            mutation,
+            risk: 0.7,
+            requested_at: t(1),
+            expires_at: t(3600),
+        })),
+        ..head(&id, 0, HeadStatus::AwaitingApproval)
+    };
+    h.store
+        .commit(tx(vec![Write::UpdateHead {
+            expected_generation: 0,
+            expected_status: HeadStatus::Stable,
+            head: awaiting.clone(),
+        }]))
+        .await
+        .expect("hold");
+    assert_eq!(h.store.get_head(&id).await.expect("read"), Some(awaiting));
+    assert_condition_failed(
+        h.store
+            .commit(tx(advance(&id, 0, HeadStatus::Evaluating)))
+            .await,
+        "update_head",
+    );
+    h.store
+        .commit(tx(vec![Write::UpdateHead {
+            expected_generation: 0,
+            expected_status: HeadStatus::AwaitingApproval,
+            head: head(&id, 0, HeadStatus::Stable),
+        }]))
+        .await
+        .expect("release");
+    assert_eq!(
+        h.store
+            .get_head(&id)
+            .await
+            .expect("read")
+            .and_then(|h| h.approval),
+        None
+    );
+}
+
 pub async fn head_of_an_unknown_system_fails_its_condition(h: &Harness) {
     let id = sys("ghost");
     assert_condition_failed(

@@ -35,6 +35,7 @@ pub fn system_record(id: &SystemId) -> SystemRecord {
         created_at: t(0),
         next_cycle_at: t(900),
         evaluation_deadline: None,
+        cost_mode: shared::domain::BudgetMode::Economy,
     }
 }
 
@@ -68,6 +69,7 @@ pub fn head(id: &SystemId, n: u64, status: HeadStatus) -> Head {
         evaluation: None,
         rollback_streak: 0,
         updated_at: t(n as i64),
+        approval: None,
     }
 }
 
@@ -137,6 +139,8 @@ pub fn decision(id: &SystemId, decision_id: &str, secs: i64) -> DecisionRecord {
         mutation: None,
         decided_by: Some(DecidedBy::Policy),
         local_risk: Some(0.2),
+        approver: None,
+        resolves: None,
     }
 }
 

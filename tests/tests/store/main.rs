@@ -50,6 +50,7 @@ conformance! {
     evolution::second_writer_on_same_head_gets_condition_failed,
     evolution::head_moves_only_from_the_expected_status,
     evolution::head_of_an_unknown_system_fails_its_condition,
+    evolution::a_head_awaiting_approval_round_trips_and_moves_only_from_that_status,
     [multi_thread] evolution::concurrent_writers_on_one_head_commit_exactly_once,
     evolution::failed_last_condition_leaves_no_earlier_write_and_no_completion,
     evolution::transaction_touching_one_item_twice_is_invalid,

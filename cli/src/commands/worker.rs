@@ -1,0 +1,136 @@
+//! `evolve worker --store aws`: the flags become a `WorkerConfig`, the SDK clients are built
+//! once, and `shared::worker` runs until SIGTERM or Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use shared::cost::Budgets;
+use shared::domain::{Queue, Topic};
+use shared::lambda::config::{LlmEngine, LlmSettings};
+use shared::stages::PipelineConfig;
+use shared::worker::{Clients, Timing, Worker, WorkerConfig, WorkerError, stop_signal};
+
+use crate::args::{Cli, Llm, StoreKind, WorkerArgs};
+use crate::output::bad_input;
+
+pub async fn run(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<()> {
+    if cli.store != StoreKind::Aws {
+        return Err(bad_input(
+            "`worker` consumes a deployed stack's queues: use --store aws (or EVOLVE_STORE=aws)",
+        ));
+    }
+    let config = config(cli, args)?;
+    let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
+    let clients = Clients {
+        dynamo: aws_sdk_dynamodb::Client::new(&sdk),
+        // Path-style addressing works with every S3 endpoint, local stand-ins included.
+        s3: aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&sdk)
+                .force_path_style(true)
+                .build(),
+        ),
+        sqs: aws_sdk_sqs::Client::new(&sdk),
+        sns: aws_sdk_sns::Client::new(&sdk),
+        bedrock: aws_sdk_bedrockruntime::config::Builder::from(&sdk),
+    };
+    let worker = Worker::on_aws(&config, clients).map_err(|e| match e {
+        WorkerError::Config(e) => bad_input(e.to_string()),
+        other @ WorkerError::Queue { .. } => other.into(),
+    })?;
+    let report = worker.run(stop_signal()).await?;
+    eprintln!(
+        "worker stopped: {} deleted, {} left for redelivery, {} abandoned in flight",
+        report.deleted, report.retried, report.abandoned
+    );
+    Ok(())
+}
+
+fn config(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
+    let required = |value: &Option<String>, flag: &str, var: &str| {
+        value.clone().ok_or_else(|| {
+            bad_input(format!(
+                "`worker` needs {flag} (or {var}); the stack's outputs list it"
+            ))
+        })
+    };
+    let table_name = required(&cli.table, "--table", "EVOLVE_TABLE_NAME")?;
+    let bucket_name = required(&cli.bucket, "--bucket", "EVOLVE_BUCKET_NAME")?;
+    let consumes = WorkerConfig::parse_queues(&args.queues)
+        .map_err(|e| bad_input(format!("--queues: {e}")))?;
+    let given = |pairs: [(Queue, &Option<String>); 6]| -> BTreeMap<Queue, String> {
+        pairs
+            .into_iter()
+            .filter_map(|(q, v)| {
+                v.as_deref()
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (q, v.to_owned()))
+            })
+            .collect()
+    };
+    let queue_urls = given([
+        (Queue::Analyze, &args.analyze_queue_url),
+        (Queue::Strategize, &args.strategize_queue_url),
+        (Queue::Decide, &cli.decide_queue_url),
+        (Queue::Snapshot, &cli.snapshot_queue_url),
+        (Queue::Fitness, &args.fitness_queue_url),
+        (Queue::CostGuard, &args.cost_guard_queue_url),
+    ]);
+    let dead_letters = given([
+        (Queue::Analyze, &args.analyze_dlq_url),
+        (Queue::Strategize, &args.strategize_dlq_url),
+        (Queue::Decide, &args.decide_dlq_url),
+        (Queue::Snapshot, &args.snapshot_dlq_url),
+        (Queue::Fitness, &args.fitness_dlq_url),
+        (Queue::CostGuard, &args.cost_guard_dlq_url),
+    ]);
+    let topics: BTreeMap<Topic, String> = [
+        (Topic::EvolutionEvents, &args.events_topic_arn),
+        (Topic::Alerts, &args.alerts_topic_arn),
+    ]
+    .into_iter()
+    .filter_map(|(t, v)| {
+        v.as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (t, v.to_owned()))
+    })
+    .collect();
+    // The template passes "" for an omitted budget.
+    let nano = |value: &Option<String>, flag: &str| -> anyhow::Result<Option<u64>> {
+        match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            None => Ok(None),
+            Some(v) => v
+                .parse()
+                .map(Some)
+                .map_err(|_| bad_input(format!("{flag}: expected a whole number of nano-USD"))),
+        }
+    };
+    Ok(WorkerConfig {
+        table_name,
+        bucket_name,
+        consumes,
+        queue_urls,
+        dead_letters,
+        topics,
+        budgets: Budgets {
+            global_daily: nano(&args.daily_budget_nano_usd, "--daily-budget-nano-usd")?,
+            global_monthly: nano(&args.monthly_budget_nano_usd, "--monthly-budget-nano-usd")?,
+            ..PipelineConfig::default().budgets
+        },
+        llm: LlmSettings {
+            engine: match args.llm {
+                Llm::Bedrock => LlmEngine::Bedrock,
+                Llm::Local => LlmEngine::Local,
+            },
+            model_catalog: args.model_catalog.clone(),
+        },
+        timing: Timing {
+            concurrency: args.concurrency,
+            visibility: Duration::from_secs(args.visibility_timeout),
+            message_timeout: Duration::from_secs(args.message_timeout),
+            drain_timeout: Duration::from_secs(args.drain_timeout),
+            ..Timing::default()
+        },
+    })
+}

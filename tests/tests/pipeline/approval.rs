@@ -1,0 +1,383 @@
+//! The approval gate: approvals above the threshold wait for a human (or the clock), and every
+//! step lands in the audit trail with who and when.
+
+use chrono::Duration;
+use shared::bus::Bus;
+use shared::clock::Clock;
+use shared::domain::{DecidedBy, HeadStatus, Outgoing, Recommendation};
+use shared::local::{PendingPolicy, RunOptions, Silent, verdict_message};
+use shared::pipeline;
+use shared::stages::PipelineConfig;
+use shared::store::EvolutionStore;
+
+use super::helpers::*;
+
+/// Policy approves everything, and the gate holds every approval with any risk at all.
+fn gated() -> PipelineConfig {
+    PipelineConfig {
+        approval_threshold: Some(0.0),
+        approval_ttl_seconds: 3600,
+        ..permissive()
+    }
+}
+
+fn opts(generations: u32, pending: PendingPolicy) -> RunOptions {
+    RunOptions {
+        generations,
+        pending,
+        operator: "local user tester".into(),
+        max_idle: Duration::hours(6),
+        ..RunOptions::default()
+    }
+}
+
+async fn head(h: &Harness) -> shared::domain::Head {
+    h.store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("exists")
+}
+
+/// Sends an operator's verdict and processes what follows, up to the next measurement.
+async fn verdict(h: &Harness, decision_id: &str, approve: bool, note: Option<&str>) {
+    let now = h.home.clock.now();
+    let env = verdict_message(
+        &system_id(),
+        decision_id,
+        approve,
+        "local user alice",
+        note,
+        now,
+    );
+    h.home.bus.send(&[Outgoing::new(env)]).await.expect("send");
+    let dead = h
+        .home
+        .settle(&RunOptions::default(), &Silent)
+        .await
+        .expect("settle");
+    assert!(dead.is_empty(), "{dead:?}");
+}
+
+#[tokio::test]
+async fn a_risky_approval_waits_for_a_human_then_applies() {
+    let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 70)])]);
+    let h = harness(llm, gated()).await;
+    let evaluator = rises_with_x();
+
+    let report = h
+        .home
+        .runner(&evaluator)
+        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
+        .await
+        .expect("run");
+    let pending_id = report
+        .awaiting_approval
+        .clone()
+        .expect("stopped at a pending approval");
+    assert_eq!(report.decisions.pending, 1, "{report:?}");
+    assert_eq!(report.mutations_applied, 0);
+    assert!(
+        report
+            .stopped
+            .as_deref()
+            .unwrap_or("")
+            .contains(&pending_id),
+        "{report:?}"
+    );
+
+    let held = head(&h).await;
+    assert_eq!(held.status, HeadStatus::AwaitingApproval);
+    let approval = held.approval.clone().expect("approval on the head");
+    assert_eq!(approval.decision_id, pending_id);
+    assert_eq!(
+        approval.expires_at - approval.requested_at,
+        Duration::hours(1)
+    );
+    let record = h
+        .store
+        .get_decision(&system_id(), &pending_id)
+        .await
+        .expect("get")
+        .expect("pending record");
+    assert_eq!(record.decision, Recommendation::PendingApproval);
+    assert!(
+        record.reasoning.contains("approval threshold"),
+        "{}",
+        record.reasoning
+    );
+    let alerts = h.store.list_alerts(None, 100).await.expect("alerts");
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.kind == "approval" && a.message.contains(&pending_id)),
+        "{alerts:?}"
+    );
+
+    // Running again without an answer stops at once and decides nothing new.
+    let again = h
+        .home
+        .runner(&evaluator)
+        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
+        .await
+        .expect("run");
+    assert_eq!(
+        again.awaiting_approval.as_deref(),
+        Some(pending_id.as_str())
+    );
+    let before = h
+        .store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("list")
+        .len();
+
+    verdict(&h, &pending_id, true, Some("looks fine")).await;
+    let applied = head(&h).await;
+    assert_eq!(applied.status, HeadStatus::Evaluating);
+    assert_eq!(applied.generation, 1);
+    let generation = h
+        .store
+        .get_generation(&system_id(), 1)
+        .await
+        .expect("get")
+        .expect("generation 1");
+    assert_eq!(int(&generation.genes, "x"), 60);
+    let decisions = h
+        .store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("list");
+    assert_eq!(decisions.len(), before + 1);
+    let resolution = decisions.last().expect("resolution");
+    assert_eq!(resolution.decision, Recommendation::Approve);
+    assert_eq!(resolution.decided_by, Some(DecidedBy::Operator));
+    assert_eq!(resolution.approver.as_deref(), Some("local user alice"));
+    assert_eq!(resolution.resolves.as_deref(), Some(pending_id.as_str()));
+    assert!(
+        resolution.reasoning.contains("looks fine"),
+        "{}",
+        resolution.reasoning
+    );
+    assert!(resolution.timestamp >= record.timestamp);
+
+    // A second verdict on the same decision is a no-op.
+    verdict(&h, &pending_id, false, None).await;
+    assert_eq!(
+        h.store
+            .list_decisions(&system_id(), None, 100)
+            .await
+            .expect("list")
+            .len(),
+        before + 1
+    );
+    assert_eq!(head(&h).await.generation, 1);
+
+    // The next run measures the approved generation and carries on.
+    let report = h
+        .home
+        .runner(&evaluator)
+        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
+        .await
+        .expect("run");
+    assert!(report.generations >= 1, "{report:?}");
+    let history = h
+        .store
+        .list_history(&system_id(), 10)
+        .await
+        .expect("history");
+    assert!(history.iter().any(|e| e.generation == 1), "{history:?}");
+}
+
+#[tokio::test]
+async fn a_rejected_approval_moves_the_plan_on() {
+    let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 55)])]);
+    let h = harness(llm, gated()).await;
+    let report = h
+        .home
+        .runner(&rises_with_x())
+        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
+        .await
+        .expect("run");
+    let first = report.awaiting_approval.expect("pending");
+    verdict(&h, &first, false, Some("too big a jump")).await;
+
+    // The plan's next step is proposed and held in turn.
+    let held = head(&h).await;
+    assert_eq!(held.status, HeadStatus::AwaitingApproval);
+    let next = held.approval.expect("the next step waits");
+    assert_ne!(next.decision_id, first);
+    assert_eq!(
+        next.mutation.changes[0].value,
+        shared::domain::GeneValue::Int(55)
+    );
+    let decisions = h
+        .store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("list");
+    let rejection = decisions
+        .iter()
+        .find(|d| d.resolves.as_deref() == Some(first.as_str()))
+        .expect("the rejection record");
+    assert_eq!(rejection.decision, Recommendation::Reject);
+    assert_eq!(rejection.approver.as_deref(), Some("local user alice"));
+    assert!(rejection.reasoning.contains("too big a jump"));
+    assert_eq!(head(&h).await.generation, 0, "nothing was applied");
+}
+
+#[tokio::test]
+async fn an_unanswered_approval_expires_to_reject() {
+    let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60)])]);
+    let h = harness(llm, gated()).await;
+    let report = h
+        .home
+        .runner(&rises_with_x())
+        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
+        .await
+        .expect("run");
+    let pending_id = report.awaiting_approval.expect("pending");
+
+    // Before the deadline the tick leaves it alone.
+    let early = h.home.clock.now() + Duration::minutes(30);
+    h.home.clock.advance_to(early);
+    pipeline::tick(&h.home.deps, h.home.bus.as_ref(), early)
+        .await
+        .expect("tick");
+    h.home
+        .settle(&RunOptions::default(), &Silent)
+        .await
+        .expect("settle");
+    assert_eq!(head(&h).await.status, HeadStatus::AwaitingApproval);
+
+    let late = h.home.clock.now() + Duration::hours(1);
+    h.home.clock.advance_to(late);
+    pipeline::tick(&h.home.deps, h.home.bus.as_ref(), late)
+        .await
+        .expect("tick");
+    h.home
+        .settle(&RunOptions::default(), &Silent)
+        .await
+        .expect("settle");
+    let after = head(&h).await;
+    assert_ne!(
+        after.approval.as_ref().map(|a| a.decision_id.as_str()),
+        Some(pending_id.as_str()),
+        "still pending after its deadline"
+    );
+    let decisions = h
+        .store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("list");
+    let expiry = decisions
+        .iter()
+        .find(|d| d.resolves.as_deref() == Some(pending_id.as_str()))
+        .expect("the expiry record");
+    assert_eq!(expiry.decision, Recommendation::Reject);
+    assert_eq!(expiry.decided_by, Some(DecidedBy::Expiry));
+    assert!(expiry.reasoning.contains("expired"), "{}", expiry.reasoning);
+    let alerts = h.store.list_alerts(None, 100).await.expect("alerts");
+    assert!(
+        alerts
+            .iter()
+            .any(|a| a.kind == "approval" && a.message.contains("expired"))
+    );
+}
+
+#[tokio::test]
+async fn approve_all_runs_unattended_and_records_the_operator() {
+    let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 70)])]);
+    let h = harness(llm, gated()).await;
+    let report = h
+        .home
+        .runner(&rises_with_x())
+        .run(&system_id(), &opts(2, PendingPolicy::ApproveAll), &Silent)
+        .await
+        .expect("run");
+    assert_eq!(report.generations, 2, "{report:?}");
+    assert_eq!(report.decisions.pending, 0);
+    assert!(report.awaiting_approval.is_none());
+    let decisions = h
+        .store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("list");
+    let resolutions: Vec<_> = decisions.iter().filter(|d| d.resolves.is_some()).collect();
+    assert_eq!(resolutions.len(), 2);
+    for r in resolutions {
+        assert_eq!(r.decision, Recommendation::Approve);
+        assert_eq!(r.approver.as_deref(), Some("local user tester"));
+    }
+}
+
+#[tokio::test]
+async fn without_a_threshold_nothing_waits() {
+    let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60)])]);
+    let h = harness(llm, permissive()).await;
+    let report = h
+        .home
+        .runner(&rises_with_x())
+        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
+        .await
+        .expect("run");
+    assert_eq!(report.generations, 1);
+    assert_eq!(report.decisions.pending, 0);
+}
+
+#[tokio::test]
+async fn an_operator_rollback_supersedes_a_held_decision() {
+    let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 65)])]);
+    let h = harness(llm, gated()).await;
+    let first = h
+        .home
+        .runner(&rises_with_x())
+        .run(&system_id(), &opts(1, PendingPolicy::ApproveAll), &Silent)
+        .await
+        .expect("run");
+    assert_eq!(first.generations, 1);
+    // The next proposal is held; the operator rolls back instead of answering.
+    let held = h
+        .home
+        .runner(&rises_with_x())
+        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
+        .await
+        .expect("run")
+        .awaiting_approval
+        .expect("held");
+    let at = head(&h).await;
+    let rollback = shared::domain::Envelope {
+        id: "op-rollback".into(),
+        causation_id: String::new(),
+        system_id: system_id(),
+        base_generation: at.generation,
+        sent_at: h.home.clock.now(),
+        body: shared::domain::Body::RollbackRequested {
+            to_generation: Some(0),
+            requested_by: "local user bob".into(),
+            reason: "back to the start".into(),
+        },
+    };
+    pipeline::handle(&h.home.deps, h.home.bus.as_ref(), &rollback)
+        .await
+        .expect("rollback");
+    let after = head(&h).await;
+    assert_eq!(after.status, HeadStatus::Evaluating);
+    assert!(after.approval.is_none());
+    let decisions = h
+        .store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("list");
+    let closed = decisions
+        .iter()
+        .find(|d| d.resolves.as_deref() == Some(held.as_str()))
+        .expect("the held decision is closed");
+    assert_eq!(closed.decision, Recommendation::Reject);
+    assert_eq!(closed.approver.as_deref(), Some("local user bob"));
+    assert!(
+        closed.reasoning.contains("superseded"),
+        "{}",
+        closed.reasoning
+    );
+}
