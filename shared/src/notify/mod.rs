@@ -39,13 +39,15 @@ use crate::store::{Claim, Completion, EvolutionStore, StoreError, Transaction};
 /// The queue's name, in logs and on dead-lettered records.
 pub const QUEUE: &str = "notify";
 
-/// The alert kinds the suite raises (the `kind` strings of [`Alert`]).
+/// The alert kinds the suite raises (the `kind` strings of [`Alert`]); for documentation: the
+/// default filter posts every kind, including ones added later.
 pub const KINDS: &[&str] = &[
     "budget_mode",
     "system_budget",
     "conflict",
     "security",
     "approval",
+    "rollback",
 ];
 
 /// Which alerts are posted: at least `min_level`, and of one of `kinds` when that is set.
