@@ -23,7 +23,7 @@ SAM_ENV := env SAM_CLI_TELEMETRY=0
 # The browser the report test renders the HTML report in (Debian's package).
 CHROMIUM := /usr/bin/chromium
 # The Lambda functions (their packages and binaries share the name).
-FUNCTIONS := analyze strategize decide snapshot cost-guard
+FUNCTIONS := analyze strategize decide snapshot cost-guard notify
 
 # $(call timed,LABEL,COMMAND): runs COMMAND, then prints how long it took and its exit status.
 # (COMMAND must not contain a comma.)
@@ -153,7 +153,7 @@ lint: lint-tools ## rustfmt check, clippy with warnings denied, cfn-lint and sam
 bench: ## Engine vs random search, stage throughput, LLM-layer overhead, Lambda init time and peak RSS
 	$(call timed,bench-pipeline,$(CARGO) bench -p shared --bench pipeline)
 	$(call timed,bench-llm,$(CARGO) bench -p tests --bench llm)
-	$(CARGO) build --bins -p analyze -p strategize -p decide -p snapshot -p cost-guard
+	$(CARGO) build --bins $(addprefix -p ,$(FUNCTIONS))
 	$(call timed,bench-lambda-init,$(CARGO) bench -p tests --bench lambda_init)
 
 clean: ## Remove build artefacts

@@ -9,6 +9,7 @@ pub mod evaluator;
 pub mod lambda;
 pub mod llm;
 pub mod local;
+pub mod notify;
 pub mod pipeline;
 pub mod security;
 pub mod sim;

@@ -49,6 +49,18 @@ pub const APPROVAL_TTL_SECONDS: &str = "APPROVAL_TTL_SECONDS";
 /// Seconds a validated LLM answer is reused for an identical request; `0` turns the response
 /// cache off; unset or blank means the default (15 minutes).
 pub const RESPONSE_CACHE_TTL_SECONDS: &str = "RESPONSE_CACHE_TTL_SECONDS";
+/// The notify function's dead-letter queue.
+pub const NOTIFY_DLQ_URL: &str = "NOTIFY_DLQ_URL";
+/// The ARN of the Secrets Manager secret holding the webhook URLs (never the URLs themselves).
+pub const WEBHOOK_SECRET_ARN: &str = "WEBHOOK_SECRET_ARN";
+/// The lowest alert level posted: `info`, `warning` (default) or `critical`.
+pub const NOTIFY_MIN_LEVEL: &str = "NOTIFY_MIN_LEVEL";
+/// Comma-separated alert kinds to post; empty posts every kind.
+pub const NOTIFY_KINDS: &str = "NOTIFY_KINDS";
+/// How long the webhook secret is cached, in seconds (default 300).
+pub const WEBHOOK_SECRET_TTL_SECONDS: &str = "WEBHOOK_SECRET_TTL_SECONDS";
+/// The longest one webhook post may take, in milliseconds (default 5000).
+pub const WEBHOOK_TIMEOUT_MS: &str = "WEBHOOK_TIMEOUT_MS";
 
 /// The environment variable holding the URL of `queue`.
 pub const fn queue_url_variable(queue: Queue) -> &'static str {
@@ -436,14 +448,85 @@ impl CostGuardConfig {
     }
 }
 
+/// The notify function: consumes the `notify` queue (the `alerts` topic's subscription) and
+/// posts alerts to the webhooks of the secret. Touches only its idempotency records in the
+/// table; sends nothing but dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyConfig {
+    pub table_name: String,
+    pub dead_letter_queue_url: String,
+    pub secret_arn: String,
+    pub filter: crate::notify::AlertFilter,
+    pub secret_ttl: chrono::Duration,
+    pub post_timeout: std::time::Duration,
+}
+
+env_readers!(NotifyConfig);
+
+impl NotifyConfig {
+    pub const VARIABLES: &'static [&'static str] = &[
+        TABLE_NAME,
+        NOTIFY_DLQ_URL,
+        WEBHOOK_SECRET_ARN,
+        NOTIFY_MIN_LEVEL,
+        NOTIFY_KINDS,
+        WEBHOOK_SECRET_TTL_SECONDS,
+        WEBHOOK_TIMEOUT_MS,
+    ];
+
+    fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
+        use crate::domain::AlertLevel;
+        let min_level = match vars.optional(NOTIFY_MIN_LEVEL) {
+            None | Some("warning") => AlertLevel::Warning,
+            Some("info") => AlertLevel::Info,
+            Some("critical") => AlertLevel::Critical,
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: NOTIFY_MIN_LEVEL,
+                    reason: "expected `info`, `warning` or `critical`".into(),
+                });
+            }
+        };
+        let kinds: std::collections::BTreeSet<String> = vars
+            .optional(NOTIFY_KINDS)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let secret_ttl = vars.positive(WEBHOOK_SECRET_TTL_SECONDS, 300)?;
+        let post_timeout = vars.positive(WEBHOOK_TIMEOUT_MS, 5_000)?;
+        Ok(Self {
+            table_name: vars.required(TABLE_NAME)?.to_owned(),
+            dead_letter_queue_url: vars.url(NOTIFY_DLQ_URL)?,
+            secret_arn: vars.arn(WEBHOOK_SECRET_ARN)?,
+            filter: crate::notify::AlertFilter {
+                min_level,
+                kinds: (!kinds.is_empty()).then_some(kinds),
+            },
+            secret_ttl: chrono::Duration::seconds(i64::try_from(secret_ttl).unwrap_or(i64::MAX)),
+            post_timeout: std::time::Duration::from_millis(post_timeout),
+        })
+    }
+
+    pub fn settings(&self) -> crate::notify::NotifySettings {
+        crate::notify::NotifySettings {
+            post_timeout: self.post_timeout,
+            ..crate::notify::NotifySettings::default()
+        }
+    }
+}
+
 /// Every function by package name with the variables it reads, for checks of the deployment
 /// template.
-pub const FUNCTIONS: [(&str, &[&str]); 5] = [
+pub const FUNCTIONS: [(&str, &[&str]); 6] = [
     ("analyze", AnalyzeConfig::VARIABLES),
     ("strategize", StrategizeConfig::VARIABLES),
     ("decide", DecideConfig::VARIABLES),
     ("snapshot", SnapshotConfig::VARIABLES),
     ("cost-guard", CostGuardConfig::VARIABLES),
+    ("notify", NotifyConfig::VARIABLES),
 ];
 
 /// The queues and topics the stage that consumes `queue` may send to: the worker runs the same
@@ -540,6 +623,19 @@ impl<'a> Vars<'a> {
                 reason: "expected an ARN (arn:partition:service:region:account:resource)".into(),
             })
         }
+    }
+
+    /// An optional whole number above zero, `default` when unset.
+    fn positive(&self, name: &'static str, default: u64) -> Result<u64, ConfigError> {
+        self.optional(name).map_or(Ok(default), |v| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ConfigError::Invalid {
+                    name,
+                    reason: "expected a whole number above zero".into(),
+                })
+        })
     }
 
     fn nano_usd(&self, name: &'static str) -> Result<Option<u64>, ConfigError> {
@@ -668,6 +764,18 @@ mod tests {
         set(APPROVAL_RISK_THRESHOLD, "0.6".into());
         set(APPROVAL_TTL_SECONDS, "3600".into());
         set(RESPONSE_CACHE_TTL_SECONDS, "600".into());
+        set(
+            NOTIFY_DLQ_URL,
+            "https://sqs.eu-west-1.amazonaws.com/123456789012/notify-dlq".into(),
+        );
+        set(
+            WEBHOOK_SECRET_ARN,
+            "arn:aws:secretsmanager:eu-west-1:123456789012:secret:evolve-webhooks-AbCdEf".into(),
+        );
+        set(NOTIFY_MIN_LEVEL, "critical".into());
+        set(NOTIFY_KINDS, "security, approval".into());
+        set(WEBHOOK_SECRET_TTL_SECONDS, "60".into());
+        set(WEBHOOK_TIMEOUT_MS, "2500".into());
         map
     }
 
@@ -712,6 +820,10 @@ mod tests {
             names_read(CostGuardConfig::read),
             sorted(CostGuardConfig::VARIABLES)
         );
+        assert_eq!(
+            names_read(NotifyConfig::read),
+            sorted(NotifyConfig::VARIABLES)
+        );
         for (function, variables) in FUNCTIONS {
             assert_eq!(
                 sorted(variables).len(),
@@ -728,6 +840,43 @@ mod tests {
         DecideConfig::from_map(&only(DecideConfig::VARIABLES)).expect("decide");
         SnapshotConfig::from_map(&only(SnapshotConfig::VARIABLES)).expect("snapshot");
         CostGuardConfig::from_map(&only(CostGuardConfig::VARIABLES)).expect("cost-guard");
+        NotifyConfig::from_map(&only(NotifyConfig::VARIABLES)).expect("notify");
+    }
+
+    #[test]
+    fn notify_posts_warnings_of_every_kind_unless_told_otherwise() {
+        let c = NotifyConfig::from_map(&full()).expect("notify");
+        assert_eq!(c.filter.min_level, crate::domain::AlertLevel::Critical);
+        assert_eq!(
+            c.filter.kinds,
+            Some(BTreeSet::from([
+                "approval".to_owned(),
+                "security".to_owned()
+            ]))
+        );
+        assert_eq!(c.secret_ttl, chrono::Duration::seconds(60));
+        assert_eq!(c.post_timeout, std::time::Duration::from_millis(2500));
+        let mut map = only(NotifyConfig::VARIABLES);
+        for name in [
+            NOTIFY_MIN_LEVEL,
+            NOTIFY_KINDS,
+            WEBHOOK_SECRET_TTL_SECONDS,
+            WEBHOOK_TIMEOUT_MS,
+        ] {
+            map.insert(name.into(), String::new());
+        }
+        let c = NotifyConfig::from_map(&map).expect("defaults");
+        assert_eq!(c.filter, crate::notify::AlertFilter::default());
+        assert_eq!(c.secret_ttl, chrono::Duration::seconds(300));
+        assert_eq!(c.post_timeout, std::time::Duration::from_secs(5));
+        for (name, value) in [(NOTIFY_MIN_LEVEL, "loud"), (WEBHOOK_TIMEOUT_MS, "0")] {
+            let mut map = only(NotifyConfig::VARIABLES);
+            map.insert(name.into(), value.into());
+            assert!(matches!(
+                NotifyConfig::from_map(&map),
+                Err(ConfigError::Invalid { name: n, .. }) if n == name
+            ));
+        }
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub const ROLLBACKS: &str = "Rollbacks";
 pub const BUDGET_MODE: &str = "BudgetMode";
 /// Scheduled invocations (ticks, sweeps) handled.
 pub const SCHEDULED_RUNS: &str = "ScheduledRuns";
+/// Webhook posts of alerts (notify): one per alert and webhook.
+pub const ALERTS_POSTED: &str = "AlertsPosted";
+/// Alerts notify acknowledged without posting (filtered out, or no webhook configured).
+pub const ALERTS_FILTERED: &str = "AlertsFiltered";
 
 /// CloudWatch units used by the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,7 +42,7 @@ pub fn cargo_lambda() -> Option<PathBuf> {
     })
 }
 
-/// Builds the five function binaries (debug) and returns their paths by name. The `tests`
+/// Builds the function binaries (debug) and returns their paths by name. The `tests`
 /// package is built along so features unify as in `make test`, which then makes this a no-op.
 pub async fn build_functions(packages: &[&str]) -> BTreeMap<String, PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -1,4 +1,4 @@
-//! Runtime smoke tests of the five Lambda functions. Each function's debug binary polls
+//! Runtime smoke tests of the six Lambda functions. Each function's debug binary polls
 //! `cargo lambda watch --only-lambda-apis` (the Lambda Runtime API emulator) with exactly the
 //! environment its config type reads, pointed at moto (DynamoDB, S3, SQS, SNS) and the Bedrock
 //! stub through `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, and is invoked with
@@ -256,4 +256,71 @@ async fn cost_guard_handles_a_threshold_dead_letters_garbage_and_sweeps() {
     assert_eq!(answer["outcome"], "processed", "{answer}");
     assert!(emitted_metrics(&running), "{}", running.logs());
     running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_posts_the_sample_alert_to_its_webhook_and_dead_letters_garbage() {
+    use std::sync::{Arc, Mutex, PoisonError};
+
+    let tool = cargo_lambda_or_skip!();
+    let logs = tempfile::tempdir().expect("log dir");
+    let world = World::new().await;
+    // A local Slack: records the paths posted to.
+    let posted: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the webhook receiver");
+    let address = listener.local_addr().expect("address");
+    let record = posted.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: String| {
+        let record = record.clone();
+        async move {
+            record.lock().unwrap_or_else(PoisonError::into_inner).push((
+                uri.path().to_owned(),
+                serde_json::from_str(&body).unwrap_or(Value::Null),
+            ));
+            "ok"
+        }
+    });
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    world
+        .secrets
+        .put_secret_value()
+        .secret_id(&world.webhook_secret)
+        .secret_string(
+            json!({"slack_webhook_url": format!("http://{address}/services/T0/B0/smoke-token")})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("put the webhook URL");
+    let mut running = start(&tool, &world, "notify", logs.path()).await;
+
+    let answer = running.invoke(&event("sqs-notify.json")).await;
+    assert_eq!(answer, no_failures(), "{}", running.logs());
+    let dead = world.drain(&world.notify.dead_letters).await;
+    assert_eq!(dead.len(), 1, "{}", running.logs());
+    assert_eq!(dead[0].body(), Some("not json at all"));
+    assert!(attribute(&dead[0], REASON_ATTRIBUTE).is_some_and(|r| !r.is_empty()));
+    let posted = posted
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    assert_eq!(posted.len(), 1, "{posted:?}\n{}", running.logs());
+    assert_eq!(posted[0].0, "/services/T0/B0/smoke-token");
+    assert!(
+        posted[0].1["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("budget_mode")),
+        "{posted:?}"
+    );
+    assert!(
+        !running.logs().contains("smoke-token"),
+        "the webhook URL never reaches the logs"
+    );
+    assert!(emitted_metrics(&running), "{}", running.logs());
+    running.stop().await;
+    server.abort();
 }

@@ -42,6 +42,11 @@ pub struct World {
     pub bucket: String,
     pub store: Arc<DynamoStore>,
     pub system: SystemId,
+    /// The notify function's queue (the alerts topic's subscription) and its dead-letter queue.
+    pub notify: QueueUrls,
+    pub secrets: aws_sdk_secretsmanager::Client,
+    /// The webhook secret, created holding `{}` as the stack creates it.
+    pub webhook_secret: String,
 }
 
 /// The ARN a queue of the stack has (what the sample events carry as `eventSourceARN`).
@@ -88,7 +93,25 @@ impl World {
             .create_resources()
             .await
             .expect("create table and bucket");
+        let notify = QueueUrls {
+            url: create_queue(&sqs, &format!("{STACK}-notify")).await,
+            dead_letters: create_queue(&sqs, &format!("{STACK}-notify-dlq")).await,
+        };
+        let secrets = aws_sdk_secretsmanager::Client::new(&sdk);
+        let webhook_secret = secrets
+            .create_secret()
+            .name(format!("{STACK}-webhooks"))
+            .secret_string("{}")
+            .send()
+            .await
+            .expect("create the webhook secret")
+            .arn()
+            .expect("secret ARN")
+            .to_owned();
         Self {
+            notify,
+            secrets,
+            webhook_secret,
             moto,
             stub,
             sqs,
@@ -153,10 +176,19 @@ impl World {
             // What the template passes when its budget parameters are left empty.
             config::DAILY_BUDGET_NANO_USD
             | config::MONTHLY_BUDGET_NANO_USD
-            | config::MODEL_CATALOG => String::new(),
+            | config::MODEL_CATALOG
+            | config::NOTIFY_KINDS
+            | config::APPROVAL_RISK_THRESHOLD => String::new(),
+            config::APPROVAL_TTL_SECONDS => "86400".to_owned(),
             config::LLM => "bedrock".to_owned(),
             // The template's default.
             config::RESPONSE_CACHE_TTL_SECONDS => "900".to_owned(),
+            config::NOTIFY_DLQ_URL => self.notify.dead_letters.clone(),
+            config::WEBHOOK_SECRET_ARN => self.webhook_secret.clone(),
+            // What the template passes by default.
+            config::NOTIFY_MIN_LEVEL => "warning".to_owned(),
+            config::WEBHOOK_SECRET_TTL_SECONDS => "300".to_owned(),
+            config::WEBHOOK_TIMEOUT_MS => "5000".to_owned(),
             other => panic!("the smoke test does not know how to set {other}"),
         }
     }

@@ -769,3 +769,47 @@ async fn a_cached_answer_is_a_cache_partition_with_a_ttl() {
         Some(entry)
     );
 }
+
+/// Each LLM call record is archived to S3 as one compact JSON line under a key made of its
+/// month and id, so Athena can total spend per model; a retried transaction overwrites the
+/// same object instead of adding another.
+#[tokio::test]
+async fn llm_calls_are_archived_to_s3_by_month_and_a_retry_overwrites_them() {
+    let d = Dynamo::create().await;
+    let store = d.store();
+    let id = sys("archived");
+    let call = crate::fixtures::llm_call(&id, "call-archived-1", 0);
+    let writes = || vec![Write::PutLlmCall { call: call.clone() }];
+    store.commit(tx(writes())).await.expect("commit the call");
+    store.commit(tx(writes())).await.expect("retry the commit");
+
+    let at = call.at;
+    let key = format!(
+        "llm-calls/year={:04}/month={:02}/call-archived-1.json",
+        at.year(),
+        at.month()
+    );
+    assert_eq!(
+        objects(&d, "llm-calls/").await,
+        BTreeSet::from([key.clone()])
+    );
+    let body = object(&d, &key).await;
+    assert!(!body.contains('\n'), "one line: {body}");
+    let archived: shared::store::LlmCallRecord = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(archived, call);
+    let value: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    for column in [
+        "call_id",
+        "system_id",
+        "role",
+        "model_id",
+        "usage",
+        "cost_nano_usd",
+        "at",
+    ] {
+        assert!(value.get(column).is_some(), "{column} in {body}");
+    }
+    // A purge leaves the archive: spent money stays on record, like the ledger.
+    store.purge_system(&id).await.expect("purge");
+    assert_eq!(objects(&d, "llm-calls/").await.len(), 1);
+}

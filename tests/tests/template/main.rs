@@ -38,6 +38,8 @@ const METRICS: &[&str] = &[
     metrics::ROLLBACKS,
     metrics::BUDGET_MODE,
     metrics::SCHEDULED_RUNS,
+    metrics::ALERTS_POSTED,
+    metrics::ALERTS_FILTERED,
 ];
 
 /// The only statements that may say `Resource: '*'`, each with the reason (the template carries
@@ -52,6 +54,11 @@ const STAR_RESOURCES: &[(&str, &str, &str)] = &[
         KEY_POLICY,
     ),
     ("Key", "SchedulerDecryptsTheScheduleInput", KEY_POLICY),
+    (
+        "Key",
+        "AlertsTopicDeliversToTheEncryptedNotifyQueue",
+        KEY_POLICY,
+    ),
     ("Key", "RunningSystemSendsFitnessThroughSqs", KEY_POLICY),
     ("Key", "OperatorsSendThroughSqs", KEY_POLICY),
     ("WorkerExecutionRole", "EcrToken", ECR_TOKEN),
@@ -290,7 +297,9 @@ fn each_queue_has_a_dead_letter_queue_after_five_receives_and_its_own_consumer()
             name.trim_start_matches("${AWS::StackName}-").to_owned()
         })
         .collect();
-    let expected: BTreeSet<String> = Queue::ALL.iter().map(|q| q.as_str().to_owned()).collect();
+    let mut expected: BTreeSet<String> = Queue::ALL.iter().map(|q| q.as_str().to_owned()).collect();
+    // Plus notify's queue, which the alerts topic (not the pipeline) delivers to.
+    expected.insert(shared::notify::QUEUE.to_owned());
     assert_eq!(names, expected);
     // Each function consumes the queues whose dead-letter queue it is told about.
     for (package, id, function) in functions(t) {
@@ -522,6 +531,7 @@ fn every_store_uses_the_stack_key() {
         ("AWS::SNS::Topic", "KmsMasterKeyId"),
         ("AWS::Logs::LogGroup", "KmsKeyId"),
         ("AWS::Scheduler::Schedule", "KmsKeyArn"),
+        ("AWS::SecretsManager::Secret", "KmsKeyId"),
     ] {
         for (id, resource) in t.of_type(kind) {
             assert!(
@@ -531,9 +541,9 @@ fn every_store_uses_the_stack_key() {
             stores += 1;
         }
     }
-    // 1 table, 1 bucket, 12 queues, 2 topics, 5 + 1 log groups (the functions', the worker's),
-    // 2 schedules.
-    assert_eq!(stores, 1 + 1 + 12 + 2 + 6 + 2);
+    // 1 table, 1 bucket, 14 queues, 2 topics, 6 + 1 log groups (the functions', the worker's),
+    // 2 schedules, 1 secret.
+    assert_eq!(stores, 1 + 1 + 14 + 2 + 7 + 2 + 1);
 }
 
 #[test]
@@ -635,12 +645,22 @@ fn roles_send_and_publish_exactly_where_the_environment_points() {
             .of_type("AWS::DynamoDB::GlobalTable")
             .next()
             .expect("table");
-        for action in [
-            "dynamodb:GetItem",
-            "dynamodb:Query",
-            "dynamodb:PutItem",
-            "dynamodb:UpdateItem",
-        ] {
+        // notify only claims and completes its idempotency records: no queries.
+        let table_actions: &[&str] = if package == "notify" {
+            &[
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+            ]
+        } else {
+            &[
+                "dynamodb:GetItem",
+                "dynamodb:Query",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+            ]
+        };
+        for &action in table_actions {
             assert_eq!(
                 granted(t, role, action),
                 BTreeSet::from([table.to_owned()]),
@@ -746,7 +766,7 @@ fn queue_and_topic_policies_name_exactly_their_producers() {
     }
     assert_eq!(
         checked,
-        12 + 2,
+        14 + 2,
         "every queue, dead-letter queue and topic has a policy"
     );
 
@@ -1098,6 +1118,258 @@ fn the_outputs_name_everything_the_cli_needs() {
     }
 }
 
+#[test]
+fn notify_hears_only_alerts_from_the_alerts_topic_and_alone_reads_the_webhook_secret() {
+    let t = template();
+    let alerts = topic_id(t, Topic::Alerts);
+    let (secret, resource) = t
+        .of_type("AWS::SecretsManager::Secret")
+        .next()
+        .expect("the webhook secret");
+    assert_eq!(
+        resource["Properties"]["SecretString"], "{}",
+        "the stack creates the secret with no webhook; operators put the URLs in it"
+    );
+    let (_, _, notify) = functions(t)
+        .into_iter()
+        .find(|(p, _, _)| *p == "notify")
+        .expect("the notify function");
+    assert_eq!(env_target(notify, config::WEBHOOK_SECRET_ARN), secret);
+    let notify_role = role_of(notify);
+    for (package, id, function) in functions(t) {
+        let readers = granted(t, role_of(function), "secretsmanager:GetSecretValue");
+        if package == "notify" {
+            assert_eq!(readers, BTreeSet::from([secret.to_owned()]), "{id}");
+        } else {
+            assert!(readers.is_empty(), "{id} reads no secret");
+        }
+    }
+    // Its table access is confined to its own idempotency records.
+    let table_statements: Vec<&Value> = role_statements(t, notify_role)
+        .into_iter()
+        .filter(|s| actions(s).iter().any(|a| a.starts_with("dynamodb:")))
+        .collect();
+    assert!(!table_statements.is_empty());
+    for statement in table_statements {
+        assert_eq!(
+            statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"],
+            serde_json::json!(["IDEMP#notify:*"])
+        );
+    }
+    // The alerts topic delivers alerts (not alarms) to the queue, as SNS notifications.
+    let (_, _, events) = consumed_queues(t)
+        .into_iter()
+        .find(|(_, p, _)| *p == "notify")
+        .expect("notify consumes a queue");
+    let queue = target(&events["Queue"])
+        .expect("a template queue")
+        .to_owned();
+    let subscriptions: Vec<&Value> = t
+        .of_type("AWS::SNS::Subscription")
+        .map(|(_, s)| &s["Properties"])
+        .filter(|p| p["Protocol"] == "sqs")
+        .collect();
+    assert_eq!(subscriptions.len(), 1);
+    let p = subscriptions[0];
+    assert_eq!(target(&p["TopicArn"]), Some(alerts.as_str()));
+    assert_eq!(target(&p["Endpoint"]), Some(queue.as_str()));
+    assert_eq!(
+        p["RawMessageDelivery"], false,
+        "the handler reads SNS notifications"
+    );
+    assert_eq!(
+        p["FilterPolicy"],
+        serde_json::json!({"type": ["AlertRaised"]})
+    );
+    // Only that topic may send to the queue.
+    let (_, policy) = t
+        .of_type("AWS::SQS::QueuePolicy")
+        .find(|(_, r)| target(&r["Properties"]["Queues"][0]) == Some(queue.as_str()))
+        .expect("the queue's policy");
+    let allows: Vec<&Value> = statements(&policy["Properties"]["PolicyDocument"])
+        .into_iter()
+        .filter(|s| s["Effect"] == "Allow")
+        .collect();
+    assert_eq!(allows.len(), 1);
+    assert_eq!(allows[0]["Principal"]["Service"], "sns.amazonaws.com");
+    assert_eq!(
+        target(&allows[0]["Condition"]["ArnEquals"]["aws:SourceArn"]),
+        Some(alerts.as_str())
+    );
+    // SNS may use the key to deliver to the encrypted queue, for that topic only.
+    let (key, _) = t.of_type("AWS::KMS::Key").next().expect("key");
+    let sns = statements(&t.resource(key)["Properties"]["KeyPolicy"])
+        .into_iter()
+        .find(|s| s["Principal"]["Service"] == "sns.amazonaws.com")
+        .expect("a key statement for SNS");
+    let topic_name = text(&t.resource(&alerts)["Properties"]["TopicName"]).expect("name");
+    let source = text(&sns["Condition"]["ArnEquals"]["aws:SourceArn"]).expect("source ARN");
+    assert!(
+        source.ends_with(&format!(":{topic_name}")),
+        "{source} is the alerts topic"
+    );
+}
+
+/// The JSON field names a Glue table reads: each column (renamed back through the JSON SerDe's
+/// `mapping.<column>` parameters) and, for `struct<...>` columns, their fields as
+/// `column.field`.
+fn glue_fields(table: &Value) -> BTreeSet<String> {
+    let storage = &table["Properties"]["TableInput"]["StorageDescriptor"];
+    let mappings = &storage["SerdeInfo"]["Parameters"];
+    let mut fields = BTreeSet::new();
+    for column in alternatives(&storage["Columns"]) {
+        let name = column["Name"].as_str().expect("column name");
+        let json = mappings[format!("mapping.{name}")]
+            .as_str()
+            .unwrap_or(name)
+            .to_owned();
+        let kind = column["Type"].as_str().expect("column type");
+        if let Some(inner) = kind
+            .strip_prefix("struct<")
+            .and_then(|k| k.strip_suffix('>'))
+        {
+            for field in inner.split(',') {
+                let (field, _) = field.split_once(':').expect("field:type");
+                fields.insert(format!("{json}.{field}"));
+            }
+        }
+        fields.insert(json);
+    }
+    fields
+}
+
+/// The field names of a record's JSON, nested objects as `field.inner`.
+fn json_fields(value: &Value) -> BTreeSet<String> {
+    let mut fields = BTreeSet::new();
+    for (name, inner) in value.as_object().expect("a JSON object") {
+        if let Some(object) = inner.as_object() {
+            for field in object.keys() {
+                fields.insert(format!("{name}.{field}"));
+            }
+        }
+        fields.insert(name.clone());
+    }
+    fields
+}
+
+#[test]
+fn the_athena_tables_read_exactly_what_the_store_writes_where_it_writes_it() {
+    use shared::domain::{
+        BedrockAnalysis, EventType, EvolutionEvent, Role, StorageMetadata, SystemContext, SystemId,
+    };
+    use shared::store::{LlmCallRecord, Usage};
+    let t = template();
+    let at = chrono::DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
+        .expect("time")
+        .with_timezone(&chrono::Utc);
+    // Every optional field set, so every field the store can write shows.
+    let event = EvolutionEvent {
+        id: "evt-1".into(),
+        timestamp: at,
+        event_type: EventType::MutationKept,
+        generation: 3,
+        fitness_delta: Some(0.1),
+        mutation_id: Some("mut-1".into()),
+        bedrock_analysis: Some(BedrockAnalysis {
+            model_used: "m".into(),
+            confidence: 0.5,
+            reasoning: "r".into(),
+            predicted_impact: 0.1,
+            actual_impact: 0.1,
+        }),
+        system_context: Some(SystemContext {
+            cpu_usage: 0.1,
+            memory_usage: 0.1,
+            active_processes: 1,
+            recent_errors: 0,
+        }),
+        storage_metadata: Some(StorageMetadata {
+            s3_location: "s3://b/k".into(),
+            size_bytes: 1,
+            storage_class: "STANDARD".into(),
+        }),
+        system_id: Some(SystemId::parse("checkout-api").expect("id")),
+        detail: Some("d".into()),
+    };
+    let call = LlmCallRecord {
+        call_id: "c".into(),
+        system_id: SystemId::parse("checkout-api").expect("id"),
+        envelope_id: "e".into(),
+        role: Role::Decide,
+        model_id: "m".into(),
+        usage: Usage::default(),
+        cost_nano_usd: 1,
+        latency_ms: 1,
+        bedrock_requests: 1,
+        fallback: Some("throttled".into()),
+        cache_hit: true,
+        at,
+    };
+    let (bucket, _) = t.of_type("AWS::S3::Bucket").next().expect("bucket");
+    let mut tables = 0;
+    for (id, table) in t.of_type("AWS::Glue::Table") {
+        let input = &table["Properties"]["TableInput"];
+        let storage = &input["StorageDescriptor"];
+        assert_eq!(
+            storage["SerdeInfo"]["SerializationLibrary"], "org.openx.data.jsonserde.JsonSerDe",
+            "{id}"
+        );
+        assert_eq!(input["Parameters"]["projection.enabled"], "true", "{id}");
+        let template_path =
+            text(&input["Parameters"]["storage.location.template"]).expect("a location template");
+        let location = text(&storage["Location"]).expect("a location");
+        assert!(
+            template_path.starts_with(location),
+            "{id}: {template_path} under {location}"
+        );
+        assert!(
+            location.starts_with(&format!("s3://${{{bucket}}}/")),
+            "{id}: {location}"
+        );
+        for partition in alternatives(&input["PartitionKeys"]) {
+            let name = partition["Name"].as_str().expect("partition name");
+            assert!(
+                input["Parameters"][format!("projection.{name}.type")].is_string(),
+                "{id}: {name} is projected"
+            );
+            assert!(
+                template_path.contains(&format!("${{!{name}}}")),
+                "{id}: {name} in the location template"
+            );
+        }
+        let (written, expected_path) = match input["Name"].as_str() {
+            Some("evolution_events") => (
+                serde_json::to_value(&event).expect("event JSON"),
+                "s3://${Bucket}/evolution-events/system=${!system}/${!year}/${!month}/",
+            ),
+            Some("llm_calls") => (
+                serde_json::to_value(&call).expect("call JSON"),
+                "s3://${Bucket}/llm-calls/year=${!year}/month=${!month}/",
+            ),
+            other => panic!("{id}: unexpected table {other:?}"),
+        };
+        assert_eq!(template_path, expected_path, "{id}");
+        assert_eq!(glue_fields(table), json_fields(&written), "{id}: columns");
+        tables += 1;
+    }
+    assert_eq!(tables, 2);
+    let (id, workgroup) = t
+        .of_type("AWS::Athena::WorkGroup")
+        .next()
+        .expect("an Athena workgroup");
+    let results = &workgroup["Properties"]["WorkGroupConfiguration"]["ResultConfiguration"];
+    assert_eq!(
+        results["EncryptionConfiguration"]["EncryptionOption"], "SSE_KMS",
+        "{id}"
+    );
+    let (key, _) = t.of_type("AWS::KMS::Key").next().expect("key");
+    assert_eq!(
+        target(&results["EncryptionConfiguration"]["KmsKey"]),
+        Some(key),
+        "{id}"
+    );
+}
+
 /// Runs `cfn-lint` from the repository's virtualenv; it must report nothing at all.
 #[test]
 fn cfn_lint_reports_nothing() {
@@ -1240,8 +1512,13 @@ fn the_worker_is_optional_and_every_resource_of_it_is_conditional() {
             assert_eq!(output["Condition"], "DeployWorker", "{name}");
         }
     }
-    // The functions' event source mappings can be turned off for the worker alone.
-    for (queue, _, properties) in consumed_queues(t) {
+    // The functions' event source mappings can be turned off for the worker alone; notify's
+    // queue is no pipeline queue (the worker does not consume it), so its mapping stays on.
+    for (queue, package, properties) in consumed_queues(t) {
+        if package == "notify" {
+            assert!(properties.get("Enabled").is_none(), "{queue}");
+            continue;
+        }
         assert_eq!(
             properties["Enabled"],
             serde_json::json!({"Fn::If": ["LambdaQueueConsumersEnabled", true, false]}),

@@ -36,6 +36,15 @@ pub(super) struct EventBody {
     pub(super) at: DateTime<Utc>,
 }
 
+/// A settled LLM call's record archived to S3 for analytics (Athena over
+/// `llm-calls/year=<yyyy>/month=<mm>/<call id>.json`), stored before the transaction that
+/// indexes the call, under a key that is a function of the call: a retry overwrites it.
+#[derive(Debug, Clone)]
+pub(super) struct CallArchive {
+    pub(super) object: String,
+    pub(super) json: String,
+}
+
 /// What a cancellation reason at an item's position means.
 #[derive(Debug, Clone)]
 enum OnFailure {
@@ -64,6 +73,7 @@ pub(super) struct Staged {
     pub(super) items: Vec<TransactWriteItem>,
     owners: Vec<Owner>,
     pub(super) bodies: Vec<EventBody>,
+    pub(super) call_archives: Vec<CallArchive>,
     /// Every item key, to refuse a transaction touching one item twice.
     seen: BTreeSet<(String, String)>,
 }
@@ -559,6 +569,10 @@ fn stage_write(table: &str, staged: &mut Staged, i: usize, write: &Write) -> Sto
             )
         }
         Write::PutLlmCall { call } => {
+            staged.call_archives.push(CallArchive {
+                object: item::call_object(call.at, &call.call_id),
+                json: item::encode(call)?,
+            });
             let pk = keys::system(&call.system_id);
             let sk = keys::call(call.at, &call.call_id);
             let item = item::record(&pk, &sk, call)?;

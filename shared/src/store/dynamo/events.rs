@@ -54,6 +54,23 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// Stores an LLM call record (compact, single-line JSON) under its deterministic key.
+    pub(super) async fn put_call_archive(
+        &self,
+        archive: &super::commit::CallArchive,
+    ) -> StoreResult<()> {
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&archive.object)
+            .content_type("application/json")
+            .body(ByteStream::from(archive.json.clone().into_bytes()))
+            .send()
+            .await
+            .map_err(|e| sdk_error("PutObject (LLM call archive)", &e))?;
+        Ok(())
+    }
+
     /// After a refused transaction: puts S3 back as the index says. A body no index item points
     /// at is deleted; a body that replaced a committed one (a refused rewrite of an event) gets
     /// the committed copy back. Best effort: a body left behind is never listed while index

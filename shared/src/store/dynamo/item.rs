@@ -361,6 +361,19 @@ pub(super) fn build_error(error: &aws_sdk_dynamodb::error::BuildError) -> StoreE
     StoreError::Invalid(format!("request cannot be built: {error}"))
 }
 
+/// The S3 folder of the LLM call archive (Hive-style `year=`/`month=` partitions).
+pub(super) const CALL_PREFIX: &str = "llm-calls/";
+
+/// `llm-calls/year=<yyyy>/month=<mm>/<call id>.json` (zero-padded month, UTC).
+pub(super) fn call_object(at: DateTime<Utc>, call_id: &str) -> String {
+    use chrono::Datelike as _;
+    format!(
+        "{CALL_PREFIX}year={:04}/month={:02}/{call_id}.json",
+        at.year(),
+        at.month()
+    )
+}
+
 /// The S3 folder of a system's event bodies.
 pub(super) fn event_prefix(system: &SystemId) -> String {
     format!("evolution-events/system={system}/")

@@ -33,7 +33,9 @@
 //! Every record is a `body` string attribute holding its JSON beside the key and condition
 //! attributes. Event bodies also go to S3 at
 //! `evolution-events/system=<id>/<yyyy>/<mm>/<event id>.json`, before the transaction that indexes
-//! them, so an index item never points at a missing body.
+//! them, so an index item never points at a missing body. Each LLM call record also goes to S3,
+//! compact, at `llm-calls/year=<yyyy>/month=<mm>/<call id>.json` (the spend archive Athena reads;
+//! kept when a system is purged, like the ledger).
 
 mod commit;
 mod events;
@@ -773,6 +775,11 @@ impl EvolutionStore for DynamoStore {
             if !bodies_stored {
                 for body in &staged.bodies {
                     self.put_event_body(body).await?;
+                }
+                // The call archive likewise; a refused transaction leaves its objects: the
+                // call was made and its money settled, and the retry overwrites them.
+                for archive in &staged.call_archives {
+                    self.put_call_archive(archive).await?;
                 }
                 bodies_stored = true;
             }
