@@ -209,3 +209,119 @@ fn operator_commands_work_against_a_deployed_stack() {
         "the caller's AWS identity: {who}"
     );
 }
+
+/// On a stack, `approve` is an `ApprovalGiven` message on the decide queue that names the
+/// caller's AWS identity; a decision that is not pending is refused before anything is sent.
+#[test]
+fn approve_sends_the_verdict_to_the_decide_queue_as_the_callers_identity() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let stack = runtime.block_on(stack());
+    let dir = tempfile::tempdir().expect("dir");
+    let dna = dir.path().join("dna.json");
+    std::fs::write(
+        &dna,
+        r#"{"system_id": "svc-gate", "genes": {"x": {"type": "int", "value": 5, "min": 0, "max": 50, "max_step": 5}}}"#,
+    )
+    .expect("write");
+    let init = evolve_aws(&stack, &["init", "--dna", &dna.display().to_string()]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let decide_queue = runtime.block_on(async {
+        stack
+            .sqs
+            .create_queue()
+            .queue_name(unique_name("cli-decide"))
+            .send()
+            .await
+            .expect("queue")
+            .queue_url()
+            .expect("url")
+            .to_owned()
+    });
+
+    // The stages hold the first approval on the DynamoDB store.
+    let pending = runtime.block_on(async {
+        let home = LocalHome::new(
+            stack.store.clone(),
+            Arc::new(LocalEngine::new(1)),
+            chrono::Utc::now(),
+            PipelineConfig {
+                approval_threshold: Some(0.0),
+                ..PipelineConfig::default()
+            },
+        );
+        let opts = RunOptions {
+            generations: 1,
+            ..RunOptions::default()
+        };
+        let id = SystemId::parse("svc-gate").expect("id");
+        home.runner(&Rising)
+            .run(&id, &opts, &Silent)
+            .await
+            .expect("run")
+            .awaiting_approval
+            .expect("held for approval")
+    });
+
+    let approve = |id: &str| {
+        Command::new(bin("evolve"))
+            .args(["approve", id, "--note", "ship it"])
+            .env("EVOLVE_STORE", "aws")
+            .env("EVOLVE_TABLE_NAME", &stack.table)
+            .env("EVOLVE_BUCKET_NAME", &stack.bucket)
+            .env("EVOLVE_DECIDE_QUEUE_URL", &decide_queue)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ENDPOINT_URL", stack.moto.url())
+            .env_remove("AWS_PROFILE")
+            .env_remove("EVOLVE_SYSTEM")
+            .stdin(Stdio::null())
+            .output()
+            .expect("evolve runs")
+    };
+    let wrong = approve("dec_not_pending");
+    assert_eq!(
+        wrong.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    let out = approve(&pending);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let received = runtime.block_on(async {
+        stack
+            .sqs
+            .receive_message()
+            .queue_url(&decide_queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .expect("receive")
+    });
+    assert_eq!(
+        received.messages().len(),
+        1,
+        "only the valid verdict is sent"
+    );
+    let body = received.messages()[0].body().expect("body");
+    let envelope: Value = serde_json::from_str(body).expect("envelope");
+    assert_eq!(envelope["type"], "ApprovalGiven");
+    assert_eq!(envelope["decision_id"], pending.as_str());
+    assert_eq!(envelope["approve"], true);
+    assert_eq!(envelope["note"], "ship it");
+    let who = envelope["approver"].as_str().expect("approver");
+    assert!(
+        who.starts_with("arn:aws:"),
+        "the caller's AWS identity: {who}"
+    );
+}
