@@ -90,8 +90,14 @@ async fn stack() -> Stack {
 }
 
 fn evolve_aws(stack: &Stack, args: &[&str]) -> Output {
+    evolve_aws_with(stack, args, &[])
+}
+
+/// `evolve --store aws` with the stack's settings plus `env`.
+fn evolve_aws_with(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin("evolve"))
         .args(args)
+        .envs(env.iter().copied())
         .env("EVOLVE_STORE", "aws")
         .env("EVOLVE_TABLE_NAME", &stack.table)
         .env("EVOLVE_BUCKET_NAME", &stack.bucket)
@@ -267,21 +273,11 @@ fn approve_sends_the_verdict_to_the_decide_queue_as_the_callers_identity() {
     });
 
     let approve = |id: &str| {
-        Command::new(bin("evolve"))
-            .args(["approve", id, "--note", "ship it"])
-            .env("EVOLVE_STORE", "aws")
-            .env("EVOLVE_TABLE_NAME", &stack.table)
-            .env("EVOLVE_BUCKET_NAME", &stack.bucket)
-            .env("EVOLVE_DECIDE_QUEUE_URL", &decide_queue)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ENDPOINT_URL", stack.moto.url())
-            .env_remove("AWS_PROFILE")
-            .env_remove("EVOLVE_SYSTEM")
-            .stdin(Stdio::null())
-            .output()
-            .expect("evolve runs")
+        evolve_aws_with(
+            &stack,
+            &["approve", id, "--note", "ship it"],
+            &[("EVOLVE_DECIDE_QUEUE_URL", decide_queue.as_str())],
+        )
     };
     let wrong = approve("dec_not_pending");
     assert_eq!(
