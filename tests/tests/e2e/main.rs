@@ -436,3 +436,140 @@ async fn a_held_approval_waits_for_the_operators_message_on_the_decide_queue() {
     assert_eq!(resolution.approver.as_deref(), Some(approver));
     assert!(resolution.reasoning.contains("change window open"));
 }
+
+/// The cost optimizer on the deployed shape: with the budget mode in control state on
+/// DynamoDB, the analyze function's tick stretches, stops and restores the system's cycles in
+/// the registry, and each change is an event in the audit trail (index in DynamoDB, body in S3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_actions_change_the_registry_and_are_audited() {
+    use shared::domain::EventType;
+    use shared::store::{BudgetState, Transaction, Write};
+
+    let mut world = World::new(Options::default()).await;
+    let id = system_id();
+    world.init().await;
+    world.report_baseline(score(0)).await;
+    world.deliver(Queue::Fitness).await;
+    let head = world
+        .store
+        .get_head(&id)
+        .await
+        .expect("head")
+        .expect("exists");
+    assert_eq!(head.status, HeadStatus::Stable);
+    let base = i64::from(
+        world
+            .store
+            .get_system(&id)
+            .await
+            .expect("get")
+            .expect("exists")
+            .settings
+            .cycle_interval_seconds,
+    );
+    let set_mode = |mode: BudgetMode| {
+        let store = world.store.clone();
+        async move {
+            let expected = store.budget_state().await.expect("mode").mode;
+            store
+                .commit(Transaction {
+                    writes: vec![Write::SetBudgetMode {
+                        expected,
+                        state: BudgetState {
+                            mode,
+                            changed_at: Some(chrono::Utc::now()),
+                            reason: "test".into(),
+                        },
+                    }],
+                    completion: None,
+                })
+                .await
+                .expect("set mode");
+        }
+    };
+    let overdue = || {
+        let store = world.store.clone();
+        let id = id.clone();
+        async move {
+            let mut system = store.get_system(&id).await.expect("get").expect("exists");
+            system.next_cycle_at = chrono::Utc::now() - chrono::Duration::minutes(5);
+            store
+                .commit(Transaction {
+                    writes: vec![Write::PutSystem { system }],
+                    completion: None,
+                })
+                .await
+                .expect("due");
+        }
+    };
+    let minute = |k: i64| chrono::Utc::now() + chrono::Duration::minutes(k);
+
+    set_mode(BudgetMode::Economy).await;
+    let before = chrono::Utc::now();
+    world.tick_scheduled(minute(1)).await;
+    let system = world
+        .store
+        .get_system(&id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(system.cost_mode, BudgetMode::Economy);
+    assert!(
+        system.next_cycle_at >= before + chrono::Duration::seconds(4 * base),
+        "stretched: {system:?}"
+    );
+
+    set_mode(BudgetMode::Paused).await;
+    overdue().await;
+    world.tick_scheduled(minute(2)).await;
+    world.tick_scheduled(minute(3)).await;
+    let system = world
+        .store
+        .get_system(&id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(system.cost_mode, BudgetMode::Paused);
+    assert!(
+        system.next_cycle_at < chrono::Utc::now(),
+        "no cycle while paused"
+    );
+
+    set_mode(BudgetMode::Normal).await;
+    let before = chrono::Utc::now();
+    world.tick_scheduled(minute(4)).await;
+    let system = world
+        .store
+        .get_system(&id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(system.cost_mode, BudgetMode::Normal);
+    assert!(
+        system.next_cycle_at >= before + chrono::Duration::seconds(base)
+            && system.next_cycle_at < before + chrono::Duration::seconds(2 * base),
+        "the overdue cycle ran and the configured interval is back: {system:?}"
+    );
+
+    let events: Vec<_> = world
+        .store
+        .list_events(&id, None, 1000)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.event_type == EventType::CostActionApplied)
+        .collect();
+    let keys = world.s3_event_bodies().await;
+    for e in &events {
+        assert!(
+            keys.iter().any(|k| k.ends_with(&format!("/{}.json", e.id))),
+            "{} has no body in S3: {keys:?}",
+            e.id
+        );
+    }
+    let actions: Vec<String> = events.into_iter().filter_map(|e| e.detail).collect();
+    assert_eq!(actions.len(), 3, "{actions:?}");
+    assert!(actions[0].contains("economy"), "{actions:?}");
+    assert!(actions[1].contains("stopped"), "{actions:?}");
+    assert!(actions[2].contains("restored"), "{actions:?}");
+}

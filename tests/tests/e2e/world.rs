@@ -237,7 +237,13 @@ impl World {
 
     /// The EventBridge Scheduler's one-minute tick to analyze.
     pub async fn tick(&self) {
-        let payload = json!({"kind": "tick", "scheduled_at": chrono::Utc::now().to_rfc3339()});
+        self.tick_scheduled(chrono::Utc::now()).await;
+    }
+
+    /// A tick scheduled for `at`: each minute's tick is processed once, so a test that ticks
+    /// repeatedly names distinct minutes.
+    pub async fn tick_scheduled(&self, at: chrono::DateTime<chrono::Utc>) {
+        let payload = json!({"kind": "tick", "scheduled_at": at.to_rfc3339()});
         analyze::handler(
             self.function("analyze"),
             LambdaEvent::new(payload, Context::default()),
