@@ -5,7 +5,7 @@ use chrono::Duration;
 use shared::bus::Bus;
 use shared::clock::Clock;
 use shared::domain::{DecidedBy, HeadStatus, Outgoing, Recommendation};
-use shared::local::{PendingPolicy, RunOptions, Silent, verdict_message};
+use shared::local::{PendingPolicy, RunOptions, RunReport, Silent, verdict_message};
 use shared::pipeline;
 use shared::stages::PipelineConfig;
 use shared::store::EvolutionStore;
@@ -29,6 +29,15 @@ fn opts(generations: u32, pending: PendingPolicy) -> RunOptions {
         max_idle: Duration::hours(6),
         ..RunOptions::default()
     }
+}
+
+/// Runs the pipeline with fitness rising with `x` until `generations` close or it stops.
+async fn run_with(h: &Harness, generations: u32, pending: PendingPolicy) -> RunReport {
+    h.home
+        .runner(&rises_with_x())
+        .run(&system_id(), &opts(generations, pending), &Silent)
+        .await
+        .expect("run")
 }
 
 async fn head(h: &Harness) -> shared::domain::Head {
@@ -63,14 +72,8 @@ async fn verdict(h: &Harness, decision_id: &str, approve: bool, note: Option<&st
 async fn a_risky_approval_waits_for_a_human_then_applies() {
     let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 70)])]);
     let h = harness(llm, gated()).await;
-    let evaluator = rises_with_x();
 
-    let report = h
-        .home
-        .runner(&evaluator)
-        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
-        .await
-        .expect("run");
+    let report = run_with(&h, 1, PendingPolicy::Stop).await;
     let pending_id = report
         .awaiting_approval
         .clone()
@@ -115,12 +118,7 @@ async fn a_risky_approval_waits_for_a_human_then_applies() {
     );
 
     // Running again without an answer stops at once and decides nothing new.
-    let again = h
-        .home
-        .runner(&evaluator)
-        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
-        .await
-        .expect("run");
+    let again = run_with(&h, 1, PendingPolicy::Stop).await;
     assert_eq!(
         again.awaiting_approval.as_deref(),
         Some(pending_id.as_str())
@@ -174,12 +172,7 @@ async fn a_risky_approval_waits_for_a_human_then_applies() {
     assert_eq!(head(&h).await.generation, 1);
 
     // The next run measures the approved generation and carries on.
-    let report = h
-        .home
-        .runner(&evaluator)
-        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
-        .await
-        .expect("run");
+    let report = run_with(&h, 1, PendingPolicy::Stop).await;
     assert!(report.generations >= 1, "{report:?}");
     let history = h
         .store
@@ -193,12 +186,7 @@ async fn a_risky_approval_waits_for_a_human_then_applies() {
 async fn a_rejected_approval_moves_the_plan_on() {
     let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 55)])]);
     let h = harness(llm, gated()).await;
-    let report = h
-        .home
-        .runner(&rises_with_x())
-        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
-        .await
-        .expect("run");
+    let report = run_with(&h, 1, PendingPolicy::Stop).await;
     let first = report.awaiting_approval.expect("pending");
     verdict(&h, &first, false, Some("too big a jump")).await;
 
@@ -230,12 +218,7 @@ async fn a_rejected_approval_moves_the_plan_on() {
 async fn an_unanswered_approval_expires_to_reject() {
     let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60)])]);
     let h = harness(llm, gated()).await;
-    let report = h
-        .home
-        .runner(&rises_with_x())
-        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
-        .await
-        .expect("run");
+    let report = run_with(&h, 1, PendingPolicy::Stop).await;
     let pending_id = report.awaiting_approval.expect("pending");
 
     // Before the deadline the tick leaves it alone.
@@ -289,12 +272,7 @@ async fn an_unanswered_approval_expires_to_reject() {
 async fn approve_all_runs_unattended_and_records_the_operator() {
     let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 70)])]);
     let h = harness(llm, gated()).await;
-    let report = h
-        .home
-        .runner(&rises_with_x())
-        .run(&system_id(), &opts(2, PendingPolicy::ApproveAll), &Silent)
-        .await
-        .expect("run");
+    let report = run_with(&h, 2, PendingPolicy::ApproveAll).await;
     assert_eq!(report.generations, 2, "{report:?}");
     assert_eq!(report.decisions.pending, 0);
     assert!(report.awaiting_approval.is_none());
@@ -315,12 +293,7 @@ async fn approve_all_runs_unattended_and_records_the_operator() {
 async fn without_a_threshold_nothing_waits() {
     let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60)])]);
     let h = harness(llm, permissive()).await;
-    let report = h
-        .home
-        .runner(&rises_with_x())
-        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
-        .await
-        .expect("run");
+    let report = run_with(&h, 1, PendingPolicy::Stop).await;
     assert_eq!(report.generations, 1);
     assert_eq!(report.decisions.pending, 0);
 }
@@ -329,20 +302,11 @@ async fn without_a_threshold_nothing_waits() {
 async fn an_operator_rollback_supersedes_a_held_decision() {
     let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 65)])]);
     let h = harness(llm, gated()).await;
-    let first = h
-        .home
-        .runner(&rises_with_x())
-        .run(&system_id(), &opts(1, PendingPolicy::ApproveAll), &Silent)
-        .await
-        .expect("run");
+    let first = run_with(&h, 1, PendingPolicy::ApproveAll).await;
     assert_eq!(first.generations, 1);
     // The next proposal is held; the operator rolls back instead of answering.
-    let held = h
-        .home
-        .runner(&rises_with_x())
-        .run(&system_id(), &opts(1, PendingPolicy::Stop), &Silent)
+    let held = run_with(&h, 1, PendingPolicy::Stop)
         .await
-        .expect("run")
         .awaiting_approval
         .expect("held");
     let at = head(&h).await;
