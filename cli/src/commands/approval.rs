@@ -5,7 +5,7 @@
 use chrono::Utc;
 use shared::bus::Bus;
 use shared::domain::{HeadStatus, Outgoing};
-use shared::local::{LocalHome, RunOptions, Silent, verdict_message};
+use shared::local::{RunOptions, Silent, verdict_message};
 
 use super::{llm, open_existing, resolve_system};
 use crate::args::{Cli, StoreKind, VerdictArgs};
@@ -57,8 +57,7 @@ pub async fn resolve(cli: &Cli, args: &VerdictArgs, approve: bool) -> anyhow::Re
         return Ok(());
     }
     let config = llm::pipeline_config(&args.engine)?;
-    let engine = llm::build(&args.engine, &store, config.budgets).await?;
-    let home = LocalHome::new(store.clone(), engine, now, config);
+    let home = llm::home(&args.engine, store.clone(), now, config).await?;
     home.bus.send(&[Outgoing::new(env)]).await?;
     let dead = home.settle(&RunOptions::default(), &Silent).await?;
     if let Some(reason) = dead.first() {

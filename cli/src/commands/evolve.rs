@@ -36,9 +36,8 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     } else {
         store.purge_system(&system_id).await?;
     }
-    let engine = llm::build(&args.engine, &store, config.budgets).await?;
     let daily_budget = config.budgets.global_daily;
-    let home = LocalHome::new(store.clone(), engine, start, config);
+    let home = llm::home(&args.engine, store.clone(), start, config).await?;
     if !args.resume {
         init_system(
             &home.deps,
@@ -124,9 +123,8 @@ pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {
     if let Some(samples) = args.samples {
         set_samples(store.as_ref(), &system_id, samples).await?;
     }
-    let engine = llm::build(&args.engine, &store, config.budgets).await?;
     let daily_budget = config.budgets.global_daily;
-    let home = LocalHome::new(store.clone(), engine, Utc::now(), config);
+    let home = llm::home(&args.engine, store.clone(), Utc::now(), config).await?;
     evolve(
         cli,
         &home,

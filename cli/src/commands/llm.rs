@@ -10,6 +10,7 @@ use shared::engine::LocalEngine;
 use shared::llm::LanguageModel;
 use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
 use shared::llm::catalog::ModelCatalog;
+use shared::local::LocalHome;
 use shared::stages::PipelineConfig;
 use shared::store::FullStore;
 
@@ -69,6 +70,23 @@ pub fn pipeline_config(args: &EngineArgs) -> anyhow::Result<PipelineConfig> {
             ..defaults.budgets
         },
         ..defaults
+    })
+}
+
+/// The local home with its engine. With Bedrock, budgets are counted by the real date, as the
+/// adapter spends them, while the stages follow the run's simulated clock.
+pub async fn home(
+    args: &EngineArgs,
+    store: Arc<dyn FullStore>,
+    start: chrono::DateTime<chrono::Utc>,
+    config: PipelineConfig,
+) -> anyhow::Result<LocalHome> {
+    let engine = build(args, &store, config.budgets).await?;
+    let home = LocalHome::new(store, engine, start, config);
+    Ok(if args.llm == Llm::Bedrock {
+        home.with_money_clock(Arc::new(SystemClock))
+    } else {
+        home
     })
 }
 

@@ -48,6 +48,7 @@ where
         ledger: store,
         llm,
         clock: Arc::new(SystemClock),
+        money_clock: Arc::new(SystemClock),
         config,
     }
 }

@@ -729,10 +729,19 @@ impl LocalHome {
             ledger: store,
             llm,
             clock: clock.clone(),
+            money_clock: clock.clone(),
             config,
         };
         let bus = Arc::new(LocalBus::new(clock.clone()));
         Self { deps, bus, clock }
+    }
+
+    /// Counts the budgets by `clock` instead of the simulated one: what a run whose LLM spends
+    /// real money (Bedrock) needs, since the ledger records that money by the real date.
+    #[must_use]
+    pub fn with_money_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.deps.money_clock = clock;
+        self
     }
 
     /// [`LocalRunner::settle`] without an evaluator: it never measures.

@@ -12,6 +12,7 @@ use crate::store::{BudgetState, Write};
 /// reservations (a system over its own budget gets the local engine) and reported here.
 pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
     let now = deps.clock.now();
+    let today = deps.money_clock.now();
     let budgets = deps.config.budgets;
     let current = deps.control.budget_state().await?;
     let mut required = BudgetMode::Normal;
@@ -23,7 +24,7 @@ pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
     {
         let totals = deps
             .ledger
-            .totals(PeriodKey::of(limit.period, now), &LedgerScope::Total)
+            .totals(PeriodKey::of(limit.period, today), &LedgerScope::Total)
             .await?;
         let mode = mode_for(totals.spent_nano, limit.limit_nano, budgets.economy_percent);
         if mode > required {
@@ -74,7 +75,7 @@ pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
                 (BudgetPeriod::Month, budgets.system_monthly),
             ] {
                 let Some(limit) = limit else { continue };
-                let key = PeriodKey::of(period, now);
+                let key = PeriodKey::of(period, today);
                 let totals = deps
                     .ledger
                     .totals(key, &LedgerScope::System(system.system_id.clone()))

@@ -98,6 +98,11 @@ pub struct Deps {
     pub ledger: Arc<dyn CostLedger>,
     pub llm: Arc<dyn LanguageModel>,
     pub clock: Arc<dyn Clock>,
+    /// The clock the ledger's days and months are counted by. Money is spent in real time, so
+    /// a local run whose stages follow a simulated clock still checks the budgets of the real
+    /// day (the Bedrock adapter reserves by the real date); on AWS both clocks are the wall
+    /// clock.
+    pub money_clock: Arc<dyn Clock>,
     pub config: PipelineConfig,
 }
 

@@ -237,6 +237,7 @@ async fn the_decide_stage_decides_a_plans_three_proposals_with_one_request() {
             ledger: store.clone(),
             llm: Arc::new(model),
             clock: clock.clone(),
+            money_clock: clock.clone(),
             // Every proposal goes to the engine; nothing is above the ceiling.
             config: PipelineConfig {
                 auto_approve_risk: 0.0,

@@ -224,6 +224,7 @@ async fn demo_run(cache_ttl: Duration, generations: u32) -> (usize, usize, usize
             ledger: store.clone(),
             llm: Arc::new(model),
             clock: clock.clone(),
+            money_clock: clock.clone(),
             config: PipelineConfig::default(),
         },
         bus: Arc::new(LocalBus::new(clock.clone())),

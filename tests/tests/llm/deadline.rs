@@ -209,6 +209,7 @@ async fn a_pipeline_cycle_completes_on_the_local_engine_when_bedrock_throttles_e
             ledger: store.clone(),
             llm: Arc::new(model),
             clock: clock.clone(),
+            money_clock: clock.clone(),
             config: PipelineConfig::default(),
         },
         bus: Arc::new(shared::bus::local::LocalBus::new(clock.clone())),

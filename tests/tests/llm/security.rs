@@ -60,6 +60,7 @@ async fn a_stage_whose_call_was_denied_raises_a_critical_security_alert() {
         ledger: store.clone(),
         llm: Arc::new(model),
         clock: clock.clone(),
+        money_clock: clock.clone(),
         config: PipelineConfig::default(),
     };
     let home = LocalHome {

@@ -193,3 +193,71 @@ async fn paused_still_closes_evaluation_windows() {
         .count();
     assert_eq!(due, 1);
 }
+
+/// Money is spent in real time: a local run whose stages follow a simulated clock still judges
+/// the budget by the day the ledger recorded the spend in (the money clock's), not the
+/// simulated day.
+#[tokio::test]
+async fn the_sweep_counts_the_budget_of_the_money_clocks_day() {
+    use shared::cost::{BudgetLimit, Budgets, CostLedger, Reservation, Settlement};
+    use shared::domain::{BudgetPeriod, BudgetScope, Envelope};
+    use shared::store::Usage;
+
+    const BUDGET: u64 = 1_000_000;
+    let config = shared::stages::PipelineConfig {
+        budgets: Budgets {
+            global_daily: Some(BUDGET),
+            ..permissive().budgets
+        },
+        ..permissive()
+    };
+    let h = harness(Scripted::with(vec![]), config).await;
+    // The simulated run is months away from the day the money was spent.
+    let real_day = h.home.clock.now() + Duration::days(200);
+    let home = h
+        .home
+        .with_money_clock(std::sync::Arc::new(shared::clock::SimClock::new(real_day)));
+    let limit = BudgetLimit {
+        scope: BudgetScope::Global,
+        period: BudgetPeriod::Day,
+        limit_nano: BUDGET,
+    };
+    let reservation = Reservation {
+        call_id: "call-1".into(),
+        system_id: system_id(),
+        model_id: "m".into(),
+        amount_nano: BUDGET,
+        at: real_day,
+        limits: vec![limit],
+    };
+    h.store.reserve(&reservation).await.expect("reserve");
+    h.store
+        .settle(&Settlement {
+            call_id: "call-1".into(),
+            system_id: system_id(),
+            model_id: "m".into(),
+            reserved_nano: BUDGET,
+            reserved_at: real_day,
+            actual_nano: BUDGET,
+            usage: Usage::default(),
+            at: real_day,
+        })
+        .await
+        .expect("settle");
+    let sweep = Envelope {
+        id: "sweep-1".into(),
+        causation_id: String::new(),
+        system_id: shared::domain::SystemId::global(),
+        base_generation: 0,
+        sent_at: home.clock.now(),
+        body: Body::BudgetSweep {},
+    };
+    pipeline::handle(&home.deps, home.bus.as_ref(), &sweep)
+        .await
+        .expect("sweep");
+    assert_eq!(
+        h.store.budget_state().await.expect("mode").mode,
+        BudgetMode::Paused,
+        "the sweep judged the simulated day, where nothing was spent"
+    );
+}
