@@ -90,6 +90,7 @@ fn request(envelope: &str) -> DecideRequest {
         },
         local_risk: 0.5,
         risk_ceiling: 0.8,
+        deferrals: 0,
         batch: Vec::new(),
     }
 }

@@ -194,6 +194,7 @@ fn decide_request(
         },
         local_risk,
         risk_ceiling,
+        deferrals: 0,
         batch: Vec::new(),
     }
 }
@@ -792,6 +793,7 @@ proptest! {
                 mutation,
                 local_risk: risk.overall_risk,
                 risk_ceiling: 0.8,
+                deferrals: 0,
                 batch: Vec::new(),
             });
             prop_assert_eq!(

@@ -77,6 +77,10 @@ pub struct DecideRequest {
     pub local_risk: f64,
     /// Above this risk an answer may only be REJECT or DEFER.
     pub risk_ceiling: f64,
+    /// How many times this proposal was deferred already. Part of the prompt when not zero,
+    /// so that asking again after a DEFER is a new question (never the cached DEFER).
+    #[serde(default)]
+    pub deferrals: u32,
     /// The plan's later steps, for a batch decision while Bedrock throttles (see
     /// `bedrock::BedrockModel::decide`); empty otherwise. Engines that do not batch ignore it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -194,20 +194,21 @@ pub fn strategize(req: &StrategizeRequest, history_limit: usize) -> Prompt {
 }
 
 pub fn decide(req: &DecideRequest, history_limit: usize) -> Prompt {
-    prompt(
-        Role::Decide,
-        &json!({
-            "role": "decide",
-            "dna": dna_json(&req.dna),
-            "history": history_json(&req.history, history_limit),
-            "mutation": {
-                "changes": req.mutation.changes,
-                "predicted_impact": req.mutation.predicted_impact,
-            },
-            "local_risk": req.local_risk,
-            "risk_ceiling": req.risk_ceiling,
-        }),
-    )
+    let mut data = json!({
+        "role": "decide",
+        "dna": dna_json(&req.dna),
+        "history": history_json(&req.history, history_limit),
+        "mutation": {
+            "changes": req.mutation.changes,
+            "predicted_impact": req.mutation.predicted_impact,
+        },
+        "local_risk": req.local_risk,
+        "risk_ceiling": req.risk_ceiling,
+    });
+    if req.deferrals > 0 {
+        data["deferred_before"] = json!(req.deferrals);
+    }
+    prompt(Role::Decide, &data)
 }
 
 pub fn resolve(req: &ResolveRequest) -> Prompt {

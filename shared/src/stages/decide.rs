@@ -122,6 +122,7 @@ pub async fn handle_proposal(
                 mutation: mutation.clone(),
                 local_risk,
                 risk_ceiling: deps.config.risk_ceiling,
+                deferrals,
                 batch,
             })
             .await?;

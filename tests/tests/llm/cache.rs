@@ -272,3 +272,22 @@ async fn in_a_demo_like_run_the_cache_never_adds_requests() {
     assert_eq!(hits_without, 0);
     assert!(with <= without, "{with} > {without}");
 }
+
+/// Asking again after a DEFER is a new question: the deferral count is part of the prompt, so the
+/// cached DEFER is not what the second ask gets; the first ask's key is unchanged.
+#[tokio::test]
+async fn a_deferred_proposal_asked_again_is_not_served_from_the_cache() {
+    let f = cache_fixture(&[A]).await;
+    let first = crate::requests::decide_req("env-1", 0.5, 0.9);
+    f.model.decide(&first).await.expect("an answer");
+    assert_eq!(f.stub.request_count(), 1);
+    let same = crate::requests::decide_req("env-2", 0.5, 0.9);
+    assert!(f.model.decide(&same).await.expect("an answer").cache_hit);
+    assert_eq!(f.stub.request_count(), 1);
+
+    let mut again = crate::requests::decide_req("env-3", 0.5, 0.9);
+    again.deferrals = 1;
+    let answer = f.model.decide(&again).await.expect("an answer");
+    assert!(!answer.cache_hit);
+    assert_eq!(f.stub.request_count(), 2);
+}

@@ -159,6 +159,7 @@ pub fn decide_req(envelope_id: &str, local_risk: f64, risk_ceiling: f64) -> Deci
         },
         local_risk,
         risk_ceiling,
+        deferrals: 0,
         batch: Vec::new(),
     }
 }
