@@ -1,4 +1,5 @@
 //! Support code shared by the integration and end-to-end tests of the evolution suite.
 
 pub mod bedrock_stub;
+pub mod bins;
 pub mod moto;

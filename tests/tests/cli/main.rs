@@ -1,44 +1,13 @@
 //! The `evolve` command end to end: the demo's promises, bad input, the real example evaluator,
 //! and the Bedrock path against the stub binary.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use serde_json::Value;
+pub(crate) use tests::bins::workspace_bin as bin;
 
 mod aws;
-
-/// A workspace binary next to this test's own executable, (re)built once per test run so a
-/// stale binary is never what gets tested.
-pub(crate) fn bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "evolve",
-                "-p",
-                "tests",
-                "-p",
-                "sqlite-evaluator",
-                "--bins",
-            ])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the binaries failed");
-    });
-    let path = std::env::current_exe()
-        .expect("test path")
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(path.exists(), "{} was not built", path.display());
-    path
-}
 
 fn evolve(state: &Path, args: &[&str]) -> Output {
     Command::new(bin("evolve"))

@@ -3,46 +3,14 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tests::bins::workspace_bin as bin;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// A workspace binary next to this test's executable, (re)built once per test run so a stale
-/// binary is never what gets tested. The same packages as the `cli` tests build, so the two
-/// binaries share one set of artefacts instead of rebuilding each other's.
-fn bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "evolve",
-                "-p",
-                "tests",
-                "-p",
-                "sqlite-evaluator",
-            ])
-            .arg("--bins")
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building the binaries failed");
-    });
-    let path = std::env::current_exe()
-        .expect("test path")
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(path.exists(), "{} was not built", path.display());
-    path
-}
 
 fn evolve(state: &Path, args: &[&str]) -> Output {
     Command::new(bin("evolve"))

@@ -3,9 +3,9 @@
 //! `evolve worker --store aws` as a child process pointed at both.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region};
@@ -32,25 +32,9 @@ pub fn system_id() -> SystemId {
     SystemId::parse(SYSTEM).expect("valid id")
 }
 
-/// The `evolve` binary next to this test's executable, (re)built once per test process so a
-/// stale binary is never what gets tested.
+/// The `evolve` binary, built once per test process.
 pub fn evolve_bin() -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "evolve", "--bins"])
-            .status()
-            .expect("cargo runs");
-        assert!(status.success(), "building evolve failed");
-    });
-    let path = std::env::current_exe()
-        .expect("test path")
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("evolve");
-    assert!(path.exists(), "{} was not built", path.display());
-    path
+    tests::bins::workspace_bin("evolve")
 }
 
 pub struct Stack {

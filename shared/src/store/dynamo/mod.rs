@@ -705,24 +705,9 @@ impl EvolutionStore for DynamoStore {
     }
 
     async fn release(&self, key: &str) -> StoreResult<()> {
-        let mut expr = Expr::default();
-        let condition = format!("{} = {}", expr.name(STATE), expr.value(s(IN_PROGRESS)));
-        let result = self
-            .dynamo
-            .delete_item()
-            .table_name(&self.table)
-            .set_key(Some(item::key(keys::idempotency(key), keys::RECORD)))
-            .condition_expression(condition)
-            .set_expression_attribute_names(expr.names())
-            .set_expression_attribute_values(expr.values())
-            .send()
-            .await;
-        match result {
-            // A completed (or absent) record is not ours to drop.
-            Err(error) if is_condition_failure(&error) => Ok(()),
-            Err(error) => Err(sdk_error("DeleteItem (release)", &error)),
-            Ok(_) => Ok(()),
-        }
+        // A completed (or absent) record is not ours to drop.
+        self.delete_idempotency_in(key, IN_PROGRESS, "DeleteItem (release)")
+            .await
     }
 
     async fn mark_sent(&self, key: &str) -> StoreResult<()> {
@@ -833,8 +818,20 @@ impl DynamoStore {
     /// Drops a completed idempotency record (a purged system's message runs again after a
     /// fresh start); an in-progress claim is left to its owner.
     async fn forget_completed(&self, key: &str) -> StoreResult<()> {
+        self.delete_idempotency_in(key, COMPLETED, "DeleteItem (purge)")
+            .await
+    }
+
+    /// Deletes an idempotency record only while it is in `state`; in any other state (or
+    /// absent) it is left alone, which is not an error.
+    async fn delete_idempotency_in(
+        &self,
+        key: &str,
+        state: &str,
+        operation: &str,
+    ) -> StoreResult<()> {
         let mut expr = Expr::default();
-        let condition = format!("{} = {}", expr.name(STATE), expr.value(s(COMPLETED)));
+        let condition = format!("{} = {}", expr.name(STATE), expr.value(s(state)));
         let result = self
             .dynamo
             .delete_item()
@@ -847,7 +844,7 @@ impl DynamoStore {
             .await;
         match result {
             Err(error) if is_condition_failure(&error) => Ok(()),
-            Err(error) => Err(sdk_error("DeleteItem (purge)", &error)),
+            Err(error) => Err(sdk_error(operation, &error)),
             Ok(_) => Ok(()),
         }
     }
