@@ -43,19 +43,75 @@ wait "$server"
 "#;
 
 /// moto's server (what `moto_server` runs: its WSGI app under werkzeug, with the same options),
-/// except that DynamoDB requests are handled one at a time.
+/// except that DynamoDB requests are handled one at a time and a transaction backs up only the
+/// items it touches.
 ///
 /// moto's threaded server does not isolate `TransactWriteItems`: it applies the items one by
 /// one and, when one fails, restores a deep copy of the table taken before, which undoes the
 /// writes of transactions that ran meanwhile (seen as a concurrent settlement losing some of its
 /// counter updates). DynamoDB serializes transactions, so the stand-in must too. Other services
 /// (S3, SQS long polls) stay concurrent.
+///
+/// That deep copy is also taken of the whole table once per item of every transaction, so with a
+/// fleet of systems in the table each transaction copies megabytes many times over, and the
+/// server grows to gigabytes and takes seconds per call. With requests serialized, a backup of
+/// just the items the transaction names restores the same state, so the script replaces the
+/// table copy with one: the table-level copy becomes the table itself (a no-op restore), and a
+/// cancelled transaction puts its items back as they were.
 const SERVER: &str = r#"
-import argparse, os, signal, sys, threading
+import argparse, copy, os, signal, sys, threading
 from werkzeug.serving import run_simple
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication, MotoRequestHandler, create_backend_app,
 )
+import moto.dynamodb.models as dynamodb_models
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
+
+transact_write_items = DynamoDBBackend.transact_write_items
+deepcopy = copy.deepcopy
+
+def table_copy(value, memo=None):
+    if isinstance(value, Table):
+        return value
+    return deepcopy(value, memo)
+
+def touched(backend, transact_items):
+    saved = []
+    for entry in transact_items:
+        for op in entry.values():
+            table = backend.tables.get(op.get("TableName"))
+            key = op.get("Item") or op.get("Key")
+            if table is None or not isinstance(key, dict) or table.hash_key_attr not in key:
+                continue
+            hash_key = DynamoType(key[table.hash_key_attr])
+            range_key = None
+            if table.range_key_attr is not None:
+                if table.range_key_attr not in key:
+                    continue
+                range_key = DynamoType(key[table.range_key_attr])
+            saved.append((table, hash_key, range_key, deepcopy(table.get_item(hash_key, range_key))))
+    return saved
+
+def restore(saved):
+    for table, hash_key, range_key, item in reversed(saved):
+        table.delete_item(hash_key, range_key)
+        if item is not None:
+            table.put_item(item.to_json()["Attributes"])
+
+def item_scoped_transact_write_items(self, transact_items):
+    saved = touched(self, transact_items)
+    dynamodb_models.copy.deepcopy = table_copy
+    try:
+        return transact_write_items(self, transact_items)
+    except Exception:
+        restore(saved)
+        raise
+    finally:
+        dynamodb_models.copy.deepcopy = deepcopy
+
+DynamoDBBackend.transact_write_items = item_scoped_transact_write_items
 
 parser = argparse.ArgumentParser()
 parser.add_argument("-H", "--host", default="127.0.0.1")
@@ -246,4 +302,18 @@ pub fn unique_name(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
+}
+
+/// The SDK configuration every test client uses against a stand-in at `url`: a fixed region,
+/// static test credentials and the endpoint (the same one the SDK reads from
+/// `AWS_ENDPOINT_URL`). S3 clients add path-style addressing on top.
+pub async fn sdk_config(url: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .endpoint_url(url)
+        .load()
+        .await
 }

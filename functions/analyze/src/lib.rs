@@ -107,6 +107,22 @@ mod tests {
         };
         assert_eq!(ran.id, "tick:2026-03-01T12:11");
         assert_eq!(ran.sent, 1);
+        // The tick asks the system's own step, on this function's queue...
+        let sent = t.drain();
+        assert_eq!(sent[0].destination, Destination::Queue(Queue::Analyze));
+        let step = serde_json::json!({"Records": [{
+            "messageId": "step-1",
+            "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:analyze",
+            "body": serde_json::to_string(&sent[0].envelope).expect("json"),
+        }]});
+        let response = handler(&t.deps, LambdaEvent::new(step, Context::default()))
+            .await
+            .expect("step");
+        assert_eq!(
+            batch(response),
+            serde_json::json!({"batchItemFailures": []})
+        );
+        // ...which sends the expired window to snapshot.
         let sent = t.drain();
         assert_eq!(sent[0].destination, Destination::Queue(Queue::Snapshot));
         assert!(matches!(

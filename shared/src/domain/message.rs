@@ -231,6 +231,21 @@ pub enum Body {
     ApprovalExpired {
         decision_id: String,
     },
+    /// The tick's per-system half: the registry says the system may need attention this minute
+    /// (a cycle due, a window or an approval past its deadline, a budget mode to apply). The
+    /// handler reads the head and does what is due in one transaction of its own, so the tick
+    /// itself never commits more than its idempotency record, however large the fleet.
+    SystemTick {
+        scheduled_at: DateTime<Utc>,
+    },
+    /// The sweep found the system over its own budget for a period it was not yet alerted
+    /// for: cost-guard records the alert once for that period (`period_key`, `COST#...`).
+    SystemOverBudget {
+        period: BudgetPeriod,
+        period_key: String,
+        spent_nano: u64,
+        limit_nano: u64,
+    },
 }
 
 impl Body {
@@ -252,13 +267,17 @@ impl Body {
             Self::AlertRaised { .. } => "AlertRaised",
             Self::ApprovalGiven { .. } => "ApprovalGiven",
             Self::ApprovalExpired { .. } => "ApprovalExpired",
+            Self::SystemTick { .. } => "SystemTick",
+            Self::SystemOverBudget { .. } => "SystemOverBudget",
         }
     }
 
     /// Where a message of this type goes. One fixed route per type.
     pub fn destination(&self) -> Destination {
         match self {
-            Self::CycleRequested { .. } => Destination::Queue(Queue::Analyze),
+            Self::CycleRequested { .. } | Self::SystemTick { .. } => {
+                Destination::Queue(Queue::Analyze)
+            }
             Self::AnalysisReady { .. } => Destination::Queue(Queue::Strategize),
             Self::MutationProposed { .. }
             | Self::ConflictDetected { .. }
@@ -268,9 +287,9 @@ impl Body {
             | Self::RollbackRequested { .. }
             | Self::EvaluationDue { .. } => Destination::Queue(Queue::Snapshot),
             Self::FitnessReported { .. } => Destination::Queue(Queue::Fitness),
-            Self::BudgetThresholdCrossed { .. } | Self::BudgetSweep {} => {
-                Destination::Queue(Queue::CostGuard)
-            }
+            Self::BudgetThresholdCrossed { .. }
+            | Self::BudgetSweep {}
+            | Self::SystemOverBudget { .. } => Destination::Queue(Queue::CostGuard),
             Self::DnaUpdated { .. } | Self::DnaRolledBack { .. } => {
                 Destination::Topic(Topic::EvolutionEvents)
             }

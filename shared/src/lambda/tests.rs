@@ -254,6 +254,22 @@ async fn the_tick_sends_due_evaluations_once_per_minute() {
         .expect("tick");
     assert_eq!(first.outcome, "processed");
     assert_eq!(first.sent, 1);
+    // The tick's first half asks the system's own step to look...
+    let sent = t.drain();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].destination, Destination::Queue(Queue::Analyze));
+    assert!(matches!(sent[0].envelope.body, Body::SystemTick { .. }));
+    // ...which finds the window due.
+    let raw = serde_json::to_string(&sent[0].envelope).expect("json");
+    let batch = handle_sqs_batch(
+        &t.deps.pipeline,
+        t.deps.bus.as_ref(),
+        t.deps.dead_letters.as_ref(),
+        queue_of,
+        &[record("m-tick", ANALYZE_ARN, &raw)],
+    )
+    .await;
+    assert_eq!(batch.counts.processed, 1, "{batch:?}");
     let sent = t.drain();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].destination, Destination::Queue(Queue::Snapshot));

@@ -69,6 +69,9 @@ pub async fn init_system(
         next_cycle_at: now,
         evaluation_deadline: Some(deadline),
         cost_mode: crate::domain::BudgetMode::Normal,
+        approval_expires_at: None,
+        budget_alerts: Vec::new(),
+        version: 0,
     };
     let event = EvolutionEvent {
         id: derive_id("evt", &[system_id.as_str(), "created"]),

@@ -28,7 +28,9 @@ impl Observed {
         for write in writes {
             match write {
                 Write::PutLlmCall { call } => observed.llm_calls.push(call.clone()),
-                Write::UpdateHead { head, .. } => observed.generation = Some(head.generation),
+                Write::UpdateHead { head, .. } | Write::ResolveApproval { head, .. } => {
+                    observed.generation = Some(head.generation);
+                }
                 Write::PutHistory { entry, .. } => {
                     observed.fitness = entry.fitness.or(observed.fitness);
                     if entry.outcome != crate::domain::EvaluationOutcome::Keep {
@@ -150,7 +152,9 @@ pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handle
         &env.id,
         Some(env),
         &sha256_hex(&payload),
-        run_stage(deps, env),
+        // On the heap: the stages' futures are large, and a function's whole handler future
+        // would otherwise carry the largest of them on its stack.
+        Box::pin(run_stage(deps, env)),
     )
     .instrument(span)
     .await
@@ -400,6 +404,18 @@ async fn run_stage(deps: &Deps, env: &Envelope) -> Result<StageOutput, StageErro
         Body::BudgetThresholdCrossed { .. } | Body::BudgetSweep {} => {
             cost_guard::handle(deps, env).await
         }
+        Body::SystemTick { scheduled_at } => {
+            stages::tick::handle_system(deps, env, *scheduled_at).await
+        }
+        Body::SystemOverBudget {
+            period_key,
+            spent_nano,
+            limit_nano,
+            ..
+        } => {
+            cost_guard::handle_system_over_budget(deps, env, period_key, *spent_nano, *limit_nano)
+                .await
+        }
         body
         @ (Body::DnaUpdated { .. } | Body::DnaRolledBack { .. } | Body::AlertRaised { .. }) => {
             Err(StageError::WrongStage(body.type_name()))
@@ -416,6 +432,12 @@ async fn commit_and_send(
 ) -> Result<Handled, Failed> {
     let now = deps.clock.now();
     let observed = Observed::of(&output.writes);
+    // The fan-out goes first: until the commit below records the key as completed, a failure
+    // here leaves the message to be redelivered, and the stage derives the same messages again.
+    if let Err(e) = send(bus, &output.fanout).await {
+        release(deps, key).await;
+        return Err(bus_denied(&e));
+    }
     let tx = Transaction {
         writes: output.writes,
         completion: Some(Completion {
@@ -437,10 +459,11 @@ async fn commit_and_send(
     if !output.messages.is_empty() {
         mark_sent(deps, key).await;
     }
-    debug!(summary = %output.summary, sent = output.messages.len(), "processed");
+    let sent = output.messages.len() + output.fanout.len();
+    debug!(summary = %output.summary, sent, "processed");
     Ok(Handled::Processed {
         summary: output.summary,
-        sent: output.messages.len(),
+        sent,
         observed,
     })
 }

@@ -1,12 +1,15 @@
 //! cost-guard: compares the ledger with the budgets and sets the budget mode (Normal, Economy,
 //! Paused). Every change is an alert. The router and the LLM layer obey the mode.
 
-use super::{Deps, StageOutput, StageResult, reply};
+use chrono::{DateTime, Utc};
+
+use super::{Deps, StageOutput, StageResult, load_system, reply};
 use crate::cost::{LedgerScope, PeriodKey, format_usd, mode_for};
 use crate::domain::{
-    Alert, AlertLevel, Body, BudgetMode, BudgetPeriod, BudgetScope, Envelope, derive_id,
+    Alert, AlertLevel, Body, BudgetMode, BudgetPeriod, BudgetScope, Envelope, Outgoing, derive_id,
 };
-use crate::store::{BudgetState, Write};
+use crate::stages::tick::REGISTRY_PAGE;
+use crate::store::{BudgetState, SystemRecord, Write};
 
 /// Recomputes the mode from the global budgets. Per-system budgets are enforced by the ledger's
 /// reservations (a system over its own budget gets the local engine) and reported here.
@@ -68,44 +71,24 @@ pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
             at: now,
         });
     }
-    if let Some(limit) = budgets.system_daily.or(budgets.system_monthly) {
-        for system in deps.store.list_systems().await? {
-            for (period, limit) in [
-                (BudgetPeriod::Day, budgets.system_daily),
-                (BudgetPeriod::Month, budgets.system_monthly),
-            ] {
-                let Some(limit) = limit else { continue };
-                let key = PeriodKey::of(period, today);
-                let totals = deps
-                    .ledger
-                    .totals(key, &LedgerScope::System(system.system_id.clone()))
-                    .await?;
-                if mode_for(totals.spent_nano, limit, budgets.economy_percent) == BudgetMode::Paused
-                {
-                    alerts.push(Alert {
-                        id: derive_id("alr", &[&key.key(), system.system_id.as_str()]),
-                        level: AlertLevel::Warning,
-                        kind: "system_budget".into(),
-                        message: format!(
-                            "{} spent {} of its {} budget {}: its LLM roles use the local engine",
-                            system.system_id,
-                            format_usd(totals.spent_nano),
-                            key.key(),
-                            format_usd(limit)
-                        ),
-                        system_id: Some(system.system_id.clone()),
-                        at: now,
-                    });
-                }
-            }
-            let _ = limit;
-        }
-    }
+    let over = if budgets.system_daily.is_some() || budgets.system_monthly.is_some() {
+        systems_over_budget(deps, env, today, now).await?
+    } else {
+        Vec::new()
+    };
+    let flagged = over.len();
+    out.fanout = over;
     out.summary = if alerts.is_empty() {
         format!("budget mode stays {}", current.mode.as_str())
     } else {
         format!("{} alert(s), mode {}", alerts.len(), required.as_str())
     };
+    if flagged > 0 {
+        out.summary = format!(
+            "{}, {flagged} system(s) newly over their own budget",
+            out.summary
+        );
+    }
     for (i, alert) in alerts.into_iter().enumerate() {
         out.writes.push(Write::PutAlert {
             alert: alert.clone(),
@@ -120,4 +103,125 @@ pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
         ));
     }
     Ok(out)
+}
+
+/// Pages through the registry and returns one [`Body::SystemOverBudget`] per system at or over
+/// its own budget in a period it was not yet alerted for. Each goes out as a fan-out message of
+/// its own (its id fixed by the period and the system), so the sweep's one transaction stays
+/// the same size however many systems are over.
+async fn systems_over_budget(
+    deps: &Deps,
+    env: &Envelope,
+    today: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<Outgoing>, super::StageError> {
+    let budgets = deps.config.budgets;
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = deps
+            .store
+            .list_systems_page(after.as_ref(), REGISTRY_PAGE)
+            .await?;
+        for system in &page {
+            for (period, limit) in [
+                (BudgetPeriod::Day, budgets.system_daily),
+                (BudgetPeriod::Month, budgets.system_monthly),
+            ] {
+                let Some(limit) = limit else { continue };
+                let key = PeriodKey::of(period, today).key();
+                if system.budget_alerts.contains(&key) {
+                    continue;
+                }
+                let totals = deps
+                    .ledger
+                    .totals(
+                        PeriodKey::of(period, today),
+                        &LedgerScope::System(system.system_id.clone()),
+                    )
+                    .await?;
+                if mode_for(totals.spent_nano, limit, budgets.economy_percent) == BudgetMode::Paused
+                {
+                    out.push(Outgoing::new(Envelope {
+                        id: derive_id("msg", &[&key, system.system_id.as_str(), "over-budget"]),
+                        causation_id: env.id.clone(),
+                        system_id: system.system_id.clone(),
+                        base_generation: 0,
+                        sent_at: now,
+                        body: Body::SystemOverBudget {
+                            period,
+                            period_key: key,
+                            spent_nano: totals.spent_nano,
+                            limit_nano: limit,
+                        },
+                    }));
+                }
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == REGISTRY_PAGE => after = Some(last.system_id.clone()),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Raises a system's over-budget alert once for the period: the registry entry remembers the
+/// period (conditioned on its version, so two sweeps racing commit one alert), and the alert is
+/// recorded and published in the same transaction.
+pub async fn handle_system_over_budget(
+    deps: &Deps,
+    env: &Envelope,
+    period_key: &str,
+    spent_nano: u64,
+    limit_nano: u64,
+) -> StageResult {
+    let now = deps.clock.now();
+    let (mut system, _) = load_system(deps, &env.system_id).await?;
+    if system.budget_alerts.iter().any(|k| k == period_key) {
+        return Ok(StageOutput::noop(format!(
+            "{} was already alerted for {period_key}",
+            system.system_id
+        )));
+    }
+    remember_alert(&mut system, period_key, deps.money_clock.now());
+    let alert = Alert {
+        id: derive_id("alr", &[period_key, system.system_id.as_str()]),
+        level: AlertLevel::Warning,
+        kind: "system_budget".into(),
+        message: format!(
+            "{} spent {} of its {period_key} budget {}: its LLM roles use the local engine",
+            system.system_id,
+            format_usd(spent_nano),
+            format_usd(limit_nano)
+        ),
+        system_id: Some(system.system_id.clone()),
+        at: now,
+    };
+    let mut out = StageOutput::default();
+    out.writes.push(Write::PutSystem { system });
+    out.writes.push(Write::PutAlert {
+        alert: alert.clone(),
+    });
+    out.messages.push(reply(
+        env,
+        "cost-guard",
+        0,
+        0,
+        now,
+        Body::AlertRaised { alert },
+    ));
+    out.summary = format!("over-budget alert for {period_key}");
+    Ok(out)
+}
+
+/// Adds the period to the entry's alerted periods and forgets periods that are over (only the
+/// current day and month can still be crossed).
+fn remember_alert(system: &mut SystemRecord, period_key: &str, today: DateTime<Utc>) {
+    let current = [
+        PeriodKey::of(BudgetPeriod::Day, today).key(),
+        PeriodKey::of(BudgetPeriod::Month, today).key(),
+    ];
+    system.budget_alerts.retain(|k| current.contains(k));
+    system.budget_alerts.push(period_key.to_owned());
 }

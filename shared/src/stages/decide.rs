@@ -259,6 +259,13 @@ pub async fn handle_proposal(
                 at: now,
             };
             raise(&mut out, env, head.generation, now, alert);
+            // The tick finds the deadline on the registry entry, without reading heads.
+            out.writes.push(Write::PutSystem {
+                system: crate::store::SystemRecord {
+                    approval_expires_at: Some(expires_at),
+                    ..system.clone()
+                },
+            });
         }
     }
     out.writes.push(Write::PutDecision { decision: record });
@@ -358,9 +365,9 @@ pub async fn handle_verdict(
         ..held
     };
     let mut out = StageOutput::default();
-    out.writes.push(Write::UpdateHead {
+    out.writes.push(Write::ResolveApproval {
         expected_generation: head.generation,
-        expected_status: HeadStatus::AwaitingApproval,
+        decision_id: decision_id.to_owned(),
         head: Head {
             status: HeadStatus::Stable,
             approval: None,

@@ -111,6 +111,11 @@ pub struct Deps {
 pub struct StageOutput {
     pub writes: Vec<Write>,
     pub messages: Vec<Outgoing>,
+    /// Messages sent before the commit and not kept in the outbox: a fan-out too large for one
+    /// idempotency record (the tick's per-system messages). Each has an id derived from what
+    /// caused it, and the stage derives them again from state when it runs again, so they may
+    /// arrive twice and their consumers deduplicate them like any redelivery.
+    pub fanout: Vec<Outgoing>,
     /// A short human account of what happened, for logs (`no-op: ...` when nothing).
     pub summary: String,
 }
@@ -124,7 +129,7 @@ impl StageOutput {
     }
 
     pub fn is_noop(&self) -> bool {
-        self.writes.is_empty() && self.messages.is_empty()
+        self.writes.is_empty() && self.messages.is_empty() && self.fanout.is_empty()
     }
 }
 

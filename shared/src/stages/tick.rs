@@ -1,10 +1,17 @@
 //! The tick: the one timer of the system. Every minute it requests cycles for idle systems that
-//! are due, closes evaluation windows whose deadline has passed and rejects approvals nobody
-//! answered in time.
+//! are due, closes evaluation windows whose deadline has passed, rejects approvals nobody
+//! answered in time and applies the budget mode's cost action to each system's schedule.
+//!
+//! It works in two halves so that no transaction grows with the fleet (see
+//! `docs/2026-12-04-fleet-scale.md`): [`run`] pages through the registry and sends a
+//! [`Body::SystemTick`] to each system whose entry says it may need attention, and
+//! [`handle_system`] does one system's work in one transaction of its own. The registry entry
+//! carries everything the first half filters on (next cycle, window and approval deadlines, the
+//! cost mode applied), so the tick reads no head.
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{Deps, StageOutput, StageResult};
+use super::{Deps, StageOutput, StageResult, load_system};
 use crate::domain::{
     Body, BudgetMode, CycleReason, Envelope, EventType, EvolutionEvent, HeadStatus, Outgoing,
     derive_id,
@@ -14,98 +21,155 @@ use crate::store::{SystemRecord, Write};
 /// Most a system's cycle is spread after the tick, so systems do not all call Bedrock at once.
 const SPREAD_SECONDS: u64 = 45;
 
+/// Registry entries read per page.
+pub const REGISTRY_PAGE: usize = 200;
+
 /// The idempotency key of the tick scheduled at `at` (one per minute).
 pub fn tick_id(at: DateTime<Utc>) -> String {
     format!("tick:{}", at.format("%Y-%m-%dT%H:%M"))
 }
 
+/// Whether the registry entry says the system may need the tick this minute. A false positive
+/// costs one message that ends as a no-op; a false negative would leave a system unattended,
+/// so every deadline the per-system step acts on is on the entry.
+pub fn needs_attention(system: &SystemRecord, mode: BudgetMode, now: DateTime<Utc>) -> bool {
+    system.cost_mode != mode
+        || (mode != BudgetMode::Paused && system.next_cycle_at <= now)
+        || system.evaluation_deadline.is_some_and(|d| d <= now)
+        || system.approval_expires_at.is_some_and(|d| d <= now)
+}
+
+/// The first half: one [`Body::SystemTick`] per system that needs attention, sent as a fan-out
+/// (not kept in the outbox, whose one record could not hold a fleet's messages). Their ids are
+/// derived from the tick and the system, so a repeated tick sends the same messages and each
+/// system's step runs once.
 pub async fn run(deps: &Deps, scheduled_at: DateTime<Utc>) -> StageResult {
     let now = deps.clock.now();
     let id = tick_id(scheduled_at);
-    let mut out = StageOutput::default();
-    let mut cycles = 0;
-    let mut due = 0;
-    let mut expired = 0;
-    let mut actions = 0;
     let mode = deps.control.budget_state().await?.mode;
-    for mut system in deps.store.list_systems().await? {
-        let Some(head) = deps.store.get_head(&system.system_id).await? else {
-            continue;
-        };
-        if system.cost_mode != mode {
-            actions += 1;
-            out.writes
-                .push(cost_action(&id, &mut system, head.generation, mode, now));
-            out.writes.push(Write::PutSystem {
-                system: system.clone(),
-            });
+    let mut out = StageOutput::default();
+    let mut seen = 0_usize;
+    let mut after = None;
+    loop {
+        let page = deps
+            .store
+            .list_systems_page(after.as_ref(), REGISTRY_PAGE)
+            .await?;
+        seen += page.len();
+        for system in &page {
+            if needs_attention(system, mode, now) {
+                out.fanout.push(Outgoing::new(Envelope {
+                    id: derive_id("msg", &[&id, system.system_id.as_str(), "tick"]),
+                    causation_id: id.clone(),
+                    system_id: system.system_id.clone(),
+                    base_generation: 0,
+                    sent_at: now,
+                    body: Body::SystemTick { scheduled_at },
+                }));
+            }
         }
-        let message = |kind: &str, body: Body| Envelope {
-            id: derive_id("msg", &[&id, system.system_id.as_str(), kind]),
-            causation_id: id.clone(),
-            system_id: system.system_id.clone(),
-            base_generation: head.generation,
-            sent_at: now,
-            body,
-        };
-        match (&head.status, &head.evaluation) {
-            (HeadStatus::Evaluating, Some(eval)) if eval.deadline <= now => {
-                due += 1;
-                out.messages.push(Outgoing::new(message(
-                    "due",
-                    Body::EvaluationDue {
-                        generation: eval.generation,
-                    },
-                )));
-            }
-            (HeadStatus::AwaitingApproval, _)
-                if head.approval.as_ref().is_some_and(|a| a.expires_at <= now) =>
-            {
-                expired += 1;
-                let decision_id = head
-                    .approval
-                    .as_ref()
-                    .map(|a| a.decision_id.clone())
-                    .unwrap_or_default();
-                out.messages.push(Outgoing::new(message(
-                    "expire",
-                    Body::ApprovalExpired { decision_id },
-                )));
-            }
-            (HeadStatus::Stable, _)
-                if system.next_cycle_at <= now && mode != BudgetMode::Paused =>
-            {
-                cycles += 1;
-                let spread =
-                    u64::from_str_radix(&derive_id("s", &[system.system_id.as_str()])[2..10], 16)
-                        .unwrap_or(0)
-                        % SPREAD_SECONDS;
-                out.messages.push(
-                    Outgoing::new(message(
-                        "cycle",
-                        Body::CycleRequested {
-                            reason: CycleReason::Scheduled,
-                        },
-                    ))
-                    .delayed(spread as u32),
-                );
-                let interval = system
-                    .effective_cycle_interval(mode)
-                    .unwrap_or(system.settings.cycle_interval_seconds);
-                system.next_cycle_at = now + Duration::seconds(i64::from(interval));
-                // One write per system per tick: drop the cost action's copy of the entry.
-                out.writes.retain(|w| {
-                    !matches!(w, Write::PutSystem { system: s } if s.system_id == system.system_id)
-                });
-                out.writes.push(Write::PutSystem { system });
-            }
-            _ => {}
+        match page.last() {
+            Some(last) if page.len() == REGISTRY_PAGE => after = Some(last.system_id.clone()),
+            _ => break,
         }
     }
     out.summary = format!(
-        "tick: {cycles} cycle(s) requested, {due} window(s) due, {expired} approval(s) \
-         expired, {actions} cost action(s)"
+        "tick: {} of {seen} system(s) need attention",
+        out.fanout.len()
     );
+    Ok(out)
+}
+
+/// The second half: one system's tick in one transaction, from its head and registry entry as
+/// they are now (a late or repeated message finds nothing left to do).
+pub async fn handle_system(
+    deps: &Deps,
+    env: &Envelope,
+    scheduled_at: DateTime<Utc>,
+) -> StageResult {
+    let now = deps.clock.now();
+    let id = tick_id(scheduled_at);
+    let mode = deps.control.budget_state().await?.mode;
+    let (mut system, head) = load_system(deps, &env.system_id).await?;
+    let mut out = StageOutput::default();
+    let mut changed = false;
+    let mut done = Vec::new();
+    if system.cost_mode != mode {
+        out.writes
+            .push(cost_action(&id, &mut system, head.generation, mode, now));
+        changed = true;
+        done.push("cost action");
+    }
+    let message = |kind: &str, body: Body| Envelope {
+        id: derive_id("msg", &[&id, system.system_id.as_str(), kind]),
+        causation_id: env.id.clone(),
+        system_id: system.system_id.clone(),
+        base_generation: head.generation,
+        sent_at: now,
+        body,
+    };
+    let mut messages = Vec::new();
+    match (&head.status, &head.evaluation) {
+        (HeadStatus::Evaluating, Some(eval)) if eval.deadline <= now => {
+            done.push("window due");
+            messages.push(Outgoing::new(message(
+                "due",
+                Body::EvaluationDue {
+                    generation: eval.generation,
+                },
+            )));
+        }
+        (HeadStatus::AwaitingApproval, _)
+            if head.approval.as_ref().is_some_and(|a| a.expires_at <= now) =>
+        {
+            done.push("approval expired");
+            let decision_id = head
+                .approval
+                .as_ref()
+                .map(|a| a.decision_id.clone())
+                .unwrap_or_default();
+            messages.push(Outgoing::new(message(
+                "expire",
+                Body::ApprovalExpired { decision_id },
+            )));
+        }
+        (HeadStatus::Stable, _) if system.next_cycle_at <= now && mode != BudgetMode::Paused => {
+            done.push("cycle requested");
+            let spread =
+                u64::from_str_radix(&derive_id("s", &[system.system_id.as_str()])[2..10], 16)
+                    .unwrap_or(0)
+                    % SPREAD_SECONDS;
+            messages.push(
+                Outgoing::new(message(
+                    "cycle",
+                    Body::CycleRequested {
+                        reason: CycleReason::Scheduled,
+                    },
+                ))
+                .delayed(spread as u32),
+            );
+            let interval = system
+                .effective_cycle_interval(mode)
+                .unwrap_or(system.settings.cycle_interval_seconds);
+            system.next_cycle_at = now + Duration::seconds(i64::from(interval));
+            changed = true;
+        }
+        _ => {}
+    }
+    // A held approval that was answered: its deadline no longer concerns the tick.
+    if system.approval_expires_at.is_some() && head.status != HeadStatus::AwaitingApproval {
+        system.approval_expires_at = None;
+        changed = true;
+    }
+    if changed {
+        out.writes.push(Write::PutSystem { system });
+    }
+    out.messages = messages;
+    out.summary = if done.is_empty() {
+        format!("tick: nothing due (head {})", head.status.as_str())
+    } else {
+        format!("tick: {}", done.join(", "))
+    };
     Ok(out)
 }
 
@@ -158,9 +222,9 @@ fn cost_action(
             fitness_delta: None,
             mutation_id: None,
             bedrock_analysis: None,
+            system_id: Some(system.system_id.clone()),
             system_context: None,
             storage_metadata: None,
-            system_id: Some(system.system_id.clone()),
             detail: Some(detail),
         },
     }

@@ -68,8 +68,8 @@ impl MemoryStore {
 }
 
 impl Lookup for State {
-    fn system_exists(&self, id: &SystemId) -> StoreResult<bool> {
-        Ok(self.systems.contains_key(id))
+    fn system_version(&self, id: &SystemId) -> StoreResult<Option<u64>> {
+        Ok(self.systems.get(id).map(|s| s.version))
     }
 
     fn head(&self, id: &SystemId) -> StoreResult<Option<Head>> {
@@ -114,7 +114,8 @@ impl State {
                 self.heads.insert(id.clone(), head);
                 self.systems.insert(id, system);
             }
-            Write::PutSystem { system } => {
+            Write::PutSystem { mut system } => {
+                system.version += 1;
                 self.systems.insert(system.system_id.clone(), system);
             }
             Write::PutGeneration { generation } => {
@@ -123,7 +124,7 @@ impl State {
                     generation,
                 );
             }
-            Write::UpdateHead { head, .. } => {
+            Write::UpdateHead { head, .. } | Write::ResolveApproval { head, .. } => {
                 self.heads.insert(head.system_id.clone(), head);
             }
             Write::PutEvent { event } => {
@@ -225,6 +226,22 @@ impl EvolutionStore for MemoryStore {
 
     async fn list_systems(&self) -> StoreResult<Vec<SystemRecord>> {
         Ok(self.lock().systems.values().cloned().collect())
+    }
+
+    async fn list_systems_page(
+        &self,
+        after: Option<&SystemId>,
+        limit: usize,
+    ) -> StoreResult<Vec<SystemRecord>> {
+        use std::ops::Bound;
+        let state = self.lock();
+        let low = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(state
+            .systems
+            .range::<SystemId, _>((low, Bound::Unbounded))
+            .map(|(_, s)| s.clone())
+            .take(limit)
+            .collect())
     }
 
     async fn get_head(&self, id: &SystemId) -> StoreResult<Option<Head>> {

@@ -56,6 +56,18 @@ pub struct SystemRecord {
     /// The budget mode whose cost action the tick last applied to this system's schedule.
     #[serde(default = "normal_mode")]
     pub cost_mode: BudgetMode,
+    /// When a held approval expires, so the tick finds it from the registry alone (decide sets
+    /// it; the tick's per-system step clears it once the head holds no approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_expires_at: Option<DateTime<Utc>>,
+    /// The ledger periods (`COST#<day or month>`) whose per-system budget alert was raised, so
+    /// the sweep raises one alert per system per crossing, not one a minute.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budget_alerts: Vec<String>,
+    /// Optimistic lock: `PutSystem` commits only while the stored entry is still at the version
+    /// it was read at, and stores the next one, so two writers never overwrite each other.
+    #[serde(default)]
+    pub version: u64,
 }
 
 fn normal_mode() -> BudgetMode {
@@ -192,7 +204,9 @@ pub enum Write {
         head: Head,
         generation: Generation,
     },
-    /// Upsert of the registry entry (schedule fields); the system must exist.
+    /// Replaces the registry entry. The system must exist (else `Invalid`) and its stored entry
+    /// must still be at `system.version` (else `ConditionFailed`); the stored entry gets
+    /// `version + 1`.
     PutSystem { system: SystemRecord },
     /// A new immutable generation. Fails if that generation exists.
     PutGeneration { generation: Generation },
@@ -201,6 +215,15 @@ pub enum Write {
     UpdateHead {
         expected_generation: u64,
         expected_status: HeadStatus,
+        head: Head,
+    },
+    /// Moves the head out of `AwaitingApproval` for the verdict on `decision_id`. Fails unless
+    /// the stored head is at `expected_generation`, awaiting approval of exactly that decision:
+    /// generation and status alone would let a late verdict on an answered decision move a head
+    /// that now holds another decision of the same generation.
+    ResolveApproval {
+        expected_generation: u64,
+        decision_id: String,
         head: Head,
     },
     /// Upsert by event id (a retry rewrites the same event).
@@ -315,6 +338,13 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
     async fn get_system(&self, id: &SystemId) -> StoreResult<Option<SystemRecord>>;
     async fn list_systems(&self) -> StoreResult<Vec<SystemRecord>>;
+    /// Registry entries in id order after `after` (from the first when `None`), at most
+    /// `limit`: the tick and the sweep page through a fleet instead of holding it whole.
+    async fn list_systems_page(
+        &self,
+        after: Option<&SystemId>,
+        limit: usize,
+    ) -> StoreResult<Vec<SystemRecord>>;
     async fn get_head(&self, id: &SystemId) -> StoreResult<Option<Head>>;
     async fn get_generation(
         &self,

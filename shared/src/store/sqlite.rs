@@ -350,12 +350,14 @@ fn exists(conn: &Connection, sql: &str, params: impl Params) -> StoreResult<bool
 struct Reader<'a>(&'a Connection);
 
 impl Lookup for Reader<'_> {
-    fn system_exists(&self, id: &SystemId) -> StoreResult<bool> {
-        exists(
+    fn system_version(&self, id: &SystemId) -> StoreResult<Option<u64>> {
+        let found: Option<SystemRecord> = one(
             self.0,
-            "SELECT 1 FROM systems WHERE system_id = ?1",
+            "systems",
+            "SELECT body FROM systems WHERE system_id = ?1",
             [id.as_str()],
-        )
+        )?;
+        Ok(found.map(|s| s.version))
     }
 
     fn head(&self, id: &SystemId) -> StoreResult<Option<Head>> {
@@ -506,9 +508,17 @@ fn apply(conn: &Connection, write: &Write) -> StoreResult<()> {
             put_head(conn, head)?;
             put_generation(conn, generation)
         }
-        Write::PutSystem { system } => put_system(conn, system),
+        Write::PutSystem { system } => put_system(
+            conn,
+            &SystemRecord {
+                version: system.version + 1,
+                ..system.clone()
+            },
+        ),
         Write::PutGeneration { generation } => put_generation(conn, generation),
-        Write::UpdateHead { head, .. } => put_head(conn, head),
+        Write::UpdateHead { head, .. } | Write::ResolveApproval { head, .. } => {
+            put_head(conn, head)
+        }
         Write::PutEvent { event } => put(
             conn,
             "INSERT OR REPLACE INTO events (system_id, event_id, at, body) VALUES (?1, ?2, ?3, ?4)",
@@ -631,6 +641,22 @@ impl EvolutionStore for SqliteStore {
             "systems",
             "SELECT body FROM systems ORDER BY system_id",
             [],
+        )
+    }
+
+    async fn list_systems_page(
+        &self,
+        after: Option<&SystemId>,
+        limit: usize,
+    ) -> StoreResult<Vec<SystemRecord>> {
+        many(
+            &self.conn(),
+            "systems",
+            "SELECT body FROM systems WHERE system_id > ?1 ORDER BY system_id LIMIT ?2",
+            params![
+                after.map_or("", SystemId::as_str),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
         )
     }
 
@@ -1186,7 +1212,11 @@ pub(super) mod rules {
 
     /// Reads an adapter offers for evaluating conditions against the state before a transaction.
     pub(in crate::store) trait Lookup {
-        fn system_exists(&self, id: &SystemId) -> StoreResult<bool>;
+        /// The stored registry entry's version, `None` when the system does not exist.
+        fn system_version(&self, id: &SystemId) -> StoreResult<Option<u64>>;
+        fn system_exists(&self, id: &SystemId) -> StoreResult<bool> {
+            Ok(self.system_version(id)?.is_some())
+        }
         fn head(&self, id: &SystemId) -> StoreResult<Option<Head>>;
         fn generation_exists(&self, id: &SystemId, generation: u64) -> StoreResult<bool>;
         fn decision_exists(&self, id: &SystemId, decision_id: &str) -> StoreResult<bool>;
@@ -1222,7 +1252,9 @@ pub(super) mod rules {
                 Some(&system.system_id)
             }
             Write::PutGeneration { generation } => Some(&generation.system_id),
-            Write::UpdateHead { head, .. } => Some(&head.system_id),
+            Write::UpdateHead { head, .. } | Write::ResolveApproval { head, .. } => {
+                Some(&head.system_id)
+            }
             Write::PutEvent { event } => event.system_id.as_ref(),
             Write::PutDecision { decision } => decision.system_id.as_ref(),
             Write::PutFitnessSample { sample } => Some(&sample.system_id),
@@ -1242,6 +1274,7 @@ pub(super) mod rules {
             Write::PutSystem { .. } => "put_system",
             Write::PutGeneration { .. } => "put_generation",
             Write::UpdateHead { .. } => "update_head",
+            Write::ResolveApproval { .. } => "resolve_approval",
             Write::PutEvent { .. } => "put_event",
             Write::PutDecision { .. } => "put_decision",
             Write::PutFitnessSample { .. } => "put_fitness_sample",
@@ -1286,7 +1319,9 @@ pub(super) mod rules {
                 sys(&generation.system_id),
                 generation.generation
             )],
-            Write::UpdateHead { head, .. } => vec![format!("{}/HEAD", sys(&head.system_id))],
+            Write::UpdateHead { head, .. } | Write::ResolveApproval { head, .. } => {
+                vec![format!("{}/HEAD", sys(&head.system_id))]
+            }
             Write::PutEvent { event } => {
                 vec![format!("{}/EVT#{}", sys(event_system(event)?), event.id)]
             }
@@ -1378,15 +1413,20 @@ pub(super) mod rules {
             Write::CreateSystem { system, .. } => view
                 .system_exists(&system.system_id)?
                 .then(|| format!("system {} exists", system.system_id)),
-            Write::PutSystem { system } => {
-                if !view.system_exists(&system.system_id)? {
+            Write::PutSystem { system } => match view.system_version(&system.system_id)? {
+                None => {
                     return Err(StoreError::Invalid(format!(
                         "put_system: system {} does not exist",
                         system.system_id
                     )));
                 }
-                None
-            }
+                Some(stored) => (stored != system.version).then(|| {
+                    format!(
+                        "registry entry of {} at version {} (stored: {stored})",
+                        system.system_id, system.version
+                    )
+                }),
+            },
             Write::PutGeneration { generation } => view
                 .generation_exists(&generation.system_id, generation.generation)?
                 .then(|| format!("generation {} exists", generation.generation)),
@@ -1407,6 +1447,33 @@ pub(super) mod rules {
                     stored.generation,
                     stored.status.as_str(),
                     expected_status.as_str()
+                )),
+            },
+            Write::ResolveApproval {
+                expected_generation,
+                decision_id,
+                head,
+            } => match view.head(&head.system_id)? {
+                None => Some(format!("system {} has no head", head.system_id)),
+                Some(stored)
+                    if stored.generation == *expected_generation
+                        && stored.status == crate::domain::HeadStatus::AwaitingApproval
+                        && stored
+                            .approval
+                            .as_ref()
+                            .is_some_and(|a| a.decision_id == *decision_id) =>
+                {
+                    None
+                }
+                Some(stored) => Some(format!(
+                    "head is at generation {} ({}, holding {}), expected {expected_generation} \
+                     awaiting approval of {decision_id}",
+                    stored.generation,
+                    stored.status.as_str(),
+                    stored
+                        .approval
+                        .as_ref()
+                        .map_or("no decision", |a| a.decision_id.as_str()),
                 )),
             },
             Write::PutDecision { decision } => view

@@ -250,6 +250,62 @@ impl World {
         )
         .await
         .expect("tick handled");
+        self.run_steps().await;
+    }
+
+    /// Hands the tick's per-system messages on the analyze queue to the analyze function, as
+    /// its event source mapping would; other messages there are made visible again at once.
+    async fn run_steps(&self) {
+        let (url, arn) = self.queues[&Queue::Analyze].clone();
+        loop {
+            let received = self
+                .sqs
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .expect("receive");
+            let mut records = Vec::new();
+            for m in received.messages() {
+                let body = m.body().unwrap_or_default();
+                let handle = m.receipt_handle().unwrap_or_default();
+                if body.contains("\"type\":\"SystemTick\"") {
+                    let mut record = SqsMessage::default();
+                    record.message_id = m.message_id().map(str::to_owned);
+                    record.body = Some(body.to_owned());
+                    record.event_source_arn = Some(arn.clone());
+                    records.push(record);
+                    self.sqs
+                        .delete_message()
+                        .queue_url(&url)
+                        .receipt_handle(handle)
+                        .send()
+                        .await
+                        .expect("delete");
+                } else {
+                    self.sqs
+                        .change_message_visibility()
+                        .queue_url(&url)
+                        .receipt_handle(handle)
+                        .visibility_timeout(0)
+                        .send()
+                        .await
+                        .expect("visible again");
+                }
+            }
+            if records.is_empty() {
+                return;
+            }
+            let mut event = SqsEvent::default();
+            event.records = records;
+            let response = self.invoke(Queue::Analyze, event).await;
+            assert_eq!(
+                response["batchItemFailures"].as_array().map(Vec::len),
+                Some(0),
+                "the tick's steps: {response}"
+            );
+        }
     }
 
     pub async fn send(&self, queue: Queue, body: &str) {

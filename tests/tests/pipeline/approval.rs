@@ -345,3 +345,63 @@ async fn an_operator_rollback_supersedes_a_held_decision() {
         closed.reasoning
     );
 }
+
+/// A verdict computed while the head held decision A, committed after A was answered and the
+/// same generation came to hold decision B, must not move the head: it would apply (or reject)
+/// B's slot with A's verdict.
+#[tokio::test]
+async fn a_late_verdict_on_an_answered_decision_never_moves_the_head() {
+    let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 55)])]);
+    let h = harness(llm, gated()).await;
+    let first = run_with(&h, 1, PendingPolicy::Stop)
+        .await
+        .awaiting_approval
+        .expect("A held");
+    let generation = head(&h).await.generation;
+
+    // An approval of A is computed now...
+    let env = verdict_message(
+        &system_id(),
+        &first,
+        true,
+        "local user mallory",
+        None,
+        h.home.clock.now(),
+    );
+    let late = shared::stages::decide::handle_verdict(
+        &h.home.deps,
+        &env,
+        &first,
+        shared::stages::decide::Verdict::Approve,
+        "local user mallory",
+        None,
+    )
+    .await
+    .expect("the verdict's stage");
+    // ...while A is rejected and the plan's next step is held at the same generation.
+    verdict(&h, &first, false, None).await;
+    let held = head(&h).await;
+    assert_eq!(held.status, HeadStatus::AwaitingApproval);
+    assert_eq!(held.generation, generation);
+    let second = held.approval.expect("B held").decision_id;
+    assert_ne!(second, first);
+
+    let result = h
+        .store
+        .commit(shared::store::Transaction {
+            writes: late.writes,
+            completion: None,
+        })
+        .await;
+    assert!(
+        matches!(result, Err(shared::store::StoreError::ConditionFailed(_))),
+        "{result:?}"
+    );
+    let after = head(&h).await;
+    assert_eq!(after.status, HeadStatus::AwaitingApproval);
+    assert_eq!(
+        after.approval.map(|a| a.decision_id),
+        Some(second),
+        "B still waits for its own verdict"
+    );
+}

@@ -2,6 +2,7 @@
 //! budget mode, and records every change as an audit event.
 
 use chrono::Duration;
+use shared::bus::local::Delivery;
 use shared::clock::Clock;
 use shared::domain::{Body, BudgetMode, EventType, HeadStatus};
 use shared::pipeline;
@@ -50,18 +51,39 @@ async fn stable(h: &Harness) {
 }
 
 /// Everything on the bus, delayed messages included.
-fn drain(h: &Harness) -> Vec<shared::bus::local::Delivery> {
+fn drain(h: &Harness) -> Vec<Delivery> {
     let far = h.home.clock.now() + Duration::days(3650);
     std::iter::from_fn(|| h.home.bus.pop_due(far)).collect()
+}
+
+/// Ticks at `at`, runs the tick's per-system step, and returns everything else on the bus.
+async fn tick_and_step(h: &Harness, at: chrono::DateTime<chrono::Utc>) -> Vec<Delivery> {
+    pipeline::tick(&h.home.deps, h.home.bus.as_ref(), at)
+        .await
+        .expect("tick");
+    let mut rest = Vec::new();
+    for delivery in drain(h) {
+        if matches!(delivery.outgoing.envelope.body, Body::SystemTick { .. }) {
+            pipeline::handle(
+                &h.home.deps,
+                h.home.bus.as_ref(),
+                &delivery.outgoing.envelope,
+            )
+            .await
+            .expect("the tick's step");
+            rest.extend(drain(h));
+        } else {
+            rest.push(delivery);
+        }
+    }
+    rest
 }
 
 /// Ticks at `at` and returns how many cycles it requested.
 async fn tick(h: &Harness, at: chrono::DateTime<chrono::Utc>) -> usize {
     h.home.clock.advance_to(at);
-    pipeline::tick(&h.home.deps, h.home.bus.as_ref(), at)
+    tick_and_step(h, at)
         .await
-        .expect("tick");
-    drain(h)
         .into_iter()
         .filter(|d| matches!(d.outgoing.envelope.body, Body::CycleRequested { .. }))
         .count()
@@ -184,10 +206,8 @@ async fn paused_still_closes_evaluation_windows() {
     let deadline = head.evaluation.expect("open window").deadline;
     let at = deadline + Duration::minutes(1);
     h.home.clock.advance_to(at);
-    pipeline::tick(&h.home.deps, h.home.bus.as_ref(), at)
+    let due = tick_and_step(&h, at)
         .await
-        .expect("tick");
-    let due = drain(&h)
         .into_iter()
         .filter(|d| matches!(d.outgoing.envelope.body, Body::EvaluationDue { .. }))
         .count();

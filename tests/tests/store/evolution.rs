@@ -1,7 +1,7 @@
 //! Conditional writes and listings of the evolution store.
 
 use shared::domain::{DecisionRecord, Generation, HeadStatus, SystemId};
-use shared::store::{Claim, StoreError, Transaction, Write};
+use shared::store::{Claim, StoreError, SystemRecord, Transaction, Write};
 
 use crate::fixtures::{
     advance, alert, analysis, assert_condition_failed, assert_invalid, completion, create_system,
@@ -86,7 +86,14 @@ pub async fn put_system_updates_an_existing_system_and_refuses_an_unknown_one(h:
         }]))
         .await
         .expect("update registry");
-    assert_eq!(h.store.get_system(&id).await.expect("read"), Some(updated));
+    assert_eq!(
+        h.store.get_system(&id).await.expect("read"),
+        Some(SystemRecord {
+            version: 1,
+            ..updated
+        }),
+        "the stored entry moves to the next version"
+    );
 
     let unknown = sys("ghost");
     assert_invalid(
@@ -905,4 +912,115 @@ pub async fn purging_a_system_forgets_its_records_but_keeps_the_spend(h: &Harnes
         .commit(tx(vec![create_system(&alpha)]))
         .await
         .expect("a purged system can be created again");
+}
+
+/// Two writers that read the same registry entry: the second write would silently undo the
+/// first, so it fails its condition instead and its stage runs again on the fresh entry.
+pub async fn a_registry_write_from_a_stale_read_fails_its_condition(h: &Harness) {
+    let id = created(h, "alpha").await;
+    let read = h
+        .store
+        .get_system(&id)
+        .await
+        .expect("read")
+        .expect("exists");
+    let mut first = read.clone();
+    first.next_cycle_at = t(1_800);
+    let mut second = read;
+    second.evaluation_deadline = Some(t(600));
+    h.store
+        .commit(tx(vec![Write::PutSystem { system: first }]))
+        .await
+        .expect("first writer");
+    assert_condition_failed(
+        h.store
+            .commit(tx(vec![Write::PutSystem { system: second }]))
+            .await,
+        "version",
+    );
+    let stored = h
+        .store
+        .get_system(&id)
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(stored.next_cycle_at, t(1_800), "the first write stands");
+    assert_eq!(stored.evaluation_deadline, None);
+}
+
+/// The tick and the sweep read the registry a page at a time: pages follow each other in id
+/// order without a gap or an overlap.
+pub async fn the_registry_pages_in_id_order(h: &Harness) {
+    for name in ["delta", "alpha", "echo", "charlie", "bravo"] {
+        created(h, name).await;
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<SystemId> = None;
+    loop {
+        let page = h
+            .store
+            .list_systems_page(after.as_ref(), 2)
+            .await
+            .expect("page");
+        assert!(page.len() <= 2);
+        seen.extend(page.iter().map(|s| s.system_id.to_string()));
+        match page.last() {
+            Some(last) if page.len() == 2 => after = Some(last.system_id.clone()),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, ["alpha", "bravo", "charlie", "delta", "echo"]);
+}
+
+/// A verdict resolves only the decision the head holds: one for another decision of the same
+/// generation fails its condition and leaves the held one waiting.
+pub async fn a_verdict_resolves_only_the_decision_the_head_holds(h: &Harness) {
+    let id = created(h, "alpha").await;
+    let awaiting = shared::domain::Head {
+        approval: Some(Box::new(shared::domain::PendingApproval {
+            decision_id: "dec_b".into(),
+            mutation: shared::domain::Mutation {
+                id: "m2".into(),
+                changes: vec![],
+                description: "test".into(),
+                predicted_impact: 0.0,
+                plan_step: None,
+            },
+            risk: 0.7,
+            requested_at: t(1),
+            expires_at: t(3600),
+        })),
+        ..head(&id, 0, HeadStatus::AwaitingApproval)
+    };
+    h.store
+        .commit(tx(vec![Write::UpdateHead {
+            expected_generation: 0,
+            expected_status: HeadStatus::Stable,
+            head: awaiting.clone(),
+        }]))
+        .await
+        .expect("hold");
+    assert_condition_failed(
+        h.store
+            .commit(tx(vec![Write::ResolveApproval {
+                expected_generation: 0,
+                decision_id: "dec_a".into(),
+                head: head(&id, 0, HeadStatus::Stable),
+            }]))
+            .await,
+        "dec_a",
+    );
+    assert_eq!(h.store.get_head(&id).await.expect("read"), Some(awaiting));
+    h.store
+        .commit(tx(vec![Write::ResolveApproval {
+            expected_generation: 0,
+            decision_id: "dec_b".into(),
+            head: head(&id, 0, HeadStatus::Stable),
+        }]))
+        .await
+        .expect("the held decision's verdict");
+    assert_eq!(
+        h.store.get_head(&id).await.expect("read").map(|h| h.status),
+        Some(HeadStatus::Stable)
+    );
 }

@@ -36,6 +36,9 @@ pub fn system_record(id: &SystemId) -> SystemRecord {
         next_cycle_at: t(900),
         evaluation_deadline: None,
         cost_mode: shared::domain::BudgetMode::Economy,
+        approval_expires_at: None,
+        budget_alerts: Vec::new(),
+        version: 0,
     }
 }
 

@@ -9,10 +9,10 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Duration, Utc};
 
 use super::item::{
-    self, BODY, EXPIRES_AT, Expr, GENERATION, Item, MODE, PK, REVISION, S3_KEY, STATE, STATUS,
-    SYSTEM, TTL, VERSION, build_error, epoch_ceil, keys, n, s, ts,
+    self, APPROVAL, BODY, EXPIRES_AT, Expr, GENERATION, Item, MODE, PK, REVISION, S3_KEY, STATE,
+    STATUS, SYSTEM, TTL, VERSION, build_error, epoch_ceil, keys, n, s, ts,
 };
-use crate::domain::{BudgetMode, EvolutionEvent, SystemId};
+use crate::domain::{BudgetMode, EvolutionEvent, HeadStatus, SystemId};
 use crate::llm::performance::PerformanceSnapshot;
 use crate::store::sqlite::rules::{self, COMPLETED, IdempotencyRecord};
 use crate::store::{Completion, StoreError, StoreResult, Transaction, Write};
@@ -50,8 +50,8 @@ pub(super) struct CallArchive {
 enum OnFailure {
     /// A condition of the port's model: `ConditionFailed` naming the write.
     Condition { expected: String },
-    /// The write needs something that is not there: `Invalid`.
-    Invalid(String),
+    /// A versioned record: `Invalid` when it is missing, `ConditionFailed` when it moved on.
+    Versioned { missing: String, expected: String },
     /// A record read before the transaction changed meanwhile: read it again and retry.
     Stale,
     /// Unconditioned items (the completion, index and marker items) cannot fail a condition.
@@ -84,6 +84,7 @@ fn op(write: &Write) -> &'static str {
         Write::PutSystem { .. } => "put_system",
         Write::PutGeneration { .. } => "put_generation",
         Write::UpdateHead { .. } => "update_head",
+        Write::ResolveApproval { .. } => "resolve_approval",
         Write::PutEvent { .. } => "put_event",
         Write::PutDecision { .. } => "put_decision",
         Write::PutFitnessSample { .. } => "put_fitness_sample",
@@ -114,15 +115,6 @@ impl Condition {
         }
     }
 
-    fn exists() -> Self {
-        let mut expr = Expr::default();
-        let pk = expr.name(PK);
-        Self {
-            expression: format!("attribute_exists({pk})"),
-            expr,
-        }
-    }
-
     fn equals(pairs: &[(&str, AttributeValue)]) -> Self {
         let mut expr = Expr::default();
         let clauses: Vec<String> = pairs
@@ -137,6 +129,23 @@ impl Condition {
             expression: clauses.join(" AND "),
             expr,
         }
+    }
+
+    /// The item exists at `version`; entries written before versioning carry no `version`
+    /// attribute and count as version 0.
+    fn version(version: u64) -> Self {
+        let mut condition = Self::equals(&[(VERSION, n(version))]);
+        let pk = condition.expr.name(PK);
+        condition.expression = if version == 0 {
+            let name = condition.expr.name(VERSION);
+            format!(
+                "attribute_exists({pk}) AND (attribute_not_exists({name}) OR {})",
+                condition.expression
+            )
+        } else {
+            format!("attribute_exists({pk}) AND {}", condition.expression)
+        };
+        condition
     }
 
     /// The budget mode item is absent until first set, which reads as `Normal`.
@@ -228,11 +237,15 @@ impl Staged {
                 |i| format!("write {i} ({} {})", owner.op, owner.key),
             );
             return match &owner.on_failure {
-                OnFailure::Invalid(why) => StoreError::Invalid(format!("{who}: {why}")),
-                OnFailure::Condition { expected } => StoreError::ConditionFailed(format!(
-                    "{who}: expected {expected}, found {}",
-                    stored(reason.item())
-                )),
+                OnFailure::Versioned { missing, .. } if reason.item().is_none() => {
+                    StoreError::Invalid(format!("{who}: {missing}"))
+                }
+                OnFailure::Versioned { expected, .. } | OnFailure::Condition { expected } => {
+                    StoreError::ConditionFailed(format!(
+                        "{who}: expected {expected}, found {}",
+                        stored(reason.item())
+                    ))
+                }
                 OnFailure::Stale => StoreError::Unavailable(format!(
                     "{who}: the record changed while the transaction was prepared"
                 )),
@@ -430,10 +443,16 @@ fn stage_write(table: &str, staged: &mut Staged, i: usize, write: &Write) -> Sto
                 table,
                 owner(
                     format!("{}/{id}", keys::SYSTEMS),
-                    OnFailure::Invalid(format!("system {id} does not exist")),
+                    OnFailure::Versioned {
+                        missing: format!("system {id} does not exist"),
+                        expected: format!("registry entry at version {}", system.version),
+                    },
                 ),
-                registry_item(system)?,
-                Some(Condition::exists()),
+                registry_item(&crate::store::SystemRecord {
+                    version: system.version + 1,
+                    ..system.clone()
+                })?,
+                Some(Condition::version(system.version)),
             )
         }
         Write::PutGeneration { generation } => {
@@ -471,6 +490,29 @@ fn stage_write(table: &str, staged: &mut Staged, i: usize, write: &Write) -> Sto
                 Some(Condition::equals(&[
                     (GENERATION, n(expected_generation)),
                     (STATUS, s(expected_status.as_str())),
+                ])),
+            )
+        }
+        Write::ResolveApproval {
+            expected_generation,
+            decision_id,
+            head,
+        } => {
+            let pk = keys::system(&head.system_id);
+            staged.push(
+                table,
+                owner(
+                    format!("{pk}/{}", keys::HEAD),
+                    condition(format!(
+                        "the head at generation {expected_generation} awaiting approval of \
+                         {decision_id}"
+                    )),
+                ),
+                head_item(head)?,
+                Some(Condition::equals(&[
+                    (GENERATION, n(*expected_generation)),
+                    (STATUS, s(HeadStatus::AwaitingApproval.as_str())),
+                    (APPROVAL, s(decision_id)),
                 ])),
             )
         }
@@ -628,6 +670,7 @@ fn stage_write(table: &str, staged: &mut Staged, i: usize, write: &Write) -> Sto
 pub(super) fn registry_item(system: &crate::store::SystemRecord) -> StoreResult<Item> {
     let mut item = item::record(keys::SYSTEMS, system.system_id.as_str(), system)?;
     item.insert("next_cycle_at".to_owned(), s(ts(system.next_cycle_at)));
+    item.insert(VERSION.to_owned(), n(system.version));
     if let Some(deadline) = system.evaluation_deadline {
         item.insert("evaluation_deadline".to_owned(), s(ts(deadline)));
     }
@@ -635,13 +678,18 @@ pub(super) fn registry_item(system: &crate::store::SystemRecord) -> StoreResult<
 }
 
 fn head_item(head: &crate::domain::Head) -> StoreResult<Item> {
-    Ok(with(
+    let mut item = with(
         item::record(keys::system(&head.system_id), keys::HEAD, head)?,
         [
             (GENERATION, n(head.generation)),
             (STATUS, s(head.status.as_str())),
         ],
-    ))
+    );
+    // The held decision, for a verdict's condition.
+    if let Some(approval) = &head.approval {
+        item.insert(APPROVAL.to_owned(), s(&approval.decision_id));
+    }
+    Ok(item)
 }
 
 /// The index item of an event (carrying a copy of the body for the recent window) and its S3

@@ -30,6 +30,8 @@ pub(super) const TTL: &str = "ttl";
 /// Condition attributes.
 pub(super) const GENERATION: &str = "generation";
 pub(super) const STATUS: &str = "status";
+/// The decision a head holds for approval (on the head item while it awaits one).
+pub(super) const APPROVAL: &str = "approval_id";
 pub(super) const VERSION: &str = "version";
 pub(super) const MODE: &str = "mode";
 pub(super) const STATE: &str = "state";

@@ -107,6 +107,8 @@ enum Range {
     Prefix(String),
     /// Inclusive on both ends.
     Between(String, String),
+    /// Strictly above the key: the next page after the last key seen.
+    After(String),
 }
 
 /// One `Query`: a partition, a key range, a direction and a cap.
@@ -320,6 +322,11 @@ impl DynamoStore {
                 let high = expr.value(s(high));
                 format!("{partition} AND {sk} BETWEEN {low} AND {high}")
             }
+            Range::After(low) => {
+                let sk = expr.name(SK);
+                let low = expr.value(s(low));
+                format!("{partition} AND {sk} > {low}")
+            }
         };
         let projection = query.projection.map(|attributes| {
             attributes
@@ -508,6 +515,16 @@ impl EvolutionStore for DynamoStore {
 
     async fn list_systems(&self) -> StoreResult<Vec<SystemRecord>> {
         self.query_records(&Query::new(keys::SYSTEMS, Range::All))
+            .await
+    }
+
+    async fn list_systems_page(
+        &self,
+        after: Option<&SystemId>,
+        limit: usize,
+    ) -> StoreResult<Vec<SystemRecord>> {
+        let range = after.map_or(Range::All, |id| Range::After(id.as_str().to_owned()));
+        self.query_records(&Query::new(keys::SYSTEMS, range).limit(limit))
             .await
     }
 
