@@ -154,7 +154,32 @@ impl GeneSpec {
         }
     }
 
-    /// The largest allowed change in one mutation on a numeric axis, if bounded.
+    /// The step from `from` to `to` and the gene's `max_step`, when the step is larger.
+    ///
+    /// Int genes compare in integers: `abs_diff` cannot overflow even from `i64::MIN` to
+    /// `i64::MAX`, and no tolerance is needed. Float genes keep a relative tolerance, so a step
+    /// of exactly `max_step` that picked up a rounding error on the way stays legal.
+    pub fn step_beyond_max(&self, from: &GeneValue, to: &GeneValue) -> Option<(Step, Step)> {
+        if let (
+            Self::Int {
+                max_step: Some(max),
+                ..
+            },
+            GeneValue::Int(from),
+            GeneValue::Int(to),
+        ) = (self, from, to)
+        {
+            let step = from.abs_diff(*to);
+            let max = max.unsigned_abs();
+            return (step > max).then_some((Step::Int(step), Step::Int(max)));
+        }
+        let max = self.max_step()?;
+        let step = (to.as_f64()? - from.as_f64()?).abs();
+        (step > max * (1.0 + 1e-12)).then_some((Step::Float(step), Step::Float(max)))
+    }
+
+    /// The largest allowed change in one mutation on a numeric axis, if bounded. A float, for
+    /// the heuristics that scale by it; [`Self::step_beyond_max`] is the exact rule.
     pub fn max_step(&self) -> Option<f64> {
         match self {
             Self::Int { max_step, .. } => max_step.map(|s| s as f64),
@@ -169,6 +194,23 @@ impl GeneSpec {
             Self::Int { min, max, .. } => Some((*min as f64, *max as f64)),
             Self::Float { min, max, .. } => Some((*min, *max)),
             Self::Bool | Self::Choice { .. } => None,
+        }
+    }
+}
+
+/// How far one mutation moves a numeric gene, measured in the gene's own arithmetic: an int
+/// gene's step is exact at any magnitude, where a float cannot tell 2^53 from 2^53 + 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Step {
+    Int(u64),
+    Float(f64),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Int(v) => write!(f, "{v}"),
+            Self::Float(v) => write!(f, "{v}"),
         }
     }
 }
