@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::gene::{GeneDefError, GeneEntry, GeneSchema, Genes};
+use super::gene::{GeneDefError, GeneEntry, GeneSchema, Genes, QUOTE_CHARS, json_quote};
 use super::ids::{GeneName, InvalidId, SystemId, sha256_hex};
 use super::mutation::{Mutation, PlanStepRef};
 
@@ -177,6 +177,11 @@ impl SystemDna {
     }
 }
 
+/// Most genes of one system. Every generation, prompt and `DnaUpdated` message carries them
+/// all, and with the per-gene limits of [`super::gene`] this bounds the largest record and
+/// message a DNA can produce (see there).
+pub const MAX_GENES: usize = 64;
+
 /// The DNA file `evolve init --dna FILE` reads (DESIGN section 4).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DnaFile {
@@ -191,13 +196,19 @@ pub enum DnaFileError {
     Json(String),
     #[error(transparent)]
     SystemId(InvalidId),
-    #[error("gene {gene:?}: {source}")]
+    /// `gene` is the name as an error message quotes it (see [`json_quote`]).
+    #[error("gene {gene}: {source}")]
     GeneName { gene: String, source: InvalidId },
     #[error(transparent)]
     Gene(#[from] GeneDefError),
     #[error("the DNA has no genes")]
     NoGenes,
-    #[error("gene {gene:?}, field \"value\": expected a {expected} value, got {got}")]
+    #[error("the DNA has {0} genes; at most {MAX_GENES} are allowed")]
+    TooManyGenes(usize),
+    #[error(
+        "gene {gene:?}, field \"value\": expected a {expected} value, got {}",
+        quote_value(got)
+    )]
     ValueType {
         gene: String,
         expected: super::gene::GeneKind,
@@ -213,7 +224,8 @@ impl DnaFile {
     }
 
     pub fn validate(self) -> Result<(SystemId, GeneSchema, Genes), DnaFileError> {
-        let system_id = SystemId::parse(self.system_id).map_err(DnaFileError::SystemId)?;
+        let system_id =
+            SystemId::parse(self.system_id).map_err(|e| DnaFileError::SystemId(shortened(e)))?;
         if system_id.is_global() {
             return Err(DnaFileError::SystemId(InvalidId {
                 kind: "system id",
@@ -224,13 +236,16 @@ impl DnaFile {
         if self.genes.is_empty() {
             return Err(DnaFileError::NoGenes);
         }
+        if self.genes.len() > MAX_GENES {
+            return Err(DnaFileError::TooManyGenes(self.genes.len()));
+        }
         let mut schema = GeneSchema::new();
         let mut genes = Genes::new();
         for (raw_name, entry) in self.genes {
             let name =
                 GeneName::parse(raw_name.clone()).map_err(|source| DnaFileError::GeneName {
-                    gene: raw_name.clone(),
-                    source,
+                    gene: json_quote(&raw_name),
+                    source: shortened(source),
                 })?;
             let value = entry
                 .def
@@ -268,6 +283,32 @@ impl DnaFile {
             system_id: system_id.to_string(),
             genes,
         }
+    }
+}
+
+/// An id error that quotes at most the start of a long value: the rule says what is wrong.
+fn shortened(mut error: InvalidId) -> InvalidId {
+    if error.value.chars().count() > QUOTE_CHARS {
+        error.value = error
+            .value
+            .chars()
+            .take(QUOTE_CHARS)
+            .chain("...".chars())
+            .collect();
+    }
+    error
+}
+
+/// A JSON value as an error message quotes it: its start, when it is long.
+fn quote_value(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > QUOTE_CHARS {
+        text.chars()
+            .take(QUOTE_CHARS)
+            .chain("...".chars())
+            .collect()
+    } else {
+        text
     }
 }
 
@@ -339,6 +380,87 @@ mod tests {
                 .contains("system id")
         );
         assert!(DnaFile::parse("{").is_err());
+    }
+
+    /// A DNA file of `genes` choice genes, each with `choices` choices made by `choice(i)`.
+    fn choice_dna(genes: usize, choices: usize, choice: impl Fn(usize) -> String) -> String {
+        let choices: Vec<String> = (0..choices).map(choice).collect();
+        let genes: serde_json::Map<String, Value> = (0..genes)
+            .map(|i| {
+                let gene = serde_json::json!({
+                    "type": "choice", "value": choices[0], "choices": choices,
+                });
+                (format!("g{i}"), gene)
+            })
+            .collect();
+        serde_json::json!({"system_id": "limits", "genes": genes}).to_string()
+    }
+
+    fn refusal(text: &str) -> String {
+        DnaFile::parse(text).expect_err("over a limit").to_string()
+    }
+
+    #[test]
+    fn each_limit_is_inclusive_and_one_more_is_refused_naming_gene_and_limit() {
+        use crate::domain::gene::{MAX_CHOICE_BYTES, MAX_CHOICES};
+        let short = |i: usize| format!("c{i}");
+        assert!(DnaFile::parse(&choice_dna(MAX_GENES, 2, short)).is_ok());
+        let err = refusal(&choice_dna(MAX_GENES + 1, 2, short));
+        assert!(
+            err.contains(&format!("{} genes", MAX_GENES + 1))
+                && err.contains(&format!("at most {MAX_GENES}")),
+            "{err}"
+        );
+
+        assert!(DnaFile::parse(&choice_dna(1, MAX_CHOICES, short)).is_ok());
+        let err = refusal(&choice_dna(1, MAX_CHOICES + 1, short));
+        assert!(
+            err.contains("\"g0\"")
+                && err.contains("choices")
+                && err.contains(&format!("at most {MAX_CHOICES}")),
+            "{err}"
+        );
+
+        // Bytes, not characters: 'é' is two bytes of UTF-8.
+        let long = |i: usize| format!("{i:02}{}", "é".repeat((MAX_CHOICE_BYTES - 2) / 2));
+        assert!(DnaFile::parse(&choice_dna(1, 3, long)).is_ok());
+        let longer = |i: usize| format!("{i:02}{}", "é".repeat(MAX_CHOICE_BYTES / 2));
+        let err = refusal(&choice_dna(1, 3, longer));
+        assert!(
+            err.contains("\"g0\"") && err.contains(&format!("at most {MAX_CHOICE_BYTES} bytes")),
+            "{err}"
+        );
+        // A huge value is quoted only in part.
+        let err = refusal(&choice_dna(1, 2, |i| format!("{i}{}", "x".repeat(100_000))));
+        assert!(err.len() < 500, "{} bytes of error", err.len());
+    }
+
+    #[test]
+    fn a_control_character_in_a_choice_is_refused_and_quoted_as_json() {
+        let err = refusal(&choice_dna(1, 2, |i| format!("c{i}\u{1b}[2J")));
+        assert!(
+            err.contains("\"g0\"") && err.contains(r#""c0\u001b[2J""#) && err.contains("control"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn huge_names_and_values_are_quoted_only_in_part() {
+        let huge = "g".repeat(100_000);
+        let text = serde_json::json!({
+            "system_id": "limits",
+            "genes": {huge.clone(): {"type": "bool", "value": true}},
+        })
+        .to_string();
+        let err = refusal(&text);
+        assert!(err.contains("64 characters") && err.len() < 500, "{err}");
+        let text = serde_json::json!({
+            "system_id": "limits",
+            "genes": {"n": {"type": "int", "value": huge, "min": 0, "max": 1}},
+        })
+        .to_string();
+        let err = refusal(&text);
+        assert!(err.contains("\"n\"") && err.len() < 500, "{err}");
     }
 
     #[test]

@@ -145,7 +145,12 @@ impl GeneSpec {
                 Err(format!("{v} is outside [{min}, {max}]"))
             }
             (Self::Choice { choices }, GeneValue::Choice(c)) if !choices.contains(c) => {
-                Err(format!("{c:?} is not one of {choices:?}"))
+                let listed: Vec<String> = choices.iter().map(|c| json_quote(c)).collect();
+                Err(format!(
+                    "{} is not one of [{}]",
+                    json_quote(c),
+                    listed.join(", ")
+                ))
             }
             _ if self.kind() != value.kind() => {
                 Err(format!("expected {}, got {}", self.kind(), value.kind()))
@@ -154,7 +159,32 @@ impl GeneSpec {
         }
     }
 
-    /// The largest allowed change in one mutation on a numeric axis, if bounded.
+    /// The step from `from` to `to` and the gene's `max_step`, when the step is larger.
+    ///
+    /// Int genes compare in integers: `abs_diff` cannot overflow even from `i64::MIN` to
+    /// `i64::MAX`, and no tolerance is needed. Float genes keep a relative tolerance, so a step
+    /// of exactly `max_step` that picked up a rounding error on the way stays legal.
+    pub fn step_beyond_max(&self, from: &GeneValue, to: &GeneValue) -> Option<(Step, Step)> {
+        if let (
+            Self::Int {
+                max_step: Some(max),
+                ..
+            },
+            GeneValue::Int(from),
+            GeneValue::Int(to),
+        ) = (self, from, to)
+        {
+            let step = from.abs_diff(*to);
+            let max = max.unsigned_abs();
+            return (step > max).then_some((Step::Int(step), Step::Int(max)));
+        }
+        let max = self.max_step()?;
+        let step = (to.as_f64()? - from.as_f64()?).abs();
+        (step > max * (1.0 + 1e-12)).then_some((Step::Float(step), Step::Float(max)))
+    }
+
+    /// The largest allowed change in one mutation on a numeric axis, if bounded. A float, for
+    /// the heuristics that scale by it; [`Self::step_beyond_max`] is the exact rule.
     pub fn max_step(&self) -> Option<f64> {
         match self {
             Self::Int { max_step, .. } => max_step.map(|s| s as f64),
@@ -169,6 +199,23 @@ impl GeneSpec {
             Self::Int { min, max, .. } => Some((*min as f64, *max as f64)),
             Self::Float { min, max, .. } => Some((*min, *max)),
             Self::Bool | Self::Choice { .. } => None,
+        }
+    }
+}
+
+/// How far one mutation moves a numeric gene, measured in the gene's own arithmetic: an int
+/// gene's step is exact at any magnitude, where a float cannot tell 2^53 from 2^53 + 1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Step {
+    Int(u64),
+    Float(f64),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Int(v) => write!(f, "{v}"),
+            Self::Float(v) => write!(f, "{v}"),
         }
     }
 }
@@ -196,8 +243,33 @@ pub type GeneSchema = BTreeMap<GeneName, GeneDef>;
 /// The gene values of one generation.
 pub type Genes = BTreeMap<GeneName, GeneValue>;
 
+// Limits on a gene definition. A system's whole schema is one DynamoDB item (at most 400 KB),
+// travels in every prompt, and its values in every `DnaUpdated` message (SNS: at most 256 KB).
+// With `MAX_GENES` (in `dna.rs`) genes at every limit, written in the characters that cost
+// the most bytes as JSON, the schema's item is about 215 KB, a generation's about 35 KB and the
+// message about 13 KB (the domain integration tests measure them), so no DNA that parses can
+// fail later on a size limit.
+
 /// Longest description kept; descriptions reach prompts (quoted and capped).
 pub const MAX_DESCRIPTION_CHARS: usize = 280;
+/// Most choices of one choice gene: a switch among a few known alternatives. It is the bound
+/// the schema's size grows fastest with.
+pub const MAX_CHOICES: usize = 16;
+/// Longest choice value, in bytes of UTF-8 rather than characters, so that the bound on
+/// storage holds in any script; enough for the identifiers that configuration values are.
+/// Prompts cap choices at this many characters, which no valid value exceeds.
+pub const MAX_CHOICE_BYTES: usize = 64;
+/// How much of a user's string an error message quotes.
+pub(crate) const QUOTE_CHARS: usize = 40;
+
+/// `text` as a JSON string for an error message: JSON quoting shows control characters as
+/// escapes, and past [`QUOTE_CHARS`] characters a huge value is cut, not repeated whole.
+pub(crate) fn json_quote(text: &str) -> String {
+    let shown: String = text.chars().take(QUOTE_CHARS).collect();
+    let cut = shown.len() < text.len();
+    let quoted = Value::String(shown).to_string();
+    if cut { format!("{quoted}...") } else { quoted }
+}
 
 /// Why a gene definition in a DNA file was refused. Names the gene and the field, because users
 /// write these files by hand.
@@ -246,6 +318,35 @@ impl GeneDef {
                 if choices.is_empty() {
                     return Err(err("choices", "must not be empty".into()));
                 }
+                if choices.len() > MAX_CHOICES {
+                    return Err(err(
+                        "choices",
+                        format!(
+                            "has {} choices; at most {MAX_CHOICES} are allowed",
+                            choices.len()
+                        ),
+                    ));
+                }
+                for choice in choices {
+                    if choice.len() > MAX_CHOICE_BYTES {
+                        return Err(err(
+                            "choices",
+                            format!(
+                                "choice {} is {} bytes long; at most {MAX_CHOICE_BYTES} bytes \
+                                 (UTF-8) are allowed",
+                                json_quote(choice),
+                                choice.len()
+                            ),
+                        ));
+                    }
+                    // Prompts strip control characters, so a model would see another value.
+                    if choice.chars().any(char::is_control) {
+                        return Err(err(
+                            "choices",
+                            format!("choice {} contains a control character", json_quote(choice)),
+                        ));
+                    }
+                }
                 let mut sorted = choices.clone();
                 sorted.sort();
                 sorted.dedup();
@@ -261,10 +362,13 @@ impl GeneDef {
             ));
         }
         if let Some(d) = &self.description {
-            if d.chars().count() > MAX_DESCRIPTION_CHARS {
+            let chars = d.chars().count();
+            if chars > MAX_DESCRIPTION_CHARS {
                 return Err(err(
                     "description",
-                    format!("longer than {MAX_DESCRIPTION_CHARS} characters"),
+                    format!(
+                        "is {chars} characters long; at most {MAX_DESCRIPTION_CHARS} are allowed"
+                    ),
                 ));
             }
         }

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::gene::{GeneKind, GeneSchema, GeneValue, Genes};
+use super::gene::{GeneKind, GeneSchema, GeneValue, Genes, Step};
 use super::ids::GeneName;
 
 /// Set one gene to a new value.
@@ -55,8 +55,8 @@ pub enum MutationError {
     #[error("gene {gene}: step {step} is above its max_step {max_step}")]
     StepTooLarge {
         gene: GeneName,
-        step: f64,
-        max_step: f64,
+        step: Step,
+        max_step: Step,
     },
     #[error("gene {0} is frozen")]
     Frozen(GeneName),
@@ -126,17 +126,12 @@ pub fn check_change(
             value: current.clone(),
         });
     }
-    if let (Some(max_step), Some(from), Some(to)) =
-        (def.spec.max_step(), current.as_f64(), value.as_f64())
-    {
-        let step = (to - from).abs();
-        if step > max_step * (1.0 + 1e-12) {
-            return Err(MutationError::StepTooLarge {
-                gene: gene.clone(),
-                step,
-                max_step,
-            });
-        }
+    if let Some((step, max_step)) = def.spec.step_beyond_max(current, &value) {
+        return Err(MutationError::StepTooLarge {
+            gene: gene.clone(),
+            step,
+            max_step,
+        });
     }
     Ok(value)
 }
@@ -281,5 +276,81 @@ mod tests {
         assert_eq!(next[&name("prefetch")], GeneValue::Bool(true));
         assert_eq!(next[&name("codec")], genes[&name("codec")]);
         assert_eq!(genes[&name("cache")], GeneValue::Int(256));
+    }
+
+    fn int_gene(min: i64, max: i64, max_step: i64, value: i64) -> (GeneSchema, Genes) {
+        let def = GeneDef {
+            spec: GeneSpec::Int {
+                min,
+                max,
+                max_step: Some(max_step),
+            },
+            risk_weight: 0.5,
+            description: None,
+            frozen: false,
+        };
+        (
+            GeneSchema::from([(name("n"), def)]),
+            Genes::from([(name("n"), GeneValue::Int(value))]),
+        )
+    }
+
+    fn step(min: i64, max: i64, max_step: i64, from: i64, to: i64) -> Result<(), MutationError> {
+        let (schema, genes) = int_gene(min, max, max_step, from);
+        let change = GeneChange {
+            gene: name("n"),
+            value: GeneValue::Int(to),
+        };
+        check_change(&schema, &genes, &change).map(|_| ())
+    }
+
+    #[test]
+    fn int_steps_are_measured_exactly() {
+        const TWO_53: i64 = 1 << 53;
+        let cases = [
+            // A relative tolerance lets a step of 10^15 + 500 pass a max_step of 10^15.
+            (
+                0,
+                i64::MAX,
+                1_000_000_000_000_000,
+                0,
+                1_000_000_000_000_500,
+                false,
+            ),
+            (
+                0,
+                i64::MAX,
+                1_000_000_000_000_000,
+                0,
+                1_000_000_000_000_000,
+                true,
+            ),
+            // Above 2^53 a float rounds 2^53 + 1 down and 2^53 + 3 up: a step of 2 reads as 4.
+            (0, i64::MAX, 2, TWO_53 + 1, TWO_53 + 3, true),
+            (0, i64::MAX, 2, TWO_53 + 1, TWO_53 + 4, false),
+            // At the extremes a float cannot tell i64::MAX + 1 from i64::MAX, nor overflow.
+            (i64::MIN, i64::MAX, i64::MAX, -1, i64::MAX, false),
+            (i64::MIN, i64::MAX, i64::MAX, 0, i64::MAX, true),
+            (i64::MIN, i64::MAX, i64::MAX, i64::MIN, i64::MAX, false),
+            (i64::MIN, i64::MAX, i64::MAX, i64::MIN + 1, 0, true),
+            (i64::MIN, i64::MAX, i64::MAX, i64::MIN, 0, false),
+        ];
+        for (min, max, max_step, from, to, allowed) in cases {
+            let result = step(min, max, max_step, from, to);
+            if allowed {
+                assert_eq!(result, Ok(()), "{from} -> {to} within {max_step}");
+            } else {
+                assert!(
+                    matches!(result, Err(MutationError::StepTooLarge { .. })),
+                    "{from} -> {to} beyond {max_step}: {result:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_int_step_error_prints_exact_integers() {
+        let err = step(0, i64::MAX, 2, (1 << 53) + 1, (1 << 53) + 4).expect_err("too far");
+        assert_eq!(err.to_string(), "gene n: step 3 is above its max_step 2");
     }
 }

@@ -6,8 +6,10 @@
 //! non-empty line of stdout, so it may log freely before that line. Higher scores are better.
 //!
 //! Every way the command can misbehave is a distinct [`EvalError`], never a panic: not found
-//! (exit 127), non-zero exit, killed by a signal, past the timeout (the whole process group is
-//! killed), unreadable output, or not startable at all.
+//! (exit 127), non-zero exit, killed by a signal, past the timeout, unreadable output, or not
+//! startable at all. The evaluation ends when the shell exits, however it exits: then the whole
+//! process group is killed, so background children neither outlive it nor, by holding stdout
+//! open, turn a finished evaluation into a timeout.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -38,6 +40,9 @@ const STDERR_CAP_BYTES: usize = 64 * 1024;
 const SNIPPET_CHARS: usize = 120;
 /// How long to wait for a killed command to be reaped.
 const REAP_GRACE: Duration = Duration::from_secs(2);
+/// How long to keep reading after the command exited. Its output is already in the pipe by
+/// then, so this only bounds the wait for a pipe that a child outside the group holds open.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 /// Words that `check` cannot resolve on disk but the shell runs itself.
 const SHELL_BUILTINS: &[&str] = &[
@@ -110,37 +115,86 @@ impl CommandEvaluator {
         self.timeout.as_secs() + u64::from(self.timeout.subsec_nanos() > 0)
     }
 
-    /// Feeds stdin, drains stdout and stderr, then waits for the exit. Reading to end of file
-    /// before reaping keeps the process group id valid until the command has really finished.
-    async fn drive(child: &mut Child, input: Vec<u8>) -> std::io::Result<Finished> {
+    /// Feeds stdin and drains stdout and stderr until the shell exits, then reaps its whole
+    /// process group and stops reading after [`DRAIN_GRACE`].
+    ///
+    /// The exit of the shell, not end of file, ends an evaluation: a background child may hold
+    /// the pipes open for as long as it lives, and its output is none of the protocol's. Once
+    /// the shell has exited everything it printed is already in the pipe, so the grace only
+    /// collects that (and whatever the killed group flushed), never waits for the group.
+    ///
+    /// The group is killed after the shell has been reaped, because `Child::wait` is the only
+    /// way to learn of the exit. The group id stays reserved while any member lives, so the
+    /// signal cannot reach a stranger unless the group has already emptied and a new group
+    /// leader took the same pid within that instant.
+    async fn drive(
+        &self,
+        child: &mut Child,
+        pgid: Option<u32>,
+        input: Vec<u8>,
+    ) -> Result<Finished, EvalError> {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
-        let write = async move {
-            if let Some(mut stdin) = stdin {
-                // A command that does not read its stdin closes the pipe: broken pipe is fine.
-                let _ = stdin.write_all(&input).await;
-                let _ = stdin.shutdown().await;
+        let mut stdout_tail = Vec::new();
+        let mut stderr_tail = Vec::new();
+        let exited = {
+            let write = async move {
+                if let Some(mut stdin) = stdin {
+                    // A command that does not read its stdin closes the pipe: broken pipe is fine.
+                    let _ = stdin.write_all(&input).await;
+                    let _ = stdin.shutdown().await;
+                }
+            };
+            let pipes = async {
+                tokio::join!(
+                    read_tail(stdout, STDOUT_CAP_BYTES, &mut stdout_tail),
+                    read_tail(stderr, STDERR_CAP_BYTES, &mut stderr_tail),
+                    write,
+                );
+            };
+            tokio::pin!(pipes);
+            let mut pipes_closed = false;
+            let waited = tokio::time::timeout(self.timeout, async {
+                tokio::select! {
+                    status = child.wait() => status,
+                    () = &mut pipes => {
+                        pipes_closed = true;
+                        child.wait().await
+                    }
+                }
+            })
+            .await;
+            // Whatever ended the wait, nothing the command started may outlive the evaluation.
+            if let Some(pgid) = pgid {
+                kill_process_group(pgid).await;
             }
+            if matches!(waited, Ok(Ok(_))) && !pipes_closed {
+                let _ = tokio::time::timeout(DRAIN_GRACE, &mut pipes).await;
+            }
+            waited
         };
-        let (stdout, stderr, ()) = tokio::join!(
-            read_tail(stdout, STDOUT_CAP_BYTES),
-            read_tail(stderr, STDERR_CAP_BYTES),
-            write,
-        );
-        let status = child.wait().await?;
-        Ok(Finished {
-            status,
-            stdout,
-            stderr,
-        })
+        keep_tail(&mut stdout_tail, STDOUT_CAP_BYTES);
+        keep_tail(&mut stderr_tail, STDERR_CAP_BYTES);
+        match exited {
+            Ok(Ok(status)) => Ok(Finished {
+                status,
+                stdout: stdout_tail,
+                stderr: stderr_tail,
+            }),
+            Ok(Err(e)) => {
+                Self::reap(child).await;
+                Err(EvalError::Spawn(format!("lost track of the command: {e}")))
+            }
+            Err(_elapsed) => {
+                Self::reap(child).await;
+                Err(EvalError::Timeout(self.timeout_secs()))
+            }
+        }
     }
 
-    /// Kills everything the command started, then the shell itself, and reaps the shell.
-    async fn kill_all(child: &mut Child, pgid: Option<u32>) {
-        if let Some(pgid) = pgid {
-            kill_process_group(pgid).await;
-        }
+    /// Kills the shell if it still runs and reaps it; its group has been killed already.
+    async fn reap(child: &mut Child) {
         let _ = child.start_kill();
         let _ = tokio::time::timeout(REAP_GRACE, child.wait()).await;
     }
@@ -190,17 +244,8 @@ impl Evaluator for CommandEvaluator {
             .map_err(|e| EvalError::Spawn(e.to_string()))?;
         // With `process_group(0)` the shell leads a new group whose id is its pid.
         let pgid = child.id();
-        match tokio::time::timeout(self.timeout, Self::drive(&mut child, input)).await {
-            Ok(Ok(finished)) => self.judge(&finished),
-            Ok(Err(e)) => {
-                Self::kill_all(&mut child, pgid).await;
-                Err(EvalError::Spawn(format!("lost track of the command: {e}")))
-            }
-            Err(_elapsed) => {
-                Self::kill_all(&mut child, pgid).await;
-                Err(EvalError::Timeout(self.timeout_secs()))
-            }
-        }
+        let finished = self.drive(&mut child, pgid, input).await?;
+        self.judge(&finished)
     }
 }
 
@@ -227,28 +272,32 @@ async fn kill_process_group(pgid: u32) {
     }
 }
 
-/// Reads a stream to its end, keeping only the last `cap` bytes.
-async fn read_tail<R: AsyncRead + Unpin>(reader: Option<R>, cap: usize) -> Vec<u8> {
+/// Reads a stream to its end into `kept`, keeping only the last `cap` bytes. Writes into the
+/// caller's buffer so that what was read survives when the read is abandoned before the end.
+async fn read_tail<R: AsyncRead + Unpin>(reader: Option<R>, cap: usize, kept: &mut Vec<u8>) {
     let Some(mut reader) = reader else {
-        return Vec::new();
+        return;
     };
-    let mut kept = Vec::new();
     let mut chunk = vec![0_u8; 16 * 1024];
     loop {
         match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 kept.extend_from_slice(&chunk[..n]);
+                // Trimming in batches keeps the copying linear.
                 if kept.len() > 2 * cap {
-                    kept.drain(..kept.len() - cap);
+                    keep_tail(kept, cap);
                 }
             }
         }
     }
-    if kept.len() > cap {
-        kept.drain(..kept.len() - cap);
+}
+
+/// Drops all but the last `cap` bytes.
+fn keep_tail(bytes: &mut Vec<u8>, cap: usize) {
+    if bytes.len() > cap {
+        bytes.drain(..bytes.len() - cap);
     }
-    kept
 }
 
 /// The trimmed stderr, capped to its last [`STDERR_CAP_CHARS`] characters.
@@ -545,6 +594,87 @@ mod tests {
             live = live_members(pgid);
         }
         assert!(live.is_empty(), "still running: {live:?}");
+    }
+
+    /// Whether a process is still running (a zombie waiting for its reaper is not).
+    fn is_running(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z")
+        })
+    }
+
+    /// Waits up to two seconds for a process to be gone: a kill is not instantaneous.
+    async fn gone(pid: u32) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while is_running(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        !is_running(pid)
+    }
+
+    fn read_pid(file: &Path) -> u32 {
+        std::fs::read_to_string(file)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid")
+    }
+
+    #[tokio::test]
+    async fn a_background_child_holding_stdout_does_not_turn_a_score_into_a_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pid");
+        // The background `sleep` inherits stdout, so the pipe stays open after the shell exits.
+        let e = CommandEvaluator::new(
+            format!(
+                r#"sleep 60 & echo $! > '{}'; echo '{{"score": 1}}'"#,
+                pid_file.display()
+            ),
+            Duration::from_secs(20),
+        );
+        let fitness = e
+            .evaluate(&Genes::new())
+            .await
+            .expect("score, not a timeout");
+        assert!((fitness.score - 1.0).abs() < f64::EPSILON);
+        let pid = read_pid(&pid_file);
+        assert!(gone(pid).await, "background child {pid} still runs");
+    }
+
+    #[tokio::test]
+    async fn background_children_are_killed_after_a_normal_exit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pid");
+        // Its output goes elsewhere, so nothing but the reaping can stop it.
+        let e = eval(&format!(
+            r#"sleep 60 >/dev/null 2>&1 & echo $! > '{}'; echo '{{"score": 2}}'"#,
+            pid_file.display()
+        ));
+        let fitness = e.evaluate(&Genes::new()).await.expect("score");
+        assert!((fitness.score - 2.0).abs() < f64::EPSILON);
+        let pid = read_pid(&pid_file);
+        assert!(gone(pid).await, "background child {pid} still runs");
+    }
+
+    #[tokio::test]
+    async fn background_children_are_killed_after_a_failed_exit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("pid");
+        let e = eval(&format!(
+            "sleep 60 >/dev/null 2>&1 & echo $! > '{}'; echo broken >&2; exit 4",
+            pid_file.display()
+        ));
+        assert_eq!(
+            e.evaluate(&Genes::new()).await,
+            Err(EvalError::Failed {
+                code: 4,
+                stderr: "broken".into()
+            })
+        );
+        let pid = read_pid(&pid_file);
+        assert!(gone(pid).await, "background child {pid} still runs");
     }
 
     #[tokio::test]

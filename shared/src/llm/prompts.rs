@@ -6,7 +6,9 @@
 use serde_json::{Value, json};
 
 use super::{AnalyzeRequest, DecideRequest, DnaView, ResolveRequest, StrategizeRequest};
-use crate::domain::{GeneSpec, HistoryEntry, MetricName, Role};
+use crate::domain::{
+    GeneChange, GeneSpec, GeneValue, HistoryEntry, MAX_CHOICE_BYTES, MetricName, Role,
+};
 
 /// Longest gene description passed to a model.
 const DESCRIPTION_CHARS: usize = 200;
@@ -89,6 +91,28 @@ fn quoted(text: &str, max_chars: usize) -> String {
         .collect()
 }
 
+/// A gene value as prompts show it: a choice exactly as it appears in its gene's `choices`
+/// (control characters stripped, capped), so a model never sees two spellings of one value.
+/// Valid choices have no control characters and at most [`MAX_CHOICE_BYTES`] bytes, hence no
+/// more characters, so for them this is plain JSON string quoting.
+fn value_json(value: &GeneValue) -> Value {
+    match value {
+        GeneValue::Choice(c) => Value::String(quoted(c, MAX_CHOICE_BYTES)),
+        other => other.to_json(),
+    }
+}
+
+/// Gene changes with their values shown as [`value_json`] shows them. Crate-visible so that
+/// every prompt listing mutations, the batch decision's too, can render them alike.
+pub(crate) fn changes_json(changes: &[GeneChange]) -> Value {
+    Value::Array(
+        changes
+            .iter()
+            .map(|c| json!({"gene": c.gene, "value": value_json(&c.value)}))
+            .collect(),
+    )
+}
+
 fn dna_json(dna: &DnaView) -> Value {
     let genes: serde_json::Map<String, Value> = dna
         .schema
@@ -96,7 +120,7 @@ fn dna_json(dna: &DnaView) -> Value {
         .map(|(name, def)| {
             let mut g = json!({
                 "type": def.spec.kind().to_string(),
-                "value": dna.genes.get(name).map(crate::domain::GeneValue::to_json),
+                "value": dna.genes.get(name).map(value_json),
                 "frozen": def.frozen,
                 "risk_weight": def.risk_weight,
             });
@@ -112,7 +136,12 @@ fn dna_json(dna: &DnaView) -> Value {
                     g["max_step"] = json!(max_step);
                 }
                 GeneSpec::Choice { choices } => {
-                    g["choices"] = json!(choices.iter().map(|c| quoted(c, 64)).collect::<Vec<_>>());
+                    g["choices"] = json!(
+                        choices
+                            .iter()
+                            .map(|c| quoted(c, MAX_CHOICE_BYTES))
+                            .collect::<Vec<_>>()
+                    );
                 }
                 GeneSpec::Bool => {}
             }
@@ -141,7 +170,7 @@ fn history_json(history: &[HistoryEntry], limit: usize) -> Value {
                     "fitness": h.fitness,
                     "parent_fitness": h.baseline_fitness,
                     "outcome": h.outcome,
-                    "changes": h.changes,
+                    "changes": changes_json(&h.changes),
                     "predicted_impact": h.predicted_impact,
                 })
             })
@@ -199,7 +228,7 @@ pub fn decide(req: &DecideRequest, history_limit: usize) -> Prompt {
         "dna": dna_json(&req.dna),
         "history": history_json(&req.history, history_limit),
         "mutation": {
-            "changes": req.mutation.changes,
+            "changes": changes_json(&req.mutation.changes),
             "predicted_impact": req.mutation.predicted_impact,
         },
         "local_risk": req.local_risk,
@@ -233,4 +262,107 @@ pub fn resolve(req: &ResolveRequest) -> Prompt {
 /// True when a metric name may appear in a prompt.
 pub fn metric_name_allowed(name: &str) -> bool {
     MetricName::parse(name).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Utc;
+
+    use super::*;
+    use crate::domain::{
+        BudgetMode, Complexity, EvaluationOutcome, GeneChange, GeneDef, GeneName, GeneSchema,
+        GeneValue, Genes, Mutation, SystemId, TaskContext,
+    };
+    use crate::llm::CallContext;
+
+    /// A choice value no DNA file may hold (a terminal escape and more characters than the
+    /// cap): prompts must still render it as they render the choices list.
+    fn hostile() -> String {
+        format!("lz4\u{1b}]0;title\u{7}{}", "y".repeat(300))
+    }
+
+    fn decide_request() -> DecideRequest {
+        let gene = GeneName::parse("codec").expect("name");
+        let schema = GeneSchema::from([(
+            gene.clone(),
+            GeneDef {
+                spec: GeneSpec::Choice {
+                    choices: vec!["none".into(), hostile()],
+                },
+                risk_weight: 0.5,
+                description: None,
+                frozen: false,
+            },
+        )]);
+        let change = GeneChange {
+            gene: gene.clone(),
+            value: GeneValue::Choice(hostile()),
+        };
+        DecideRequest {
+            ctx: CallContext {
+                system_id: SystemId::parse("svc").expect("id"),
+                envelope_id: "env".into(),
+                task: TaskContext {
+                    role: Role::Decide,
+                    complexity: Complexity::High,
+                    estimated_tokens: 100,
+                    max_latency_ms: None,
+                    accuracy_requirements: 0.5,
+                    cost_sensitivity: 0.5,
+                    critical: false,
+                },
+                budget_mode: BudgetMode::Normal,
+                deadline: None,
+            },
+            dna: DnaView {
+                system_id: SystemId::parse("svc").expect("id"),
+                generation: 1,
+                schema,
+                genes: Genes::from([(gene, GeneValue::Choice(hostile()))]),
+                stable_fitness: None,
+            },
+            history: vec![HistoryEntry {
+                generation: 1,
+                fitness: Some(1.0),
+                outcome: EvaluationOutcome::Keep,
+                baseline_fitness: None,
+                changes: vec![change.clone()],
+                predicted_impact: 0.0,
+                plan_step: None,
+                closed_at: Utc::now(),
+            }],
+            mutation: Mutation {
+                id: "m".into(),
+                changes: vec![change],
+                description: String::new(),
+                predicted_impact: 0.0,
+                plan_step: None,
+            },
+            local_risk: 0.5,
+            risk_ceiling: 0.9,
+            deferrals: 0,
+            batch: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn choice_values_are_capped_and_quoted_like_the_choices_list() {
+        let prompt = decide(&decide_request(), 10);
+        let data: Value = serde_json::from_str(&prompt.user).expect("a JSON document");
+        let gene = &data["dna"]["genes"]["codec"];
+        let listed = &gene["choices"][1];
+        assert!(
+            listed
+                .as_str()
+                .is_some_and(|c| c.starts_with("lz4]0;title") && !c.contains('\u{1b}')),
+            "{listed}"
+        );
+        for (place, value) in [
+            ("current value", &gene["value"]),
+            ("mutation", &data["mutation"]["changes"][0]["value"]),
+            ("history", &data["history"][0]["changes"][0]["value"]),
+        ] {
+            assert_eq!(value, listed, "the {place} differs from the listed choice");
+        }
+    }
 }

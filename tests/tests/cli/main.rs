@@ -120,6 +120,31 @@ fn bad_input_exits_2_with_one_line_and_writes_nothing() {
 }
 
 #[test]
+fn init_refuses_a_dna_over_a_limit_naming_the_gene_and_the_limit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("state");
+    let dna = dir.path().join("dna.json");
+    let choices: Vec<String> = (0..=shared::domain::MAX_CHOICES)
+        .map(|i| format!("c{i}"))
+        .collect();
+    let text = serde_json::json!({
+        "system_id": "wide",
+        "genes": {"codec": {"type": "choice", "value": "c0", "choices": choices}},
+    });
+    std::fs::write(&dna, text.to_string()).expect("write");
+    let out = evolve(&state, &["init", "--dna", &dna.display().to_string()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("\"codec\"")
+            && err.contains(&format!("at most {}", shared::domain::MAX_CHOICES)),
+        "{err}"
+    );
+    assert!(!state.exists(), "wrote {}", state.display());
+}
+
+#[test]
 fn unknown_system_in_an_existing_store_exits_2() {
     let dir = tempfile::tempdir().expect("dir");
     assert!(

@@ -4,9 +4,12 @@
 use proptest::prelude::*;
 use serde_json::Value;
 use shared::domain::{
-    DecisionRecord, EvolutionEvent, GeneChange, GeneDef, GeneName, GeneSchema, GeneSpec, GeneValue,
-    Genes, Mutation, MutationError, apply_mutation, checksum, genes_from_json,
+    Body, BudgetMode, DecisionRecord, DnaFile, Envelope, EvolutionEvent, GeneChange, GeneDef,
+    GeneName, GeneSchema, GeneSpec, GeneValue, Generation, Genes, MAX_CHOICE_BYTES, MAX_CHOICES,
+    MAX_DESCRIPTION_CHARS, MAX_GENES, Mutation, MutationError, Origin, apply_mutation, checksum,
+    genes_from_json,
 };
+use shared::store::{SystemRecord, SystemSettings};
 
 fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(text: &str) -> (Value, Value) {
     let original: Value = serde_json::from_str(text).expect("fixture is JSON");
@@ -402,4 +405,113 @@ fn every_message_body_round_trips_through_json() {
             .unwrap_or_else(|e| panic!("{} does not read back: {e}\n{text}", env.body.type_name()));
         assert_eq!(back, env);
     }
+}
+
+/// DynamoDB's item size limit and SNS's message size limit, in bytes.
+const DYNAMODB_ITEM_BYTES: usize = 400 * 1024;
+const SNS_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// The largest DNA file the limits admit: every gene a choice gene at every limit, with the
+/// characters that cost the most bytes once stored as JSON (`"` doubles when escaped, a
+/// four-byte character is four bytes in UTF-8).
+fn maximal_dna_file() -> String {
+    let choice = |i: usize| format!("{i:02}{}", "\"".repeat(MAX_CHOICE_BYTES - 2));
+    let choices: Vec<String> = (0..MAX_CHOICES).map(choice).collect();
+    let genes: serde_json::Map<String, Value> = (0..MAX_GENES)
+        .map(|i| {
+            let name = format!("{:_<64}", format!("g{i}"));
+            let gene = serde_json::json!({
+                "type": "choice",
+                "value": choices[0],
+                "choices": choices,
+                "risk_weight": 0.300_000_000_000_000_04,
+                "description": "\u{1d11e}".repeat(MAX_DESCRIPTION_CHARS),
+            });
+            (name, gene)
+        })
+        .collect();
+    serde_json::json!({"system_id": "s".repeat(64), "genes": genes}).to_string()
+}
+
+#[test]
+fn a_dna_at_every_limit_fits_a_dynamodb_item_and_an_sns_message_with_room_to_spare() {
+    let (system_id, schema, genes) = DnaFile::parse(&maximal_dna_file()).expect("at the limits");
+    assert_eq!(schema.len(), MAX_GENES);
+    let now = chrono::Utc::now();
+
+    // The registry item holds the whole schema.
+    let system = SystemRecord {
+        system_id: system_id.clone(),
+        schema: schema.clone(),
+        settings: SystemSettings::default(),
+        created_at: now,
+        next_cycle_at: now,
+        evaluation_deadline: Some(now),
+        cost_mode: BudgetMode::Normal,
+    };
+    let registry = serde_json::to_vec(&system).expect("json").len();
+
+    // A generation item holds every value and the mutation that changed them all, with the
+    // longest description an answer keeps (2,000 characters).
+    let other = |name: &GeneName| {
+        let GeneSpec::Choice { choices } = &schema[name].spec else {
+            unreachable!("every gene is a choice gene")
+        };
+        GeneValue::Choice(choices[MAX_CHOICES - 1].clone())
+    };
+    let mutation = Mutation {
+        id: "m".repeat(64),
+        changes: genes
+            .keys()
+            .map(|gene| GeneChange {
+                gene: gene.clone(),
+                value: other(gene),
+            })
+            .collect(),
+        description: "\u{1d11e}".repeat(2_000),
+        predicted_impact: f64::MIN_POSITIVE,
+        plan_step: None,
+    };
+    let next = apply_mutation(&schema, &genes, &mutation).expect("valid mutation");
+    let generation = Generation::new(
+        system_id.clone(),
+        9_999_999_999,
+        Some(9_999_999_998),
+        next.clone(),
+        Origin::Mutation {
+            decision_id: "d".repeat(64),
+            mutation,
+        },
+        now,
+    );
+    let generation_item = serde_json::to_vec(&generation).expect("json").len();
+
+    // The message every subscriber receives.
+    let updated = Envelope::caused_by(
+        &"c".repeat(64),
+        "snapshot",
+        0,
+        system_id,
+        9_999_999_999,
+        now,
+        Body::DnaUpdated {
+            generation: 9_999_999_999,
+            genes: serde_json::to_value(&next).expect("json"),
+            checksum: generation.checksum.clone(),
+        },
+    );
+    let message = serde_json::to_vec(&updated).expect("json").len();
+
+    assert!(
+        registry < DYNAMODB_ITEM_BYTES * 6 / 10,
+        "registry item: {registry} bytes"
+    );
+    assert!(
+        generation_item < DYNAMODB_ITEM_BYTES / 4,
+        "generation item: {generation_item} bytes"
+    );
+    assert!(
+        message < SNS_MESSAGE_BYTES / 8,
+        "DnaUpdated: {message} bytes"
+    );
 }
