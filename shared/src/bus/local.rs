@@ -50,6 +50,7 @@ pub struct LocalBus {
     inner: Mutex<Inner>,
     /// Sends to refuse before accepting again: lets tests crash a handler between commit and send.
     fail_sends: AtomicU32,
+    refuse_sends: AtomicU32,
 }
 
 impl LocalBus {
@@ -58,6 +59,7 @@ impl LocalBus {
             clock,
             inner: Mutex::default(),
             fail_sends: AtomicU32::new(0),
+            refuse_sends: AtomicU32::new(0),
         }
     }
 
@@ -118,6 +120,11 @@ impl LocalBus {
         self.fail_sends.store(n, Ordering::SeqCst);
     }
 
+    /// Refuses the next `n` sends as SNS or SQS refuse a message they will never take.
+    pub fn refuse_next_sends(&self, n: u32) {
+        self.refuse_sends.store(n, Ordering::SeqCst);
+    }
+
     /// Enqueues a raw delivery, for tests that send malformed or duplicate messages.
     pub fn inject(&self, outgoing: Outgoing) {
         let now = self.clock.now() + Duration::seconds(i64::from(outgoing.delay_seconds));
@@ -140,6 +147,13 @@ impl Bus for LocalBus {
             .is_ok();
         if refuse {
             return Err(BusError::Unavailable("injected send failure".into()));
+        }
+        if self
+            .refuse_sends
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(BusError::Refused("injected refusal".into()));
         }
         let now = self.clock.now();
         let mut inner = self.lock();

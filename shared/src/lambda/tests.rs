@@ -172,6 +172,63 @@ async fn a_failed_send_becomes_a_batch_item_failure_and_the_redelivery_resends_t
     );
 }
 
+/// A message whose committed outcome was never sent waits in its dead-letter queue for up to
+/// 14 days; a redrive days later, long after the dedup window, must still send what was
+/// committed, not run the stage again on a state that has moved on.
+#[tokio::test]
+async fn a_redrive_after_the_dedup_window_sends_the_committed_outbox() {
+    let t = TestFunction::new("snapshot", QueueSources::Only(Queue::Snapshot))
+        .await
+        .expect("world");
+    let report = baseline_report(&t).await;
+    t.bus.fail_next_sends(1);
+    let first = batch(&t, &[record("m-1", SNAPSHOT_ARN, &report)]).await;
+    assert_eq!(first.batch_item_failures, ["m-1"]);
+
+    // Dead-lettered after its receives, redriven three days later.
+    t.clock.advance(Duration::days(3));
+    let redriven = batch(&t, &[record("m-1", SNAPSHOT_ARN, &report)]).await;
+    assert!(redriven.batch_item_failures.is_empty(), "{redriven:?}");
+    assert_eq!(redriven.counts.duplicates, 1, "sent from the outbox");
+    let sent = t.drain();
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m.envelope.body, Body::CycleRequested { .. })),
+        "{sent:?}"
+    );
+
+    // Once sent, the record is kept only for the dedup window.
+    t.clock.advance(Duration::days(2));
+    let later = batch(&t, &[record("m-1", SNAPSHOT_ARN, &report)]).await;
+    assert_eq!(later.counts.duplicates, 0, "{later:?}");
+}
+
+/// A send refused after the commit does not dead-letter the message as if nothing had been
+/// done: the transaction stands, so the record is left for redelivery, which sends the
+/// committed messages.
+#[tokio::test]
+async fn a_send_refused_after_the_commit_is_retried_from_the_outbox_not_dead_lettered() {
+    let t = TestFunction::new("snapshot", QueueSources::Only(Queue::Snapshot))
+        .await
+        .expect("world");
+    let report = baseline_report(&t).await;
+    t.bus.refuse_next_sends(1);
+    let first = batch(&t, &[record("m-1", SNAPSHOT_ARN, &report)]).await;
+    assert_eq!(first.batch_item_failures, ["m-1"], "{first:?}");
+    assert_eq!(first.counts.dead_lettered, 0);
+    assert!(t.dead_letters.sent().is_empty());
+
+    let second = batch(&t, &[record("m-1", SNAPSHOT_ARN, &report)]).await;
+    assert!(second.batch_item_failures.is_empty(), "{second:?}");
+    assert_eq!(second.counts.duplicates, 1);
+    let sent = t.drain();
+    assert!(
+        sent.iter()
+            .any(|m| matches!(m.envelope.body, Body::CycleRequested { .. })),
+        "{sent:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_record_that_cannot_reach_its_dead_letter_queue_is_left_for_redelivery() {
     let t = TestFunction::new("analyze", QueueSources::Only(Queue::Analyze))

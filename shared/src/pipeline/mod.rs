@@ -276,7 +276,9 @@ async fn exactly_once_inner(
         Claim::Claimed => {}
         Claim::Completed { outgoing } => {
             if !outgoing.is_empty() {
-                send(bus, &outgoing).await.map_err(|e| bus_denied(&e))?;
+                send(bus, &outgoing)
+                    .await
+                    .map_err(|e| committed_send_failed(&e))?;
                 mark_sent(deps, key).await;
             }
             debug!(resent = outgoing.len(), "duplicate delivery");
@@ -445,7 +447,16 @@ async fn commit_and_send(
             payload_hash: hash.to_owned(),
             outgoing: output.messages.clone(),
             completed_at: now,
-            expires_at: now + Duration::seconds(deps.config.idempotency_ttl_seconds),
+            // Until the messages are sent, the record is what re-sends them: keep it as long
+            // as the message that will redeliver it may wait in a dead-letter queue.
+            expires_at: now
+                + Duration::seconds(if output.messages.is_empty() {
+                    deps.config.idempotency_ttl_seconds
+                } else {
+                    deps.config
+                        .outbox_retention_seconds
+                        .max(deps.config.idempotency_ttl_seconds)
+                }),
         }),
     };
     if let Err(e) = deps.store.commit(tx).await {
@@ -455,7 +466,7 @@ async fn commit_and_send(
     // Committed: from here a failure only delays the messages; the redelivery re-sends them.
     send(bus, &output.messages)
         .await
-        .map_err(|e| bus_denied(&e))?;
+        .map_err(|e| committed_send_failed(&e))?;
     if !output.messages.is_empty() {
         mark_sent(deps, key).await;
     }
@@ -482,9 +493,26 @@ fn bus_error(e: &BusError) -> PipelineError {
     }
 }
 
+/// A send of committed messages that failed. The transaction stands, so the message is never
+/// dead-lettered for it as if nothing had happened: it is left for redelivery, which re-sends
+/// from the outbox (after `maxReceiveCount` receives SQS moves it to the dead-letter queue
+/// itself, and a redrive re-sends from the outbox, which is kept longer than that queue keeps
+/// messages). An authorization failure still raises its security alert.
+fn committed_send_failed(e: &BusError) -> Failed {
+    let retry = PipelineError::Retryable(format!(
+        "committed, not yet sent (a redelivery re-sends from the outbox): {e}"
+    ));
+    warn!(error = %e, "committed messages not sent");
+    match e.security_event().cloned() {
+        Some(event) => Failed::Security(retry, event),
+        None => Failed::Other(retry),
+    }
+}
+
 /// Best effort: if it fails, a later duplicate re-sends messages consumers already deduplicate.
 async fn mark_sent(deps: &Deps, key: &str) {
-    if let Err(e) = deps.store.mark_sent(key).await {
+    let until = deps.clock.now() + Duration::seconds(deps.config.idempotency_ttl_seconds);
+    if let Err(e) = deps.store.mark_sent(key, until).await {
         warn!(error = %e, "could not mark the outbox sent");
     }
 }

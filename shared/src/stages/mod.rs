@@ -27,6 +27,9 @@ use crate::domain::{
 use crate::llm::{CallContext, DnaView, LanguageModel, LlmAnswer, LlmError};
 use crate::store::{ControlState, EvolutionStore, LlmCallRecord, StoreError, SystemRecord, Write};
 
+/// Fifteen days: a day longer than SQS keeps a message at most (the dead-letter queues' 14).
+pub const OUTBOX_RETENTION_SECONDS: i64 = 15 * 86_400;
+
 /// Tunables of the pipeline. Defaults are what a production deployment starts with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineConfig {
@@ -50,8 +53,13 @@ pub struct PipelineConfig {
     pub in_flight_timeout_seconds: i64,
     /// How long an in-progress idempotency claim holds (the Lambda timeout, on AWS).
     pub in_progress_seconds: i64,
-    /// How long completed idempotency records are kept (dedup window for redeliveries).
+    /// How long completed idempotency records are kept once their messages were sent (the
+    /// dedup window for redeliveries).
     pub idempotency_ttl_seconds: i64,
+    /// How long a completed record whose messages were not sent yet is kept: longer than a
+    /// dead-letter queue keeps a message (14 days), so a redrive however late still finds the
+    /// committed messages to send.
+    pub outbox_retention_seconds: i64,
     /// A candidate is kept when its fitness is at least the parent's minus this.
     pub keep_tolerance: f64,
     /// When strategize yields no usable step, ask again after this long.
@@ -78,6 +86,7 @@ impl Default for PipelineConfig {
             in_flight_timeout_seconds: 3600,
             in_progress_seconds: 300,
             idempotency_ttl_seconds: 86_400,
+            outbox_retention_seconds: OUTBOX_RETENTION_SECONDS,
             keep_tolerance: 0.0,
             empty_plan_retry_seconds: 900,
             history_window: 50,

@@ -470,9 +470,10 @@ impl EvolutionStore for MemoryStore {
         Ok(())
     }
 
-    async fn mark_sent(&self, key: &str) -> StoreResult<()> {
+    async fn mark_sent(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
         if let Some(record) = self.lock().idempotency.get_mut(key) {
             record.mark_sent();
+            record.keep_until(expires_at);
         }
         Ok(())
     }

@@ -412,8 +412,10 @@ pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
     /// Drops an in-progress claim after a failure so the redelivery can claim it at once.
     async fn release(&self, key: &str) -> StoreResult<()>;
     /// Records that a completed record's outgoing messages were sent, so a later duplicate is
-    /// acknowledged without re-sending them (`Claim::Completed` then carries none).
-    async fn mark_sent(&self, key: &str) -> StoreResult<()>;
+    /// acknowledged without re-sending them (`Claim::Completed` then carries none), and keeps
+    /// the record only until `expires_at`: an unsent outbox is kept as long as a dead-letter
+    /// queue keeps the message that will re-send it; a sent one only as long as the dedup window.
+    async fn mark_sent(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<()>;
     /// Applies a transaction all-or-nothing. A failed condition is `ConditionFailed` naming it.
     async fn commit(&self, tx: Transaction) -> StoreResult<()>;
 

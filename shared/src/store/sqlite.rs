@@ -883,7 +883,7 @@ impl EvolutionStore for SqliteStore {
         db.commit().sql()
     }
 
-    async fn mark_sent(&self, key: &str) -> StoreResult<()> {
+    async fn mark_sent(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
         let mut conn = self.conn();
         let db = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -896,6 +896,7 @@ impl EvolutionStore for SqliteStore {
         )?;
         if let Some(mut record) = existing {
             record.mark_sent();
+            record.keep_until(expires_at);
             write_idempotency(&db, key, &record)?;
             db.commit().sql()?;
         }
@@ -1169,6 +1170,13 @@ pub(super) mod rules {
         pub(in crate::store) fn mark_sent(&mut self) {
             if let Self::Completed { sent, .. } = self {
                 *sent = true;
+            }
+        }
+
+        /// Moves a completed record's expiry (`mark_sent` shortens it to the dedup window).
+        pub(in crate::store) fn keep_until(&mut self, until: DateTime<Utc>) {
+            if let Self::Completed { expires_at, .. } = self {
+                *expires_at = until;
             }
         }
 

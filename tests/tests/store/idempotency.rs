@@ -180,7 +180,7 @@ pub async fn refused_commit_leaves_the_claim_in_progress(h: &Harness) {
 pub async fn sent_outbox_is_not_returned_again(h: &Harness) {
     let messages = complete(h, "hash", 3_600).await;
     h.store
-        .mark_sent("no-such-key")
+        .mark_sent("no-such-key", t(3_600))
         .await
         .expect("unknown keys are ignored");
     assert_eq!(
@@ -190,7 +190,7 @@ pub async fn sent_outbox_is_not_returned_again(h: &Harness) {
             .expect("claim"),
         Claim::Completed { outgoing: messages }
     );
-    h.store.mark_sent(KEY).await.expect("mark sent");
+    h.store.mark_sent(KEY, t(3_600)).await.expect("mark sent");
     assert_eq!(
         h.store
             .claim(KEY, "hash", t(11), t(71))
@@ -205,5 +205,37 @@ pub async fn sent_outbox_is_not_returned_again(h: &Harness) {
             .await
             .expect("claim"),
         Claim::PayloadMismatch
+    );
+}
+
+/// An unsent outbox is kept for as long as it was committed with (past a dead-letter queue's
+/// retention); once sent, `mark_sent` shortens it to the dedup window it is given.
+pub async fn a_sent_outbox_is_kept_only_for_the_window_mark_sent_gives(h: &Harness) {
+    complete(h, "hash", 1_296_000).await;
+    assert!(matches!(
+        h.store
+            .claim(KEY, "hash", t(259_200), t(259_260))
+            .await
+            .expect("claim"),
+        Claim::Completed { ref outgoing } if outgoing.len() == 2
+    ));
+    h.store
+        .mark_sent(KEY, t(259_200 + 86_400))
+        .await
+        .expect("mark sent");
+    assert_eq!(
+        h.store
+            .claim(KEY, "hash", t(259_300), t(259_360))
+            .await
+            .expect("claim"),
+        Claim::Completed { outgoing: vec![] }
+    );
+    assert_eq!(
+        h.store
+            .claim(KEY, "hash", t(259_200 + 86_401), t(259_200 + 86_461))
+            .await
+            .expect("claim"),
+        Claim::Claimed,
+        "past the dedup window the key is free again"
     );
 }

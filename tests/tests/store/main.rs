@@ -74,6 +74,7 @@ conformance! {
     idempotency::first_claim_is_ours_and_a_second_sees_it_in_progress,
     idempotency::completed_key_returns_the_stored_outgoing_messages,
     idempotency::sent_outbox_is_not_returned_again,
+    idempotency::a_sent_outbox_is_kept_only_for_the_window_mark_sent_gives,
     idempotency::completed_key_with_another_payload_is_a_mismatch,
     idempotency::expired_completion_can_be_claimed_again,
     idempotency::expired_in_progress_claim_can_be_taken_over,

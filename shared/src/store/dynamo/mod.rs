@@ -480,6 +480,12 @@ impl DynamoStore {
         if item::flag(&item, SENT) {
             record.mark_sent();
         }
+        // `mark_sent` moves the expiry beside the body.
+        if let Some(expires_at) =
+            item::text(&item, EXPIRES_AT).and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        {
+            record.keep_until(expires_at.with_timezone(&Utc));
+        }
         Ok(Some(record))
     }
 }
@@ -727,12 +733,16 @@ impl EvolutionStore for DynamoStore {
             .await
     }
 
-    async fn mark_sent(&self, key: &str) -> StoreResult<()> {
+    async fn mark_sent(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
         let mut expr = Expr::default();
         let update = format!(
-            "SET {} = {}",
+            "SET {} = {}, {} = {}, {} = {}",
             expr.name(SENT),
-            expr.value(AttributeValue::Bool(true))
+            expr.value(AttributeValue::Bool(true)),
+            expr.name(EXPIRES_AT),
+            expr.value(s(ts(expires_at))),
+            expr.name(TTL),
+            expr.value(item::n(epoch_ceil(expires_at)))
         );
         let condition = format!("{} = {}", expr.name(STATE), expr.value(s(COMPLETED)));
         let result = self
