@@ -448,6 +448,10 @@ fn a_dna_at_every_limit_fits_a_dynamodb_item_and_an_sns_message_with_room_to_spa
         next_cycle_at: now,
         evaluation_deadline: Some(now),
         cost_mode: BudgetMode::Normal,
+        approval_expires_at: Some(now),
+        // The day's and the month's budget alerts at most.
+        budget_alerts: vec!["COST#2026-12-04".into(), "COST#2026-12".into()],
+        version: u64::MAX,
     };
     let registry = serde_json::to_vec(&system).expect("json").len();
 
