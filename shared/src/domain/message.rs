@@ -231,6 +231,14 @@ pub enum Body {
     ApprovalExpired {
         decision_id: String,
     },
+    /// An operator's resume of a paused head (`evolve resume`). `base_generation` is the
+    /// generation the operator saw paused: a head that moved since is not resumed.
+    ResumeRequested {
+        /// The caller's AWS identity, or the OS user locally.
+        requested_by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
 }
 
 impl Body {
@@ -252,6 +260,7 @@ impl Body {
             Self::AlertRaised { .. } => "AlertRaised",
             Self::ApprovalGiven { .. } => "ApprovalGiven",
             Self::ApprovalExpired { .. } => "ApprovalExpired",
+            Self::ResumeRequested { .. } => "ResumeRequested",
         }
     }
 
@@ -263,7 +272,8 @@ impl Body {
             Self::MutationProposed { .. }
             | Self::ConflictDetected { .. }
             | Self::ApprovalGiven { .. }
-            | Self::ApprovalExpired { .. } => Destination::Queue(Queue::Decide),
+            | Self::ApprovalExpired { .. }
+            | Self::ResumeRequested { .. } => Destination::Queue(Queue::Decide),
             Self::MutationApproved { .. }
             | Self::RollbackRequested { .. }
             | Self::EvaluationDue { .. } => Destination::Queue(Queue::Snapshot),
