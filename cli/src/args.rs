@@ -37,7 +37,7 @@ pub struct Cli {
     /// `SnapshotQueueUrl`).
     #[arg(long, global = true, env = "EVOLVE_SNAPSHOT_QUEUE_URL")]
     pub snapshot_queue_url: Option<String>,
-    /// With `--store aws`: the decide queue operators send approvals to (output
+    /// With `--store aws`: the decide queue operators send approvals and resumes to (output
     /// `DecideQueueUrl`).
     #[arg(long, global = true, env = "EVOLVE_DECIDE_QUEUE_URL")]
     pub decide_queue_url: Option<String>,
@@ -82,6 +82,9 @@ pub enum Command {
     Approve(VerdictArgs),
     /// Reject a decision held for approval; the plan moves on to its next step.
     Reject(VerdictArgs),
+    /// Resume a paused system: its head goes back to stable and the next tick schedules a
+    /// cycle.
+    Resume(ResumeArgs),
     /// Write a self-contained HTML report: fitness, genes, decisions, spend, budget mode and
     /// predictions, with inline charts.
     Report(ReportArgs),
@@ -97,6 +100,13 @@ pub struct VerdictArgs {
     /// Locally, the engine that plays the LLM roles for what follows a rejection.
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    /// Why, for the audit trail.
+    #[arg(long)]
+    pub note: Option<String>,
 }
 
 /// What an unattended local run does with a decision held for approval; without either flag it

@@ -53,7 +53,8 @@ pub async fn caller_identity() -> anyhow::Result<String> {
     Ok(identity.arn().unwrap_or("unknown AWS principal").to_owned())
 }
 
-/// Sends an operator message to its queue: rollbacks to snapshot, approvals to decide.
+/// Sends an operator message to its queue: rollbacks to snapshot, approvals and resumes to
+/// decide.
 pub async fn send_operator_message(cli: &Cli, message: Outgoing) -> anyhow::Result<()> {
     let queue = match message.destination {
         Destination::Queue(queue @ (Queue::Snapshot | Queue::Decide)) => queue,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
-use shared::domain::{DnaFile, SystemId};
+use shared::domain::{DnaFile, HeadStatus, SystemId};
 use shared::engine::LocalEngine;
 use shared::evaluator::Evaluator;
 use shared::evaluator::command::CommandEvaluator;
@@ -208,6 +208,12 @@ async fn evolve(
         eprintln!(
             "decision {decision} awaits approval: `evolve approve {decision}` or `evolve reject \
              {decision}`, then `{continue_with}` (or run with --approve-all / --reject-pending)"
+        );
+    }
+    let head = home.deps.store.get_head(system_id).await?;
+    if head.is_some_and(|h| h.status == HeadStatus::Paused) {
+        eprintln!(
+            "the system is paused: `evolve resume --note WHY` resumes it, then `{continue_with}`"
         );
     }
     if engine.json {

@@ -6,6 +6,7 @@ mod aws;
 mod evolve;
 mod llm;
 mod report;
+mod resume;
 mod views;
 mod worker;
 
@@ -32,6 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => worker::run(&cli, args).await,
         Command::Approve(args) => approval::resolve(&cli, args, true).await,
         Command::Reject(args) => approval::resolve(&cli, args, false).await,
+        Command::Resume(args) => resume::resume(&cli, args).await,
         Command::Report(args) => report::report(&cli, args).await,
     }
 }

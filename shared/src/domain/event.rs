@@ -19,6 +19,8 @@ pub enum EventType {
     BudgetModeChanged,
     /// The tick changed a system's schedule for the budget mode (the cost optimizer's action).
     CostActionApplied,
+    /// An operator resumed a paused head (`evolve resume`): who, why it was paused, the note.
+    OperatorResume,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -246,6 +246,14 @@ pub enum Body {
         spent_nano: u64,
         limit_nano: u64,
     },
+    /// An operator's resume of a paused head (`evolve resume`). `base_generation` is the
+    /// generation the operator saw paused: a head that moved since is not resumed.
+    ResumeRequested {
+        /// The caller's AWS identity, or the OS user locally.
+        requested_by: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
+    },
 }
 
 impl Body {
@@ -269,6 +277,7 @@ impl Body {
             Self::ApprovalExpired { .. } => "ApprovalExpired",
             Self::SystemTick { .. } => "SystemTick",
             Self::SystemOverBudget { .. } => "SystemOverBudget",
+            Self::ResumeRequested { .. } => "ResumeRequested",
         }
     }
 
@@ -282,7 +291,8 @@ impl Body {
             Self::MutationProposed { .. }
             | Self::ConflictDetected { .. }
             | Self::ApprovalGiven { .. }
-            | Self::ApprovalExpired { .. } => Destination::Queue(Queue::Decide),
+            | Self::ApprovalExpired { .. }
+            | Self::ResumeRequested { .. } => Destination::Queue(Queue::Decide),
             Self::MutationApproved { .. }
             | Self::RollbackRequested { .. }
             | Self::EvaluationDue { .. } => Destination::Queue(Queue::Snapshot),

@@ -19,6 +19,11 @@ pub const MESSAGES_PROCESSED: &str = "MessagesProcessed";
 pub const MESSAGES_RETRIED: &str = "MessagesRetried";
 /// Records moved to their queue's dead-letter queue.
 pub const MESSAGES_DEAD_LETTERED: &str = "MessagesDeadLettered";
+/// Of the retried records: left unstarted because the invocation's deadline was too near (a
+/// steady count means batches too large for the function's timeout).
+pub const MESSAGES_NOT_STARTED: &str = "MessagesNotStarted";
+/// Of the retried records: their handling panicked (a defect; the invocation went on).
+pub const MESSAGES_PANICKED: &str = "MessagesPanicked";
 /// Redeliveries of completed messages (their stored messages were sent again).
 pub const DUPLICATES: &str = "Duplicates";
 /// LLM role calls answered by the local engine instead of Bedrock.

@@ -10,12 +10,16 @@ pub mod metrics;
 pub mod testing;
 pub mod wiring;
 
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Duration, DurationRound, Utc};
+use futures_util::FutureExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -25,7 +29,7 @@ use self::metrics::Metric;
 use crate::bus::Bus;
 use crate::domain::{Body, BudgetMode, Envelope, Queue, SystemId, sha256_hex};
 use crate::pipeline::{self, Handled, Observed, PipelineError};
-use crate::stages::Deps;
+use crate::stages::{Deps, FINISH_MARGIN};
 
 /// Everything a function's handler needs, built once at cold start.
 #[derive(Debug, Clone)]
@@ -62,20 +66,66 @@ impl QueueSources {
 pub struct BatchCounts {
     pub processed: u32,
     pub duplicates: u32,
-    /// Left on the queue for redelivery (batch item failures).
+    /// Left on the queue for redelivery (batch item failures), including the two below.
     pub retried: u32,
     pub dead_lettered: u32,
+    /// Of the retried: never started, the invocation's deadline being too near.
+    pub not_started: u32,
+    /// Of the retried: their handling panicked.
+    pub panicked: u32,
 }
 
 impl BatchCounts {
-    pub fn metrics(&self) -> [Metric; 4] {
+    pub fn metrics(&self) -> [Metric; 6] {
         [
             Metric::count(metrics::MESSAGES_PROCESSED, self.processed),
             Metric::count(metrics::DUPLICATES, self.duplicates),
             Metric::count(metrics::MESSAGES_RETRIED, self.retried),
             Metric::count(metrics::MESSAGES_DEAD_LETTERED, self.dead_lettered),
+            Metric::count(metrics::MESSAGES_NOT_STARTED, self.not_started),
+            Metric::count(metrics::MESSAGES_PANICKED, self.panicked),
         ]
     }
+
+    /// Records left for redelivery unstarted because the deadline is near: a batch item failure
+    /// each, neither processed nor dead-lettered.
+    pub(crate) fn not_started(&mut self, failures: &mut Vec<String>, ids: Vec<String>) {
+        let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
+        self.retried += n;
+        self.not_started += n;
+        failures.extend(ids);
+    }
+}
+
+/// Whether one more record may be started: the invocation's deadline, when there is one, is at
+/// least [`FINISH_MARGIN`] away. A record started later might be cut off by the timeout, which
+/// fails the whole invocation and brings back the records already done; left unstarted, it only
+/// comes back itself.
+pub(crate) fn time_for_a_record(deadline: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+    deadline.is_none_or(|d| d - now >= FINISH_MARGIN)
+}
+
+/// Runs one record's handling so that a panic in it fails that record only: without this the
+/// panic ends the invocation, and SQS redelivers the whole batch, records already done
+/// included. Caught on the same task rather than in a spawned one, so the handling can keep
+/// borrowing the invocation's ports and stays in its record's span.
+///
+/// Unwind safety is asserted: what a record shares with the next one is the ports, whose
+/// remote state a half-done record cannot corrupt (its writes commit all or nothing, and its
+/// idempotency claim expires with the deadline), and whose few in-process locks recover from
+/// poisoning. Returns the panic's message on a panic.
+pub(crate) fn isolated<F: Future>(work: F) -> impl Future<Output = Result<F::Output, String>> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .map(|caught| caught.map_err(|payload| panic_message(payload.as_ref())))
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
 /// The outcome of a batch: the message ids SQS must redeliver, and the counts for metrics.
@@ -101,6 +151,9 @@ enum Outcome {
     Duplicate,
     Retry,
     DeadLettered,
+    /// Its handling panicked: left for redelivery like a retryable failure (a redelivery may
+    /// succeed; after `maxReceiveCount` receives SQS moves it to the dead-letter queue).
+    Panicked,
 }
 
 /// Handles the records of one SQS batch, one at a time, each in its own span.
@@ -110,6 +163,11 @@ enum Outcome {
 /// and acknowledges the record; if that move fails, the record is left for redelivery so nothing
 /// is lost (after `maxReceiveCount` receives SQS moves it to the DLQ itself). A record from a
 /// queue `queue_of` does not know is a deployment error and is also left for redelivery.
+///
+/// Two failures stay with their records instead of failing the invocation (which would bring
+/// back the whole batch): no record is started with less than [`FINISH_MARGIN`] left before
+/// the deadline (the rest are left for redelivery, unread), and a record whose handling panics
+/// is left for redelivery while the others go on.
 pub async fn handle_sqs_batch(
     deps: &Deps,
     bus: &dyn Bus,
@@ -118,17 +176,38 @@ pub async fn handle_sqs_batch(
     records: &[SqsMessage],
 ) -> BatchResponse {
     let mut batch = BatchResponse::default();
-    for record in records {
-        // SQS always sets the id; an empty identifier makes Lambda retry the whole batch, the
-        // safe choice should one ever be missing.
-        let message_id = record.message_id.clone().unwrap_or_default();
+    // SQS always sets the id; an empty identifier makes Lambda retry the whole batch, the safe
+    // choice should one ever be missing.
+    let id_of = |record: &SqsMessage| record.message_id.clone().unwrap_or_default();
+    for (index, record) in records.iter().enumerate() {
+        if !time_for_a_record(deps.config.deadline, deps.clock.now()) {
+            let left: Vec<String> = records[index..].iter().map(id_of).collect();
+            warn!(
+                not_started = left.len(),
+                margin_ms = FINISH_MARGIN.num_milliseconds(),
+                "too little time left before the deadline: the remaining records are left for \
+                 redelivery"
+            );
+            batch
+                .counts
+                .not_started(&mut batch.batch_item_failures, left);
+            break;
+        }
+        let message_id = id_of(record);
         let source = record.event_source_arn.as_deref().unwrap_or_default();
         let outcome = if let Some(queue) = queue_of(source) {
             let span = info_span!("record", message_id = %message_id, queue = queue.as_str());
             let body = record.body.as_deref().unwrap_or_default();
-            handle_record(deps, bus, dlq, queue, body)
-                .instrument(span)
-                .await
+            async {
+                isolated(handle_record(deps, bus, dlq, queue, body))
+                    .await
+                    .unwrap_or_else(|panic| {
+                        error!(%panic, "the record's handling panicked; left for redelivery");
+                        Outcome::Panicked
+                    })
+            }
+            .instrument(span)
+            .await
         } else {
             error!(
                 message_id = %message_id,
@@ -146,6 +225,11 @@ pub async fn handle_sqs_batch(
             Outcome::DeadLettered => batch.counts.dead_lettered += 1,
             Outcome::Retry => {
                 batch.counts.retried += 1;
+                batch.batch_item_failures.push(message_id);
+            }
+            Outcome::Panicked => {
+                batch.counts.retried += 1;
+                batch.counts.panicked += 1;
                 batch.batch_item_failures.push(message_id);
             }
         }
@@ -344,15 +428,19 @@ pub enum Response {
 
 impl FunctionDeps {
     /// These dependencies for one invocation ending at `deadline_ms` (milliseconds since the
-    /// epoch, from the Lambda context; 0 means unknown): claims expire and LLM calls must answer
-    /// by then.
+    /// epoch, from the Lambda context; 0 means unknown): claims expire, LLM calls must answer
+    /// and records must start before then. A deadline already past when the invocation starts
+    /// is not a real one (Lambda's is always ahead; a local Runtime API emulator may send a
+    /// duration instead) and counts as unknown, so it cannot leave every record unstarted.
     #[must_use]
     pub fn until(&self, deadline_ms: u64) -> Self {
+        let now = self.pipeline.clock.now();
         let mut deps = self.clone();
         deps.pipeline.config.deadline = i64::try_from(deadline_ms)
             .ok()
             .filter(|ms| *ms > 0)
-            .and_then(DateTime::<Utc>::from_timestamp_millis);
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .filter(|deadline| *deadline > now);
         deps
     }
 

@@ -470,6 +470,8 @@ fn batch_counts_become_count_metrics() {
         duplicates: 1,
         retried: 2,
         dead_lettered: 4,
+        not_started: 1,
+        panicked: 1,
     };
     let by_name: BTreeMap<_, _> = counts
         .metrics()
@@ -480,6 +482,8 @@ fn batch_counts_become_count_metrics() {
     assert_eq!(by_name[metrics::DUPLICATES], "1");
     assert_eq!(by_name[metrics::MESSAGES_RETRIED], "2");
     assert_eq!(by_name[metrics::MESSAGES_DEAD_LETTERED], "4");
+    assert_eq!(by_name[metrics::MESSAGES_NOT_STARTED], "1");
+    assert_eq!(by_name[metrics::MESSAGES_PANICKED], "1");
 }
 
 #[tokio::test]
@@ -500,5 +504,196 @@ async fn the_invocation_deadline_reaches_the_pipeline_config() {
     assert_eq!(
         t.deps.pipeline.config.deadline, None,
         "the cold-start deps are unchanged"
+    );
+    let past = t.clock.now() - Duration::seconds(1);
+    assert_eq!(
+        t.deps
+            .until(u64::try_from(past.timestamp_millis()).expect("after the epoch"))
+            .pipeline
+            .config
+            .deadline,
+        None,
+        "a deadline already past is not a real one"
+    );
+}
+
+/// The local engine, with `before_analyze` run first on each analyze call: how a test makes one
+/// record take time (advancing the simulated clock) or panic.
+struct Hooked<F> {
+    engine: crate::engine::LocalEngine,
+    before_analyze: F,
+}
+
+impl<F> std::fmt::Debug for Hooked<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hooked")
+    }
+}
+
+#[async_trait::async_trait]
+impl<F> crate::llm::LanguageModel for Hooked<F>
+where
+    F: Fn(&crate::llm::AnalyzeRequest) + Send + Sync,
+{
+    async fn analyze(
+        &self,
+        req: &crate::llm::AnalyzeRequest,
+    ) -> Result<crate::llm::LlmAnswer<crate::domain::EvolutionAnalysis>, crate::llm::LlmError> {
+        (self.before_analyze)(req);
+        self.engine.analyze(req).await
+    }
+
+    async fn strategize(
+        &self,
+        req: &crate::llm::StrategizeRequest,
+    ) -> Result<crate::llm::LlmAnswer<crate::domain::MutationStrategy>, crate::llm::LlmError> {
+        self.engine.strategize(req).await
+    }
+
+    async fn decide(
+        &self,
+        req: &crate::llm::DecideRequest,
+    ) -> Result<crate::llm::LlmAnswer<crate::domain::DecisionResult>, crate::llm::LlmError> {
+        self.engine.decide(req).await
+    }
+
+    async fn resolve_conflict(
+        &self,
+        req: &crate::llm::ResolveRequest,
+    ) -> Result<crate::llm::LlmAnswer<crate::domain::ResolutionStrategy>, crate::llm::LlmError>
+    {
+        self.engine.resolve_conflict(req).await
+    }
+}
+
+/// The analyze function on a stable head (its baseline measured), with the hook `make` builds
+/// from the world's clock run before each analysis.
+async fn analyze_with<F>(make: impl FnOnce(Arc<crate::clock::SimClock>) -> F) -> TestFunction
+where
+    F: Fn(&crate::llm::AnalyzeRequest) + Send + Sync + 'static,
+{
+    let mut t = TestFunction::new("analyze", QueueSources::Only(Queue::Analyze))
+        .await
+        .expect("world");
+    t.close_baseline().await.expect("baseline");
+    t.deps.pipeline.llm = Arc::new(Hooked {
+        engine: crate::engine::LocalEngine::new(0),
+        before_analyze: make(t.clock.clone()),
+    });
+    t
+}
+
+async fn analyses(t: &TestFunction) -> usize {
+    t.store
+        .list_llm_calls(Some(&TestFunction::system_id()), None)
+        .await
+        .expect("store")
+        .len()
+}
+
+#[tokio::test]
+async fn records_are_not_started_once_too_little_time_is_left_and_are_left_for_redelivery() {
+    // Each analysis takes 20 simulated seconds.
+    let mut t = analyze_with(|clock| {
+        move |_: &crate::llm::AnalyzeRequest| clock.advance(Duration::seconds(20))
+    })
+    .await;
+    // Time for the first record, not for a second one after it.
+    t.deps.pipeline.config.deadline = Some(t.clock.now() + Duration::seconds(22));
+    let first = envelope(&t, "msg-first", SYSTEM, cycle());
+    let second = envelope(&t, "msg-second", SYSTEM, cycle());
+    let response = batch(
+        &t,
+        &[
+            record("m-1", ANALYZE_ARN, &first),
+            record("m-2", ANALYZE_ARN, "not json"),
+            record("m-3", ANALYZE_ARN, &second),
+        ],
+    )
+    .await;
+
+    assert_eq!(response.batch_item_failures, ["m-2", "m-3"]);
+    assert_eq!(
+        response.counts,
+        BatchCounts {
+            processed: 1,
+            retried: 2,
+            not_started: 2,
+            ..BatchCounts::default()
+        },
+        "m-2 was never read, so not dead-lettered"
+    );
+    assert!(t.dead_letters.sent().is_empty());
+    assert_eq!(analyses(&t).await, 1, "only the first record was analysed");
+}
+
+#[tokio::test]
+async fn a_batch_whose_deadline_is_almost_reached_starts_no_record() {
+    let mut t = analyze_with(|_| |_: &crate::llm::AnalyzeRequest| {}).await;
+    t.deps.pipeline.config.deadline = Some(t.clock.now() + Duration::seconds(1));
+    let good = envelope(&t, "msg-good", SYSTEM, cycle());
+    let response = batch(&t, &[record("m-1", ANALYZE_ARN, &good)]).await;
+    assert_eq!(response.batch_item_failures, ["m-1"]);
+    assert_eq!(response.counts.processed, 0);
+    assert_eq!(response.counts.not_started, 1);
+    assert_eq!(analyses(&t).await, 0);
+    assert!(t.drain().is_empty());
+}
+
+#[tokio::test]
+async fn a_panic_in_one_record_fails_that_record_only() {
+    let t = analyze_with(|_| {
+        |req: &crate::llm::AnalyzeRequest| {
+            assert!(req.ctx.envelope_id != "msg-boom", "the analysis blew up");
+        }
+    })
+    .await;
+    let boom = envelope(&t, "msg-boom", SYSTEM, cycle());
+    let good = envelope(&t, "msg-good", SYSTEM, cycle());
+    let response = batch(
+        &t,
+        &[
+            record("m-1", ANALYZE_ARN, &boom),
+            record("m-2", ANALYZE_ARN, &good),
+            record("m-3", ANALYZE_ARN, "not json"),
+        ],
+    )
+    .await;
+
+    assert_eq!(response.batch_item_failures, ["m-1"]);
+    assert_eq!(
+        response.counts,
+        BatchCounts {
+            processed: 1,
+            retried: 1,
+            dead_lettered: 1,
+            panicked: 1,
+            ..BatchCounts::default()
+        }
+    );
+    assert_eq!(analyses(&t).await, 1, "the good record was analysed");
+    let dead = t.dead_letters.sent();
+    assert_eq!(dead.len(), 1, "the panicking record is not dead-lettered");
+    assert_eq!(dead[0].body, "not json");
+}
+
+#[tokio::test]
+async fn an_llm_call_must_answer_early_enough_for_its_record_to_commit() {
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let record_seen = seen.clone();
+    let mut t = analyze_with(move |_| {
+        move |req: &crate::llm::AnalyzeRequest| {
+            *record_seen.lock().expect("lock") = Some(req.ctx.deadline);
+        }
+    })
+    .await;
+    let deadline = t.clock.now() + Duration::seconds(60);
+    t.deps.pipeline.config.deadline = Some(deadline);
+    let good = envelope(&t, "msg-good", SYSTEM, cycle());
+    let response = batch(&t, &[record("m-1", ANALYZE_ARN, &good)]).await;
+    assert_eq!(response.counts.processed, 1);
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        Some(Some(deadline - crate::stages::FINISH_MARGIN))
     );
 }

@@ -709,6 +709,38 @@ pub fn verdict_message(
     }
 }
 
+/// An operator's resume of the head paused at `generation`, as the message `evolve resume`
+/// sends. Like a verdict, its id includes the time, so a second resume is a new message (which
+/// the decide stage turns into a no-op), not a payload mismatch.
+pub fn resume_message(
+    system_id: &SystemId,
+    generation: u64,
+    requested_by: &str,
+    note: Option<&str>,
+    now: DateTime<Utc>,
+) -> Envelope {
+    Envelope {
+        id: derive_id(
+            "msg",
+            &[
+                system_id.as_str(),
+                "resume",
+                &generation.to_string(),
+                requested_by,
+                &now.to_rfc3339(),
+            ],
+        ),
+        causation_id: format!("operator:{requested_by}"),
+        system_id: system_id.clone(),
+        base_generation: generation,
+        sent_at: now,
+        body: Body::ResumeRequested {
+            requested_by: requested_by.to_owned(),
+            note: note.map(str::to_owned),
+        },
+    }
+}
+
 /// Everything a local invocation needs, wired once.
 #[derive(Debug)]
 pub struct LocalHome {

@@ -31,9 +31,9 @@ use crate::bus::BusError;
 use crate::bus::aws::classify;
 use crate::clock::Clock;
 use crate::domain::{Alert, AlertLevel, Body, Envelope, sha256_hex};
-use crate::lambda::BatchCounts;
 use crate::lambda::dead_letters::{QUEUE_ATTRIBUTE, REASON_ATTRIBUTE, attribute_reason};
 use crate::lambda::metrics::{self, Metric};
+use crate::lambda::{BatchCounts, isolated, time_for_a_record};
 use crate::store::{Claim, Completion, EvolutionStore, StoreError, Transaction};
 
 /// The queue's name, in logs and on dead-lettered records.
@@ -274,16 +274,44 @@ impl Notifier {
     }
 
     /// Handles an SQS batch, one record at a time in its own span, and emits its counts as
-    /// one metrics line.
+    /// one metrics line. As in the pipeline's batches (`lambda::handle_sqs_batch`), no record
+    /// is started too near the deadline and a panic fails its own record only; both are left
+    /// for redelivery.
     pub async fn handle_batch(&self, records: &[SqsMessage]) -> NotifyBatch {
         let mut batch = NotifyBatch::default();
-        for record in records {
-            // An empty identifier makes Lambda retry the whole batch: the safe choice should
-            // SQS ever omit one.
-            let message_id = record.message_id.clone().unwrap_or_default();
+        // An empty identifier makes Lambda retry the whole batch: the safe choice should SQS
+        // ever omit one.
+        let id_of = |record: &SqsMessage| record.message_id.clone().unwrap_or_default();
+        for (index, record) in records.iter().enumerate() {
+            if !time_for_a_record(self.deadline, self.clock.now()) {
+                let left: Vec<String> = records[index..].iter().map(id_of).collect();
+                warn!(
+                    not_started = left.len(),
+                    "too little time left before the deadline: the remaining records are left \
+                     for redelivery"
+                );
+                batch
+                    .counts
+                    .not_started(&mut batch.batch_item_failures, left);
+                break;
+            }
+            let message_id = id_of(record);
             let body = record.body.as_deref().unwrap_or_default();
             let span = info_span!("record", message_id = %message_id, queue = QUEUE);
-            match self.handle_record(body).instrument(span).await {
+            let handled = async {
+                isolated(self.handle_record(body)).await.map_err(|panic| {
+                    error!(%panic, "the record's handling panicked; left for redelivery");
+                })
+            }
+            .instrument(span)
+            .await;
+            let Ok(outcome) = handled else {
+                batch.counts.retried += 1;
+                batch.counts.panicked += 1;
+                batch.batch_item_failures.push(message_id);
+                continue;
+            };
+            match outcome {
                 Outcome::Posted(targets) => {
                     batch.counts.processed += 1;
                     batch.posted += u32::try_from(targets.len()).unwrap_or(u32::MAX);

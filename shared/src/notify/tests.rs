@@ -215,3 +215,70 @@ async fn no_time_left_before_the_deadline_retries_without_posting() {
     assert_eq!(late.handle_record(&body).await, Outcome::Retry);
     assert!(w.poster.posted().is_empty());
 }
+
+fn sqs_record(id: &str, body: String) -> SqsMessage {
+    let mut m = SqsMessage::default();
+    m.message_id = Some(id.into());
+    m.body = Some(body);
+    m
+}
+
+#[tokio::test]
+async fn a_batch_too_near_its_deadline_starts_no_record_and_leaves_them_for_redelivery() {
+    let w = world(AlertFilter::default());
+    let mut late = w.notifier.clone();
+    late.deadline = Some(w.notifier.clock.now() + Duration::seconds(2));
+    let batch = late
+        .handle_batch(&[
+            sqs_record("m1", sns(alert("d1", AlertLevel::Warning, "conflict"))),
+            sqs_record("m2", "not json".into()),
+        ])
+        .await;
+    assert_eq!(batch.batch_item_failures, ["m1", "m2"]);
+    assert_eq!(batch.counts.retried, 2);
+    assert_eq!(batch.counts.not_started, 2);
+    assert_eq!(batch.counts.dead_lettered, 0, "m2 was never read");
+    assert!(w.poster.posted().is_empty());
+    assert!(w.dead.sent().is_empty());
+}
+
+/// Panics on an alert whose message says so; posts the others through the recording poster.
+#[derive(Debug)]
+struct PanicsOnBoom(Arc<RecordingPoster>);
+
+#[async_trait::async_trait]
+impl WebhookPoster for PanicsOnBoom {
+    async fn post(
+        &self,
+        target: Target,
+        url: &WebhookUrl,
+        payload: &serde_json::Value,
+        timeout: std::time::Duration,
+    ) -> Result<(), PostError> {
+        assert!(!payload.to_string().contains("boom"), "the poster blew up");
+        self.0.post(target, url, payload, timeout).await
+    }
+}
+
+#[tokio::test]
+async fn a_panic_while_posting_one_record_fails_that_record_only() {
+    let w = world(AlertFilter::default());
+    let mut notifier = w.notifier.clone();
+    notifier.poster = Arc::new(PanicsOnBoom(w.poster.clone()));
+    let boom = Alert {
+        message: "boom".into(),
+        ..alert("e1", AlertLevel::Warning, "conflict")
+    };
+    let batch = notifier
+        .handle_batch(&[
+            sqs_record("m1", sns(boom)),
+            sqs_record("m2", sns(alert("e2", AlertLevel::Warning, "conflict"))),
+        ])
+        .await;
+    assert_eq!(batch.batch_item_failures, ["m1"]);
+    assert_eq!(batch.counts.processed, 1);
+    assert_eq!(batch.counts.retried, 1);
+    assert_eq!(batch.counts.panicked, 1);
+    assert_eq!(batch.posted, 2, "e2 reached both webhooks");
+    assert!(w.dead.sent().is_empty());
+}

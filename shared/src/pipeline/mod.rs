@@ -364,6 +364,9 @@ async fn run_stage(deps: &Deps, env: &Envelope) -> Result<StageOutput, StageErro
             };
             decide::handle_verdict(deps, env, decision_id, verdict, approver, note.as_deref()).await
         }
+        Body::ResumeRequested { requested_by, note } => {
+            decide::handle_resume(deps, env, requested_by, note.as_deref()).await
+        }
         Body::ApprovalExpired { decision_id } => {
             decide::handle_verdict(
                 deps,

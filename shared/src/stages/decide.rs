@@ -607,6 +607,97 @@ pub async fn handle_conflict(
     Ok(out)
 }
 
+/// An operator's resume of a paused head (`evolve resume`). Decide consumes it because decide
+/// owns the paused state: conflict resolution is what pauses a head (and may resume it), so
+/// both ways out of `Paused` are decided in one stage, against one conditional head update.
+///
+/// The head goes back to stable at the same generation with its rollback streak cleared (a
+/// streak is the usual reason for a pause; kept, the next rollback would pause it again at
+/// once), and the registry entry's next cycle is brought forward to now, so the next tick
+/// requests a cycle (within the budget mode's rules, like any scheduled cycle). An event keeps
+/// who resumed, when, why the head was paused and the note. A head that is not paused, or
+/// that moved since the operator saw it, is left as it is: a repeated or stale resume is
+/// acknowledged, not an error.
+pub async fn handle_resume(
+    deps: &Deps,
+    env: &Envelope,
+    requested_by: &str,
+    note: Option<&str>,
+) -> StageResult {
+    let (mut system, head) = load_system(deps, &env.system_id).await?;
+    if head.status != HeadStatus::Paused {
+        return Ok(StageOutput::noop(format!(
+            "{} is not paused (head is {})",
+            env.system_id,
+            head.status.as_str()
+        )));
+    }
+    if head.generation != env.base_generation {
+        return Ok(StageOutput::noop(format!(
+            "stale resume for generation {} (head paused at {})",
+            env.base_generation, head.generation
+        )));
+    }
+    let now = deps.clock.now();
+    let paused_since = head
+        .updated_at
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let why = pause_reason(deps, &head).await?;
+    let mut detail = format!(
+        "resumed by {}; paused since {paused_since}: {why}",
+        cap(requested_by, 200)
+    );
+    if let Some(note) = note {
+        detail = format!("{detail}; note: {}", cap(note, 500));
+    }
+    let mut out = StageOutput::default();
+    out.writes.push(Write::UpdateHead {
+        expected_generation: head.generation,
+        expected_status: HeadStatus::Paused,
+        head: Head {
+            status: HeadStatus::Stable,
+            rollback_streak: 0,
+            updated_at: now,
+            ..head.clone()
+        },
+    });
+    out.writes.push(Write::PutEvent {
+        event: EvolutionEvent {
+            id: derive_id("evt", &[&env.id]),
+            timestamp: now,
+            event_type: EventType::OperatorResume,
+            generation: head.generation,
+            fitness_delta: None,
+            mutation_id: None,
+            bedrock_analysis: None,
+            system_context: None,
+            storage_metadata: None,
+            system_id: Some(env.system_id.clone()),
+            detail: Some(detail.clone()),
+        },
+    });
+    if system.next_cycle_at > now {
+        system.next_cycle_at = now;
+        out.writes.push(Write::PutSystem { system });
+    }
+    out.summary = detail;
+    Ok(out)
+}
+
+/// Why `head` was paused: the detail of the conflict resolution committed with the pause (same
+/// transaction, so same time as the head's last update).
+async fn pause_reason(deps: &Deps, head: &Head) -> Result<String, super::StageError> {
+    let events = deps
+        .store
+        .list_events(&head.system_id, Some(head.updated_at), 20)
+        .await?;
+    Ok(events
+        .into_iter()
+        .find(|e| e.event_type == EventType::ConflictResolved && e.timestamp == head.updated_at)
+        .and_then(|e| e.detail)
+        .unwrap_or_else(|| "no conflict resolution recorded with the pause".to_owned()))
+}
+
 /// Most later steps handed to the engine for a batch decision.
 const MAX_BATCH_STEPS: usize = 4;
 

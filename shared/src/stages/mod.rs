@@ -30,6 +30,16 @@ use crate::store::{ControlState, EvolutionStore, LlmCallRecord, StoreError, Syst
 /// Fifteen days: a day longer than SQS keeps a message at most (the dead-letter queues' 14).
 pub const OUTBOX_RETENTION_SECONDS: i64 = 15 * 86_400;
 
+/// How long one message needs to finish once started, LLM calls aside: its reads, the commit of
+/// its writes with the idempotency record, and the sends of its outbox. Those are a DynamoDB
+/// transaction and a few SQS or SNS calls, well under a second each; the rest is room for the
+/// SDK's retries of a throttled call. A batch starts no record with less time than this left
+/// before the invocation's deadline (Lambda would kill the invocation mid-record, and every
+/// record of the batch would come back), and an LLM call must answer this long before the
+/// deadline, so that a record whose call ran to its limit can still commit. Kept well under the
+/// shortest function timeout the stack allows (10 s), so every batch starts its first record.
+pub const FINISH_MARGIN: chrono::Duration = chrono::Duration::seconds(5);
+
 /// Tunables of the pipeline. Defaults are what a production deployment starts with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PipelineConfig {
@@ -253,7 +263,8 @@ pub(crate) async fn call_context(
             critical,
         },
         budget_mode,
-        deadline: deps.config.deadline,
+        // The call leaves the record its time to commit and send (`FINISH_MARGIN`).
+        deadline: deps.config.deadline.map(|d| d - FINISH_MARGIN),
     })
 }
 

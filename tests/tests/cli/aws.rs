@@ -1,5 +1,6 @@
 //! `evolve --store aws` against moto: init writes the head directly, the views read DynamoDB and
-//! S3, and a rollback is a message on the snapshot queue carrying the caller's AWS identity.
+//! S3, and a rollback, an approval or a resume is a message on its queue carrying the caller's
+//! AWS identity.
 
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
@@ -316,6 +317,120 @@ fn approve_sends_the_verdict_to_the_decide_queue_as_the_callers_identity() {
     assert_eq!(envelope["approve"], true);
     assert_eq!(envelope["note"], "ship it");
     let who = envelope["approver"].as_str().expect("approver");
+    assert!(
+        who.starts_with("arn:aws:"),
+        "the caller's AWS identity: {who}"
+    );
+}
+
+/// On a stack, `resume` is a `ResumeRequested` message on the decide queue that names the
+/// caller's AWS identity and the paused generation; a head that is not paused is refused before
+/// anything is sent.
+#[test]
+fn resume_sends_the_request_to_the_decide_queue_as_the_callers_identity() {
+    use shared::domain::{Head, HeadStatus};
+    use shared::store::{EvolutionStore, Transaction, Write};
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let stack = runtime.block_on(stack());
+    let dir = tempfile::tempdir().expect("dir");
+    let dna = dir.path().join("dna.json");
+    std::fs::write(
+        &dna,
+        r#"{"system_id": "svc-paused", "genes": {"x": {"type": "int", "value": 5, "min": 0, "max": 50, "max_step": 5}}}"#,
+    )
+    .expect("write");
+    let init = evolve_aws(&stack, &["init", "--dna", &dna.display().to_string()]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let decide_queue = runtime.block_on(async {
+        stack
+            .sqs
+            .create_queue()
+            .queue_name(unique_name("cli-decide"))
+            .send()
+            .await
+            .expect("queue")
+            .queue_url()
+            .expect("url")
+            .to_owned()
+    });
+    let resume = || {
+        evolve_aws_with(
+            &stack,
+            &["resume", "--note", "conflict understood"],
+            &[("EVOLVE_DECIDE_QUEUE_URL", decide_queue.as_str())],
+        )
+    };
+
+    let early = resume();
+    assert_eq!(
+        early.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+
+    // Paused as conflict resolution would leave it.
+    let id = SystemId::parse("svc-paused").expect("id");
+    let generation = runtime.block_on(async {
+        let head = stack
+            .store
+            .get_head(&id)
+            .await
+            .expect("head")
+            .expect("exists");
+        stack
+            .store
+            .commit(Transaction {
+                writes: vec![Write::UpdateHead {
+                    expected_generation: head.generation,
+                    expected_status: head.status,
+                    head: Head {
+                        status: HeadStatus::Paused,
+                        evaluation: None,
+                        ..head.clone()
+                    },
+                }],
+                completion: None,
+            })
+            .await
+            .expect("paused");
+        head.generation
+    });
+    let out = resume();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let received = runtime.block_on(async {
+        stack
+            .sqs
+            .receive_message()
+            .queue_url(&decide_queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(2)
+            .send()
+            .await
+            .expect("receive")
+    });
+    assert_eq!(
+        received.messages().len(),
+        1,
+        "only the resume of the paused head is sent"
+    );
+    let body = received.messages()[0].body().expect("body");
+    let envelope: Value = serde_json::from_str(body).expect("envelope");
+    assert_eq!(envelope["type"], "ResumeRequested");
+    assert_eq!(envelope["system_id"], "svc-paused");
+    assert_eq!(envelope["base_generation"].as_u64(), Some(generation));
+    assert_eq!(envelope["note"], "conflict understood");
+    let who = envelope["requested_by"].as_str().expect("requested_by");
     assert!(
         who.starts_with("arn:aws:"),
         "the caller's AWS identity: {who}"

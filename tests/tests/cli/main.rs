@@ -419,3 +419,75 @@ fn approval_gate_stops_the_demo_and_approve_lets_it_continue() {
     let bad = evolve(state, &["history", "--since", "last tuesday"]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
+
+/// Pauses the head of the only system in the store under `state` directly, as conflict
+/// resolution would.
+fn pause_head(state: &Path) {
+    use shared::domain::{Head, HeadStatus};
+    use shared::store::sqlite::SqliteStore;
+    use shared::store::{EvolutionStore, Transaction, Write};
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let store = SqliteStore::open(state).expect("store");
+        let id = store.list_systems().await.expect("systems")[0]
+            .system_id
+            .clone();
+        let head = store.get_head(&id).await.expect("head").expect("exists");
+        store
+            .commit(Transaction {
+                writes: vec![Write::UpdateHead {
+                    expected_generation: head.generation,
+                    expected_status: head.status,
+                    head: Head {
+                        status: HeadStatus::Paused,
+                        evaluation: None,
+                        ..head
+                    },
+                }],
+                completion: None,
+            })
+            .await
+            .expect("paused");
+    });
+}
+
+#[test]
+fn resume_brings_a_paused_head_back_to_stable_in_the_operators_name() {
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path();
+    let dna = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/sqlite-evaluator/dna.json");
+    let init = evolve(state, &["init", "--dna", &dna.display().to_string()]);
+    assert!(init.status.success(), "{}", stderr(&init));
+
+    let early = evolve(state, &["resume"]);
+    assert_eq!(early.status.code(), Some(2), "{}", stderr(&early));
+    assert!(
+        stderr(&early).contains("is not paused"),
+        "{}",
+        stderr(&early)
+    );
+
+    pause_head(state);
+    let status = last_json(&evolve(state, &["status", "--json"]));
+    assert_eq!(status["status"], "paused", "{status}");
+    // A run stops at once and says how to go on; the evaluator is never started.
+    let run = evolve(
+        state,
+        &["run", "--evaluator", "false", "--generations", "1"],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).contains("evolve resume"), "{}", stderr(&run));
+
+    let resume = evolve(state, &["resume", "--note", "conflict understood"]);
+    assert!(resume.status.success(), "{}", stderr(&resume));
+    assert!(
+        stderr(&resume).contains("resumed by local user "),
+        "{}",
+        stderr(&resume)
+    );
+    let status = last_json(&evolve(state, &["status", "--json"]));
+    assert_eq!(status["status"], "stable", "{status}");
+
+    let again = evolve(state, &["resume"]);
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+}

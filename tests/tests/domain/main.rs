@@ -380,6 +380,23 @@ fn every_message_body_round_trips_through_json() {
             percent: 80,
         },
         Body::BudgetSweep {},
+        Body::ApprovalGiven {
+            decision_id: "d".into(),
+            approve: false,
+            approver: "op".into(),
+            note: Some("n".into()),
+        },
+        Body::ApprovalExpired {
+            decision_id: "d".into(),
+        },
+        Body::ResumeRequested {
+            requested_by: "op".into(),
+            note: Some("n".into()),
+        },
+        Body::ResumeRequested {
+            requested_by: "op".into(),
+            note: None,
+        },
         Body::AlertRaised {
             alert: Alert {
                 id: "a".into(),

@@ -91,6 +91,8 @@ pub fn strategy(primary: Vec<StrategicMutation>) -> MutationStrategy {
 pub struct Scripted {
     pub strategies: Mutex<VecDeque<MutationStrategy>>,
     pub decide_with: Mutex<Option<Recommendation>>,
+    /// The conflict resolution's action (default: escalate, which changes nothing).
+    pub resolve_with: Mutex<Option<ResolutionAction>>,
     pub analyze_calls: AtomicU32,
     pub strategize_calls: AtomicU32,
     pub decide_calls: AtomicU32,
@@ -175,9 +177,14 @@ impl LanguageModel for Scripted {
         _: &ResolveRequest,
     ) -> Result<LlmAnswer<ResolutionStrategy>, LlmError> {
         self.resolve_calls.fetch_add(1, Ordering::SeqCst);
+        let action = self
+            .resolve_with
+            .lock()
+            .expect("lock")
+            .unwrap_or(ResolutionAction::Escalate);
         Ok(LlmAnswer::local(
             ResolutionStrategy {
-                action: ResolutionAction::Escalate,
+                action,
                 retry_after_seconds: 0,
                 immediate_actions: vec![],
                 root_cause_analysis: String::new(),

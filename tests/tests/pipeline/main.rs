@@ -4,6 +4,7 @@
 mod approval;
 mod cost_actions;
 mod helpers;
+mod resume;
 
 use chrono::Duration;
 use helpers::*;

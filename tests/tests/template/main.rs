@@ -29,6 +29,8 @@ const METRICS: &[&str] = &[
     metrics::MESSAGES_PROCESSED,
     metrics::MESSAGES_RETRIED,
     metrics::MESSAGES_DEAD_LETTERED,
+    metrics::MESSAGES_NOT_STARTED,
+    metrics::MESSAGES_PANICKED,
     metrics::DUPLICATES,
     metrics::FALLBACKS,
     metrics::LLM_COST_NANO_USD,
@@ -977,7 +979,11 @@ fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
             "{id}: the key policy lets alarms named after the stack publish"
         );
     }
-    for needed in [metrics::BUDGET_MODE, metrics::FITNESS] {
+    for needed in [
+        metrics::BUDGET_MODE,
+        metrics::FITNESS,
+        metrics::MESSAGES_PANICKED,
+    ] {
         assert!(alarmed.contains(needed), "no alarm on {needed}");
     }
 
