@@ -1,4 +1,4 @@
-//! Security events (DESIGN sections 6 and 7): an authorization failure from any AWS service we
+//! Security events (docs/architecture.md, "The LLM layer" and "Security"): an authorization failure from any AWS service we
 //! call is not an outage to wait out but a sign that a role, a key policy or a credential is
 //! wrong, or that someone is probing. So it is never retried blindly, and it is made visible the
 //! same way everywhere: one `tracing` event with a fixed target and field set (so a log

@@ -1,7 +1,7 @@
 //! Money: integer nano-USD, budgets, budget modes, and the cost ledger port.
 //!
 //! Money is never a float here. Prices are nano-USD per million tokens and a call's cost is
-//! computed in `u128` and rounded once (DESIGN section 3).
+//! computed in `u128` and rounded once (docs/architecture.md, "Exactly once").
 
 use async_trait::async_trait;
 use chrono::{DateTime, Datelike, NaiveDate, Utc};

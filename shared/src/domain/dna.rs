@@ -182,7 +182,7 @@ impl SystemDna {
 /// message a DNA can produce (see there).
 pub const MAX_GENES: usize = 64;
 
-/// The DNA file `evolve init --dna FILE` reads (DESIGN section 4).
+/// The DNA file `evolve init --dna FILE` reads (docs/architecture.md, "Data model").
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DnaFile {
     pub system_id: String,

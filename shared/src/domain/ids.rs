@@ -1,7 +1,7 @@
 //! Identifier newtypes and deterministic id derivation.
 //!
 //! Ids are derived from the causation id so that a redelivered message rewrites the same records
-//! instead of adding new ones (DESIGN section 3, "Deterministic ids").
+//! instead of adding new ones (docs/architecture.md, "Exactly once").
 
 use std::fmt;
 
@@ -109,7 +109,7 @@ string_id!(
 
 string_id!(
     /// A fitness metric's name. Metric names reach LLM prompts, so they are restricted to an
-    /// alphabet that cannot carry instructions (DESIGN section 6, Prompts).
+    /// alphabet that cannot carry instructions (docs/architecture.md, "The LLM layer").
     MetricName,
     "metric name",
     "1 to 64 characters of A-Z, a-z, 0-9, '_', '.', ':' and '-'",

@@ -1,4 +1,4 @@
-//! The message envelope and bodies that chain the stages (DESIGN section 5).
+//! The message envelope and bodies that chain the stages (docs/architecture.md, "Message flow").
 
 use std::collections::BTreeMap;
 

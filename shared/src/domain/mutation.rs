@@ -35,7 +35,7 @@ pub struct Mutation {
 }
 
 /// Why a mutation was refused. Each reason is its own variant so callers and tests can tell them
-/// apart; values are never clamped into range (DESIGN section 3).
+/// apart; values are never clamped into range (docs/architecture.md, "Exactly once").
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MutationError {
     #[error("the mutation changes no gene")]

@@ -22,7 +22,7 @@ use crate::store::{EvolutionStore, SystemSettings};
 pub const SYSTEM: &str = "checkout-api";
 /// When the test world starts; the sample events are dated from here.
 pub const START: &str = "2026-03-01T12:00:00Z";
-/// The DNA of [`SYSTEM`] (the example of DESIGN section 4).
+/// The DNA of [`SYSTEM`]: the example DNA file of `docs/architecture.md`, "Data model".
 pub const DNA: &str = r#"{
   "system_id": "checkout-api",
   "genes": {

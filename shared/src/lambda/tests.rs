@@ -1,4 +1,4 @@
-//! The SQS batch contract (DESIGN section 3): retryable failures become batch item failures,
+//! The SQS batch contract (docs/architecture.md, "Exactly once"): retryable failures become batch item failures,
 //! permanent ones go to the queue's dead-letter queue with their reason and are acknowledged.
 
 use std::collections::BTreeMap;

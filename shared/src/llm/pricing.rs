@@ -2,7 +2,7 @@
 //!
 //! Prices are nano-USD per million tokens, so one token's cost is usually a fraction of a
 //! nano-USD. Rounding each part separately would drift from the bill over many calls, so the
-//! parts are summed exactly in `u128` and divided by a million once (DESIGN section 3: the ledger
+//! parts are summed exactly in `u128` and divided by a million once (docs/architecture.md, "Exactly once": the ledger
 //! must stay within 1% of the bill).
 
 use serde::{Deserialize, Serialize};

@@ -3,7 +3,7 @@
 //! A stage reads through the ports and *returns* the writes and messages its input calls for;
 //! it never writes or sends itself. `crate::pipeline` commits the writes together with the
 //! idempotency record (the outbox) and then sends, so every stage is idempotent under
-//! redelivery and a crash between commit and send loses nothing (DESIGN section 3).
+//! redelivery and a crash between commit and send loses nothing (docs/architecture.md, "Exactly once").
 
 pub mod analyze;
 pub mod cost_guard;

@@ -3,9 +3,9 @@
 //! answered in time and applies the budget mode's cost action to each system's schedule.
 //!
 //! It works in two halves so that no transaction grows with the fleet (see
-//! `docs/2026-12-04-fleet-scale.md`): [`run`] pages through the registry and sends a
-//! [`Body::SystemTick`] to each system whose entry says it may need attention, and
-//! [`handle_system`] does one system's work in one transaction of its own. The registry entry
+//! `docs/architecture.md`, "Message flow", and `docs/2026-12-04-fleet-scale.md`): [`run`] pages
+//! through the registry and sends a [`Body::SystemTick`] to each system whose entry says it may
+//! need attention, and [`handle_system`] does one system's work in one transaction of its own. The registry entry
 //! carries everything the first half filters on (next cycle, window and approval deadlines, the
 //! cost mode applied), so the tick reads no head.
 

@@ -164,7 +164,7 @@ pub struct CircuitState {
 }
 
 /// A model's raw answer, stored before it is parsed so that a retry after a crash parses it
-/// instead of paying for the call again (DESIGN section 6, "Checkpoint before parsing").
+/// instead of paying for the call again (docs/architecture.md, "The LLM layer").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// Envelope id and role.

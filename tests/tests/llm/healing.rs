@@ -1,4 +1,4 @@
-//! The healing table (DESIGN section 6), read off the stub's request log: which models were
+//! The healing table (docs/architecture.md, "The LLM layer"), read off the stub's request log: which models were
 //! asked, how often, and in which order.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The Bedrock adapter's contract (DESIGN section 6), proven through the real
+//! The Bedrock adapter's contract (docs/architecture.md, "The LLM layer"), proven through the real
 //! `aws-sdk-bedrockruntime` client against the project's Converse stub, with the in-memory store
 //! as ledger and control state and a simulated clock as clock and sleeper:
 //!

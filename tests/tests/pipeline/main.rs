@@ -1,4 +1,4 @@
-//! The pipeline's contract (DESIGN sections 3 and 5) exercised through the real stages, the
+//! The pipeline's contract (docs/architecture.md, "Exactly once" and "Message flow") exercised through the real stages, the
 //! real pipeline and the in-memory store.
 
 mod approval;

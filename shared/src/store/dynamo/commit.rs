@@ -20,7 +20,7 @@ use crate::store::{Completion, StoreError, StoreResult, Transaction, Write};
 /// `TransactWriteItems` takes at most this many items.
 pub(super) const MAX_ITEMS: usize = 100;
 
-/// Event index items expire this long after the event (DESIGN section 4).
+/// Event index items expire this long after the event (docs/architecture.md, "Data model").
 pub(super) fn index_retention() -> Duration {
     Duration::days(365)
 }

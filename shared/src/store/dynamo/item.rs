@@ -1,4 +1,4 @@
-//! Keys, attributes, expressions and error mapping of the single-table layout (DESIGN section 4).
+//! Keys, attributes, expressions and error mapping of the single-table layout (docs/architecture.md, "Data model").
 //!
 //! Every record is an item with `PK`, `SK`, a `body` string attribute holding its JSON (so typed
 //! values such as a gene's `2.50` survive: DynamoDB would normalise a number map), and the few

@@ -1,4 +1,4 @@
-//! The cloud adapter: one DynamoDB table and one S3 bucket (DESIGN section 4).
+//! The cloud adapter: one DynamoDB table and one S3 bucket (docs/architecture.md, "Data model").
 //!
 //! Layout of the table (`PK`, `SK`, all strings):
 //!
