@@ -6,102 +6,26 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::bus::Bus;
 use crate::bus::local::{Delivery, LocalBus};
 use crate::clock::{Clock, SimClock};
 use crate::domain::{
-    Alert, Body, Destination, Envelope, Evaluation, EventType, EvolutionEvent, GeneSchema,
-    Generation, Genes, Head, HeadStatus, Origin, Outgoing, Recommendation, Role, SystemId, Topic,
-    derive_id, genes_from_json,
+    Alert, Body, Destination, Envelope, Genes, HeadStatus, Outgoing, SystemId, Topic, derive_id,
+    genes_from_json,
 };
 use crate::evaluator::Evaluator;
 use crate::pipeline::{self, PipelineError};
 use crate::stages::Deps;
-use crate::store::{StoreError, SystemRecord, SystemSettings, Transaction, Write};
+use crate::store::StoreError;
 
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    #[error("system {0} already exists")]
-    Exists(SystemId),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+mod init;
+mod report;
 
-/// Creates a system: registry entry, generation 0 and a head that measures it as the baseline.
-pub async fn init_system(
-    deps: &Deps,
-    system_id: &SystemId,
-    schema: GeneSchema,
-    genes: Genes,
-    settings: SystemSettings,
-) -> Result<(), InitError> {
-    let now = deps.clock.now();
-    let generation = Generation::new(system_id.clone(), 0, None, genes, Origin::Initial, now);
-    let deadline = now + Duration::seconds(i64::from(settings.evaluation_window_seconds));
-    let head = Head {
-        system_id: system_id.clone(),
-        generation: 0,
-        status: HeadStatus::Evaluating,
-        stable_generation: 0,
-        stable_fitness: None,
-        evaluation: Some(Evaluation {
-            generation: 0,
-            parent: None,
-            baseline_fitness: None,
-            started_at: now,
-            deadline,
-            samples_required: settings.samples_required,
-            plan_step: None,
-            predicted_impact: 0.0,
-        }),
-        rollback_streak: 0,
-        updated_at: now,
-        approval: None,
-    };
-    let system = SystemRecord {
-        system_id: system_id.clone(),
-        schema,
-        settings,
-        created_at: now,
-        next_cycle_at: now,
-        evaluation_deadline: Some(deadline),
-        cost_mode: crate::domain::BudgetMode::Normal,
-        approval_expires_at: None,
-        budget_alerts: Vec::new(),
-        version: 0,
-    };
-    let event = EvolutionEvent {
-        id: derive_id("evt", &[system_id.as_str(), "created"]),
-        timestamp: now,
-        event_type: EventType::SystemCreated,
-        generation: 0,
-        fitness_delta: None,
-        mutation_id: None,
-        bedrock_analysis: None,
-        system_context: None,
-        storage_metadata: None,
-        system_id: Some(system_id.clone()),
-        detail: Some(format!("checksum {}", generation.checksum)),
-    };
-    let tx = Transaction {
-        writes: vec![
-            Write::CreateSystem {
-                system,
-                head,
-                generation,
-            },
-            Write::PutEvent { event },
-        ],
-        completion: None,
-    };
-    match deps.store.commit(tx).await {
-        Err(StoreError::ConditionFailed(_)) => Err(InitError::Exists(system_id.clone())),
-        other => Ok(other?),
-    }
-}
+pub use init::{InitError, init_system};
+use report::report;
+pub use report::{DecisionCounts, RoleCounts, RunReport};
 
 /// How far ahead [`LocalRunner::settle`] follows delayed messages.
 pub const SETTLE_HORIZON: Duration = Duration::minutes(5);
@@ -146,52 +70,6 @@ impl Default for RunOptions {
             operator: "operator".into(),
         }
     }
-}
-
-/// Decisions counted by recommendation.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DecisionCounts {
-    pub approve: u64,
-    pub reject: u64,
-    pub defer: u64,
-    pub pending: u64,
-}
-
-/// LLM role calls by role.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RoleCounts {
-    pub analyze: u64,
-    pub strategize: u64,
-    pub decide: u64,
-    pub resolve: u64,
-}
-
-/// The summary of one invocation, printed as the `--json` line.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunReport {
-    pub system_id: SystemId,
-    /// Mutation generations whose evaluation closed during this invocation.
-    pub generations: u32,
-    /// The stable fitness at the start (the baseline, when it was measured by this invocation).
-    pub initial_fitness: Option<f64>,
-    pub final_fitness: Option<f64>,
-    pub best_fitness: Option<f64>,
-    pub mutations_applied: u32,
-    pub rollbacks: u32,
-    pub decisions: DecisionCounts,
-    pub llm_calls: u64,
-    pub llm_calls_by_role: RoleCounts,
-    pub bedrock_requests: u64,
-    pub cost_nano_usd: u64,
-    /// Why the run stopped before its generations, if it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stopped: Option<String>,
-    /// The decision held for approval when the run stopped at it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub awaiting_approval: Option<String>,
-    /// Messages given up on, with reasons.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dead_letters: Vec<String>,
 }
 
 /// Progress callbacks, for the CLI's progress bar and stderr alerts.
@@ -578,108 +456,6 @@ impl LocalRunner<'_> {
         }
         Ok(())
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn report(
-    deps: &Deps,
-    system_id: &SystemId,
-    started_at: DateTime<Utc>,
-    start_generation: u64,
-    start_fitness: Option<f64>,
-    done: u32,
-    stopped: Option<String>,
-    dead_letters: Vec<String>,
-) -> Result<RunReport, RunError> {
-    let store = &deps.store;
-    let head = store
-        .get_head(system_id)
-        .await?
-        .ok_or_else(|| RunError::UnknownSystem(system_id.clone()))?;
-    let generations = store
-        .list_generations(system_id, Some(start_generation), usize::MAX)
-        .await?;
-    let mutations_applied = generations
-        .iter()
-        .filter(|g| matches!(g.origin, Origin::Mutation { .. }))
-        .count() as u32;
-    let rollbacks = generations
-        .iter()
-        .filter(|g| matches!(g.origin, Origin::Rollback { .. }))
-        .count() as u32;
-    let history = store.list_history(system_id, usize::MAX).await?;
-    let closed: Vec<_> = history
-        .iter()
-        .filter(|h| h.closed_at >= started_at)
-        .collect();
-    let initial_fitness = start_fitness.or_else(|| {
-        closed
-            .iter()
-            .find(|h| h.changes.is_empty())
-            .and_then(|h| h.fitness)
-    });
-    let best_fitness = closed
-        .iter()
-        .filter(|h| h.outcome == crate::domain::EvaluationOutcome::Keep)
-        .filter_map(|h| h.fitness)
-        .chain(initial_fitness)
-        .fold(None, |best: Option<f64>, f| {
-            Some(best.map_or(f, |b| b.max(f)))
-        });
-    let mut decisions = DecisionCounts::default();
-    let records = store
-        .list_decisions(system_id, Some(started_at), usize::MAX)
-        .await?;
-    for d in &records {
-        match d.decision {
-            Recommendation::Approve => decisions.approve += 1,
-            Recommendation::Reject => decisions.reject += 1,
-            Recommendation::Defer => decisions.defer += 1,
-            // Counted only while unresolved: its resolution counts as approve or reject.
-            Recommendation::PendingApproval => {
-                if !records
-                    .iter()
-                    .any(|r| r.resolves.as_deref() == Some(d.decision_id.as_str()))
-                {
-                    decisions.pending += 1;
-                }
-            }
-        }
-    }
-    let awaiting_approval = if stopped.is_some() && head.status == HeadStatus::AwaitingApproval {
-        head.approval.as_ref().map(|a| a.decision_id.clone())
-    } else {
-        None
-    };
-    let calls = store
-        .list_llm_calls(Some(system_id), Some(started_at))
-        .await?;
-    let mut by_role = RoleCounts::default();
-    for c in &calls {
-        match c.role {
-            Role::Analyze => by_role.analyze += 1,
-            Role::Strategize => by_role.strategize += 1,
-            Role::Decide => by_role.decide += 1,
-            Role::Resolve => by_role.resolve += 1,
-        }
-    }
-    Ok(RunReport {
-        system_id: system_id.clone(),
-        generations: done,
-        initial_fitness,
-        final_fitness: head.stable_fitness,
-        best_fitness,
-        mutations_applied,
-        rollbacks,
-        decisions,
-        llm_calls: calls.len() as u64,
-        llm_calls_by_role: by_role,
-        bedrock_requests: calls.iter().map(|c| u64::from(c.bedrock_requests)).sum(),
-        cost_nano_usd: calls.iter().map(|c| c.cost_nano_usd).sum(),
-        stopped,
-        awaiting_approval,
-        dead_letters,
-    })
 }
 
 /// An operator's verdict on a pending approval, as the message `evolve approve` / `reject`

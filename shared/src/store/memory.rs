@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::sqlite::rules::{self, IdempotencyRecord, Lookup};
+use super::rules::{self, IdempotencyRecord, Lookup};
 use super::{
     BudgetState, CachedAnswer, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore,
     LlmCallRecord, StoreResult, SystemRecord, Transaction, Write,

@@ -8,6 +8,7 @@
 pub mod dynamo;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
+mod rules;
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -9,13 +9,17 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Duration, Utc};
 
 use super::item::{
-    self, APPROVAL, BODY, EXPIRES_AT, Expr, GENERATION, Item, MODE, PK, REVISION, S3_KEY, STATE,
-    STATUS, SYSTEM, TTL, VERSION, build_error, epoch_ceil, keys, n, s, ts,
+    self, APPROVAL, Expr, GENERATION, Item, MODE, PK, REVISION, STATUS, SYSTEM, VERSION,
+    build_error, keys, n, s,
 };
-use crate::domain::{BudgetMode, EvolutionEvent, HeadStatus, SystemId};
+use crate::domain::{BudgetMode, HeadStatus};
 use crate::llm::performance::PerformanceSnapshot;
-use crate::store::sqlite::rules::{self, COMPLETED, IdempotencyRecord};
-use crate::store::{Completion, StoreError, StoreResult, Transaction, Write};
+use crate::store::rules;
+use crate::store::{StoreError, StoreResult, Transaction, Write};
+
+mod items;
+pub(super) use items::{event_item, registry_item};
+use items::{head_item, stage_completion};
 
 /// `TransactWriteItems` takes at most this many items.
 pub(super) const MAX_ITEMS: usize = 100;
@@ -665,99 +669,4 @@ fn stage_write(table: &str, staged: &mut Staged, i: usize, write: &Write) -> Sto
             Some(Condition::budget_mode(*expected)),
         ),
     }
-}
-
-pub(super) fn registry_item(system: &crate::store::SystemRecord) -> StoreResult<Item> {
-    let mut item = item::record(keys::SYSTEMS, system.system_id.as_str(), system)?;
-    item.insert("next_cycle_at".to_owned(), s(ts(system.next_cycle_at)));
-    item.insert(VERSION.to_owned(), n(system.version));
-    if let Some(deadline) = system.evaluation_deadline {
-        item.insert("evaluation_deadline".to_owned(), s(ts(deadline)));
-    }
-    Ok(item)
-}
-
-fn head_item(head: &crate::domain::Head) -> StoreResult<Item> {
-    let mut item = with(
-        item::record(keys::system(&head.system_id), keys::HEAD, head)?,
-        [
-            (GENERATION, n(head.generation)),
-            (STATUS, s(head.status.as_str())),
-        ],
-    );
-    // The held decision, for a verdict's condition.
-    if let Some(approval) = &head.approval {
-        item.insert(APPROVAL.to_owned(), s(&approval.decision_id));
-    }
-    Ok(item)
-}
-
-/// The index item of an event (carrying a copy of the body for the recent window) and its S3
-/// body.
-pub(super) fn event_item(
-    system: &SystemId,
-    event: &EvolutionEvent,
-) -> StoreResult<(Item, EventBody)> {
-    let pk = keys::system(system);
-    let sk = keys::event(event.timestamp, &event.id);
-    let object = item::event_object(system, event.timestamp, &event.id);
-    let json = item::encode(event)?;
-    let expires = event
-        .timestamp
-        .checked_add_signed(index_retention())
-        .unwrap_or(DateTime::<Utc>::MAX_UTC);
-    let mut index = item::key(&pk, &sk);
-    index.insert(BODY.to_owned(), s(&json));
-    index.insert(S3_KEY.to_owned(), s(&object));
-    index.insert(GENERATION.to_owned(), n(event.generation));
-    index.insert(TTL.to_owned(), n(epoch_ceil(expires)));
-    let body = EventBody {
-        object,
-        json,
-        index_pk: pk,
-        at: event.timestamp,
-    };
-    Ok((index, body))
-}
-
-/// The completed idempotency record (the outbox) and, under each system it concerns, a
-/// reference that lets `purge_system` find it without a scan.
-fn stage_completion(
-    table: &str,
-    staged: &mut Staged,
-    completion: &Completion,
-    writes: &[Write],
-) -> StoreResult<()> {
-    let record = IdempotencyRecord::completed(completion, writes);
-    let pk = keys::idempotency(&completion.key);
-    let ttl = n(epoch_ceil(completion.expires_at));
-    let item = with(
-        item::record(&pk, keys::RECORD, &record)?,
-        [
-            (STATE, s(COMPLETED)),
-            (EXPIRES_AT, s(ts(completion.expires_at))),
-            (TTL, ttl.clone()),
-        ],
-    );
-    let owner = Owner {
-        write: None,
-        op: "completion",
-        key: format!("{pk}/{}", keys::RECORD),
-        on_failure: OnFailure::Never,
-    };
-    staged.push(table, owner, item, None)?;
-    if let IdempotencyRecord::Completed { systems, .. } = &record {
-        for system in systems {
-            let system_pk = keys::system(system);
-            let item = with(item::key(&system_pk, &pk), [(TTL, ttl.clone())]);
-            let owner = Owner {
-                write: None,
-                op: "completion",
-                key: format!("{system_pk}/{pk}"),
-                on_failure: OnFailure::Never,
-            };
-            staged.push(table, owner, item, None)?;
-        }
-    }
-    Ok(())
 }

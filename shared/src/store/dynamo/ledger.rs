@@ -18,7 +18,7 @@ use crate::cost::{
     SettleOutcome, Settlement, Totals,
 };
 use crate::domain::BudgetScope;
-use crate::store::sqlite::rules;
+use crate::store::rules;
 use crate::store::{StoreError, StoreResult};
 
 /// How often a reservation refused by a counter that has since gone down is tried again.
