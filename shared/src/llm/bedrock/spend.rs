@@ -1,0 +1,120 @@
+//! Spend: the budgets a call must fit in, settling a reservation, the thresholds a call's
+//! spend crossed, and the answer checkpoint stored before parsing.
+
+use super::{
+    BedrockModel, BudgetCrossing, BudgetLimit, BudgetScope, Checkpoint, LedgerScope, PeriodKey,
+    RawAnswer, Reservation, Settlement, Spent, Usage, warn,
+};
+
+impl BedrockModel {
+    /// Budgets a call must fit in; non-critical calls leave the reserved share to critical ones.
+    pub(super) fn limits(&self, critical: bool) -> Vec<BudgetLimit> {
+        let share = if critical {
+            100
+        } else {
+            100 - self.settings.critical_reserve_percent.min(100)
+        };
+        self.settings
+            .budgets
+            .limits()
+            .into_iter()
+            .map(|mut l| {
+                l.limit_nano = (u128::from(l.limit_nano) * u128::from(share) / 100) as u64;
+                l
+            })
+            .collect()
+    }
+
+    pub(super) async fn settle(
+        &self,
+        reservation: &Reservation,
+        actual: u64,
+        usage: Usage,
+        spent: &mut Spent,
+    ) {
+        let settlement = Settlement {
+            call_id: reservation.call_id.clone(),
+            system_id: reservation.system_id.clone(),
+            model_id: reservation.model_id.clone(),
+            reserved_nano: reservation.amount_nano,
+            reserved_at: reservation.at,
+            actual_nano: actual,
+            usage,
+            at: self.ports.clock.now(),
+        };
+        if let Err(e) = self.ports.ledger.settle(&settlement).await {
+            // The reservation stays held until a later settle; spend is over-, never under-counted.
+            warn!(error = %e, call_id = %reservation.call_id, "could not settle a Bedrock call");
+            return;
+        }
+        spent.cost_nano += actual;
+        spent.usage.input_tokens += usage.input_tokens;
+        spent.usage.output_tokens += usage.output_tokens;
+        spent.usage.cache_read_tokens += usage.cache_read_tokens;
+        spent.usage.cache_write_tokens += usage.cache_write_tokens;
+        if actual > 0 {
+            self.crossings(reservation, actual, spent).await;
+        }
+    }
+
+    /// Thresholds (the economy share and 100%) that this call's cost moved spend across.
+    pub(super) async fn crossings(
+        &self,
+        reservation: &Reservation,
+        actual: u64,
+        spent: &mut Spent,
+    ) {
+        let budgets = &self.settings.budgets;
+        for limit in budgets.limits() {
+            let scope = match limit.scope {
+                BudgetScope::Global => LedgerScope::Total,
+                BudgetScope::System => LedgerScope::System(reservation.system_id.clone()),
+            };
+            let Ok(totals) = self
+                .ports
+                .ledger
+                .totals(PeriodKey::of(limit.period, reservation.at), &scope)
+                .await
+            else {
+                continue;
+            };
+            let after = u128::from(totals.spent_nano);
+            let before = after.saturating_sub(u128::from(actual));
+            for percent in [budgets.economy_percent, 100] {
+                let line = u128::from(limit.limit_nano) * u128::from(percent);
+                if before * 100 < line && after * 100 >= line {
+                    spent.crossings.push(BudgetCrossing {
+                        scope: limit.scope,
+                        period: limit.period,
+                        percent,
+                    });
+                }
+            }
+        }
+    }
+
+    pub(super) async fn checkpoint(
+        &self,
+        key: &str,
+        model_id: &str,
+        raw: &Result<RawAnswer, String>,
+        usage: Usage,
+        cost: u64,
+    ) {
+        let Ok(raw) = raw else { return };
+        let Ok(answer) = serde_json::to_value(raw) else {
+            return;
+        };
+        let checkpoint = Checkpoint {
+            key: key.to_owned(),
+            model_id: model_id.to_owned(),
+            answer,
+            usage,
+            cost_nano_usd: cost,
+            expires_at: self.ports.clock.now() + self.settings.checkpoint_ttl,
+        };
+        if let Err(e) = self.ports.control.put_checkpoint(&checkpoint).await {
+            warn!(error = %e, "could not checkpoint a Bedrock answer");
+        }
+    }
+}
