@@ -317,3 +317,71 @@ pub async fn sdk_config(url: &str) -> aws_config::SdkConfig {
         .load()
         .await
 }
+
+/// An S3 client for a stand-in: path-style addressing, since `<bucket>.127.0.0.1` names no host.
+pub fn s3_client(config: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(config)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// A new queue named after `prefix` (made unique): its URL and ARN.
+pub async fn queue(sqs: &aws_sdk_sqs::Client, prefix: &str) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let url = sqs
+        .create_queue()
+        .queue_name(unique_name(prefix))
+        .send()
+        .await
+        .expect("queue")
+        .queue_url()
+        .expect("url")
+        .to_owned();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("attributes")
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .expect("arn")
+        .clone();
+    (url, arn)
+}
+
+/// The stack's two topics, new and uniquely named: topic to ARN.
+pub async fn topics(
+    sns: &aws_sdk_sns::Client,
+) -> std::collections::BTreeMap<shared::domain::Topic, String> {
+    use shared::domain::Topic;
+    let mut topics = std::collections::BTreeMap::new();
+    for t in [Topic::EvolutionEvents, Topic::Alerts] {
+        let arn = sns
+            .create_topic()
+            .name(unique_name(t.as_str()))
+            .send()
+            .await
+            .expect("topic")
+            .topic_arn()
+            .expect("arn")
+            .to_owned();
+        topics.insert(t, arn);
+    }
+    topics
+}
+
+/// Up to ten visible messages of the queue at `url`, as one receive returns them.
+pub async fn receive(sqs: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    sqs.receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .expect("receive")
+        .messages
+        .unwrap_or_default()
+}

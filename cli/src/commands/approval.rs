@@ -15,10 +15,7 @@ pub async fn resolve(cli: &Cli, args: &VerdictArgs, approve: bool) -> anyhow::Re
     let verb = if approve { "approve" } else { "reject" };
     let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
-    let head = store
-        .get_head(&id)
-        .await?
-        .ok_or_else(|| bad_input(format!("unknown system {id}")))?;
+    let head = super::head_of(store.as_ref(), &id).await?;
     // Checked here for a clear message; the decide stage checks again under its condition.
     match &head.approval {
         Some(p)
@@ -63,10 +60,7 @@ pub async fn resolve(cli: &Cli, args: &VerdictArgs, approve: bool) -> anyhow::Re
     if let Some(reason) = dead.first() {
         return Err(anyhow::anyhow!("the {verb} message failed: {reason}"));
     }
-    let head = store
-        .get_head(&id)
-        .await?
-        .ok_or_else(|| bad_input(format!("unknown system {id}")))?;
+    let head = super::head_of(store.as_ref(), &id).await?;
     let next = match (&head.status, &head.approval) {
         (HeadStatus::AwaitingApproval, Some(p)) => format!(
             "the next proposal, decision {}, awaits approval too",

@@ -86,6 +86,17 @@ pub(crate) fn local_only(cli: &Cli, command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The head of a system the store holds.
+pub(crate) async fn head_of(
+    store: &dyn EvolutionStore,
+    id: &SystemId,
+) -> anyhow::Result<shared::domain::Head> {
+    store
+        .get_head(id)
+        .await?
+        .ok_or_else(|| bad_input(format!("unknown system {id}")))
+}
+
 /// The system named by `--system`, or the only one in the store.
 pub(crate) async fn resolve_system(
     store: &dyn EvolutionStore,

@@ -18,10 +18,7 @@ use crate::output::bad_input;
 pub async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<()> {
     let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
-    let head = store
-        .get_head(&id)
-        .await?
-        .ok_or_else(|| bad_input(format!("unknown system {id}")))?;
+    let head = super::head_of(store.as_ref(), &id).await?;
     // Checked here for a clear message; the decide stage checks again under its condition.
     if head.status != HeadStatus::Paused {
         return Err(bad_input(format!(

@@ -41,10 +41,7 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
     let monthly_budget = usd(&args.monthly_budget_usd, "--monthly-budget-usd")?;
     let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
-    let head = store
-        .get_head(&id)
-        .await?
-        .ok_or_else(|| bad_input(format!("unknown system {id}")))?;
+    let head = super::head_of(store.as_ref(), &id).await?;
     let history = store.list_history(&id, 50).await?;
     let budget = store.budget_state().await?;
     let now = Utc::now();
@@ -291,10 +288,7 @@ pub async fn cost(cli: &Cli, json: bool) -> anyhow::Result<()> {
 pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> anyhow::Result<()> {
     let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
-    let head = store
-        .get_head(&id)
-        .await?
-        .ok_or_else(|| bad_input(format!("unknown system {id}")))?;
+    let head = super::head_of(store.as_ref(), &id).await?;
     if let Some(to) = args.to {
         if to >= head.generation || store.get_generation(&id, to).await?.is_none() {
             return Err(bad_input(format!(

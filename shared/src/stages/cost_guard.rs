@@ -3,12 +3,11 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{Deps, StageOutput, StageResult, load_system, reply};
+use super::{Deps, RegistryPages, StageOutput, StageResult, load_system};
 use crate::cost::{LedgerScope, PeriodKey, format_usd, mode_for};
 use crate::domain::{
     Alert, AlertLevel, Body, BudgetMode, BudgetPeriod, BudgetScope, Envelope, Outgoing, derive_id,
 };
-use crate::stages::tick::REGISTRY_PAGE;
 use crate::store::{BudgetState, SystemRecord, Write};
 
 /// Recomputes the mode from the global budgets. Per-system budgets are enforced by the ledger's
@@ -90,17 +89,7 @@ pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
         );
     }
     for (i, alert) in alerts.into_iter().enumerate() {
-        out.writes.push(Write::PutAlert {
-            alert: alert.clone(),
-        });
-        out.messages.push(reply(
-            env,
-            "cost-guard",
-            i,
-            0,
-            now,
-            Body::AlertRaised { alert },
-        ));
+        out.raise(env, "cost-guard", i, 0, now, alert);
     }
     Ok(out)
 }
@@ -117,12 +106,8 @@ async fn systems_over_budget(
 ) -> Result<Vec<Outgoing>, super::StageError> {
     let budgets = deps.config.budgets;
     let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = deps
-            .store
-            .list_systems_page(after.as_ref(), REGISTRY_PAGE)
-            .await?;
+    let mut pages = RegistryPages::default();
+    while let Some(page) = pages.next(deps).await? {
         for system in &page {
             for (period, limit) in [
                 (BudgetPeriod::Day, budgets.system_daily),
@@ -157,10 +142,6 @@ async fn systems_over_budget(
                     }));
                 }
             }
-        }
-        match page.last() {
-            Some(last) if page.len() == REGISTRY_PAGE => after = Some(last.system_id.clone()),
-            _ => break,
         }
     }
     Ok(out)
@@ -200,17 +181,7 @@ pub async fn handle_system_over_budget(
     };
     let mut out = StageOutput::default();
     out.writes.push(Write::PutSystem { system });
-    out.writes.push(Write::PutAlert {
-        alert: alert.clone(),
-    });
-    out.messages.push(reply(
-        env,
-        "cost-guard",
-        0,
-        0,
-        now,
-        Body::AlertRaised { alert },
-    ));
+    out.raise(env, "cost-guard", 0, 0, now, alert);
     out.summary = format!("over-budget alert for {period_key}");
     Ok(out)
 }
@@ -224,4 +195,34 @@ fn remember_alert(system: &mut SystemRecord, period_key: &str, today: DateTime<U
     ];
     system.budget_alerts.retain(|k| current.contains(k));
     system.budget_alerts.push(period_key.to_owned());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerted_periods_keep_only_the_current_day_and_month() {
+        let at = |text: &str| {
+            DateTime::parse_from_rfc3339(text)
+                .expect("time")
+                .with_timezone(&Utc)
+        };
+        let mut system = crate::store::SystemRecord {
+            system_id: crate::domain::SystemId::parse("svc").expect("id"),
+            schema: crate::domain::GeneSchema::new(),
+            settings: crate::store::SystemSettings::default(),
+            created_at: at("2026-11-01T00:00:00Z"),
+            next_cycle_at: at("2026-11-01T00:00:00Z"),
+            evaluation_deadline: None,
+            cost_mode: BudgetMode::Normal,
+            approval_expires_at: None,
+            budget_alerts: vec!["COST#2026-11-30".into(), "COST#2026-11".into()],
+            version: 0,
+        };
+        remember_alert(&mut system, "COST#2026-12-01", at("2026-12-01T08:00:00Z"));
+        assert_eq!(system.budget_alerts, ["COST#2026-12-01"]);
+        remember_alert(&mut system, "COST#2026-12", at("2026-12-01T09:00:00Z"));
+        assert_eq!(system.budget_alerts, ["COST#2026-12-01", "COST#2026-12"]);
+    }
 }

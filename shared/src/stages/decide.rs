@@ -261,7 +261,7 @@ pub async fn handle_proposal(
                 system_id: Some(env.system_id.clone()),
                 at: now,
             };
-            raise(&mut out, env, head.generation, now, alert);
+            out.raise(env, "decide", 1, head.generation, now, alert);
             // The tick finds the deadline on the registry entry, without reading heads.
             out.writes.push(Write::PutSystem {
                 system: crate::store::SystemRecord {
@@ -273,27 +273,6 @@ pub async fn handle_proposal(
     }
     out.writes.push(Write::PutDecision { decision: record });
     Ok(out)
-}
-
-/// Stores an alert in the audit trail and publishes it on the alerts topic.
-fn raise(
-    out: &mut StageOutput,
-    env: &Envelope,
-    generation: u64,
-    now: chrono::DateTime<chrono::Utc>,
-    alert: Alert,
-) {
-    out.writes.push(Write::PutAlert {
-        alert: alert.clone(),
-    });
-    out.messages.push(reply(
-        env,
-        "decide",
-        1,
-        generation,
-        now,
-        Body::AlertRaised { alert },
-    ));
 }
 
 /// `name: old -> new, ...` for alerts.
@@ -453,7 +432,7 @@ pub async fn handle_conflict(
             detail: Some(alert.message.clone()),
         },
     });
-    raise(&mut out, env, head.generation, now, alert);
+    out.raise(env, "decide", 1, head.generation, now, alert);
     out.summary = format!("conflict resolved with {:?}", resolution.action);
     Ok(out)
 }

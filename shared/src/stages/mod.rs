@@ -147,6 +147,31 @@ impl StageOutput {
         }
     }
 
+    /// Records `alert` and publishes it with the outbox, so it is raised exactly when the
+    /// stage's writes commit. `stage` and `index` keep the message's id apart from the stage's
+    /// other messages.
+    pub(crate) fn raise(
+        &mut self,
+        env: &Envelope,
+        stage: &str,
+        index: usize,
+        generation: u64,
+        at: DateTime<Utc>,
+        alert: crate::domain::Alert,
+    ) {
+        self.writes.push(Write::PutAlert {
+            alert: alert.clone(),
+        });
+        self.messages.push(reply(
+            env,
+            stage,
+            index,
+            generation,
+            at,
+            Body::AlertRaised { alert },
+        ));
+    }
+
     pub fn is_noop(&self) -> bool {
         self.writes.is_empty() && self.messages.is_empty() && self.fanout.is_empty()
     }
@@ -180,6 +205,38 @@ impl StageError {
 }
 
 pub type StageResult = Result<StageOutput, StageError>;
+
+/// Registry entries read per page.
+pub const REGISTRY_PAGE: usize = 200;
+
+/// The registry a page at a time, in id order, so that the tick and the sweep never hold a
+/// fleet whole.
+#[derive(Debug, Default)]
+pub(crate) struct RegistryPages {
+    after: Option<SystemId>,
+    done: bool,
+}
+
+impl RegistryPages {
+    /// The next page, or `None` once every entry was read.
+    pub(crate) async fn next(
+        &mut self,
+        deps: &Deps,
+    ) -> Result<Option<Vec<SystemRecord>>, StoreError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = deps
+            .store
+            .list_systems_page(self.after.as_ref(), REGISTRY_PAGE)
+            .await?;
+        match page.last() {
+            Some(last) if page.len() == REGISTRY_PAGE => self.after = Some(last.system_id.clone()),
+            _ => self.done = true,
+        }
+        Ok((!page.is_empty()).then_some(page))
+    }
+}
 
 /// Registry entry and head of a system, or `UnknownSystem`.
 pub(crate) async fn load_system(

@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{Deps, StageOutput, StageResult, load_system};
+use super::{Deps, RegistryPages, StageOutput, StageResult, load_system};
 use crate::domain::{
     Body, BudgetMode, CycleReason, Envelope, EventType, EvolutionEvent, HeadStatus, Outgoing,
     derive_id,
@@ -20,9 +20,6 @@ use crate::store::{SystemRecord, Write};
 
 /// Most a system's cycle is spread after the tick, so systems do not all call Bedrock at once.
 const SPREAD_SECONDS: u64 = 45;
-
-/// Registry entries read per page.
-pub const REGISTRY_PAGE: usize = 200;
 
 /// The idempotency key of the tick scheduled at `at` (one per minute).
 pub fn tick_id(at: DateTime<Utc>) -> String {
@@ -49,12 +46,8 @@ pub async fn run(deps: &Deps, scheduled_at: DateTime<Utc>) -> StageResult {
     let mode = deps.control.budget_state().await?.mode;
     let mut out = StageOutput::default();
     let mut seen = 0_usize;
-    let mut after = None;
-    loop {
-        let page = deps
-            .store
-            .list_systems_page(after.as_ref(), REGISTRY_PAGE)
-            .await?;
+    let mut pages = RegistryPages::default();
+    while let Some(page) = pages.next(deps).await? {
         seen += page.len();
         for system in &page {
             if needs_attention(system, mode, now) {
@@ -67,10 +60,6 @@ pub async fn run(deps: &Deps, scheduled_at: DateTime<Utc>) -> StageResult {
                     body: Body::SystemTick { scheduled_at },
                 }));
             }
-        }
-        match page.last() {
-            Some(last) if page.len() == REGISTRY_PAGE => after = Some(last.system_id.clone()),
-            _ => break,
         }
     }
     out.summary = format!(

@@ -177,7 +177,7 @@ fn owner(write: &Write) -> Option<&SystemId> {
     }
 }
 
-fn op(write: &Write) -> &'static str {
+pub(in crate::store) fn op(write: &Write) -> &'static str {
     match write {
         Write::CreateSystem { .. } => "create_system",
         Write::PutSystem { .. } => "put_system",
@@ -313,6 +313,30 @@ pub(in crate::store) fn check_conditions(tx: &Transaction, view: &impl Lookup) -
     Ok(())
 }
 
+/// Why a head write's condition fails: the stored head must pass `holds`; `expected` says what
+/// it should have been.
+fn head_condition(
+    view: &impl Lookup,
+    head: &Head,
+    holds: impl Fn(&Head) -> bool,
+    expected: impl Fn() -> String,
+) -> StoreResult<Option<String>> {
+    Ok(match view.head(&head.system_id)? {
+        None => Some(format!("system {} has no head", head.system_id)),
+        Some(stored) if holds(&stored) => None,
+        Some(stored) => Some(format!(
+            "head is at generation {} ({}, holding {}), expected {}",
+            stored.generation,
+            stored.status.as_str(),
+            stored
+                .approval
+                .as_ref()
+                .map_or("no decision", |a| a.decision_id.as_str()),
+            expected()
+        )),
+    })
+}
+
 /// Why the write's condition fails, or `None` when it holds (or there is none).
 fn failed_condition(write: &Write, view: &impl Lookup) -> StoreResult<Option<String>> {
     let reason = match write {
@@ -340,48 +364,29 @@ fn failed_condition(write: &Write, view: &impl Lookup) -> StoreResult<Option<Str
             expected_generation,
             expected_status,
             head,
-        } => match view.head(&head.system_id)? {
-            None => Some(format!("system {} has no head", head.system_id)),
-            Some(stored)
-                if stored.generation == *expected_generation
-                    && stored.status == *expected_status =>
-            {
-                None
-            }
-            Some(stored) => Some(format!(
-                "head is at generation {} ({}), expected {expected_generation} ({})",
-                stored.generation,
-                stored.status.as_str(),
-                expected_status.as_str()
-            )),
-        },
+        } => head_condition(
+            view,
+            head,
+            |stored| stored.generation == *expected_generation && stored.status == *expected_status,
+            || format!("{expected_generation} ({})", expected_status.as_str()),
+        )?,
         Write::ResolveApproval {
             expected_generation,
             decision_id,
             head,
-        } => match view.head(&head.system_id)? {
-            None => Some(format!("system {} has no head", head.system_id)),
-            Some(stored)
-                if stored.generation == *expected_generation
+        } => head_condition(
+            view,
+            head,
+            |stored| {
+                stored.generation == *expected_generation
                     && stored.status == crate::domain::HeadStatus::AwaitingApproval
                     && stored
                         .approval
                         .as_ref()
-                        .is_some_and(|a| a.decision_id == *decision_id) =>
-            {
-                None
-            }
-            Some(stored) => Some(format!(
-                "head is at generation {} ({}, holding {}), expected {expected_generation} \
-                 awaiting approval of {decision_id}",
-                stored.generation,
-                stored.status.as_str(),
-                stored
-                    .approval
-                    .as_ref()
-                    .map_or("no decision", |a| a.decision_id.as_str()),
-            )),
-        },
+                        .is_some_and(|a| a.decision_id == *decision_id)
+            },
+            || format!("{expected_generation} awaiting approval of {decision_id}"),
+        )?,
         Write::PutDecision { decision } => view
             .decision_exists(decision_system(decision)?, &decision.decision_id)?
             .then(|| format!("decision {} exists", decision.decision_id)),

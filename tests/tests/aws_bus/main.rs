@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
 use chrono::{TimeZone, Utc};
 use shared::bus::aws::aws_sdk_sqs::types::{
     Message, MessageSystemAttributeName, QueueAttributeName,
@@ -22,14 +22,7 @@ use tests::moto::{MotoServer, unique_name};
 /// The SDK configuration that reaches the test binary's moto server.
 async fn sdk() -> SdkConfig {
     let server = MotoServer::shared();
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .endpoint_url(server.url())
-        .load()
-        .await
+    tests::moto::sdk_config(server.url()).await
 }
 
 struct World {

@@ -5,8 +5,6 @@
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_dynamodb::config::Credentials;
 use serde_json::Value;
 use shared::domain::SystemId;
 use shared::engine::LocalEngine;
@@ -50,17 +48,8 @@ struct Stack {
 
 async fn stack() -> Stack {
     let moto = MotoServer::start();
-    let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "static"))
-        .endpoint_url(moto.url())
-        .load()
-        .await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
+    let sdk = tests::moto::sdk_config(moto.url()).await;
+    let s3 = tests::moto::s3_client(&sdk);
     let table = unique_name("cli-table");
     let bucket = unique_name("cli-bucket");
     let store = DynamoStore::new(
@@ -71,15 +60,7 @@ async fn stack() -> Stack {
     );
     store.create_resources().await.expect("table and bucket");
     let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let queue_url = sqs
-        .create_queue()
-        .queue_name(unique_name("cli-snapshot"))
-        .send()
-        .await
-        .expect("queue")
-        .queue_url()
-        .expect("url")
-        .to_owned();
+    let (queue_url, _) = tests::moto::queue(&sqs, "cli-snapshot").await;
     Stack {
         moto,
         table,

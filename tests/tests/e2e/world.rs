@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::{BehaviorVersion, Region};
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
@@ -25,9 +25,9 @@ use shared::stages::PipelineConfig;
 use shared::store::dynamo::{DynamoStore, aws_sdk_dynamodb, aws_sdk_s3};
 use shared::store::{EvolutionStore, SystemSettings};
 use tests::bedrock_stub::StubServer;
-use tests::moto::{MotoServer, unique_name};
+use tests::moto::{MotoServer, queue, sdk_config, topics as moto_topics, unique_name};
 
-use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+use aws_sdk_sqs::types::MessageAttributeValue;
 
 pub const SYSTEM: &str = "e2e-svc";
 const DNA: &str = r#"{"system_id": "e2e-svc", "genes": {
@@ -42,15 +42,6 @@ pub fn system_id() -> SystemId {
 
 fn credentials() -> aws_sdk_sqs::config::Credentials {
     aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "static")
-}
-
-async fn sdk(url: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(credentials())
-        .endpoint_url(url)
-        .load()
-        .await
 }
 
 /// How the test's "running system" and the driver behave.
@@ -87,15 +78,11 @@ pub struct World {
 impl World {
     pub async fn new(options: Options) -> Self {
         let moto = MotoServer::shared();
-        let aws = sdk(moto.url()).await;
+        let aws = sdk_config(moto.url()).await;
         let sqs = aws_sdk_sqs::Client::new(&aws);
         let sns = aws_sdk_sns::Client::new(&aws);
         let dynamo = aws_sdk_dynamodb::Client::new(&aws);
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&aws)
-                .force_path_style(true)
-                .build(),
-        );
+        let s3 = tests::moto::s3_client(&aws);
         let table = unique_name("e2e-table");
         let bucket = unique_name("e2e-bucket");
         let store = DynamoStore::new(dynamo.clone(), s3.clone(), table.clone(), bucket.clone());
@@ -104,22 +91,10 @@ impl World {
         let mut queues = BTreeMap::new();
         let mut dlqs = BTreeMap::new();
         for q in Queue::ALL {
-            queues.insert(q, queue(&sqs, q.as_str()).await);
-            dlqs.insert(q, queue(&sqs, &format!("{}-dlq", q.as_str())).await.0);
+            queues.insert(q, queue(&sqs, &format!("e2e-{}", q.as_str())).await);
+            dlqs.insert(q, queue(&sqs, &format!("e2e-{}-dlq", q.as_str())).await.0);
         }
-        let mut topics = BTreeMap::new();
-        for t in [Topic::EvolutionEvents, Topic::Alerts] {
-            let arn = sns
-                .create_topic()
-                .name(unique_name(t.as_str()))
-                .send()
-                .await
-                .expect("topic")
-                .topic_arn()
-                .expect("arn")
-                .to_owned();
-            topics.insert(t, arn);
-        }
+        let topics = moto_topics(&sns).await;
         let running_system =
             subscribe(&sqs, &sns, &topics[&Topic::EvolutionEvents], "running").await;
         let alerts_inbox = subscribe(&sqs, &sns, &topics[&Topic::Alerts], "inbox").await;
@@ -258,24 +233,13 @@ impl World {
     async fn run_steps(&self) {
         let (url, arn) = self.queues[&Queue::Analyze].clone();
         loop {
-            let received = self
-                .sqs
-                .receive_message()
-                .queue_url(&url)
-                .max_number_of_messages(10)
-                .send()
-                .await
-                .expect("receive");
+            let received = tests::moto::receive(&self.sqs, &url).await;
             let mut records = Vec::new();
-            for m in received.messages() {
+            for m in &received {
                 let body = m.body().unwrap_or_default();
                 let handle = m.receipt_handle().unwrap_or_default();
                 if body.contains("\"type\":\"SystemTick\"") {
-                    let mut record = SqsMessage::default();
-                    record.message_id = m.message_id().map(str::to_owned);
-                    record.body = Some(body.to_owned());
-                    record.event_source_arn = Some(arn.clone());
-                    records.push(record);
+                    records.push(sqs_record(m, &arn));
                     self.sqs
                         .delete_message()
                         .queue_url(&url)
@@ -323,28 +287,16 @@ impl World {
     /// response as JSON.
     pub async fn deliver(&mut self, queue: Queue) -> Option<Value> {
         let (url, arn) = self.queues[&queue].clone();
-        let received = self
-            .sqs
-            .receive_message()
-            .queue_url(&url)
-            .max_number_of_messages(10)
-            .send()
-            .await
-            .expect("receive");
-        let messages = received.messages();
+        let received = tests::moto::receive(&self.sqs, &url).await;
+        let messages = &received;
         if messages.is_empty() {
             return None;
         }
         let mut records = Vec::new();
         for m in messages {
-            let mut record = SqsMessage::default();
-            record.message_id = m.message_id().map(str::to_owned);
-            record.receipt_handle = m.receipt_handle().map(str::to_owned);
-            record.body = m.body().map(str::to_owned);
-            record.event_source_arn = Some(arn.clone());
             self.delivered
                 .push((queue, m.body().unwrap_or_default().to_owned()));
-            records.push(record);
+            records.push(sqs_record(m, &arn));
         }
         if self.options.twice {
             let copies = records.clone();
@@ -558,30 +510,6 @@ impl World {
     }
 }
 
-async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
-    let url = sqs
-        .create_queue()
-        .queue_name(unique_name(&format!("e2e-{name}")))
-        .send()
-        .await
-        .expect("queue")
-        .queue_url()
-        .expect("url")
-        .to_owned();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("attributes")
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .expect("arn")
-        .clone();
-    (url, arn)
-}
-
 /// An SQS queue subscribed to `topic` with raw message delivery.
 async fn subscribe(
     sqs: &aws_sdk_sqs::Client,
@@ -599,4 +527,14 @@ async fn subscribe(
         .await
         .expect("subscribe");
     url
+}
+
+/// A received message as the event source mapping hands it to the function.
+fn sqs_record(m: &aws_sdk_sqs::types::Message, arn: &str) -> SqsMessage {
+    let mut record = SqsMessage::default();
+    record.message_id = m.message_id().map(str::to_owned);
+    record.receipt_handle = m.receipt_handle().map(str::to_owned);
+    record.body = m.body().map(str::to_owned);
+    record.event_source_arn = Some(arn.to_owned());
+    record
 }

@@ -11,12 +11,12 @@ use shared::bus::{Bus, BusError};
 use shared::cost::{CostLedger, Reservation, ReserveOutcome, Settlement};
 use shared::domain::{
     BudgetMode, Envelope, GeneSchema, Generation, Genes, Head, HeadStatus, Origin, Outgoing, Queue,
-    SystemId, Topic,
+    SystemId,
 };
 use shared::lambda::{handle_sweep, wiring};
 use shared::pipeline::{self, Handled};
 use shared::stages::{Deps, PipelineConfig};
-use shared::store::dynamo::{DynamoStore, aws_sdk_dynamodb, aws_sdk_s3};
+use shared::store::dynamo::{DynamoStore, aws_sdk_dynamodb};
 use shared::store::{
     BudgetState, ControlState, EvolutionStore, SystemRecord, SystemSettings, Transaction, Usage,
     Write,
@@ -93,11 +93,7 @@ impl Fleet {
         let sqs = aws_sdk_sqs::Client::new(&aws);
         let sns = aws_sdk_sns::Client::new(&aws);
         let dynamo = aws_sdk_dynamodb::Client::new(&aws);
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&aws)
-                .force_path_style(true)
-                .build(),
-        );
+        let s3 = tests::moto::s3_client(&aws);
         let store = DynamoStore::new(
             dynamo,
             s3,
@@ -108,29 +104,10 @@ impl Fleet {
         let store = Arc::new(store);
         let mut queues = Destinations::default();
         for q in Queue::ALL {
-            let url = sqs
-                .create_queue()
-                .queue_name(unique_name(q.as_str()))
-                .send()
-                .await
-                .expect("queue")
-                .queue_url()
-                .expect("url")
-                .to_owned();
+            let (url, _) = tests::moto::queue(&sqs, q.as_str()).await;
             queues.queues.insert(q, url);
         }
-        for t in [Topic::EvolutionEvents, Topic::Alerts] {
-            let arn = sns
-                .create_topic()
-                .name(unique_name(t.as_str()))
-                .send()
-                .await
-                .expect("topic")
-                .topic_arn()
-                .expect("arn")
-                .to_owned();
-            queues.topics.insert(t, arn);
-        }
+        queues.topics = tests::moto::topics(&sns).await;
         let bus = Arc::new(RecordingBus {
             inner: AwsBus::new(sqs.clone(), sns, queues.clone()),
             sent: Mutex::new(Vec::new()),
@@ -269,15 +246,7 @@ impl Fleet {
         let url = self.queues.queues[&queue].clone();
         let mut drained = Drained::default();
         loop {
-            let received = self
-                .sqs
-                .receive_message()
-                .queue_url(&url)
-                .max_number_of_messages(10)
-                .send()
-                .await
-                .expect("receive");
-            let messages = received.messages.unwrap_or_default();
+            let messages = tests::moto::receive(&self.sqs, &url).await;
             if messages.is_empty() {
                 return drained;
             }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration as StdDuration;
 
 use async_trait::async_trait;
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
@@ -33,14 +33,7 @@ use tests::moto::{MotoServer, unique_name};
 const TTL_MINUTES: i64 = 5;
 
 async fn sdk() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .endpoint_url(MotoServer::shared().url())
-        .load()
-        .await
+    tests::moto::sdk_config(MotoServer::shared().url()).await
 }
 
 fn start() -> DateTime<Utc> {
@@ -163,11 +156,7 @@ impl World {
         let sns = aws_sdk_sns::Client::new(&config);
         let secrets = aws_sdk_secretsmanager::Client::new(&config);
         let dynamo = aws_sdk_dynamodb::Client::new(&config);
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&config)
-                .force_path_style(true)
-                .build(),
-        );
+        let s3 = tests::moto::s3_client(&config);
         let store = DynamoStore::new(dynamo, s3, unique_name("notify"), unique_name("notify"));
         store.create_resources().await.expect("table on moto");
 

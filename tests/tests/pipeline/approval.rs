@@ -266,6 +266,28 @@ async fn an_unanswered_approval_expires_to_reject() {
             .iter()
             .any(|a| a.kind == "approval" && a.message.contains("expired"))
     );
+
+    // The registry carried the deadline for the tick; the next tick's step forgets it, so the
+    // tick stops visiting the system for an approval it no longer holds.
+    let system = || async {
+        h.store
+            .get_system(&system_id())
+            .await
+            .expect("registry")
+            .expect("exists")
+    };
+    assert!(system().await.approval_expires_at.is_some());
+    let next = h.home.clock.now() + Duration::minutes(1);
+    h.home.clock.advance_to(next);
+    pipeline::tick(&h.home.deps, h.home.bus.as_ref(), next)
+        .await
+        .expect("tick");
+    h.home
+        .settle(&RunOptions::default(), &Silent)
+        .await
+        .expect("settle");
+    assert_ne!(head(&h).await.status, HeadStatus::AwaitingApproval);
+    assert_eq!(system().await.approval_expires_at, None);
 }
 
 #[tokio::test]

@@ -158,23 +158,7 @@ pub async fn head_moves_only_from_the_expected_status(h: &Harness) {
 /// A held approval lives on the head: it round-trips, and only its own transition releases it.
 pub async fn a_head_awaiting_approval_round_trips_and_moves_only_from_that_status(h: &Harness) {
     let id = created(h, "alpha").await;
-    let mutation = shared::domain::Mutation {
-        id: "m1".into(),
-        changes: vec![],
-        description: "test".into(),
-        predicted_impact: 0.0,
-        plan_step: None,
-    };
-    let awaiting = shared::domain::Head {
-        approval: Some(Box::new(shared::domain::PendingApproval {
-            decision_id: "dec_1".into(),
-            mutation,
-            risk: 0.7,
-            requested_at: t(1),
-            expires_at: t(3600),
-        })),
-        ..head(&id, 0, HeadStatus::AwaitingApproval)
-    };
+    let awaiting = awaiting(&id, "dec_1");
     h.store
         .commit(tx(vec![Write::UpdateHead {
             expected_generation: 0,
@@ -976,22 +960,7 @@ pub async fn the_registry_pages_in_id_order(h: &Harness) {
 /// generation fails its condition and leaves the held one waiting.
 pub async fn a_verdict_resolves_only_the_decision_the_head_holds(h: &Harness) {
     let id = created(h, "alpha").await;
-    let awaiting = shared::domain::Head {
-        approval: Some(Box::new(shared::domain::PendingApproval {
-            decision_id: "dec_b".into(),
-            mutation: shared::domain::Mutation {
-                id: "m2".into(),
-                changes: vec![],
-                description: "test".into(),
-                predicted_impact: 0.0,
-                plan_step: None,
-            },
-            risk: 0.7,
-            requested_at: t(1),
-            expires_at: t(3600),
-        })),
-        ..head(&id, 0, HeadStatus::AwaitingApproval)
-    };
+    let awaiting = awaiting(&id, "dec_b");
     h.store
         .commit(tx(vec![Write::UpdateHead {
             expected_generation: 0,
@@ -1023,4 +992,24 @@ pub async fn a_verdict_resolves_only_the_decision_the_head_holds(h: &Harness) {
         h.store.get_head(&id).await.expect("read").map(|h| h.status),
         Some(HeadStatus::Stable)
     );
+}
+
+/// A head at generation 0 holding `decision_id` for approval.
+fn awaiting(id: &SystemId, decision_id: &str) -> shared::domain::Head {
+    shared::domain::Head {
+        approval: Some(Box::new(shared::domain::PendingApproval {
+            decision_id: decision_id.into(),
+            mutation: shared::domain::Mutation {
+                id: format!("m-{decision_id}"),
+                changes: vec![],
+                description: "test".into(),
+                predicted_impact: 0.0,
+                plan_step: None,
+            },
+            risk: 0.7,
+            requested_at: t(1),
+            expires_at: t(3600),
+        })),
+        ..head(id, 0, HeadStatus::AwaitingApproval)
+    }
 }

@@ -3,7 +3,7 @@
 use std::future::{Future, ready};
 use std::sync::Arc;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_config::SdkConfig;
 use shared::cost::CostLedger;
 use shared::store::dynamo::{DynamoStore, aws_sdk_dynamodb, aws_sdk_s3};
 use shared::store::memory::MemoryStore;
@@ -39,14 +39,7 @@ impl Dynamo {
     /// A fresh table and bucket on the test binary's moto server.
     pub async fn create() -> Self {
         let server = MotoServer::shared();
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test", "test", None, None, "static",
-            ))
-            .endpoint_url(server.url())
-            .load()
-            .await;
+        let config = tests::moto::sdk_config(server.url()).await;
         let name = unique_name("store");
         let dynamo = Self {
             config,
@@ -66,10 +59,7 @@ impl Dynamo {
     }
 
     pub fn s3_client(&self) -> aws_sdk_s3::Client {
-        let config = aws_sdk_s3::config::Builder::from(&self.config)
-            .force_path_style(true)
-            .build();
-        aws_sdk_s3::Client::from_conf(config)
+        tests::moto::s3_client(&self.config)
     }
 
     /// A store with clients of its own, as another Lambda instance would hold.

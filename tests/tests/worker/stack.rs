@@ -8,8 +8,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{Value, json};
 use shared::domain::{DnaFile, Queue, SystemId, Topic};
 use shared::engine::LocalEngine;
@@ -55,21 +53,10 @@ pub struct Stack {
 impl Stack {
     pub async fn new() -> Self {
         let moto = MotoServer::shared();
-        let aws = aws_config::defaults(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "test", "test", None, None, "static",
-            ))
-            .endpoint_url(moto.url())
-            .load()
-            .await;
+        let aws = tests::moto::sdk_config(moto.url()).await;
         let sqs = aws_sdk_sqs::Client::new(&aws);
         let sns = aws_sdk_sns::Client::new(&aws);
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&aws)
-                .force_path_style(true)
-                .build(),
-        );
+        let s3 = tests::moto::s3_client(&aws);
         let table = unique_name("worker-table");
         let bucket = unique_name("worker-bucket");
         let store = DynamoStore::new(
@@ -82,23 +69,21 @@ impl Stack {
         let mut queues = BTreeMap::new();
         let mut dlqs = BTreeMap::new();
         for q in Queue::ALL {
-            queues.insert(q, queue(&sqs, q.as_str()).await.0);
-            dlqs.insert(q, queue(&sqs, &format!("{}-dlq", q.as_str())).await.0);
+            queues.insert(
+                q,
+                tests::moto::queue(&sqs, &format!("worker-{}", q.as_str()))
+                    .await
+                    .0,
+            );
+            dlqs.insert(
+                q,
+                tests::moto::queue(&sqs, &format!("worker-{}-dlq", q.as_str()))
+                    .await
+                    .0,
+            );
         }
-        let mut topics = BTreeMap::new();
-        for t in [Topic::EvolutionEvents, Topic::Alerts] {
-            let arn = sns
-                .create_topic()
-                .name(unique_name(t.as_str()))
-                .send()
-                .await
-                .expect("topic")
-                .topic_arn()
-                .expect("arn")
-                .to_owned();
-            topics.insert(t, arn);
-        }
-        let (running_system, running_arn) = queue(&sqs, "running").await;
+        let topics = tests::moto::topics(&sns).await;
+        let (running_system, running_arn) = tests::moto::queue(&sqs, "worker-running").await;
         sns.subscribe()
             .topic_arn(&topics[&Topic::EvolutionEvents])
             .protocol("sqs")
@@ -296,28 +281,4 @@ impl Drop for WorkerProcess {
             let _ = self.child.wait();
         }
     }
-}
-
-async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
-    let url = sqs
-        .create_queue()
-        .queue_name(unique_name(&format!("worker-{name}")))
-        .send()
-        .await
-        .expect("queue")
-        .queue_url()
-        .expect("url")
-        .to_owned();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .expect("attributes")
-        .attributes()
-        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
-        .expect("arn")
-        .clone();
-    (url, arn)
 }

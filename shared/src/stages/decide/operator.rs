@@ -2,7 +2,7 @@
 //! resumes of paused heads. Both are audited with who and when, and both move the head with one
 //! conditional write, so a repeated or stale request is an acknowledged no-op.
 
-use super::{OPERATOR_MODEL_ID, push_outcome, raise};
+use super::{OPERATOR_MODEL_ID, push_outcome};
 use crate::domain::{
     Alert, AlertLevel, Body, CostAnalysis, DecidedBy, DecisionRecord, Envelope, EventType,
     EvolutionEvent, Head, HeadStatus, Recommendation, derive_id,
@@ -149,7 +149,7 @@ pub async fn handle_verdict(
             system_id: Some(env.system_id.clone()),
             at: now,
         };
-        raise(&mut out, env, head.generation, now, alert);
+        out.raise(env, "decide", 1, head.generation, now, alert);
     }
     out.summary = format!(
         "{} pending decision {decision_id} ({})",

@@ -25,6 +25,24 @@ use items::{head_item, stage_completion};
 pub(super) const MAX_ITEMS: usize = 100;
 
 /// Event index items expire this long after the event (docs/architecture.md, "Data model").
+/// A head update conditioned on the stored head's attributes equalling `expected`.
+fn stage_head(
+    table: &str,
+    staged: &mut Staged,
+    owner: &impl Fn(String, OnFailure) -> Owner,
+    head: &crate::domain::Head,
+    described: String,
+    expected: &[(&str, AttributeValue)],
+) -> StoreResult<()> {
+    let key = format!("{}/{}", keys::system(&head.system_id), keys::HEAD);
+    staged.push(
+        table,
+        owner(key, condition(described)),
+        head_item(head)?,
+        Some(Condition::equals(expected)),
+    )
+}
+
 pub(super) fn index_retention() -> Duration {
     Duration::days(365)
 }
@@ -80,27 +98,6 @@ pub(super) struct Staged {
     pub(super) call_archives: Vec<CallArchive>,
     /// Every item key, to refuse a transaction touching one item twice.
     seen: BTreeSet<(String, String)>,
-}
-
-fn op(write: &Write) -> &'static str {
-    match write {
-        Write::CreateSystem { .. } => "create_system",
-        Write::PutSystem { .. } => "put_system",
-        Write::PutGeneration { .. } => "put_generation",
-        Write::UpdateHead { .. } => "update_head",
-        Write::ResolveApproval { .. } => "resolve_approval",
-        Write::PutEvent { .. } => "put_event",
-        Write::PutDecision { .. } => "put_decision",
-        Write::PutFitnessSample { .. } => "put_fitness_sample",
-        Write::PutHistory { .. } => "put_history",
-        Write::PutPlan { .. } => "put_plan",
-        Write::PutCursor { .. } => "put_cursor",
-        Write::PutAnalysis { .. } => "put_analysis",
-        Write::PutLlmCall { .. } => "put_llm_call",
-        Write::PutAlert { .. } => "put_alert",
-        Write::SetBudgetMode { .. } => "set_budget_mode",
-        Write::RecordPrediction { .. } => "record_prediction",
-    }
 }
 
 /// A condition expression with its placeholders.
@@ -402,7 +399,7 @@ fn with(
 }
 
 fn stage_write(table: &str, staged: &mut Staged, i: usize, write: &Write) -> StoreResult<()> {
-    let op = op(write);
+    let op = rules::op(write);
     let owner = |key: String, on_failure: OnFailure| Owner {
         write: Some(i),
         op,
@@ -479,47 +476,38 @@ fn stage_write(table: &str, staged: &mut Staged, i: usize, write: &Write) -> Sto
             expected_generation,
             expected_status,
             head,
-        } => {
-            let pk = keys::system(&head.system_id);
-            staged.push(
-                table,
-                owner(
-                    format!("{pk}/{}", keys::HEAD),
-                    condition(format!(
-                        "the head at generation {expected_generation} ({})",
-                        expected_status.as_str()
-                    )),
-                ),
-                head_item(head)?,
-                Some(Condition::equals(&[
-                    (GENERATION, n(expected_generation)),
-                    (STATUS, s(expected_status.as_str())),
-                ])),
-            )
-        }
+        } => stage_head(
+            table,
+            staged,
+            &owner,
+            head,
+            format!(
+                "the head at generation {expected_generation} ({})",
+                expected_status.as_str()
+            ),
+            &[
+                (GENERATION, n(expected_generation)),
+                (STATUS, s(expected_status.as_str())),
+            ],
+        ),
         Write::ResolveApproval {
             expected_generation,
             decision_id,
             head,
-        } => {
-            let pk = keys::system(&head.system_id);
-            staged.push(
-                table,
-                owner(
-                    format!("{pk}/{}", keys::HEAD),
-                    condition(format!(
-                        "the head at generation {expected_generation} awaiting approval of \
-                         {decision_id}"
-                    )),
-                ),
-                head_item(head)?,
-                Some(Condition::equals(&[
-                    (GENERATION, n(*expected_generation)),
-                    (STATUS, s(HeadStatus::AwaitingApproval.as_str())),
-                    (APPROVAL, s(decision_id)),
-                ])),
-            )
-        }
+        } => stage_head(
+            table,
+            staged,
+            &owner,
+            head,
+            format!(
+                "the head at generation {expected_generation} awaiting approval of {decision_id}"
+            ),
+            &[
+                (GENERATION, n(*expected_generation)),
+                (STATUS, s(HeadStatus::AwaitingApproval.as_str())),
+                (APPROVAL, s(decision_id)),
+            ],
+        ),
         Write::PutEvent { event } => {
             let system = rules::event_system(event)?;
             let (item, body) = event_item(system, event)?;
