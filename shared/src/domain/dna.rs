@@ -124,6 +124,10 @@ pub struct Evaluation {
     pub plan_step: Option<PlanStepRef>,
     #[serde(default)]
     pub predicted_impact: f64,
+    /// Reports recorded for this window. Each report moves it on with a condition on the value
+    /// it read, so two reports arriving together never each count only themselves.
+    #[serde(default)]
+    pub samples_seen: u32,
 }
 
 /// The head pointer: which generation is current and what state it is in.

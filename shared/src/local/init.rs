@@ -43,6 +43,7 @@ pub async fn init_system(
             samples_required: settings.samples_required,
             plan_step: None,
             predicted_impact: 0.0,
+            samples_seen: 0,
         }),
         rollback_streak: 0,
         updated_at: now,

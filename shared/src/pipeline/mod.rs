@@ -28,7 +28,9 @@ impl Observed {
         for write in writes {
             match write {
                 Write::PutLlmCall { call } => observed.llm_calls.push(call.clone()),
-                Write::UpdateHead { head, .. } | Write::ResolveApproval { head, .. } => {
+                Write::UpdateHead { head, .. }
+                | Write::ResolveApproval { head, .. }
+                | Write::CountSample { head, .. } => {
                     observed.generation = Some(head.generation);
                 }
                 Write::PutHistory { entry, .. } => {

@@ -80,6 +80,7 @@ pub async fn handle_approved(
             samples_required: system.settings.samples_required,
             plan_step: mutation.plan_step.clone(),
             predicted_impact: mutation.predicted_impact,
+            samples_seen: 0,
         }),
         updated_at: now,
         ..head.clone()
@@ -181,6 +182,17 @@ pub async fn handle_fitness(
     out.writes.push(Write::PutFitnessSample { sample });
     let summary = rollback::summarize(&samples, generation, &current.checksum);
     if summary.reports < eval.samples_required {
+        // Counted on the head under a condition on the count read: a report committed
+        // meanwhile makes this one read again and see both.
+        let mut counted = head.clone();
+        if let Some(open) = counted.evaluation.as_mut() {
+            open.samples_seen = eval.samples_seen + 1;
+        }
+        out.writes.push(Write::CountSample {
+            expected_generation: head.generation,
+            expected_samples: eval.samples_seen,
+            head: counted,
+        });
         return Ok(out);
     }
     close_window(

@@ -124,7 +124,9 @@ impl State {
                     generation,
                 );
             }
-            Write::UpdateHead { head, .. } | Write::ResolveApproval { head, .. } => {
+            Write::UpdateHead { head, .. }
+            | Write::ResolveApproval { head, .. }
+            | Write::CountSample { head, .. } => {
                 self.heads.insert(head.system_id.clone(), head);
             }
             Write::PutEvent { event } => {

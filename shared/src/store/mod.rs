@@ -227,6 +227,15 @@ pub enum Write {
         decision_id: String,
         head: Head,
     },
+    /// Counts one more fitness report into the open window: `head` is the stored head with its
+    /// evaluation's `samples_seen` moved on. Fails unless the stored head is evaluating
+    /// `expected_generation` with `expected_samples` seen, so of two reports read together one
+    /// fails, reads again, and counts both.
+    CountSample {
+        expected_generation: u64,
+        expected_samples: u32,
+        head: Head,
+    },
     /// Upsert by event id (a retry rewrites the same event).
     PutEvent { event: EvolutionEvent },
     /// An audit record. Fails if the decision id exists: decisions are written once.

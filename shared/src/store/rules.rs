@@ -161,9 +161,9 @@ fn owner(write: &Write) -> Option<&SystemId> {
     match write {
         Write::CreateSystem { system, .. } | Write::PutSystem { system } => Some(&system.system_id),
         Write::PutGeneration { generation } => Some(&generation.system_id),
-        Write::UpdateHead { head, .. } | Write::ResolveApproval { head, .. } => {
-            Some(&head.system_id)
-        }
+        Write::UpdateHead { head, .. }
+        | Write::ResolveApproval { head, .. }
+        | Write::CountSample { head, .. } => Some(&head.system_id),
         Write::PutEvent { event } => event.system_id.as_ref(),
         Write::PutDecision { decision } => decision.system_id.as_ref(),
         Write::PutFitnessSample { sample } => Some(&sample.system_id),
@@ -184,6 +184,7 @@ pub(in crate::store) fn op(write: &Write) -> &'static str {
         Write::PutGeneration { .. } => "put_generation",
         Write::UpdateHead { .. } => "update_head",
         Write::ResolveApproval { .. } => "resolve_approval",
+        Write::CountSample { .. } => "count_sample",
         Write::PutEvent { .. } => "put_event",
         Write::PutDecision { .. } => "put_decision",
         Write::PutFitnessSample { .. } => "put_fitness_sample",
@@ -228,9 +229,9 @@ fn item_keys(write: &Write) -> StoreResult<Vec<String>> {
             sys(&generation.system_id),
             generation.generation
         )],
-        Write::UpdateHead { head, .. } | Write::ResolveApproval { head, .. } => {
-            vec![format!("{}/HEAD", sys(&head.system_id))]
-        }
+        Write::UpdateHead { head, .. }
+        | Write::ResolveApproval { head, .. }
+        | Write::CountSample { head, .. } => vec![format!("{}/HEAD", sys(&head.system_id))],
         Write::PutEvent { event } => {
             vec![format!("{}/EVT#{}", sys(event_system(event)?), event.id)]
         }
@@ -386,6 +387,23 @@ fn failed_condition(write: &Write, view: &impl Lookup) -> StoreResult<Option<Str
                         .is_some_and(|a| a.decision_id == *decision_id)
             },
             || format!("{expected_generation} awaiting approval of {decision_id}"),
+        )?,
+        Write::CountSample {
+            expected_generation,
+            expected_samples,
+            head,
+        } => head_condition(
+            view,
+            head,
+            |stored| {
+                stored.generation == *expected_generation
+                    && stored.status == crate::domain::HeadStatus::Evaluating
+                    && stored
+                        .evaluation
+                        .as_ref()
+                        .is_some_and(|e| e.samples_seen == *expected_samples)
+            },
+            || format!("{expected_generation} evaluating with {expected_samples} report(s) seen"),
         )?,
         Write::PutDecision { decision } => view
             .decision_exists(decision_system(decision)?, &decision.decision_id)?

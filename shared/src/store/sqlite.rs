@@ -506,9 +506,9 @@ fn apply(conn: &Connection, write: &Write) -> StoreResult<()> {
             },
         ),
         Write::PutGeneration { generation } => put_generation(conn, generation),
-        Write::UpdateHead { head, .. } | Write::ResolveApproval { head, .. } => {
-            put_head(conn, head)
-        }
+        Write::UpdateHead { head, .. }
+        | Write::ResolveApproval { head, .. }
+        | Write::CountSample { head, .. } => put_head(conn, head),
         Write::PutEvent { event } => put(
             conn,
             "INSERT OR REPLACE INTO events (system_id, event_id, at, body) VALUES (?1, ?2, ?3, ?4)",

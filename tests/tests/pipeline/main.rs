@@ -705,3 +705,100 @@ async fn closed_evaluations_feed_the_strategists_prediction_error() {
     // Predicted +1, measured +10.
     assert!((stats.prediction_error - 9.0).abs() < 1e-9, "{stats:?}");
 }
+
+/// Two fitness reports read the window at once, when it needs both to close early: before, each
+/// counted only itself and both committed, so the window waited for its deadline. Now the
+/// second fails its condition, reads again, sees both and closes the window.
+#[tokio::test]
+async fn two_reports_read_together_count_each_other() {
+    use shared::lambda::QueueSources;
+    use shared::lambda::testing::TestFunction;
+    use shared::store::{StoreError, Transaction, Write};
+
+    let t = TestFunction::new("snapshot", QueueSources::Only(Queue::Snapshot))
+        .await
+        .expect("world");
+    let id = TestFunction::system_id();
+    let head = t.store.get_head(&id).await.expect("head").expect("exists");
+    let mut two = head.clone();
+    two.evaluation
+        .as_mut()
+        .expect("baseline window")
+        .samples_required = 2;
+    t.store
+        .commit(Transaction {
+            writes: vec![Write::UpdateHead {
+                expected_generation: 0,
+                expected_status: HeadStatus::Evaluating,
+                head: two,
+            }],
+            completion: None,
+        })
+        .await
+        .expect("two samples required");
+
+    let mut a = t.baseline_report(0.5).await.expect("report");
+    a.id = "msg-report-a".into();
+    let mut b = t.baseline_report(0.7).await.expect("report");
+    b.id = "msg-report-b".into();
+    let deps = &t.deps.pipeline;
+    let first = fitness(deps, &a).await.expect("a");
+    let second = fitness(deps, &b).await.expect("b");
+    t.store
+        .commit(Transaction {
+            writes: first.writes,
+            completion: None,
+        })
+        .await
+        .expect("a commits");
+    let late = t
+        .store
+        .commit(Transaction {
+            writes: second.writes,
+            completion: None,
+        })
+        .await;
+    assert!(
+        matches!(late, Err(StoreError::ConditionFailed(_))),
+        "{late:?}"
+    );
+
+    // The retry reads both reports and closes the window.
+    let retried = fitness(deps, &b).await.expect("b again");
+    t.store
+        .commit(Transaction {
+            writes: retried.writes,
+            completion: None,
+        })
+        .await
+        .expect("b commits");
+    let closed = t.store.get_head(&id).await.expect("head").expect("exists");
+    assert_eq!(closed.status, HeadStatus::Stable, "{closed:?}");
+}
+
+/// Runs snapshot's fitness stage on a report, without committing what it returns.
+async fn fitness(
+    deps: &shared::stages::Deps,
+    env: &Envelope,
+) -> Result<shared::stages::StageOutput, shared::stages::StageError> {
+    let Body::FitnessReported {
+        generation,
+        checksum,
+        score,
+        metrics,
+        error,
+    } = &env.body
+    else {
+        unreachable!("a fitness report")
+    };
+    shared::stages::snapshot::handle_fitness(
+        deps,
+        env,
+        *generation,
+        checksum,
+        *score,
+        metrics,
+        error.as_deref(),
+    )
+    .await
+}

@@ -1013,3 +1013,46 @@ fn awaiting(id: &SystemId, decision_id: &str) -> shared::domain::Head {
         ..head(id, 0, HeadStatus::AwaitingApproval)
     }
 }
+
+/// A fitness report counts itself into the open window only at the count it read: the second
+/// of two reports that read the same count fails its condition.
+pub async fn a_report_counts_only_at_the_count_it_read(h: &Harness) {
+    let id = created(h, "alpha").await;
+    let evaluating = |seen: u32| shared::domain::Head {
+        evaluation: Some(shared::domain::Evaluation {
+            generation: 0,
+            parent: None,
+            baseline_fitness: None,
+            started_at: t(0),
+            deadline: t(600),
+            samples_required: 3,
+            plan_step: None,
+            predicted_impact: 0.0,
+            samples_seen: seen,
+        }),
+        ..head(&id, 0, HeadStatus::Evaluating)
+    };
+    h.store
+        .commit(tx(vec![Write::UpdateHead {
+            expected_generation: 0,
+            expected_status: HeadStatus::Stable,
+            head: evaluating(0),
+        }]))
+        .await
+        .expect("window opens");
+    let count = |expected: u32| {
+        tx(vec![Write::CountSample {
+            expected_generation: 0,
+            expected_samples: expected,
+            head: evaluating(expected + 1),
+        }])
+    };
+    h.store.commit(count(0)).await.expect("first report");
+    assert_condition_failed(h.store.commit(count(0)).await, "count_sample");
+    h.store
+        .commit(count(1))
+        .await
+        .expect("the second, read again");
+    let stored = h.store.get_head(&id).await.expect("read").expect("head");
+    assert_eq!(stored.evaluation.map(|e| e.samples_seen), Some(2));
+}

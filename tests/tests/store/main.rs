@@ -50,6 +50,7 @@ conformance! {
     evolution::a_registry_write_from_a_stale_read_fails_its_condition,
     evolution::the_registry_pages_in_id_order,
     evolution::a_verdict_resolves_only_the_decision_the_head_holds,
+    evolution::a_report_counts_only_at_the_count_it_read,
     evolution::second_writer_on_same_head_gets_condition_failed,
     evolution::head_moves_only_from_the_expected_status,
     evolution::head_of_an_unknown_system_fails_its_condition,

@@ -67,6 +67,7 @@ pub async fn handle_rollback(
             samples_required: system.settings.samples_required,
             plan_step: None,
             predicted_impact: 0.0,
+            samples_seen: 0,
         }),
         rollback_streak: 0,
         updated_at: now,

@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Duration, Utc};
 
 use super::item::{
-    self, APPROVAL, Expr, GENERATION, Item, MODE, PK, REVISION, STATUS, SYSTEM, VERSION,
+    self, APPROVAL, Expr, GENERATION, Item, MODE, PK, REVISION, SAMPLES, STATUS, SYSTEM, VERSION,
     build_error, keys, n, s,
 };
 use crate::domain::{BudgetMode, HeadStatus};
@@ -32,14 +32,14 @@ fn stage_head(
     owner: &impl Fn(String, OnFailure) -> Owner,
     head: &crate::domain::Head,
     described: String,
-    expected: &[(&str, AttributeValue)],
+    expected: Condition,
 ) -> StoreResult<()> {
     let key = format!("{}/{}", keys::system(&head.system_id), keys::HEAD);
     staged.push(
         table,
         owner(key, condition(described)),
         head_item(head)?,
-        Some(Condition::equals(expected)),
+        Some(expected),
     )
 }
 
@@ -145,6 +145,26 @@ impl Condition {
             )
         } else {
             format!("attribute_exists({pk}) AND {}", condition.expression)
+        };
+        condition
+    }
+
+    /// The head evaluating `generation` with `samples` reports counted; a head written before
+    /// the count existed carries no count, which reads as none counted.
+    fn samples_seen(generation: u64, samples: u32) -> Self {
+        let mut condition = Self::equals(&[
+            (GENERATION, n(generation)),
+            (STATUS, s(HeadStatus::Evaluating.as_str())),
+        ]);
+        let name = condition.expr.name(SAMPLES);
+        let value = condition.expr.value(n(samples));
+        condition.expression = if samples == 0 {
+            format!(
+                "{} AND (attribute_not_exists({name}) OR {name} = {value})",
+                condition.expression
+            )
+        } else {
+            format!("{} AND {name} = {value}", condition.expression)
         };
         condition
     }
@@ -485,10 +505,10 @@ fn stage_write(table: &str, staged: &mut Staged, i: usize, write: &Write) -> Sto
                 "the head at generation {expected_generation} ({})",
                 expected_status.as_str()
             ),
-            &[
+            Condition::equals(&[
                 (GENERATION, n(expected_generation)),
                 (STATUS, s(expected_status.as_str())),
-            ],
+            ]),
         ),
         Write::ResolveApproval {
             expected_generation,
@@ -502,11 +522,26 @@ fn stage_write(table: &str, staged: &mut Staged, i: usize, write: &Write) -> Sto
             format!(
                 "the head at generation {expected_generation} awaiting approval of {decision_id}"
             ),
-            &[
+            Condition::equals(&[
                 (GENERATION, n(*expected_generation)),
                 (STATUS, s(HeadStatus::AwaitingApproval.as_str())),
                 (APPROVAL, s(decision_id)),
-            ],
+            ]),
+        ),
+        Write::CountSample {
+            expected_generation,
+            expected_samples,
+            head,
+        } => stage_head(
+            table,
+            staged,
+            &owner,
+            head,
+            format!(
+                "the head evaluating generation {expected_generation} with {expected_samples} \
+                 report(s) seen"
+            ),
+            Condition::samples_seen(*expected_generation, *expected_samples),
         ),
         Write::PutEvent { event } => {
             let system = rules::event_system(event)?;

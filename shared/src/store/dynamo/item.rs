@@ -32,6 +32,8 @@ pub(super) const GENERATION: &str = "generation";
 pub(super) const STATUS: &str = "status";
 /// The decision a head holds for approval (on the head item while it awaits one).
 pub(super) const APPROVAL: &str = "approval_id";
+/// Reports counted into the open evaluation window (on the head item while it evaluates).
+pub(super) const SAMPLES: &str = "samples_seen";
 pub(super) const VERSION: &str = "version";
 pub(super) const MODE: &str = "mode";
 pub(super) const STATE: &str = "state";

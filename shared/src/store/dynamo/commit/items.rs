@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 
 use super::super::item::{
-    self, APPROVAL, BODY, EXPIRES_AT, GENERATION, Item, S3_KEY, STATE, STATUS, TTL, VERSION,
-    epoch_ceil, keys, n, s, ts,
+    self, APPROVAL, BODY, EXPIRES_AT, GENERATION, Item, S3_KEY, SAMPLES, STATE, STATUS, TTL,
+    VERSION, epoch_ceil, keys, n, s, ts,
 };
 use super::{EventBody, OnFailure, Owner, Staged, index_retention, with};
 use crate::domain::{EvolutionEvent, SystemId};
@@ -35,6 +35,10 @@ pub(super) fn head_item(head: &crate::domain::Head) -> StoreResult<Item> {
     // The held decision, for a verdict's condition.
     if let Some(approval) = &head.approval {
         item.insert(APPROVAL.to_owned(), s(&approval.decision_id));
+    }
+    // The reports counted, for the next report's condition.
+    if let Some(evaluation) = &head.evaluation {
+        item.insert(SAMPLES.to_owned(), n(evaluation.samples_seen));
     }
     Ok(item)
 }
