@@ -16,8 +16,8 @@ use super::{
     LlmCallRecord, StoreResult, SystemRecord, Transaction, Write,
 };
 use crate::cost::{
-    CostLedger, LedgerEntry, LedgerScope, PeriodKey, Reservation, ReserveOutcome, SettleOutcome,
-    Settlement, Totals,
+    CostLedger, Hold, LedgerEntry, LedgerScope, PeriodKey, Reclaim, ReclaimOutcome, Reservation,
+    ReserveOutcome, SettleOutcome, Settlement, Totals,
 };
 use crate::domain::{
     Alert, AnalysisRecord, BudgetMode, DecisionRecord, EvolutionEvent, FitnessSample, Generation,
@@ -53,6 +53,8 @@ struct State {
     idempotency: BTreeMap<String, IdempotencyRecord>,
     counters: BTreeMap<(PeriodKey, LedgerScope), Totals>,
     ledger: BTreeMap<String, LedgerEntry>,
+    holds: BTreeMap<String, Hold>,
+    reclaims: Vec<Reclaim>,
 }
 
 impl MemoryStore {
@@ -578,6 +580,9 @@ impl CostLedger for MemoryStore {
                 reservation.amount_nano,
             );
         }
+        state
+            .holds
+            .insert(reservation.call_id.clone(), Hold::of(reservation));
         Ok(ReserveOutcome::Reserved)
     }
 
@@ -586,17 +591,72 @@ impl CostLedger for MemoryStore {
         if state.ledger.contains_key(&settlement.call_id) {
             return Ok(SettleOutcome::AlreadySettled);
         }
+        let held = state.holds.remove(&settlement.call_id).is_some();
         for key in rules::counters(
             &settlement.system_id,
             &settlement.model_id,
             settlement.reserved_at,
         ) {
-            rules::settle_into(state.counters.entry(key).or_default(), settlement);
+            let totals = state.counters.entry(key).or_default();
+            if held {
+                rules::settle_into(totals, settlement);
+            } else {
+                rules::count(totals, settlement);
+            }
         }
         state
             .ledger
             .insert(settlement.call_id.clone(), rules::ledger_entry(settlement));
-        Ok(SettleOutcome::Settled)
+        Ok(if held {
+            SettleOutcome::Settled
+        } else {
+            SettleOutcome::SettledAfterReclaim
+        })
+    }
+
+    async fn holds(&self, expired_by: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Hold>> {
+        let mut holds: Vec<Hold> = self
+            .lock()
+            .holds
+            .values()
+            .filter(|h| h.expires_at <= expired_by)
+            .cloned()
+            .collect();
+        holds.sort_by_key(rules::hold_order);
+        holds.truncate(limit);
+        Ok(holds)
+    }
+
+    async fn reclaim(
+        &self,
+        hold: &Hold,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ReclaimOutcome> {
+        let mut state = self.lock();
+        if state.holds.remove(&hold.call_id).is_none() {
+            return Ok(ReclaimOutcome::Gone);
+        }
+        for key in rules::counters(&hold.system_id, &hold.model_id, hold.reserved_at) {
+            rules::release(state.counters.entry(key).or_default(), hold.amount_nano);
+        }
+        state.reclaims.push(Reclaim {
+            hold: hold.clone(),
+            by: by.to_owned(),
+            at,
+        });
+        Ok(ReclaimOutcome::Reclaimed)
+    }
+
+    async fn reclaims(&self, since: Option<DateTime<Utc>>) -> StoreResult<Vec<Reclaim>> {
+        let state = self.lock();
+        Ok(in_time_order(
+            state.reclaims.iter(),
+            |r| r.at,
+            |r| (r.at, r.hold.call_id.clone()),
+            since,
+            usize::MAX,
+        ))
     }
 
     async fn totals(&self, period: PeriodKey, scope: &LedgerScope) -> StoreResult<Totals> {

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::cost::{
-    BudgetLimit, LedgerEntry, LedgerScope, PeriodKey, Reservation, ReserveOutcome, Settlement,
-    Totals,
+    BudgetLimit, Hold, LedgerEntry, LedgerScope, PeriodKey, RESERVATION_HOLD, Reservation,
+    ReserveOutcome, Settlement, Totals,
 };
 use crate::domain::{
     BudgetMode, BudgetPeriod, BudgetScope, DecisionRecord, EvolutionEvent, Head, Outgoing, SystemId,
@@ -504,11 +504,35 @@ pub(in crate::store) fn hold(totals: &mut Totals, amount_nano: u64) {
 
 /// Releases the hold and counts the actual cost in one counter.
 pub(in crate::store) fn settle_into(totals: &mut Totals, settlement: &Settlement) {
-    totals.reserved_nano = totals
-        .reserved_nano
-        .saturating_sub(settlement.reserved_nano);
+    release(totals, settlement.reserved_nano);
+    count(totals, settlement);
+}
+
+/// Counts a call's cost without releasing anything: its hold was reclaimed before it settled.
+pub(in crate::store) fn count(totals: &mut Totals, settlement: &Settlement) {
     totals.spent_nano = totals.spent_nano.saturating_add(settlement.actual_nano);
     totals.calls = totals.calls.saturating_add(1);
+}
+
+pub(in crate::store) fn release(totals: &mut Totals, amount_nano: u64) {
+    totals.reserved_nano = totals.reserved_nano.saturating_sub(amount_nano);
+}
+
+/// The hold a settlement releases, rebuilt from what the settlement carries.
+pub(in crate::store) fn hold_of(settlement: &Settlement) -> Hold {
+    Hold {
+        call_id: settlement.call_id.clone(),
+        system_id: settlement.system_id.clone(),
+        model_id: settlement.model_id.clone(),
+        amount_nano: settlement.reserved_nano,
+        reserved_at: settlement.reserved_at,
+        expires_at: settlement.reserved_at + RESERVATION_HOLD,
+    }
+}
+
+/// Holds in the order every adapter lists them: soonest expiry first, then call id.
+pub(in crate::store) fn hold_order(hold: &Hold) -> (DateTime<Utc>, String) {
+    (hold.expires_at, hold.call_id.clone())
 }
 
 pub(in crate::store) fn ledger_entry(settlement: &Settlement) -> LedgerEntry {

@@ -31,7 +31,7 @@ pub const DB_FILE: &str = "evolution.db";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema steps; `PRAGMA user_version` counts how many have been applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE systems (
@@ -132,6 +132,22 @@ CREATE TABLE ledger (
     body    TEXT NOT NULL
 );
 CREATE INDEX ledger_by_time ON ledger (at, call_id);
+";
+
+/// Reservations held until settled, and the holds the sweep reclaimed.
+const SCHEMA_V2: &str = "
+CREATE TABLE holds (
+    call_id    TEXT PRIMARY KEY,
+    expires_at TEXT NOT NULL,
+    body       TEXT NOT NULL
+);
+CREATE INDEX holds_by_expiry ON holds (expires_at, call_id);
+CREATE TABLE reclaims (
+    call_id TEXT PRIMARY KEY,
+    at      TEXT NOT NULL,
+    body    TEXT NOT NULL
+);
+CREATE INDEX reclaims_by_time ON reclaims (at, call_id);
 ";
 
 /// Tables whose rows belong to one system and go when it is purged. The spend audit (ledger,

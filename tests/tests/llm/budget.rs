@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use shared::clock::{SeededRandom, SimClock};
 use shared::cost::{
-    BudgetLimit, Budgets, CostLedger, LedgerEntry, LedgerScope, PeriodKey, Reservation,
-    ReserveOutcome, SettleOutcome, Settlement, Totals,
+    BudgetLimit, Budgets, CostLedger, Hold, LedgerEntry, LedgerScope, PeriodKey, Reclaim,
+    ReclaimOutcome, Reservation, ReserveOutcome, SettleOutcome, Settlement, Totals,
 };
 use shared::domain::{BudgetMode, BudgetPeriod, BudgetScope, Role};
 use shared::engine::{LOCAL_MODEL_ID, LocalEngine};
@@ -49,6 +49,23 @@ impl CostLedger for Recording {
 
     async fn entries(&self, since: Option<DateTime<Utc>>) -> StoreResult<Vec<LedgerEntry>> {
         self.store.entries(since).await
+    }
+
+    async fn holds(&self, expired_by: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Hold>> {
+        self.store.holds(expired_by, limit).await
+    }
+
+    async fn reclaim(
+        &self,
+        hold: &Hold,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ReclaimOutcome> {
+        self.store.reclaim(hold, by, at).await
+    }
+
+    async fn reclaims(&self, since: Option<DateTime<Utc>>) -> StoreResult<Vec<Reclaim>> {
+        self.store.reclaims(since).await
     }
 }
 

@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use shared::cost::{
-    BudgetLimit, LedgerScope, PeriodKey, Reservation, ReserveOutcome, SettleOutcome, Settlement,
-    Totals,
+    BudgetLimit, Hold, LedgerScope, PeriodKey, RESERVATION_HOLD, ReclaimOutcome, Reservation,
+    ReserveOutcome, SettleOutcome, Settlement, Totals,
 };
 use shared::domain::{BudgetPeriod, BudgetScope, SystemId};
 use shared::store::Usage;
@@ -415,4 +415,131 @@ pub async fn concurrent_reservations_never_overshoot_the_limit(h: &Harness) {
     let total = read(h.store.as_ref(), day(0), &LedgerScope::Total).await;
     assert_eq!(total, totals(0, 98, 0));
     assert!(total.reserved_nano <= 100);
+}
+
+/// Every hold, expired or not.
+async fn all_holds(store: &dyn Store) -> Vec<Hold> {
+    store
+        .holds(t(0) + chrono::Duration::days(365), 1_000)
+        .await
+        .expect("holds")
+}
+
+pub async fn a_reservation_is_held_until_it_is_settled(h: &Harness) {
+    let store = h.store.as_ref();
+    let id = sys("alpha");
+    let first = reservation("call-1", &id, "model-a", 100, t(0), global_daily(1_000));
+    let second = reservation("call-2", &id, "model-b", 50, t(60), global_daily(1_000));
+    assert_eq!(reserve(store, &first).await, ReserveOutcome::Reserved);
+    assert_eq!(reserve(store, &second).await, ReserveOutcome::Reserved);
+
+    let held = all_holds(store).await;
+    assert_eq!(held, [Hold::of(&first), Hold::of(&second)]);
+    assert_eq!(held[0].expires_at, t(0) + RESERVATION_HOLD);
+    assert_eq!(held[0].amount_nano, 100);
+    // Only holds past their expiry are listed as expired, oldest first, up to the limit.
+    let expired = |at| store.holds(at, 1_000);
+    assert!(
+        expired(t(0) + RESERVATION_HOLD - chrono::Duration::seconds(1))
+            .await
+            .expect("holds")
+            .is_empty()
+    );
+    assert_eq!(
+        expired(t(0) + RESERVATION_HOLD).await.expect("holds"),
+        [Hold::of(&first)]
+    );
+    assert_eq!(
+        store
+            .holds(t(0) + chrono::Duration::days(1), 1)
+            .await
+            .expect("holds"),
+        [Hold::of(&first)]
+    );
+
+    store
+        .settle(&settlement(&first, 30, t(5)))
+        .await
+        .expect("settle");
+    assert_eq!(all_holds(store).await, [Hold::of(&second)]);
+}
+
+pub async fn an_expired_hold_is_reclaimed_once_and_recorded(h: &Harness) {
+    let store = h.store.as_ref();
+    let id = sys("alpha");
+    let leaked = reservation("call-1", &id, "model-a", 100, t(0), global_daily(1_000));
+    let live = reservation("call-2", &id, "model-a", 50, t(0), global_daily(1_000));
+    assert_eq!(reserve(store, &leaked).await, ReserveOutcome::Reserved);
+    assert_eq!(reserve(store, &live).await, ReserveOutcome::Reserved);
+    let at = t(0) + RESERVATION_HOLD;
+
+    assert_eq!(
+        store
+            .reclaim(&Hold::of(&leaked), "sweep-1", at)
+            .await
+            .expect("reclaim"),
+        ReclaimOutcome::Reclaimed
+    );
+    assert_eq!(
+        store
+            .reclaim(&Hold::of(&leaked), "sweep-2", at)
+            .await
+            .expect("reclaim again"),
+        ReclaimOutcome::Gone
+    );
+    // The leaked amount is released everywhere; the live hold stays.
+    assert_call_counters(store, &id, "model-a", 0, totals(0, 50, 0)).await;
+    assert_eq!(all_holds(store).await, [Hold::of(&live)]);
+    let reclaims = store.reclaims(None).await.expect("reclaims");
+    assert_eq!(reclaims.len(), 1);
+    assert_eq!(reclaims[0].hold, Hold::of(&leaked));
+    assert_eq!(reclaims[0].by, "sweep-1");
+    assert_eq!(reclaims[0].at, at);
+    // Reclaiming is not spending: the ledger has no entry for it.
+    assert!(store.entries(None).await.expect("entries").is_empty());
+}
+
+pub async fn a_settlement_after_its_hold_was_reclaimed_counts_the_cost_once(h: &Harness) {
+    let store = h.store.as_ref();
+    let id = sys("alpha");
+    let held = reservation("call-1", &id, "model-a", 100, t(0), global_daily(1_000));
+    assert_eq!(reserve(store, &held).await, ReserveOutcome::Reserved);
+    let at = t(0) + RESERVATION_HOLD;
+    store
+        .reclaim(&Hold::of(&held), "sweep-1", at)
+        .await
+        .expect("reclaim");
+
+    let late = settlement(&held, 40, at);
+    assert_eq!(
+        store.settle(&late).await.expect("settle"),
+        SettleOutcome::SettledAfterReclaim
+    );
+    assert_eq!(
+        store.settle(&late).await.expect("settle again"),
+        SettleOutcome::AlreadySettled
+    );
+    // The cost counts once and nothing is released twice.
+    assert_call_counters(store, &id, "model-a", 0, totals(40, 0, 1)).await;
+    assert_eq!(store.entries(None).await.expect("entries").len(), 1);
+}
+
+pub async fn a_settled_call_has_nothing_to_reclaim(h: &Harness) {
+    let store = h.store.as_ref();
+    let id = sys("alpha");
+    let held = reservation("call-1", &id, "model-a", 100, t(0), global_daily(1_000));
+    assert_eq!(reserve(store, &held).await, ReserveOutcome::Reserved);
+    store
+        .settle(&settlement(&held, 40, t(5)))
+        .await
+        .expect("settle");
+    assert_eq!(
+        store
+            .reclaim(&Hold::of(&held), "sweep-1", t(0) + RESERVATION_HOLD)
+            .await
+            .expect("reclaim"),
+        ReclaimOutcome::Gone
+    );
+    assert_call_counters(store, &id, "model-a", 0, totals(40, 0, 1)).await;
+    assert!(store.reclaims(None).await.expect("reclaims").is_empty());
 }

@@ -71,6 +71,10 @@ pub(super) mod keys {
     pub(in crate::store::dynamo) const PERFORMANCE: &str = "PERFORMANCE";
     pub(in crate::store::dynamo) const CALL_DAYS: &str = "CALLDAYS";
     pub(in crate::store::dynamo) const LEDGER_DAYS: &str = "LEDGERDAYS";
+    pub(in crate::store::dynamo) const RECLAIM_DAYS: &str = "RECLAIMDAYS";
+    /// Holds are spread over this many partitions, so reserving and settling at fleet scale
+    /// does not write one hot partition; the sweep queries them all.
+    pub(in crate::store::dynamo) const HOLD_SHARDS: u32 = 8;
     /// The sort key of single-item partitions (`IDEMP#`, `LEDGER#`).
     pub(in crate::store::dynamo) const RECORD: &str = "RECORD";
 
@@ -163,6 +167,22 @@ pub(super) mod keys {
 
     pub(in crate::store::dynamo) fn ledger_day(day: &str) -> String {
         format!("LEDGERDAY#{day}")
+    }
+
+    /// The partition of a call's hold: a stable hash of its id picks the shard.
+    pub(in crate::store::dynamo) fn hold_shard(call_id: &str) -> String {
+        let hash = call_id
+            .bytes()
+            .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+        holds(hash % HOLD_SHARDS)
+    }
+
+    pub(in crate::store::dynamo) fn holds(shard: u32) -> String {
+        format!("HOLDS#{shard}")
+    }
+
+    pub(in crate::store::dynamo) fn reclaim_day(day: &str) -> String {
+        format!("RECLAIMDAY#{day}")
     }
 
     pub(in crate::store::dynamo) fn circuit(model_id: &str) -> String {

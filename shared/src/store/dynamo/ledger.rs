@@ -8,14 +8,14 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::types::{Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
 use super::item::{self, CALLS, COMMITTED, Expr, RESERVED, SPENT, build_error, day, keys, n, ts};
-use super::{DynamoStore, Query, TransactFailure, request_token, time_range};
+use super::{DynamoStore, Query, Range, TransactFailure, request_token, time_range};
 use crate::cost::{
-    BudgetLimit, CostLedger, LedgerEntry, LedgerScope, PeriodKey, Reservation, ReserveOutcome,
-    SettleOutcome, Settlement, Totals,
+    BudgetLimit, CostLedger, Hold, LedgerEntry, LedgerScope, PeriodKey, Reclaim, ReclaimOutcome,
+    Reservation, ReserveOutcome, SettleOutcome, Settlement, Totals,
 };
 use crate::domain::BudgetScope;
 use crate::store::rules;
@@ -95,7 +95,8 @@ impl DynamoStore {
         })
     }
 
-    /// The six counter updates of a reservation, each limit's counter conditioned on its room.
+    /// The six counter updates of a reservation, each limit's counter conditioned on its room,
+    /// and its hold.
     fn reserve_items(&self, reservation: &Reservation) -> StoreResult<Vec<TransactWriteItem>> {
         let mut rooms: BTreeMap<Counter, u64> = BTreeMap::new();
         for limit in &reservation.limits {
@@ -136,10 +137,20 @@ impl DynamoStore {
                 .map(|update| TransactWriteItem::builder().update(update).build())
                 .map_err(|e| build_error(&e))
         })
+        .chain(std::iter::once(hold_put(
+            &self.table,
+            &Hold::of(reservation),
+        )))
         .collect()
     }
 
-    fn settle_items(&self, settlement: &Settlement) -> StoreResult<Vec<TransactWriteItem>> {
+    /// The ledger entry and the counter updates of a settlement; with `held`, also the release
+    /// of the reservation and the deletion of its hold (conditioned on the hold being there).
+    fn settle_items(
+        &self,
+        settlement: &Settlement,
+        held: bool,
+    ) -> StoreResult<Vec<TransactWriteItem>> {
         let entry = rules::ledger_entry(settlement);
         let mut items = Vec::new();
         // Written once: the condition that makes a retried settlement count once.
@@ -165,8 +176,12 @@ impl DynamoStore {
             item::key(keys::LEDGER_DAYS, the_day),
             None,
         )?);
-        let released = -i128::from(settlement.reserved_nano);
-        let delta = i128::from(settlement.actual_nano) - i128::from(settlement.reserved_nano);
+        let reserved = if held { settlement.reserved_nano } else { 0 };
+        if held {
+            items.push(hold_delete(&self.table, &rules::hold_of(settlement))?);
+        }
+        let released = -i128::from(reserved);
+        let delta = i128::from(settlement.actual_nano) - i128::from(reserved);
         for counter in rules::counters(
             &settlement.system_id,
             &settlement.model_id,
@@ -196,6 +211,65 @@ impl DynamoStore {
         }
         Ok(items)
     }
+}
+
+/// The counter updates that release `amount_nano` of a hold in all six counters.
+fn release_items(table: &str, hold: &Hold) -> StoreResult<Vec<TransactWriteItem>> {
+    let released = -i128::from(hold.amount_nano);
+    rules::counters(&hold.system_id, &hold.model_id, hold.reserved_at)
+        .into_iter()
+        .map(|counter| {
+            let mut expr = Expr::default();
+            let update = format!(
+                "ADD {} {}, {} {}",
+                expr.name(RESERVED),
+                expr.value(n(released)),
+                expr.name(COMMITTED),
+                expr.value(n(released)),
+            );
+            Update::builder()
+                .table_name(table)
+                .set_key(Some(counter_key(&counter)))
+                .update_expression(update)
+                .set_expression_attribute_names(expr.names())
+                .set_expression_attribute_values(expr.values())
+                .build()
+                .map(|update| TransactWriteItem::builder().update(update).build())
+                .map_err(|e| build_error(&e))
+        })
+        .collect()
+}
+
+fn hold_key(hold: &Hold) -> item::Item {
+    item::key(
+        keys::hold_shard(&hold.call_id),
+        keys::timed(hold.expires_at, &hold.call_id),
+    )
+}
+
+fn hold_put(table: &str, hold: &Hold) -> StoreResult<TransactWriteItem> {
+    let record = item::record(
+        keys::hold_shard(&hold.call_id),
+        keys::timed(hold.expires_at, &hold.call_id),
+        hold,
+    )?;
+    put(table, record, None)
+}
+
+/// Deletes a hold that must still be there: its condition is what tells a settlement or a
+/// reclaim that the other came first.
+fn hold_delete(table: &str, hold: &Hold) -> StoreResult<TransactWriteItem> {
+    let mut expr = Expr::default();
+    let pk = expr.name(item::PK);
+    let delete = Delete::builder()
+        .table_name(table)
+        .set_key(Some(hold_key(hold)))
+        .condition_expression(format!("attribute_exists({pk})"))
+        .set_expression_attribute_names(expr.names())
+        .set_expression_attribute_values(expr.values())
+        .build()
+        .map_err(|e| build_error(&e))?;
+    Ok(TransactWriteItem::builder().delete(delete).build())
 }
 
 fn put(
@@ -269,12 +343,90 @@ impl CostLedger for DynamoStore {
     async fn settle(&self, settlement: &Settlement) -> StoreResult<SettleOutcome> {
         // No client request token: a retry of a settlement that applied must fail its ledger
         // condition and report `AlreadySettled`, not succeed again.
-        match self.transact(self.settle_items(settlement)?, None).await {
-            Ok(()) => Ok(SettleOutcome::Settled),
-            // Only the ledger item is conditioned: it exists, so this call was counted.
+        match self
+            .transact(self.settle_items(settlement, true)?, None)
+            .await
+        {
+            Ok(()) => return Ok(SettleOutcome::Settled),
+            Err(failure) if cancelled_by_condition(&failure) => {}
+            Err(failure) => return Err(failure_error("settlement", failure)),
+        }
+        // Either the entry exists (this call was counted) or the hold is gone (the sweep
+        // reclaimed it): the entry tells which.
+        if self
+            .get(keys::ledger(&settlement.call_id), keys::RECORD)
+            .await?
+            .is_some()
+        {
+            return Ok(SettleOutcome::AlreadySettled);
+        }
+        match self
+            .transact(self.settle_items(settlement, false)?, None)
+            .await
+        {
+            Ok(()) => Ok(SettleOutcome::SettledAfterReclaim),
             Err(failure) if cancelled_by_condition(&failure) => Ok(SettleOutcome::AlreadySettled),
             Err(failure) => Err(failure_error("settlement", failure)),
         }
+    }
+
+    async fn holds(&self, expired_by: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Hold>> {
+        // Sort keys are `<expiry>#<call id>`: every one at or before `expired_by` sorts below
+        // `<expired_by>$`.
+        let range = Range::Between("0".to_owned(), format!("{}$", ts(expired_by)));
+        let mut holds = Vec::new();
+        for shard in 0..keys::HOLD_SHARDS {
+            let query = Query::new(keys::holds(shard), range.clone()).limit(limit);
+            holds.extend(self.query_records::<Hold>(&query).await?);
+        }
+        holds.sort_by_key(rules::hold_order);
+        holds.truncate(limit);
+        Ok(holds)
+    }
+
+    async fn reclaim(
+        &self,
+        hold: &Hold,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ReclaimOutcome> {
+        let reclaim = Reclaim {
+            hold: hold.clone(),
+            by: by.to_owned(),
+            at,
+        };
+        let the_day = day(at);
+        let mut items = vec![hold_delete(&self.table, hold)?];
+        items.extend(release_items(&self.table, hold)?);
+        items.push(put(
+            &self.table,
+            item::record(
+                keys::reclaim_day(&the_day),
+                keys::timed(at, &hold.call_id),
+                &reclaim,
+            )?,
+            None,
+        )?);
+        items.push(put(
+            &self.table,
+            item::key(keys::RECLAIM_DAYS, the_day),
+            None,
+        )?);
+        match self.transact(items, None).await {
+            Ok(()) => Ok(ReclaimOutcome::Reclaimed),
+            // The hold's condition: settled or reclaimed already.
+            Err(failure) if cancelled_by_condition(&failure) => Ok(ReclaimOutcome::Gone),
+            Err(failure) => Err(failure_error("reclaim", failure)),
+        }
+    }
+
+    async fn reclaims(&self, since: Option<DateTime<Utc>>) -> StoreResult<Vec<Reclaim>> {
+        let mut reclaims = Vec::new();
+        for the_day in self.days(keys::RECLAIM_DAYS, since).await? {
+            let query = Query::new(keys::reclaim_day(&the_day), time_range(since));
+            reclaims.extend(self.query_records::<Reclaim>(&query).await?);
+        }
+        Ok(reclaims)
     }
 
     async fn totals(&self, period: PeriodKey, scope: &LedgerScope) -> StoreResult<Totals> {

@@ -8,8 +8,8 @@ use super::{
     SqlResult, SqliteStore, encode, exists, many, put, read_totals, since_key, ts, write_totals,
 };
 use crate::cost::{
-    CostLedger, LedgerEntry, LedgerScope, PeriodKey, Reservation, ReserveOutcome, SettleOutcome,
-    Settlement, Totals,
+    CostLedger, Hold, LedgerEntry, LedgerScope, PeriodKey, Reclaim, ReclaimOutcome, Reservation,
+    ReserveOutcome, SettleOutcome, Settlement, Totals,
 };
 use crate::store::StoreResult;
 use crate::store::rules;
@@ -35,6 +35,12 @@ impl CostLedger for SqliteStore {
             rules::hold(&mut totals, reservation.amount_nano);
             write_totals(&db, &period, &scope, &totals)?;
         }
+        let hold = Hold::of(reservation);
+        put(
+            &db,
+            "INSERT INTO holds (call_id, expires_at, body) VALUES (?1, ?2, ?3)",
+            [hold.call_id.as_str(), &ts(hold.expires_at), &encode(&hold)?],
+        )?;
         db.commit().sql()?;
         Ok(ReserveOutcome::Reserved)
     }
@@ -51,13 +57,24 @@ impl CostLedger for SqliteStore {
         )? {
             return Ok(SettleOutcome::AlreadySettled);
         }
+        let held = db
+            .execute(
+                "DELETE FROM holds WHERE call_id = ?1",
+                [settlement.call_id.as_str()],
+            )
+            .sql()?
+            > 0;
         for (period, scope) in rules::counters(
             &settlement.system_id,
             &settlement.model_id,
             settlement.reserved_at,
         ) {
             let mut totals = read_totals(&db, &period, &scope)?;
-            rules::settle_into(&mut totals, settlement);
+            if held {
+                rules::settle_into(&mut totals, settlement);
+            } else {
+                rules::count(&mut totals, settlement);
+            }
             write_totals(&db, &period, &scope, &totals)?;
         }
         let entry = rules::ledger_entry(settlement);
@@ -67,7 +84,67 @@ impl CostLedger for SqliteStore {
             [entry.call_id.as_str(), &ts(entry.at), &encode(&entry)?],
         )?;
         db.commit().sql()?;
-        Ok(SettleOutcome::Settled)
+        Ok(if held {
+            SettleOutcome::Settled
+        } else {
+            SettleOutcome::SettledAfterReclaim
+        })
+    }
+
+    async fn holds(&self, expired_by: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Hold>> {
+        many(
+            &self.conn(),
+            "holds",
+            "SELECT body FROM holds WHERE expires_at <= ?1 ORDER BY expires_at, call_id LIMIT ?2",
+            rusqlite::params![ts(expired_by), i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+    }
+
+    async fn reclaim(
+        &self,
+        hold: &Hold,
+        by: &str,
+        at: DateTime<Utc>,
+    ) -> StoreResult<ReclaimOutcome> {
+        let mut conn = self.conn();
+        let db = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .sql()?;
+        let deleted = db
+            .execute(
+                "DELETE FROM holds WHERE call_id = ?1",
+                [hold.call_id.as_str()],
+            )
+            .sql()?;
+        if deleted == 0 {
+            return Ok(ReclaimOutcome::Gone);
+        }
+        for (period, scope) in rules::counters(&hold.system_id, &hold.model_id, hold.reserved_at) {
+            let mut totals = read_totals(&db, &period, &scope)?;
+            rules::release(&mut totals, hold.amount_nano);
+            write_totals(&db, &period, &scope, &totals)?;
+        }
+        let reclaim = Reclaim {
+            hold: hold.clone(),
+            by: by.to_owned(),
+            at,
+        };
+        put(
+            &db,
+            "INSERT INTO reclaims (call_id, at, body) VALUES (?1, ?2, ?3)",
+            [hold.call_id.as_str(), &ts(at), &encode(&reclaim)?],
+        )?;
+        db.commit().sql()?;
+        Ok(ReclaimOutcome::Reclaimed)
+    }
+
+    async fn reclaims(&self, since: Option<DateTime<Utc>>) -> StoreResult<Vec<Reclaim>> {
+        many(
+            &self.conn(),
+            "reclaims",
+            "SELECT body FROM reclaims WHERE at >= ?1 ORDER BY at, call_id",
+            [since_key(since)],
+        )
     }
 
     async fn totals(&self, period: PeriodKey, scope: &LedgerScope) -> StoreResult<Totals> {
