@@ -4,14 +4,20 @@
 use chrono::{DateTime, Utc};
 
 use super::{Deps, RegistryPages, StageOutput, StageResult, load_system};
-use crate::cost::{LedgerScope, PeriodKey, format_usd, mode_for};
+use crate::cost::{LedgerScope, PeriodKey, RESERVATION_HOLD, ReclaimOutcome, format_usd, mode_for};
 use crate::domain::{
     Alert, AlertLevel, Body, BudgetMode, BudgetPeriod, BudgetScope, Envelope, Outgoing, derive_id,
 };
 use crate::store::{BudgetState, SystemRecord, Write};
 
+/// Expired holds one sweep reclaims at most; more wait for the next minute's sweep. Each is a
+/// small transaction of its own, so a crash that left a fleet's calls held is undone in a few
+/// sweeps without one sweep outliving its invocation.
+const RECLAIM_BATCH: usize = 500;
+
 /// Recomputes the mode from the global budgets. Per-system budgets are enforced by the ledger's
-/// reservations (a system over its own budget gets the local engine) and reported here.
+/// reservations (a system over its own budget gets the local engine) and reported here. Holds
+/// whose calls never settled are reclaimed and alerted on.
 pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
     let now = deps.clock.now();
     let today = deps.money_clock.now();
@@ -77,6 +83,9 @@ pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
     };
     let flagged = over.len();
     out.fanout = over;
+    if let Some(alert) = reclaim_expired_holds(deps, env, now).await? {
+        alerts.push(alert);
+    }
     out.summary = if alerts.is_empty() {
         format!("budget mode stays {}", current.mode.as_str())
     } else {
@@ -92,6 +101,65 @@ pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
         out.raise(env, "cost-guard", i, 0, now, alert);
     }
     Ok(out)
+}
+
+/// Releases every hold past its expiry (its call's process died between reserve and settle, or
+/// its settlement failed), so a crash cannot leave the budget held and the fleet silently on the
+/// local engine. Returns the alert naming what this sweep message reclaimed, also in an earlier
+/// delivery of it that died before committing (each reclaim records the message's id).
+async fn reclaim_expired_holds(
+    deps: &Deps,
+    env: &Envelope,
+    now: DateTime<Utc>,
+) -> Result<Option<Alert>, super::StageError> {
+    for hold in deps.ledger.holds(now, RECLAIM_BATCH).await? {
+        if deps.ledger.reclaim(&hold, &env.id, now).await? == ReclaimOutcome::Reclaimed {
+            tracing::warn!(
+                call_id = %hold.call_id,
+                system_id = %hold.system_id,
+                model_id = %hold.model_id,
+                amount_nano = hold.amount_nano,
+                reserved_at = %hold.reserved_at,
+                "reclaimed a reservation whose call never settled"
+            );
+        }
+    }
+    let since = env.sent_at.min(now) - chrono::Duration::minutes(1);
+    let reclaimed: Vec<_> = deps
+        .ledger
+        .reclaims(Some(since))
+        .await?
+        .into_iter()
+        .filter(|r| r.by == env.id)
+        .collect();
+    if reclaimed.is_empty() {
+        return Ok(None);
+    }
+    let amount: u64 = reclaimed.iter().map(|r| r.hold.amount_nano).sum();
+    let mut systems: Vec<&str> = reclaimed
+        .iter()
+        .map(|r| r.hold.system_id.as_str())
+        .collect();
+    systems.sort_unstable();
+    systems.dedup();
+    let shown = systems.len().min(10);
+    Ok(Some(Alert {
+        id: derive_id("alr", &[&env.id, "reclaimed"]),
+        level: AlertLevel::Warning,
+        kind: "reservations_reclaimed".into(),
+        message: format!(
+            "reclaimed {} reservation(s) held over {} minutes ({} in total; systems {}{}): \
+             their calls never settled, so a process died mid-call or could not reach the \
+             ledger; look for crashed invocations or workers around those times",
+            reclaimed.len(),
+            RESERVATION_HOLD.num_minutes(),
+            format_usd(amount),
+            systems[..shown].join(", "),
+            if systems.len() > shown { ", ..." } else { "" },
+        ),
+        system_id: None,
+        at: now,
+    }))
 }
 
 /// Pages through the registry and returns one [`Body::SystemOverBudget`] per system at or over

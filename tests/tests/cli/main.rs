@@ -8,6 +8,7 @@ use serde_json::Value;
 pub(crate) use tests::bins::workspace_bin as bin;
 
 mod aws;
+mod crash;
 
 fn evolve(state: &Path, args: &[&str]) -> Output {
     Command::new(bin("evolve"))
