@@ -241,13 +241,19 @@ pub async fn cost(cli: &Cli, json: bool) -> anyhow::Result<()> {
         .totals(PeriodKey::of(BudgetPeriod::Month, now), &LedgerScope::Total)
         .await?;
     let mut by_model: BTreeMap<String, ModelSpend> = BTreeMap::new();
+    let mut requests: BTreeMap<&'static str, RequestsPerCall> = BTreeMap::new();
     for call in store.list_llm_calls(None, None).await? {
+        for key in ["all", call.role.as_str()] {
+            requests.entry(key).or_default().add(call.bedrock_requests);
+        }
         let m = by_model.entry(call.model_id).or_default();
         m.calls += 1;
         m.input_tokens += call.usage.input_tokens;
         m.output_tokens += call.usage.output_tokens;
         m.cost_nano_usd += call.cost_nano_usd;
     }
+    let holds = store.holds(far_future(now), usize::MAX).await?;
+    let reclaims = store.reclaims(None).await?;
     let budget = store.budget_state().await?;
     if json {
         return print_json(&json!({
@@ -255,6 +261,16 @@ pub async fn cost(cli: &Cli, json: bool) -> anyhow::Result<()> {
             "today": {"spent_nano_usd": day.spent_nano, "reserved_nano_usd": day.reserved_nano, "calls": day.calls},
             "month": {"spent_nano_usd": month.spent_nano, "reserved_nano_usd": month.reserved_nano, "calls": month.calls},
             "by_model": by_model,
+            "requests_per_call": requests,
+            "holds": {
+                "count": holds.len(),
+                "reserved_nano_usd": holds.iter().map(|h| h.amount_nano).sum::<u64>(),
+                "oldest_expires_at": holds.first().map(|h| h.expires_at),
+            },
+            "reclaimed": {
+                "count": reclaims.len(),
+                "released_nano_usd": reclaims.iter().map(|r| r.hold.amount_nano).sum::<u64>(),
+            },
         }));
     }
     println!("budget mode  {} ({})", budget.mode.as_str(), budget.reason);
@@ -281,7 +297,43 @@ pub async fn cost(cli: &Cli, json: bool) -> anyhow::Result<()> {
             format_usd(m.cost_nano_usd)
         );
     }
+    if let Some(all) = requests.get("all") {
+        println!(
+            "requests     {} Bedrock requests in {} role calls (at most {} in one)",
+            all.bedrock_requests, all.calls, all.max_per_call
+        );
+    }
+    println!(
+        "held         {} reservation(s), {}; {} reclaimed after their calls never settled",
+        holds.len(),
+        format_usd(holds.iter().map(|h| h.amount_nano).sum()),
+        reclaims.len()
+    );
     Ok(())
+}
+
+/// Bedrock requests per role call: the figure a misbehaving model drives up.
+#[derive(Debug, Default, Serialize)]
+struct RequestsPerCall {
+    calls: u64,
+    bedrock_requests: u64,
+    max_per_call: u32,
+    /// Requests per call, two decimals (a display figure, not money).
+    per_call: f64,
+}
+
+impl RequestsPerCall {
+    fn add(&mut self, requests: u32) {
+        self.calls += 1;
+        self.bedrock_requests += u64::from(requests);
+        self.max_per_call = self.max_per_call.max(requests);
+        self.per_call = (self.bedrock_requests * 100 / self.calls) as f64 / 100.0;
+    }
+}
+
+/// Later than any hold can expire: every hold.
+fn far_future(now: chrono::DateTime<Utc>) -> chrono::DateTime<Utc> {
+    now + chrono::Duration::days(36_500)
 }
 
 /// Sends a `RollbackRequested` through the pipeline, as an operator message.

@@ -47,6 +47,10 @@ mod transport;
 use cache::cache_key;
 use transport::{classify, raw_answer, request_timeout, usage_of};
 
+/// Less time than this left for a request (by the deadline or the fallback window) and it is not
+/// sent: it could not be answered, yet Bedrock might bill it.
+const MIN_REQUEST_TIME: Duration = Duration::from_secs(1);
+
 /// The response cache's default time to live. Long enough to absorb the repeats of one burst
 /// (a redelivered proposal, a deferred one coming back, systems that share a prompt), short
 /// enough that an answer never outlives the situation it was given for by much: history and
@@ -139,12 +143,46 @@ pub struct BedrockModel {
 #[derive(Debug, Default)]
 struct Spent {
     requests: u32,
+    /// Requests Bedrock billed or may bill (answered, or given up mid-work).
+    billed: u32,
+    /// The call's money budget: a multiple of its priciest request's worst case so far.
+    budget_nano: u64,
     cost_nano: u64,
     usage: Usage,
     crossings: Vec<BudgetCrossing>,
     perf: Vec<(String, bool, u64, bool)>,
     security: Vec<SecurityEvent>,
     cache_hit: bool,
+}
+
+impl Spent {
+    /// Why the call may not send another request costing up to `worst_nano`, if it may not:
+    /// past its request, billed-answer or money budget, the local engine answers instead.
+    fn exhausted(&mut self, policy: &RetryPolicy, worst_nano: u64) -> Option<String> {
+        self.budget_nano = self
+            .budget_nano
+            .max(worst_nano.saturating_mul(policy.max_cost_multiple));
+        let budget = self.budget_nano;
+        if self.requests >= policy.max_requests {
+            Some(format!(
+                "call budget: {} requests sent (at most {})",
+                self.requests, policy.max_requests
+            ))
+        } else if self.billed >= policy.max_billed {
+            Some(format!(
+                "call budget: {} billed requests (at most {})",
+                self.billed, policy.max_billed
+            ))
+        } else if self.cost_nano.saturating_add(worst_nano) > budget {
+            Some(format!(
+                "call budget: {} nano-USD charged, the next request may cost {worst_nano} more \
+                 (at most {budget})",
+                self.cost_nano
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// How a role call ended on the Bedrock side.
@@ -340,6 +378,18 @@ impl BedrockModel {
                     continue 'models;
                 }
                 let worst = worst_case_nano(price, estimate, u64::from(max_tokens));
+                let timeout = request_timeout(settings.timeout, ctx.deadline, remaining, now);
+                if timeout < MIN_REQUEST_TIME.min(settings.timeout) {
+                    last_reason = format!(
+                        "{timeout:?} left before the invocation's deadline or the fallback \
+                         window ({last_reason})"
+                    );
+                    break 'models;
+                }
+                if let Some(reason) = spent.exhausted(retry, worst) {
+                    last_reason = format!("{reason}; last failure: {last_reason}");
+                    break 'models;
+                }
                 attempt_no += 1;
                 let call_id = derive_id(
                     "bcall",
@@ -379,7 +429,6 @@ impl BedrockModel {
                         };
                     }
                 }
-                let timeout = request_timeout(settings.timeout, ctx.deadline, remaining, now);
                 spent.requests += 1;
                 let sent = tokio::time::timeout(
                     timeout,
@@ -393,6 +442,7 @@ impl BedrockModel {
                 };
                 match result {
                     Ok(output) => {
+                        spent.billed += 1;
                         let usage = usage_of(&output);
                         let cost = cost_nano(price, &usage, CacheTtl::FiveMinutes);
                         self.settle(&reservation, cost, usage, spent).await;
@@ -451,7 +501,7 @@ impl BedrockModel {
                         }
                     }
                     Err(failure) => {
-                        self.settle(&reservation, 0, Usage::default(), spent).await;
+                        self.settle_failed(&reservation, &failure, spent).await;
                         first_failure.get_or_insert(now);
                         spent.perf.push((model_id.clone(), false, 0, false));
                         last_reason = format!("{model_id}: {failure}");

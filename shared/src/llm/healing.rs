@@ -79,6 +79,13 @@ impl Failure {
     pub fn counts_against_model(&self) -> bool {
         matches!(self.path(), Path::RetryThenNextModel)
     }
+
+    /// Failures after which Bedrock may still bill the request: it was given up while the model
+    /// may have been working on it, or an answer arrived that could not be read. Such a request
+    /// is charged at its reservation (its worst case), never at zero.
+    pub fn may_be_billed(&self) -> bool {
+        matches!(self, Self::Timeout(_) | Self::Malformed(_))
+    }
 }
 
 /// Retry, fallback and breaker settings.
@@ -98,6 +105,13 @@ pub struct RetryPolicy {
     pub circuit_cooldown: Duration,
     /// How long a throttled model is skipped by low-priority calls.
     pub throttle_window: Duration,
+    /// Requests one role call may send, of any outcome.
+    pub max_requests: u32,
+    /// Requests one role call may be billed for: the first answer, one repair and one other
+    /// model. A model that keeps answering out of bounds costs no more than this.
+    pub max_billed: u32,
+    /// What one role call may be charged, in multiples of its priciest request's worst case.
+    pub max_cost_multiple: u64,
 }
 
 impl Default for RetryPolicy {
@@ -111,6 +125,9 @@ impl Default for RetryPolicy {
             circuit_threshold: 3,
             circuit_cooldown: Duration::from_secs(60),
             throttle_window: Duration::from_secs(30),
+            max_requests: 9,
+            max_billed: 3,
+            max_cost_multiple: 3,
         }
     }
 }

@@ -313,6 +313,19 @@ fn demo_on_bedrock_through_the_stub_counts_every_request_and_nano_dollar() {
     assert!(requests > 0);
     assert_eq!(report["bedrock_requests"].as_u64(), Some(requests));
     assert_eq!(report["cost_nano_usd"].as_u64().map(u128::from), Some(cost));
+    // `evolve cost` reports the same requests per role call, and nothing left held.
+    let out = evolve(&dir.path().join("state"), &["cost", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let view = last_json(&out);
+    let all = &view["requests_per_call"]["all"];
+    assert_eq!(all["bedrock_requests"].as_u64(), Some(requests), "{view}");
+    let calls = all["calls"].as_u64().expect("calls");
+    assert!(calls > 0);
+    let per_call = all["per_call"].as_f64().expect("per call");
+    assert!((per_call - (requests * 100 / calls) as f64 / 100.0).abs() < 1e-9);
+    assert!(all["max_per_call"].as_u64().expect("max") <= 9, "{view}");
+    assert_eq!(view["holds"]["count"], 0, "{view}");
+    assert_eq!(view["today"]["reserved_nano_usd"], 0, "{view}");
 }
 
 #[test]

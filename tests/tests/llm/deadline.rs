@@ -100,16 +100,15 @@ async fn long_backoffs_are_cut_short_at_the_five_second_mark() {
 }
 
 #[tokio::test]
-async fn slow_answers_time_out_and_the_fallback_still_arrives_within_five_virtual_seconds() {
+async fn slow_answers_time_out_are_charged_at_their_reservation_and_the_fallback_arrives_in_time() {
     let f = Fixture::with(catalog(&[A, B, C]), Budgets::default(), |s| {
         if let Some(analyze) = s.roles.get_mut(&Role::Analyze) {
             analyze.timeout = Duration::from_millis(150);
         }
     })
     .await;
-    let attempts = 3 * (f.settings.retry.retries_per_model as usize + 1);
     for model in [A, B, C] {
-        for _ in 0..attempts / 3 {
+        for _ in 0..=f.settings.retry.retries_per_model {
             f.stub.push_for(
                 model,
                 Reply::slow(Duration::from_millis(900), ok_from(model, Role::Analyze)),
@@ -128,27 +127,31 @@ async fn slow_answers_time_out_and_the_fallback_still_arrives_within_five_virtua
     assert!(since(&f, t0) <= Duration::from_secs(5));
     assert_eq!(answer.model_id, LOCAL_MODEL_ID);
     let reason = answer.fallback.expect("a fallback reason");
-    assert!(reason.contains("no answer within"), "{reason}");
-    assert_eq!(answer.bedrock_requests as usize, attempts);
-    // (A request given up before it reached the stub is not in its log.)
-    assert!(f.stub.request_count() <= attempts);
+    // Bedrock may bill a request it was still working on: three of them are the call's budget.
+    assert!(reason.contains("call budget"), "{reason}");
+    assert_eq!(answer.bedrock_requests, 3);
     // Each request was given up after the role's timeout, not after the slow answer.
     assert!(
-        started.elapsed() < Duration::from_millis(900) * u32::try_from(attempts).expect("small"),
+        started.elapsed() < Duration::from_millis(900) * 3,
         "{:?}",
         started.elapsed()
     );
-    // Answers that never arrived are not billed.
-    assert_eq!(answer.cost_nano_usd, 0);
+    // Each is charged at what was reserved for it, and nothing stays held.
+    let paid = f.today(&shared::cost::LedgerScope::Total).await;
+    assert!(answer.cost_nano_usd > 0);
+    assert_eq!(paid.spent_nano, answer.cost_nano_usd);
+    assert_eq!(paid.reserved_nano, 0);
+    assert_eq!(paid.calls, 3);
 }
 
 #[tokio::test]
 async fn the_repair_request_is_bounded_by_the_call_deadline_and_the_fallback_window() {
-    // Variant 0: a deadline 300 ms away. Variant 1: a 300 ms fallback window.
+    // Variant 0: a deadline 1.5 s away. Variant 1: a 1.5 s fallback window. (A request with
+    // less than a second left is not sent at all.)
     for variant in 0..2 {
         let f = Fixture::with(catalog(&[A, B, C]), Budgets::default(), |s| {
             if variant == 1 {
-                s.retry.fallback_within = Duration::from_millis(300);
+                s.retry.fallback_within = Duration::from_millis(1_500);
             }
         })
         .await;
@@ -156,13 +159,13 @@ async fn the_repair_request_is_bounded_by_the_call_deadline_and_the_fallback_win
             .push_for(A, Reply::tool("submit_strategy", analysis_json()));
         f.stub.push_for(
             A,
-            Reply::slow(Duration::from_millis(950), ok_from(A, Role::Analyze)),
+            Reply::slow(Duration::from_millis(4_000), ok_from(A, Role::Analyze)),
         );
         f.stub
             .push_for(B, reply_from(B, Role::Analyze, &analysis_json()));
         let mut req = analyze_req("env-slow-repair");
         if variant == 0 {
-            req.ctx.deadline = Some(f.now() + chrono::Duration::milliseconds(300));
+            req.ctx.deadline = Some(f.now() + chrono::Duration::milliseconds(1_500));
         }
 
         let answer = f.model.analyze(&req).await.expect("an answer");
@@ -271,4 +274,141 @@ async fn a_pipeline_cycle_completes_on_the_local_engine_when_bedrock_throttles_e
     assert!(requests.iter().all(|r| r.replied_status == 429));
     assert_eq!(report.cost_nano_usd, 0);
     assert!(clock.now() > start());
+}
+
+/// Bedrock answers only after every invocation's deadline: each message of a cycle still
+/// commits on its first delivery, its LLM calls given up early enough for the local engine to
+/// answer and the stage to commit, and each given-up request charged at its reservation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_whose_bedrock_answers_outlast_each_invocation_commits_every_message_first_time() {
+    use shared::bus::local::LocalBus;
+    use shared::clock::SystemClock;
+    use shared::cost::CostLedger;
+    use shared::domain::{Envelope, Outgoing};
+    use shared::pipeline::{self, Handled};
+
+    let stub = StubServer::start().await;
+    stub.delay_defaults(Duration::from_secs(60));
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(SystemClock);
+    let settings = BedrockSettings::new(catalog(&[A, B, C]), Budgets::default());
+    let ports = shared::llm::bedrock::BedrockPorts {
+        ledger: store.clone(),
+        control: store.clone(),
+        clock: clock.clone(),
+        sleeper: clock.clone(),
+        random: Arc::new(shared::clock::SeededRandom::new(crate::fixture::SEED)),
+    };
+    let model: Arc<dyn LanguageModel> = Arc::new(shared::llm::bedrock::BedrockModel::new(
+        crate::fixture::client(&stub.url()),
+        settings,
+        ports,
+        shared::engine::LocalEngine::new(crate::fixture::SEED),
+    ));
+    // Each message is its own invocation, with `budget` left when it starts.
+    let budget = chrono::Duration::seconds(8);
+    let deps = |deadline| Deps {
+        store: store.clone(),
+        control: store.clone(),
+        ledger: store.clone(),
+        llm: model.clone(),
+        clock: clock.clone(),
+        money_clock: clock.clone(),
+        config: PipelineConfig {
+            deadline: Some(deadline),
+            ..PipelineConfig::default()
+        },
+    };
+    let (schema, genes) = crate::requests::schema_and_genes();
+    init_system(
+        &deps(Utc::now() + budget),
+        &system_id(),
+        schema,
+        genes,
+        SystemSettings::default(),
+    )
+    .await
+    .expect("init");
+    let baseline = store
+        .get_generation(&system_id(), 0)
+        .await
+        .expect("read")
+        .expect("generation 0");
+    let bus = LocalBus::new(clock.clone());
+    let envelope: Envelope = serde_json::from_value(serde_json::json!({
+        "id": "fit-baseline",
+        "system_id": system_id().as_str(),
+        "base_generation": 0,
+        "sent_at": Utc::now().to_rfc3339(),
+        "type": "FitnessReported",
+        "generation": 0,
+        "checksum": baseline.checksum,
+        "score": 10.0,
+        "metrics": {},
+    }))
+    .expect("a fitness report");
+    bus.inject(Outgoing::new(envelope));
+
+    let mut handled = Vec::new();
+    while let Some(delivery) = bus.pop_due(Utc::now()) {
+        if matches!(
+            delivery.outgoing.envelope.body.destination(),
+            shared::domain::Destination::Topic(_)
+        ) {
+            // Published for subscribers outside the pipeline.
+            continue;
+        }
+        let deps = deps(Utc::now() + budget);
+        let started = std::time::Instant::now();
+        let outcome = pipeline::handle(&deps, &bus, &delivery.outgoing.envelope).await;
+        let kind = delivery.outgoing.envelope.body.type_name();
+        match outcome {
+            Ok(Handled::Processed { .. }) => handled.push(kind),
+            other => panic!("{kind} on its first delivery: {other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{kind} outlived its invocation: {:?}",
+            started.elapsed()
+        );
+    }
+
+    assert!(
+        handled.contains(&"DecisionRequested") || handled.len() > 3,
+        "{handled:?}"
+    );
+    let head = store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("exists");
+    assert_eq!(head.generation, 1, "{handled:?}");
+    let calls = store
+        .list_llm_calls(Some(&system_id()), None)
+        .await
+        .expect("calls");
+    assert!(!calls.is_empty());
+    for call in &calls {
+        assert_eq!(call.model_id, LOCAL_MODEL_ID, "{call:?}");
+        // One request each, given up before the deadline's margin: no request is sent into the
+        // margin, and the one given up is charged, not free.
+        assert_eq!(call.bedrock_requests, 1, "{call:?}");
+        assert!(call.cost_nano_usd > 0, "{call:?}");
+    }
+    let spent: u64 = calls.iter().map(|c| c.cost_nano_usd).sum();
+    let total = store
+        .entries(None)
+        .await
+        .expect("entries")
+        .iter()
+        .map(|e| e.cost_nano)
+        .sum::<u64>();
+    assert_eq!(spent, total);
+    assert!(
+        store
+            .holds(Utc::now() + chrono::Duration::days(1), 10)
+            .await
+            .expect("holds")
+            .is_empty()
+    );
 }

@@ -317,6 +317,65 @@ async fn an_invalid_answer_gets_exactly_one_repair_request_then_the_next_model()
 }
 
 #[tokio::test]
+async fn a_model_that_keeps_answering_out_of_bounds_costs_at_most_three_billed_answers() {
+    for case in invalid_answers() {
+        let f = Fixture::new(&[A, B, C]).await;
+        for model in [A, A, B, C] {
+            f.stub.push_for(model, case.reply.clone());
+        }
+
+        let (model, requests, fallback) = call(&f, case.role, "env-walk").await;
+
+        // The first answer, one repair, one other model: then the local engine, not C.
+        assert_eq!(f.models_called(), [A, A, B], "{}", case.what);
+        assert_eq!(model, LOCAL_MODEL_ID, "{}", case.what);
+        assert_eq!(requests, 3);
+        let reason = fallback.expect("a fallback reason");
+        assert!(reason.contains("call budget"), "{}: {reason}", case.what);
+        assert_eq!(f.stub.pending(), 1, "C's answer was never asked for");
+    }
+}
+
+#[tokio::test]
+async fn a_role_call_is_never_charged_past_its_money_budget() {
+    for multiple in [1, 3] {
+        let f = Fixture::with(catalog(&[A, B, C]), Budgets::default(), |s| {
+            s.retry.max_cost_multiple = multiple;
+            s.retry.retries_per_model = 0;
+            if let Some(analyze) = s.roles.get_mut(&Role::Analyze) {
+                analyze.timeout = Duration::from_millis(150);
+            }
+        })
+        .await;
+        // A is given up mid-work: charged its whole reservation, the worst case.
+        f.stub.push_for(
+            A,
+            Reply::slow(Duration::from_millis(900), ok_from(A, Role::Analyze)),
+        );
+        f.stub.push_for(B, ok_from(B, Role::Analyze));
+
+        let a = analyze(&f, "env-money").await;
+
+        let paid = f.today(&shared::cost::LedgerScope::Total).await;
+        if multiple == 1 {
+            // Nothing more fits in one worst case: the local engine answers.
+            assert_eq!(f.models_called(), [A]);
+            assert_eq!(
+                (a.model_id.as_str(), a.bedrock_requests),
+                (LOCAL_MODEL_ID, 1)
+            );
+            let reason = a.fallback.expect("a fallback reason");
+            assert!(reason.contains("call budget"), "{reason}");
+        } else {
+            assert_eq!(f.models_called(), [A, B]);
+            assert_eq!(a.model_id, B);
+        }
+        assert_eq!(paid.spent_nano, a.cost_nano_usd);
+        assert_eq!(paid.reserved_nano, 0);
+    }
+}
+
+#[tokio::test]
 async fn a_successful_repair_answers_and_both_answers_are_paid_for() {
     for case in invalid_answers() {
         let f = Fixture::new(&[A, B, C]).await;

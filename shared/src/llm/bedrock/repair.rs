@@ -2,9 +2,10 @@
 //! the route.
 
 use super::{
-    AnswerError, BedrockModel, CacheTtl, CallContext, Duration, Outcome, Prompt, Reservation,
-    ReserveOutcome, Spent, StructuredOutput, Usage, Value, blended_price, cost_nano, derive_id,
-    estimate_tokens, extraction, raw_answer, usage_of, validate, worst_case_nano,
+    AnswerError, BedrockModel, CacheTtl, CallContext, Duration, Failure, MIN_REQUEST_TIME, Outcome,
+    Prompt, Reservation, ReserveOutcome, Spent, StructuredOutput, Value, blended_price, classify,
+    cost_nano, derive_id, estimate_tokens, extraction, raw_answer, usage_of, validate,
+    worst_case_nano,
 };
 
 impl BedrockModel {
@@ -59,6 +60,13 @@ impl BedrockModel {
             at: now,
             limits: self.limits(ctx.task.critical),
         };
+        if timeout < MIN_REQUEST_TIME.min(settings.timeout) {
+            return None;
+        }
+        if let Some(reason) = spent.exhausted(&self.settings.retry, reservation.amount_nano) {
+            tracing::info!(%reason, "no repair request");
+            return None;
+        }
         if !matches!(
             self.ports.ledger.reserve(&reservation).await,
             Ok(ReserveOutcome::Reserved)
@@ -78,10 +86,19 @@ impl BedrockModel {
             ),
         )
         .await;
-        let Ok(Ok(output)) = sent else {
-            self.settle(&reservation, 0, Usage::default(), spent).await;
-            return None;
+        let output = match sent {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => {
+                self.settle_failed(&reservation, &classify(&e), spent).await;
+                return None;
+            }
+            Err(_) => {
+                self.settle_failed(&reservation, &Failure::Timeout(timeout), spent)
+                    .await;
+                return None;
+            }
         };
+        spent.billed += 1;
         let usage = usage_of(&output);
         let cost = cost_nano(price, &usage, CacheTtl::FiveMinutes);
         self.settle(&reservation, cost, usage, spent).await;

@@ -2,8 +2,8 @@
 //! spend crossed, and the answer checkpoint stored before parsing.
 
 use super::{
-    BedrockModel, BudgetCrossing, BudgetLimit, BudgetScope, Checkpoint, LedgerScope, PeriodKey,
-    RawAnswer, Reservation, Settlement, Spent, Usage, warn,
+    BedrockModel, BudgetCrossing, BudgetLimit, BudgetScope, Checkpoint, Failure, LedgerScope,
+    PeriodKey, RawAnswer, Reservation, Settlement, Spent, Usage, warn,
 };
 
 impl BedrockModel {
@@ -55,6 +55,24 @@ impl BedrockModel {
         if actual > 0 {
             self.crossings(reservation, actual, spent).await;
         }
+    }
+
+    /// Settles a request that brought no usable answer: at its reservation when Bedrock may
+    /// still bill it (counted as billed), else at zero.
+    pub(super) async fn settle_failed(
+        &self,
+        reservation: &Reservation,
+        failure: &Failure,
+        spent: &mut Spent,
+    ) {
+        let charged = if failure.may_be_billed() {
+            spent.billed += 1;
+            reservation.amount_nano
+        } else {
+            0
+        };
+        self.settle(reservation, charged, Usage::default(), spent)
+            .await;
     }
 
     /// Thresholds (the economy share and 100%) that this call's cost moved spend across.
