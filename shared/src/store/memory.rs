@@ -517,8 +517,27 @@ impl ControlState for MemoryStore {
         Ok(())
     }
 
+    async fn update_circuit(
+        &self,
+        model_id: &str,
+        change: &(dyn Fn(Option<CircuitState>) -> CircuitState + Sync),
+    ) -> StoreResult<()> {
+        let mut state = self.lock();
+        let next = change(state.circuits.get(model_id).cloned());
+        state.circuits.insert(model_id.to_owned(), next);
+        Ok(())
+    }
+
     async fn performance(&self) -> StoreResult<PerformanceSnapshot> {
         Ok(self.lock().performance.clone())
+    }
+
+    async fn update_performance(
+        &self,
+        change: &(dyn for<'p> Fn(&'p mut PerformanceSnapshot) + Sync),
+    ) -> StoreResult<()> {
+        change(&mut self.lock().performance);
+        Ok(())
     }
 
     async fn checkpoint(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<Checkpoint>> {

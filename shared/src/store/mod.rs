@@ -451,11 +451,25 @@ pub trait ControlState: Send + Sync + std::fmt::Debug {
     async fn budget_state(&self) -> StoreResult<BudgetState>;
     async fn circuit(&self, model_id: &str) -> StoreResult<Option<CircuitState>>;
     async fn put_circuit(&self, state: &CircuitState) -> StoreResult<()>;
+    /// Applies `change` to the model's circuit state as stored (`None` when there is none) and
+    /// stores the result, atomically: every function updates the same breaker, and concurrent
+    /// updates each build on the others' results instead of overwriting them.
+    async fn update_circuit(
+        &self,
+        model_id: &str,
+        change: &(dyn Fn(Option<CircuitState>) -> CircuitState + Sync),
+    ) -> StoreResult<()>;
     /// The model performance record the router reads; empty until one is stored.
     async fn performance(&self) -> StoreResult<PerformanceSnapshot>;
     /// Replaces the stored performance record (last writer wins: it is a moving average, so a
     /// lost update only drops a few samples' weight).
     async fn put_performance(&self, snapshot: &PerformanceSnapshot) -> StoreResult<()>;
+    /// Applies `change` to the stored performance record and stores it, atomically, like
+    /// [`ControlState::update_circuit`].
+    async fn update_performance(
+        &self,
+        change: &(dyn for<'p> Fn(&'p mut PerformanceSnapshot) + Sync),
+    ) -> StoreResult<()>;
     /// The checkpoint stored under `key`, unless it expired by `now`.
     async fn checkpoint(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<Checkpoint>>;
     async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()>;

@@ -211,3 +211,49 @@ pub async fn cached_answers_are_kept_per_key_and_expire_by_the_callers_clock(h: 
         Some(renewed)
     );
 }
+
+/// Twenty writers each count one failure and one call at the same moment: every one is counted
+/// (each update is applied to the record as it is stored, not to a copy read earlier).
+pub async fn concurrent_counter_updates_are_all_counted(h: &Harness) {
+    const WRITERS: u32 = 20;
+    let mut tasks = Vec::new();
+    for i in 0..WRITERS {
+        let store = h.store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .update_circuit("model-a", &|state| {
+                    let mut state = state.unwrap_or(CircuitState {
+                        model_id: "model-a".into(),
+                        consecutive_failures: 0,
+                        open_until: None,
+                        throttled_until: None,
+                    });
+                    state.consecutive_failures += 1;
+                    state
+                })
+                .await
+                .expect("circuit update");
+            store
+                .update_performance(&|perf| {
+                    perf.record_call("model-a", Role::Analyze, i % 2 == 0, 100, false);
+                })
+                .await
+                .expect("performance update");
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let circuit = h
+        .store
+        .circuit("model-a")
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(circuit.consecutive_failures, WRITERS);
+    let perf = h.store.performance().await.expect("read");
+    assert_eq!(
+        perf.models["model-a"][&Role::Analyze].calls,
+        u64::from(WRITERS)
+    );
+}

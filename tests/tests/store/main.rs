@@ -97,6 +97,7 @@ conformance! {
     ledger::a_settlement_after_its_hold_was_reclaimed_counts_the_cost_once,
     ledger::a_settled_call_has_nothing_to_reclaim,
     [multi_thread] ledger::concurrent_reservations_never_overshoot_the_limit,
+    [multi_thread] control::concurrent_counter_updates_are_all_counted,
     control::budget_state_starts_normal,
     control::budget_mode_changes_only_from_the_expected_mode,
     control::circuits_are_kept_per_model,

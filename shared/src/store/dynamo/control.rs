@@ -3,12 +3,68 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::item::{self, EXPIRES_AT, TTL, epoch_ceil, keys, s, ts};
+use super::item::{self, EXPIRES_AT, Expr, TTL, epoch_ceil, keys, s, ts};
 use super::{DynamoStore, commit};
 use crate::llm::performance::PerformanceSnapshot;
 use crate::store::{
-    BudgetState, CachedAnswer, Checkpoint, CircuitState, ControlState, StoreResult,
+    BudgetState, CachedAnswer, Checkpoint, CircuitState, ControlState, StoreError, StoreResult,
 };
+
+/// How often an update of a control item is tried again after another writer changed it
+/// between the read and the conditional write.
+const UPDATE_ATTEMPTS: u32 = 20;
+
+impl DynamoStore {
+    /// Read, change, write back conditioned on the revision read (absent: on no item), again
+    /// while another writer got there first: an optimistic lock on one `CTRL` item. `build`
+    /// makes the new item (with a new revision) from the stored one.
+    async fn update_record(
+        &self,
+        sk: String,
+        build: &(dyn Fn(Option<&item::Item>) -> StoreResult<item::Item> + Sync),
+    ) -> StoreResult<()> {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let found = self.get(keys::CTRL, sk.clone()).await?;
+            let seen = found
+                .as_ref()
+                .and_then(|f| item::text(f, item::REVISION).map(ToOwned::to_owned));
+            let mut next = build(found.as_ref())?;
+            next.insert(item::REVISION.to_owned(), s(commit::new_revision()));
+            let mut expr = Expr::default();
+            let condition = match (&found, &seen) {
+                (None, _) => format!("attribute_not_exists({})", expr.name(item::PK)),
+                (Some(_), None) => {
+                    format!("attribute_not_exists({})", expr.name(item::REVISION))
+                }
+                (Some(_), Some(seen)) => {
+                    let revision = expr.name(item::REVISION);
+                    format!("{revision} = {}", expr.value(s(seen)))
+                }
+            };
+            let written = self
+                .dynamo
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(next))
+                .condition_expression(condition)
+                .set_expression_attribute_names(expr.names())
+                .set_expression_attribute_values(expr.values())
+                .send()
+                .await;
+            match written {
+                Ok(_) => return Ok(()),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+                Err(e) => return Err(item::sdk_error("PutItem", &e)),
+            }
+        }
+        Err(StoreError::ConditionFailed(format!(
+            "{}/{sk} kept changing under {UPDATE_ATTEMPTS} updates",
+            keys::CTRL
+        )))
+    }
+}
 
 #[async_trait]
 impl ControlState for DynamoStore {
@@ -29,6 +85,31 @@ impl ControlState for DynamoStore {
             keys::circuit(&state.model_id),
             state,
         )?)
+        .await
+    }
+
+    async fn update_circuit(
+        &self,
+        model_id: &str,
+        change: &(dyn Fn(Option<CircuitState>) -> CircuitState + Sync),
+    ) -> StoreResult<()> {
+        self.update_record(keys::circuit(model_id), &|found| {
+            let stored = found.map(item::decode::<CircuitState>).transpose()?;
+            item::record(keys::CTRL, keys::circuit(model_id), &change(stored))
+        })
+        .await
+    }
+
+    async fn update_performance(
+        &self,
+        change: &(dyn for<'p> Fn(&'p mut PerformanceSnapshot) + Sync),
+    ) -> StoreResult<()> {
+        self.update_record(keys::PERFORMANCE.to_owned(), &|found| {
+            let mut perf: PerformanceSnapshot =
+                found.map(item::decode).transpose()?.unwrap_or_default();
+            change(&mut perf);
+            commit::performance_item(&perf)
+        })
         .await
     }
 

@@ -4,7 +4,9 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{PERFORMANCE_ROW, SqliteStore, encode, one, put, read_budget, ts};
+use rusqlite::TransactionBehavior;
+
+use super::{PERFORMANCE_ROW, SqlResult, SqliteStore, encode, one, put, read_budget, ts};
 use crate::llm::performance::PerformanceSnapshot;
 use crate::store::{
     BudgetState, CachedAnswer, Checkpoint, CircuitState, ControlState, StoreResult,
@@ -31,6 +33,54 @@ impl ControlState for SqliteStore {
             "INSERT OR REPLACE INTO circuits (model_id, body) VALUES (?1, ?2)",
             [state.model_id.as_str(), &encode(state)?],
         )
+    }
+
+    async fn update_circuit(
+        &self,
+        model_id: &str,
+        change: &(dyn Fn(Option<CircuitState>) -> CircuitState + Sync),
+    ) -> StoreResult<()> {
+        let mut conn = self.conn();
+        let db = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .sql()?;
+        let stored = one(
+            &db,
+            "circuits",
+            "SELECT body FROM circuits WHERE model_id = ?1",
+            [model_id],
+        )?;
+        let next = change(stored);
+        put(
+            &db,
+            "INSERT OR REPLACE INTO circuits (model_id, body) VALUES (?1, ?2)",
+            [model_id, &encode(&next)?],
+        )?;
+        db.commit().sql()
+    }
+
+    async fn update_performance(
+        &self,
+        change: &(dyn for<'p> Fn(&'p mut PerformanceSnapshot) + Sync),
+    ) -> StoreResult<()> {
+        let mut conn = self.conn();
+        let db = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .sql()?;
+        let mut perf: PerformanceSnapshot = one(
+            &db,
+            "control",
+            "SELECT body FROM control WHERE name = ?1",
+            [PERFORMANCE_ROW],
+        )?
+        .unwrap_or_default();
+        change(&mut perf);
+        put(
+            &db,
+            "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
+            [PERFORMANCE_ROW, &encode(&perf)?],
+        )?;
+        db.commit().sql()
     }
 
     async fn performance(&self) -> StoreResult<PerformanceSnapshot> {
