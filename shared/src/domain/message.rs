@@ -238,6 +238,14 @@ pub enum Body {
     SystemTick {
         scheduled_at: DateTime<Utc>,
     },
+    /// The tick's next registry page: each invocation of the tick reads one page (and sends its
+    /// `SystemTick`s), then hands the rest of the registry on with this message, so one
+    /// invocation's work stays the same whatever the fleet's size.
+    TickPage {
+        scheduled_at: DateTime<Utc>,
+        /// The last system id of the previous page: the next page starts after it.
+        after: SystemId,
+    },
     /// The sweep found the system over its own budget for a period it was not yet alerted
     /// for: cost-guard records the alert once for that period (`period_key`, `COST#...`).
     SystemOverBudget {
@@ -276,6 +284,7 @@ impl Body {
             Self::ApprovalGiven { .. } => "ApprovalGiven",
             Self::ApprovalExpired { .. } => "ApprovalExpired",
             Self::SystemTick { .. } => "SystemTick",
+            Self::TickPage { .. } => "TickPage",
             Self::SystemOverBudget { .. } => "SystemOverBudget",
             Self::ResumeRequested { .. } => "ResumeRequested",
         }
@@ -284,7 +293,7 @@ impl Body {
     /// Where a message of this type goes. One fixed route per type.
     pub fn destination(&self) -> Destination {
         match self {
-            Self::CycleRequested { .. } | Self::SystemTick { .. } => {
+            Self::CycleRequested { .. } | Self::SystemTick { .. } | Self::TickPage { .. } => {
                 Destination::Queue(Queue::Analyze)
             }
             Self::AnalysisReady { .. } => Destination::Queue(Queue::Strategize),

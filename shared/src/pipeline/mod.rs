@@ -414,6 +414,10 @@ async fn run_stage(deps: &Deps, env: &Envelope) -> Result<StageOutput, StageErro
         Body::SystemTick { scheduled_at } => {
             stages::tick::handle_system(deps, env, *scheduled_at).await
         }
+        Body::TickPage {
+            scheduled_at,
+            after,
+        } => stages::tick::run_page(deps, &env.id, *scheduled_at, Some(after)).await,
         Body::SystemOverBudget {
             period_key,
             spent_nano,

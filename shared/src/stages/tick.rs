@@ -2,19 +2,20 @@
 //! are due, closes evaluation windows whose deadline has passed, rejects approvals nobody
 //! answered in time and applies the budget mode's cost action to each system's schedule.
 //!
-//! It works in two halves so that no transaction grows with the fleet (see
-//! `docs/architecture.md`, "Message flow", and `docs/2026-12-04-fleet-scale.md`): [`run`] pages
-//! through the registry and sends a [`Body::SystemTick`] to each system whose entry says it may
-//! need attention, and [`handle_system`] does one system's work in one transaction of its own. The registry entry
+//! It works in two halves so that neither a transaction nor an invocation grows with the fleet
+//! (see `docs/architecture.md`, "Message flow", and `docs/2026-12-04-fleet-scale.md`):
+//! [`run_page`] reads one registry page, sends a [`Body::SystemTick`] to each system whose entry
+//! says it may need attention and hands the next page on as a [`Body::TickPage`], and
+//! [`handle_system`] does one system's work in one transaction of its own. The registry entry
 //! carries everything the first half filters on (next cycle, window and approval deadlines, the
 //! cost mode applied), so the tick reads no head.
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{Deps, RegistryPages, StageOutput, StageResult, load_system};
+use super::{Deps, REGISTRY_PAGE, StageOutput, StageResult, load_system};
 use crate::domain::{
     Body, BudgetMode, CycleReason, Envelope, EventType, EvolutionEvent, HeadStatus, Outgoing,
-    derive_id,
+    SystemId, derive_id,
 };
 use crate::store::{SystemRecord, Write};
 
@@ -36,36 +37,60 @@ pub fn needs_attention(system: &SystemRecord, mode: BudgetMode, now: DateTime<Ut
         || system.approval_expires_at.is_some_and(|d| d <= now)
 }
 
-/// The first half: one [`Body::SystemTick`] per system that needs attention, sent as a fan-out
-/// (not kept in the outbox, whose one record could not hold a fleet's messages). Their ids are
-/// derived from the tick and the system, so a repeated tick sends the same messages and each
-/// system's step runs once.
+/// The first half, for the scheduled tick: the registry's first page (see [`run_page`]).
 pub async fn run(deps: &Deps, scheduled_at: DateTime<Utc>) -> StageResult {
+    run_page(deps, &tick_id(scheduled_at), scheduled_at, None).await
+}
+
+/// The first half, one registry page at a time: one [`Body::SystemTick`] per system of the page
+/// after `after` that needs attention, sent as a fan-out (not kept in the outbox, whose one
+/// record could not hold a fleet's messages), and, when the page is full, a
+/// [`Body::TickPage`] in the outbox for the next page. One invocation reads one page and sends
+/// at most a page of messages, so its duration does not grow with the fleet. Every id is
+/// derived from the tick and a system, so a repeated tick or page sends the same messages and
+/// each system's step runs once.
+pub async fn run_page(
+    deps: &Deps,
+    causation: &str,
+    scheduled_at: DateTime<Utc>,
+    after: Option<&SystemId>,
+) -> StageResult {
     let now = deps.clock.now();
     let id = tick_id(scheduled_at);
     let mode = deps.control.budget_state().await?.mode;
+    let page = deps.store.list_systems_page(after, REGISTRY_PAGE).await?;
     let mut out = StageOutput::default();
-    let mut seen = 0_usize;
-    let mut pages = RegistryPages::default();
-    while let Some(page) = pages.next(deps).await? {
-        seen += page.len();
-        for system in &page {
-            if needs_attention(system, mode, now) {
-                out.fanout.push(Outgoing::new(Envelope {
-                    id: derive_id("msg", &[&id, system.system_id.as_str(), "tick"]),
-                    causation_id: id.clone(),
-                    system_id: system.system_id.clone(),
-                    base_generation: 0,
-                    sent_at: now,
-                    body: Body::SystemTick { scheduled_at },
-                }));
-            }
+    for system in &page {
+        if needs_attention(system, mode, now) {
+            out.fanout.push(Outgoing::new(Envelope {
+                id: derive_id("msg", &[&id, system.system_id.as_str(), "tick"]),
+                causation_id: causation.to_owned(),
+                system_id: system.system_id.clone(),
+                base_generation: 0,
+                sent_at: now,
+                body: Body::SystemTick { scheduled_at },
+            }));
         }
     }
     out.summary = format!(
-        "tick: {} of {seen} system(s) need attention",
-        out.fanout.len()
+        "tick: {} of {} system(s) need attention",
+        out.fanout.len(),
+        page.len()
     );
+    if let (REGISTRY_PAGE, Some(last)) = (page.len(), page.last()) {
+        out.messages.push(Outgoing::new(Envelope {
+            id: derive_id("msg", &[&id, last.system_id.as_str(), "page"]),
+            causation_id: causation.to_owned(),
+            system_id: last.system_id.clone(),
+            base_generation: 0,
+            sent_at: now,
+            body: Body::TickPage {
+                scheduled_at,
+                after: last.system_id.clone(),
+            },
+        }));
+        out.summary.push_str(", more on the next page");
+    }
     Ok(out)
 }
 

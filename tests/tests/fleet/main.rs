@@ -6,6 +6,7 @@
 mod world;
 
 use shared::domain::{Body, BudgetMode, EventType, Queue};
+use shared::stages::REGISTRY_PAGE;
 use shared::store::EvolutionStore;
 
 use world::{Fleet, minute};
@@ -29,6 +30,9 @@ async fn a_tick_reaches_each_of_a_thousand_systems_exactly_once() {
     );
     let steps = fleet.drain_steps().await;
     assert_eq!(steps.processed, FLEET, "one step per system: {steps:?}");
+    // The tick's invocation read one page; each later page came as a message of its own (after
+    // a full last page, one more finds the registry's end).
+    assert_eq!(steps.pages, FLEET / REGISTRY_PAGE, "{steps:?}");
     let cycles = fleet.sent_of("CycleRequested");
     assert_eq!(cycles.len(), FLEET, "every due system gets one cycle");
     let mut systems: Vec<_> = cycles.iter().map(|e| e.system_id.clone()).collect();

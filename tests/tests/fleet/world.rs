@@ -60,7 +60,10 @@ impl Bus for RecordingBus {
 /// What became of the messages of one drain.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Drained {
+    /// Messages handled, other than the tick's later pages.
     pub processed: usize,
+    /// The tick's later registry pages (`TickPage`) handled.
+    pub pages: usize,
     pub duplicates: usize,
     pub failed: usize,
 }
@@ -180,10 +183,11 @@ impl Fleet {
             .collect()
     }
 
-    /// Handles every `SystemTick` on the analyze queue (the cycles they start are counted by
-    /// the bus, not run).
+    /// Handles every `SystemTick` on the analyze queue, and the tick's later registry pages
+    /// (`TickPage`) that send more of them (the cycles they start are counted by the bus, not
+    /// run).
     pub async fn drain_steps(&self) -> Drained {
-        self.drain(Queue::Analyze, "SystemTick").await
+        self.drain(Queue::Analyze, "SystemTick|TickPage").await
     }
 
     /// Sends `count` of the `SystemTick`s received so far to the analyze queue again, as SQS
@@ -240,8 +244,9 @@ impl Fleet {
             .expect("set mode");
     }
 
-    /// Receives every visible message of `queue` and handles those of type `wanted` through the
-    /// pipeline (deleting each once handled); others are deleted unhandled.
+    /// Receives every visible message of `queue` and handles those of the types `wanted` (names
+    /// separated by `|`) through the pipeline (deleting each once handled); others are deleted
+    /// unhandled.
     pub async fn drain(&self, queue: Queue, wanted: &str) -> Drained {
         let url = self.queues.queues[&queue].clone();
         let mut drained = Drained::default();
@@ -254,8 +259,10 @@ impl Fleet {
             let mut tasks = JoinSet::new();
             for message in messages {
                 let body = message.body().unwrap_or_default().to_owned();
-                let handle = body.contains(&format!("\"type\":\"{wanted}\""));
-                if handle && wanted == "SystemTick" {
+                let handle = wanted
+                    .split('|')
+                    .any(|w| body.contains(&format!("\"type\":\"{w}\"")));
+                if body.contains("\"type\":\"SystemTick\"") {
                     self.steps.lock().expect("steps").push(body.clone());
                 }
                 let (deps, bus, sqs, url, gate) = (
@@ -267,10 +274,11 @@ impl Fleet {
                 );
                 tasks.spawn(async move {
                     let _permit = gate.acquire().await.expect("gate");
+                    let page = body.contains("\"type\":\"TickPage\"");
                     let result = if handle {
                         pipeline::handle_raw(&deps, bus.as_ref(), queue, &body)
                             .await
-                            .map(Some)
+                            .map(|handled| Some((page, handled)))
                     } else {
                         Ok(None)
                     };
@@ -288,8 +296,9 @@ impl Fleet {
             while let Some(done) = tasks.join_next().await {
                 match done.expect("task") {
                     Ok(None) => {}
-                    Ok(Some(Handled::Processed { .. })) => drained.processed += 1,
-                    Ok(Some(Handled::Duplicate { .. })) => drained.duplicates += 1,
+                    Ok(Some((true, Handled::Processed { .. }))) => drained.pages += 1,
+                    Ok(Some((false, Handled::Processed { .. }))) => drained.processed += 1,
+                    Ok(Some((_, Handled::Duplicate { .. }))) => drained.duplicates += 1,
                     Err(e) => {
                         eprintln!("failed: {e}");
                         drained.failed += 1;

@@ -14,8 +14,9 @@ use shared::domain::{Queue, Role};
 use shared::store::EvolutionStore;
 use stack::{Stack, system_id};
 
-/// Short visibility and message timeouts, so a lost message comes back within seconds.
-const FAST: &[&str] = &["--visibility-timeout", "2", "--message-timeout", "6"];
+/// Short visibility and message timeouts, so a lost message comes back within seconds. The
+/// message timeout leaves a Bedrock request a few seconds after the margin the commit keeps.
+const FAST: &[&str] = &["--visibility-timeout", "2", "--message-timeout", "8"];
 
 fn types(messages: &[Value]) -> Vec<&str> {
     messages.iter().filter_map(|m| m["type"].as_str()).collect()
