@@ -30,8 +30,8 @@ use crate::cost::{
     Settlement,
 };
 use crate::domain::{
-    BudgetScope, DecisionResult, EvolutionAnalysis, MutationStrategy, Priority, ResolutionStrategy,
-    Role, derive_id, healthy,
+    BudgetScope, DecisionResult, EvolutionAnalysis, MutationStrategy, Priority, Recommendation,
+    ResolutionAction, ResolutionStrategy, Role, derive_id, healthy,
 };
 use crate::engine::LocalEngine;
 use crate::security::SecurityEvent;
@@ -187,9 +187,23 @@ impl Spent {
 
 /// How a role call ended on the Bedrock side.
 enum Outcome<T> {
-    Answered { value: T, model_id: String },
-    Fallback { reason: String },
+    Answered {
+        value: T,
+        model_id: String,
+    },
+    Fallback {
+        reason: String,
+    },
+    /// A model's answer contradicted itself and its repair did not fix it: the role's safe
+    /// answer (see [`Safe`]) stands instead.
+    Incoherent {
+        reason: String,
+    },
 }
+
+/// Turns the local engine's answer into the role's safe answer after an incoherent one (a
+/// DEFER, an escalation), with the reason.
+type Safe<'a, T> = Option<&'a (dyn Fn(T, &str) -> T + Sync)>;
 
 impl BedrockModel {
     pub fn new(
@@ -216,6 +230,7 @@ impl BedrockModel {
         prompt_for: &(dyn Fn(usize) -> Prompt + Sync),
         parse: &(dyn Fn(Value) -> Result<T, AnswerError> + Sync),
         local: L,
+        safe: Safe<'_, T>,
     ) -> Result<LlmAnswer<T>, LlmError>
     where
         T: Send,
@@ -242,18 +257,18 @@ impl BedrockModel {
                 cache_hit: false,
             },
             Outcome::Fallback { reason } => {
-                info!(
-                    role = ctx.task.role.as_str(),
-                    priority = priority.as_str(),
-                    %reason,
-                    "local engine answers"
-                );
-                let mut a = local.await?;
-                a.fallback = Some(reason);
-                a.usage = spent.usage;
-                a.cost_nano_usd = spent.cost_nano;
-                a.bedrock_requests = spent.requests;
-                a.latency_ms = latency_ms;
+                self.fall_back(ctx, priority, reason, local, &spent, latency_ms)
+                    .await?
+            }
+            Outcome::Incoherent { reason } => {
+                let reason = format!("incoherent answer: {reason}");
+                warn!(role = ctx.task.role.as_str(), %reason, "the role's safe answer stands");
+                let mut a = self
+                    .fall_back(ctx, priority, reason.clone(), local, &spent, latency_ms)
+                    .await?;
+                if let Some(safe) = safe {
+                    a.value = safe(a.value, &reason);
+                }
                 a
             }
         };
@@ -261,6 +276,34 @@ impl BedrockModel {
         answer.security_events = spent.security;
         answer.cache_hit = spent.cache_hit;
         Ok(answer)
+    }
+
+    /// The local engine's answer, carrying what the Bedrock attempts cost.
+    async fn fall_back<T, L>(
+        &self,
+        ctx: &CallContext,
+        priority: Priority,
+        reason: String,
+        local: L,
+        spent: &Spent,
+        latency_ms: u64,
+    ) -> Result<LlmAnswer<T>, LlmError>
+    where
+        L: std::future::Future<Output = Result<LlmAnswer<T>, LlmError>> + Send,
+    {
+        info!(
+            role = ctx.task.role.as_str(),
+            priority = priority.as_str(),
+            %reason,
+            "local engine answers"
+        );
+        let mut a = local.await?;
+        a.fallback = Some(reason);
+        a.usage = spent.usage;
+        a.cost_nano_usd = spent.cost_nano;
+        a.bedrock_requests = spent.requests;
+        a.latency_ms = latency_ms;
+        Ok(a)
     }
 
     #[allow(clippy::too_many_lines)]
@@ -496,6 +539,13 @@ impl BedrockModel {
                                         return value;
                                     }
                                 }
+                                if matches!(e, AnswerError::Incoherent(_)) {
+                                    // Another model is not asked to approve what this one's
+                                    // own numbers or words contradict.
+                                    return Outcome::Incoherent {
+                                        reason: last_reason,
+                                    };
+                                }
                                 continue 'models;
                             }
                         }
@@ -607,6 +657,21 @@ fn extraction(entry: &ModelEntry, role: Role) -> Extraction {
     }
 }
 
+/// A decision's safe answer after an incoherent one: DEFER, saying why (never an APPROVE).
+pub(crate) fn deferred(mut d: DecisionResult, reason: &str) -> DecisionResult {
+    d.recommendation = Recommendation::Defer;
+    d.reasoning = format!("deferred: the model's {reason}");
+    d
+}
+
+/// A conflict resolution's safe answer after an incoherent one: a human looks at it.
+fn escalated(mut r: ResolutionStrategy, reason: &str) -> ResolutionStrategy {
+    r.action = ResolutionAction::Escalate;
+    r.retry_after_seconds = 0;
+    r.reasoning = format!("escalated: the model's {reason}");
+    r
+}
+
 /// The JSON schema a role's answer must match, generated from its Rust type.
 pub fn schema_for(role: Role) -> Value {
     let generator = schemars::generate::SchemaSettings::draft07()
@@ -638,6 +703,7 @@ impl LanguageModel for BedrockModel {
             &|limit| prompts::analyze(req, limit),
             &|v| validate::analysis(v),
             self.local.analyze(req),
+            None,
         )
         .await
     }
@@ -654,6 +720,7 @@ impl LanguageModel for BedrockModel {
             &|limit| prompts::strategize(req, limit),
             &|v| validate::strategy(v, schema),
             self.local.strategize(req),
+            None,
         )
         .await
     }
@@ -675,6 +742,7 @@ impl LanguageModel for BedrockModel {
             &|limit| prompts::decide(req, limit),
             &|v| validate::decision(v, req.local_risk, req.risk_ceiling),
             self.local.decide(req),
+            Some(&deferred),
         )
         .await
     }
@@ -690,6 +758,7 @@ impl LanguageModel for BedrockModel {
             &|_| prompts::resolve(req),
             &|v| validate::resolution(v),
             self.local.resolve_conflict(req),
+            Some(&escalated),
         )
         .await
     }

@@ -71,6 +71,23 @@ pub enum AnswerError {
     IllegalValue { gene: String, reason: String },
     #[error("APPROVE with local risk {risk} above the ceiling {ceiling}")]
     ApproveAboveCeiling { risk: f64, ceiling: f64 },
+    /// Schema-valid but self-contradicting: repaired once, then a DEFER (a decision) or an
+    /// escalation (a resolution), never an approval.
+    #[error("incoherent answer: {0}")]
+    Incoherent(String),
+}
+
+/// Fewer words than this is a label (a gene name, "ok"), not reasoning.
+const MIN_REASONING_WORDS: usize = 3;
+
+fn reasoned(reasoning: &str) -> Result<(), AnswerError> {
+    if reasoning.split_whitespace().count() < MIN_REASONING_WORDS {
+        return Err(AnswerError::Incoherent(format!(
+            "reasoning {:?} is too short to be reasoning",
+            reasoning.chars().take(40).collect::<String>()
+        )));
+    }
+    Ok(())
 }
 
 impl From<&RawContent> for RawBlock {
@@ -295,6 +312,21 @@ pub fn decision(
             ceiling,
         });
     }
+    let r = &d.risk_assessment;
+    let own_risk = [
+        r.overall_risk,
+        r.technical_risk,
+        r.business_risk,
+        r.operational_risk,
+    ]
+    .into_iter()
+    .fold(0.0, f64::max);
+    if d.recommendation == Recommendation::Approve && own_risk > ceiling {
+        return Err(AnswerError::Incoherent(format!(
+            "APPROVE at the model's own risk {own_risk} above the ceiling {ceiling}"
+        )));
+    }
+    reasoned(&d.reasoning)?;
     cap_text(&mut d.reasoning);
     cap_list(&mut d.benefits);
     cap_list(&mut d.drawbacks);
@@ -306,6 +338,7 @@ pub fn resolution(value: Value) -> Result<ResolutionStrategy, AnswerError> {
     let mut r: ResolutionStrategy = parse(value)?;
     unit("risk_assessment", r.risk_assessment)?;
     r.retry_after_seconds = r.retry_after_seconds.min(900);
+    reasoned(&r.reasoning)?;
     cap_text(&mut r.reasoning);
     cap_text(&mut r.root_cause_analysis);
     cap_list(&mut r.immediate_actions);
@@ -340,7 +373,35 @@ mod tests {
         json!({"recommendation": rec, "confidence": confidence,
                "risk_assessment": {"overall_risk": 0.4, "technical_risk": 0.3,
                                    "business_risk": 0.2, "operational_risk": 0.1},
-               "reasoning": "ok"})
+               "reasoning": "the gain is worth the risk"})
+    }
+
+    #[test]
+    fn self_contradicting_decisions_are_incoherent() {
+        let mut high = decision_json("APPROVE", 1.0);
+        high["risk_assessment"]["overall_risk"] = json!(1.0);
+        assert!(matches!(
+            decision(high.clone(), 0.47, 0.8),
+            Err(AnswerError::Incoherent(_))
+        ));
+        // The same numbers on a REJECT are consistent.
+        high["recommendation"] = json!("REJECT");
+        assert!(decision(high, 0.47, 0.8).is_ok());
+        let mut component = decision_json("APPROVE", 0.9);
+        component["risk_assessment"]["operational_risk"] = json!(0.81);
+        assert!(matches!(
+            decision(component, 0.1, 0.8),
+            Err(AnswerError::Incoherent(_))
+        ));
+        for reasoning in ["", "cache_size_mb", "looks fine"] {
+            let mut short = decision_json("REJECT", 0.9);
+            short["reasoning"] = json!(reasoning);
+            assert!(
+                matches!(decision(short, 0.1, 0.8), Err(AnswerError::Incoherent(_))),
+                "{reasoning:?}"
+            );
+        }
+        assert!(decision(decision_json("APPROVE", 0.9), 0.1, 0.8).is_ok());
     }
 
     #[test]

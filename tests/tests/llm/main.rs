@@ -21,6 +21,7 @@ mod budget;
 mod cache;
 mod checkpoint;
 mod circuit;
+mod coherence;
 mod deadline;
 mod fixture;
 mod healing;

@@ -4,7 +4,7 @@
 use super::{
     AnswerError, BedrockModel, DecideRequest, DecisionResult, LanguageModel, LlmAnswer, LlmError,
     ModelEntry, Priority, Prompt, RawAnswer, RawContent, Role, StructuredOutput, Usage, Value,
-    cache_key, healing, info, prompts, schema_for, validate,
+    cache_key, deferred, healing, info, prompts, schema_for, validate,
 };
 
 impl BedrockModel {
@@ -69,6 +69,7 @@ impl BedrockModel {
                 &|limit| batch_prompt(req, limit),
                 &parse,
                 local,
+                Some(&|(d, _), reason: &str| (deferred(d, reason), Vec::new())),
             )
             .await?;
         if answer.fallback.is_none() {
