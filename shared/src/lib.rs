@@ -12,7 +12,9 @@ pub mod local;
 pub mod notify;
 pub mod pipeline;
 pub mod security;
+#[cfg(feature = "sqlite")]
 pub mod sim;
 pub mod stages;
 pub mod store;
+#[cfg(feature = "bedrock")]
 pub mod worker;

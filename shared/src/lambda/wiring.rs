@@ -4,17 +4,13 @@
 
 use std::sync::Arc;
 
-use aws_sdk_bedrockruntime::config::retry::RetryConfig;
-
-use super::config::{Common, ConfigError, LlmEngine, LlmSettings, MODEL_CATALOG};
+use super::config::Common;
 use super::{FunctionDeps, QueueSources, SqsDeadLetters};
 use crate::bus::aws::AwsBus;
-use crate::clock::{SeededRandom, SystemClock};
-use crate::cost::{Budgets, CostLedger};
+use crate::clock::SystemClock;
+use crate::cost::CostLedger;
 use crate::engine::LocalEngine;
 use crate::llm::LanguageModel;
-use crate::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
-use crate::llm::catalog::ModelCatalog;
 use crate::stages::{Deps, PipelineConfig};
 use crate::store::dynamo::DynamoStore;
 use crate::store::{ControlState, EvolutionStore};
@@ -61,15 +57,19 @@ pub fn no_llm() -> Arc<dyn LanguageModel> {
 /// The engine for the LLM roles: Bedrock with the local engine behind it, or the local engine
 /// alone. The SDK's own retries are turned off on `bedrock`: the model heals (retries, next
 /// model, fallback) within its own time budget.
+#[cfg(feature = "bedrock")]
 pub fn language_model<S>(
-    settings: &LlmSettings,
-    budgets: Budgets,
+    settings: &super::config::LlmSettings,
+    budgets: crate::cost::Budgets,
     bedrock: aws_sdk_bedrockruntime::config::Builder,
     store: Arc<S>,
-) -> Result<Arc<dyn LanguageModel>, ConfigError>
+) -> Result<Arc<dyn LanguageModel>, super::config::ConfigError>
 where
     S: ControlState + CostLedger + 'static,
 {
+    use super::config::{ConfigError, LlmEngine, MODEL_CATALOG};
+    use crate::clock::SeededRandom;
+    use crate::llm::catalog::ModelCatalog;
     let local = LocalEngine::new(LOCAL_ENGINE_SEED);
     if settings.engine == LlmEngine::Local {
         return Ok(Arc::new(local));
@@ -80,6 +80,7 @@ where
             reason: e.to_string(),
         }
     })?;
+    use crate::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
     let ports = BedrockPorts {
         ledger: store.clone(),
         control: store,
@@ -87,7 +88,9 @@ where
         sleeper: Arc::new(SystemClock),
         random: Arc::new(SeededRandom::from_os()),
     };
-    let bedrock = bedrock.retry_config(RetryConfig::disabled()).build();
+    let bedrock = bedrock
+        .retry_config(aws_sdk_bedrockruntime::config::retry::RetryConfig::disabled())
+        .build();
     let mut model_settings = BedrockSettings::new(catalog, budgets);
     if let Some(seconds) = settings.response_cache_ttl_seconds {
         model_settings.response_cache_ttl = chrono::Duration::seconds(i64::from(seconds));
@@ -122,6 +125,7 @@ pub fn function(
 /// The notify function's dependencies: its idempotency records in the table (it reads and
 /// writes nothing else there, and nothing in the bucket), the webhook secret behind a TTL cache,
 /// the webhook poster and its dead-letter queue, on the wall clock.
+#[cfg(feature = "webhooks")]
 pub fn notifier(
     config: &super::config::NotifyConfig,
     dynamo: aws_sdk_dynamodb::Client,

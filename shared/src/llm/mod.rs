@@ -1,6 +1,7 @@
 //! The `LanguageModel` port: the four LLM roles, each returning its typed result, the usage and
 //! the model that answered. Bedrock and the local engine both implement it.
 
+#[cfg(feature = "bedrock")]
 pub mod bedrock;
 pub mod catalog;
 pub mod document;

@@ -10,7 +10,11 @@
 //! record for redelivery; a malformed record or a 4xx (a deleted webhook) moves it to the
 //! dead-letter queue with the reason, which never contains a webhook URL.
 
+#[cfg(feature = "webhooks")]
+mod hyper_poster;
 pub mod secrets;
+#[cfg(feature = "webhooks")]
+mod secrets_manager;
 pub mod webhook;
 
 use std::collections::BTreeSet;
@@ -23,10 +27,12 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 use tracing::{Instrument, error, info, info_span, warn};
 
-pub use self::secrets::{
-    CachedWebhooks, SecretError, SecretsManagerWebhooks, WebhookSource, Webhooks,
-};
-pub use self::webhook::{HyperPoster, PostError, Target, WebhookPoster, WebhookUrl};
+#[cfg(feature = "webhooks")]
+pub use self::hyper_poster::HyperPoster;
+pub use self::secrets::{CachedWebhooks, SecretError, WebhookSource, Webhooks};
+#[cfg(feature = "webhooks")]
+pub use self::secrets_manager::SecretsManagerWebhooks;
+pub use self::webhook::{PostError, Target, WebhookPoster, WebhookUrl};
 use crate::bus::BusError;
 use crate::bus::aws::classify;
 use crate::clock::Clock;

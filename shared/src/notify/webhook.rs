@@ -8,12 +8,6 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use crate::domain::{Alert, AlertLevel};
@@ -48,7 +42,7 @@ impl fmt::Display for Target {
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookUrl {
     url: String,
-    uri: hyper::Uri,
+    uri: http::Uri,
 }
 
 impl WebhookUrl {
@@ -56,7 +50,7 @@ impl WebhookUrl {
     /// tests). The error never repeats the URL.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
-        let uri: hyper::Uri = text.parse().map_err(|_| "not a valid URL".to_owned())?;
+        let uri: http::Uri = text.parse().map_err(|_| "not a valid URL".to_owned())?;
         let host = uri.host().ok_or_else(|| "the URL has no host".to_owned())?;
         let loopback = host == "localhost" || host == "127.0.0.1" || host == "[::1]";
         match uri.scheme_str() {
@@ -75,7 +69,8 @@ impl WebhookUrl {
         &self.url
     }
 
-    fn uri(&self) -> &hyper::Uri {
+    #[cfg(feature = "webhooks")]
+    pub(super) fn uri(&self) -> &http::Uri {
         &self.uri
     }
 }
@@ -130,83 +125,6 @@ pub trait WebhookPoster: Send + Sync + fmt::Debug {
         payload: &Value,
         timeout: Duration,
     ) -> Result<(), PostError>;
-}
-
-/// The poster on hyper with rustls (the platform's root certificates, AWS-LC crypto), built
-/// once at cold start; connections are pooled across invocations.
-#[derive(Clone)]
-pub struct HyperPoster {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-}
-
-impl fmt::Debug for HyperPoster {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HyperPoster").finish_non_exhaustive()
-    }
-}
-
-impl HyperPoster {
-    /// Fails when the platform has no usable root certificates.
-    pub fn new() -> std::io::Result<Self> {
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())?
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
-        Ok(Self { client })
-    }
-}
-
-#[async_trait]
-impl WebhookPoster for HyperPoster {
-    async fn post(
-        &self,
-        target: Target,
-        url: &WebhookUrl,
-        payload: &Value,
-        timeout: Duration,
-    ) -> Result<(), PostError> {
-        let request = hyper::Request::post(url.uri().clone())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::USER_AGENT, "evolve-notify")
-            .body(Full::new(Bytes::from(payload.to_string())))
-            .map_err(|e| PostError::Request {
-                target,
-                reason: e.to_string(),
-            })?;
-        let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                // hyper-util's errors name the failure (connect, closed), never the URI.
-                PostError::Transport {
-                    target,
-                    reason: crate::pipeline::error_chain(&e),
-                }
-            })?;
-            let status = response.status();
-            // Read the body (at most 64 KiB) so the connection returns to the pool; its text is
-            // not kept: services echo request details in it.
-            let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024)
-                .collect()
-                .await;
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(PostError::Status {
-                    target,
-                    status: status.as_u16(),
-                })
-            }
-        };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .unwrap_or(Err(PostError::Timeout {
-                target,
-                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            }))
-    }
 }
 
 /// The alert as one line of text.

@@ -9,6 +9,7 @@ pub mod dynamo;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
 mod rules;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use async_trait::async_trait;

@@ -12,8 +12,10 @@ use crate::cost::{
     BudgetLimit, Hold, LedgerEntry, LedgerScope, PeriodKey, RESERVATION_HOLD, Reservation,
     ReserveOutcome, Settlement, Totals,
 };
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
+use crate::domain::{BudgetMode, Head};
 use crate::domain::{
-    BudgetMode, BudgetPeriod, BudgetScope, DecisionRecord, EvolutionEvent, Head, Outgoing, SystemId,
+    BudgetPeriod, BudgetScope, DecisionRecord, EvolutionEvent, Outgoing, SystemId,
 };
 use crate::store::{Claim, Completion, StoreError, StoreResult, Transaction, Write};
 
@@ -83,6 +85,7 @@ impl IdempotencyRecord {
         }
     }
 
+    #[cfg(any(feature = "sqlite", feature = "test-support", test))]
     pub(in crate::store) fn state(&self) -> &'static str {
         match self {
             Self::InProgress { .. } => IN_PROGRESS,
@@ -122,6 +125,7 @@ pub(in crate::store) fn claim_outcome(
 }
 
 /// Reads an adapter offers for evaluating conditions against the state before a transaction.
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
 pub(in crate::store) trait Lookup {
     /// The stored registry entry's version, `None` when the system does not exist.
     fn system_version(&self, id: &SystemId) -> StoreResult<Option<u64>>;
@@ -301,6 +305,7 @@ pub(in crate::store) fn check_shape(tx: &Transaction) -> StoreResult<()> {
 
 /// Evaluates every write's condition against the state before the transaction; the first
 /// failure names the write and its key.
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
 pub(in crate::store) fn check_conditions(tx: &Transaction, view: &impl Lookup) -> StoreResult<()> {
     for (i, write) in tx.writes.iter().enumerate() {
         if let Some(reason) = failed_condition(write, view)? {
@@ -316,6 +321,7 @@ pub(in crate::store) fn check_conditions(tx: &Transaction, view: &impl Lookup) -
 
 /// Why a head write's condition fails: the stored head must pass `holds`; `expected` says what
 /// it should have been.
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
 fn head_condition(
     view: &impl Lookup,
     head: &Head,
@@ -339,6 +345,7 @@ fn head_condition(
 }
 
 /// Why the write's condition fails, or `None` when it holds (or there is none).
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
 fn failed_condition(write: &Write, view: &impl Lookup) -> StoreResult<Option<String>> {
     let reason = match write {
         Write::CreateSystem { system, .. } => view
@@ -498,22 +505,26 @@ pub(in crate::store) fn refusal(
     Ok(None)
 }
 
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
 pub(in crate::store) fn hold(totals: &mut Totals, amount_nano: u64) {
     totals.reserved_nano = totals.reserved_nano.saturating_add(amount_nano);
 }
 
 /// Releases the hold and counts the actual cost in one counter.
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
 pub(in crate::store) fn settle_into(totals: &mut Totals, settlement: &Settlement) {
     release(totals, settlement.reserved_nano);
     count(totals, settlement);
 }
 
 /// Counts a call's cost without releasing anything: its hold was reclaimed before it settled.
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
 pub(in crate::store) fn count(totals: &mut Totals, settlement: &Settlement) {
     totals.spent_nano = totals.spent_nano.saturating_add(settlement.actual_nano);
     totals.calls = totals.calls.saturating_add(1);
 }
 
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
 pub(in crate::store) fn release(totals: &mut Totals, amount_nano: u64) {
     totals.reserved_nano = totals.reserved_nano.saturating_sub(amount_nano);
 }
