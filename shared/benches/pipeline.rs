@@ -27,7 +27,7 @@ async fn demo_run<S>(store: Arc<S>) -> u64
 where
     S: shared::store::EvolutionStore
         + shared::store::ControlState
-        + shared::cost::CostLedger
+        + shared::store::CostLedger
         + 'static,
 {
     let system = demo_system();

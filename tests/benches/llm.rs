@@ -12,7 +12,7 @@ use aws_sdk_bedrockruntime::types::{ContentBlock, ConversationRole, Message};
 use chrono::Utc;
 use serde_json::json;
 use shared::clock::{SeededRandom, SystemClock};
-use shared::cost::{Budgets, CostLedger, Reservation, Settlement};
+use shared::cost::Budgets;
 use shared::domain::{
     BudgetMode, Complexity, GeneChange, GeneDef, GeneName, GeneSchema, GeneSpec, GeneValue, Genes,
     Mutation, Role, SystemId, TaskContext,
@@ -20,11 +20,12 @@ use shared::domain::{
 use shared::engine::LocalEngine;
 use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings, schema_for};
 use shared::llm::catalog::ModelCatalog;
-use shared::llm::performance::PerformanceSnapshot;
 use shared::llm::validate::{self, Extraction, RawAnswer, RawContent};
 use shared::llm::{CallContext, DecideRequest, DnaView, LanguageModel, prompts, router};
 use shared::store::Usage;
 use shared::store::memory::MemoryStore;
+use shared::store::performance::PerformanceSnapshot;
+use shared::store::{CostLedger, Reservation, Settlement};
 use tests::bedrock_stub::StubServer;
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {

@@ -3,14 +3,13 @@
 use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, run, service_fn};
 use shared::lambda::config::NotifyConfig;
-use shared::lambda::wiring;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = NotifyConfig::from_env()?;
     let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
-    let notifier = wiring::notifier(
+    let notifier = shared::notify::notifier(
         &config,
         aws_sdk_dynamodb::Client::new(&sdk),
         aws_sdk_s3::Client::new(&sdk),

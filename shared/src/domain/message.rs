@@ -381,3 +381,32 @@ impl Outgoing {
         self
     }
 }
+
+/// Which alerts are posted: at least `min_level`, and of one of `kinds` when that is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertFilter {
+    pub min_level: AlertLevel,
+    /// `None`: every kind, including kinds added after this was deployed.
+    pub kinds: Option<std::collections::BTreeSet<String>>,
+}
+
+/// Warnings and criticals of every kind: an economy or paused budget, a conflict, a security
+/// event, an approval waiting. `info` alerts (a budget back to normal) stay in the store.
+impl Default for AlertFilter {
+    fn default() -> Self {
+        Self {
+            min_level: AlertLevel::Warning,
+            kinds: None,
+        }
+    }
+}
+
+impl AlertFilter {
+    pub fn admits(&self, alert: &Alert) -> bool {
+        alert.level >= self.min_level
+            && self
+                .kinds
+                .as_ref()
+                .is_none_or(|kinds| kinds.contains(&alert.kind))
+    }
+}

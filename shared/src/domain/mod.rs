@@ -10,6 +10,7 @@ pub mod gene;
 pub mod ids;
 pub mod message;
 pub mod mutation;
+pub mod risk;
 pub mod task;
 
 pub use analysis::*;

@@ -8,12 +8,12 @@ use rand_chacha::ChaCha8Rng;
 use super::replay::{
     Failure, GeneStats, NumericTrack, Replay, initial_step, prior_direction, replay,
 };
+use crate::domain::risk;
 use crate::domain::{
     GeneChange, GeneName, GeneSchema, GeneSpec, GeneValue, Genes, Mutation, MutationStrategy,
     StrategicMutation, apply_mutation, derive_id,
 };
 use crate::llm::StrategizeRequest;
-use crate::stages::risk;
 
 /// The highest local risk a planned step may carry. The pipeline refuses anything above its risk
 /// ceiling (0.8 by default) and the strategist is not told the ceiling, so steps are shaped to

@@ -785,7 +785,7 @@ proptest! {
         let plan = engine.strategy(&strategize_request(&schema, &genes, history.clone(), 8));
         if let Some(first) = plan.primary_mutations.first() {
             let mutation = as_mutation(first);
-            let risk = crate::stages::risk::assess(&schema, &genes, &mutation, &history);
+            let risk = crate::domain::risk::assess(&schema, &genes, &mutation, &history);
             let decision = engine.decision(&DecideRequest {
                 ctx: ctx(Role::Decide, "env-first"),
                 dna: view(&schema, &genes),

@@ -8,10 +8,10 @@ use super::config::Common;
 use super::{FunctionDeps, QueueSources, SqsDeadLetters};
 use crate::bus::aws::AwsBus;
 use crate::clock::SystemClock;
-use crate::cost::CostLedger;
 use crate::engine::LocalEngine;
 use crate::llm::LanguageModel;
 use crate::stages::{Deps, PipelineConfig};
+use crate::store::CostLedger;
 use crate::store::dynamo::DynamoStore;
 use crate::store::{ControlState, EvolutionStore};
 
@@ -120,49 +120,4 @@ pub fn function(
         sources,
         function: name,
     }
-}
-
-/// The notify function's dependencies: its idempotency records in the table (it reads and
-/// writes nothing else there, and nothing in the bucket), the webhook secret behind a TTL cache,
-/// the webhook poster and its dead-letter queue, on the wall clock.
-#[cfg(feature = "webhooks")]
-pub fn notifier(
-    config: &super::config::NotifyConfig,
-    dynamo: aws_sdk_dynamodb::Client,
-    s3: aws_sdk_s3::Client,
-    secrets: aws_sdk_secretsmanager::Client,
-    sqs: aws_sdk_sqs::Client,
-) -> std::io::Result<crate::notify::Notifier> {
-    use crate::notify::{
-        CachedWebhooks, HyperPoster, Notifier, SecretsManagerWebhooks, SqsDeadLetterQueue,
-    };
-    let clock = Arc::new(SystemClock);
-    // The store's S3 side holds event bodies, which notify never touches: no bucket.
-    let store = Arc::new(DynamoStore::new(
-        dynamo,
-        s3,
-        config.table_name.clone(),
-        String::new(),
-    ));
-    let source = Arc::new(SecretsManagerWebhooks::new(
-        secrets,
-        config.secret_arn.clone(),
-    ));
-    Ok(Notifier {
-        store,
-        webhooks: Arc::new(CachedWebhooks::new(
-            source,
-            clock.clone(),
-            config.secret_ttl,
-        )),
-        poster: Arc::new(HyperPoster::new()?),
-        dead_letters: Arc::new(SqsDeadLetterQueue::new(
-            sqs,
-            config.dead_letter_queue_url.clone(),
-        )),
-        clock,
-        filter: config.filter.clone(),
-        settings: config.settings(),
-        deadline: None,
-    })
 }

@@ -15,7 +15,6 @@ use tracing::{info, warn};
 use super::catalog::{ModelCatalog, ModelEntry, StructuredOutput};
 use super::document::{from_document, to_document};
 use super::healing::{self, Failure, Path, RetryPolicy};
-use super::performance::PerformanceSnapshot;
 use super::pricing::{CacheTtl, cost_nano, estimate_tokens, worst_case_nano};
 use super::prompts::{self, Prompt};
 use super::router::{self, RoutingPolicy, blended_price};
@@ -25,17 +24,15 @@ use super::{
     ResolveRequest, StrategizeRequest,
 };
 use crate::clock::{Clock, Random, Sleeper};
-use crate::cost::{
-    BudgetLimit, Budgets, CostLedger, LedgerScope, PeriodKey, Reservation, ReserveOutcome,
-    Settlement,
-};
+use crate::cost::{BudgetLimit, Budgets, LedgerScope, PeriodKey};
 use crate::domain::{
     BudgetScope, DecisionResult, EvolutionAnalysis, MutationStrategy, Priority, Recommendation,
     ResolutionAction, ResolutionStrategy, Role, derive_id, healthy,
 };
-use crate::engine::LocalEngine;
 use crate::security::SecurityEvent;
+use crate::store::performance::PerformanceSnapshot;
 use crate::store::{Checkpoint, ControlState, Usage};
+use crate::store::{CostLedger, Reservation, ReserveOutcome, Settlement};
 
 mod batch;
 mod cache;
@@ -136,7 +133,9 @@ pub struct BedrockModel {
     client: Client,
     settings: BedrockSettings,
     ports: BedrockPorts,
-    local: LocalEngine,
+    /// Answers every role when Bedrock cannot: the local engine, given by the wiring, so this
+    /// adapter and the engine share the port and neither names the other.
+    local: Box<dyn LanguageModel>,
 }
 
 /// What one role call cost before it was answered, whoever answered it.
@@ -210,13 +209,13 @@ impl BedrockModel {
         client: Client,
         settings: BedrockSettings,
         ports: BedrockPorts,
-        local: LocalEngine,
+        local: impl LanguageModel + 'static,
     ) -> Self {
         Self {
             client,
             settings,
             ports,
-            local,
+            local: Box::new(local),
         }
     }
 

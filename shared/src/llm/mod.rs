@@ -6,7 +6,6 @@ pub mod bedrock;
 pub mod catalog;
 pub mod document;
 pub mod healing;
-pub mod performance;
 pub mod pricing;
 pub mod prompts;
 pub mod router;

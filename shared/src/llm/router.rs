@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BudgetMode, Complexity, Role, TaskContext};
 use crate::llm::catalog::{ModelCatalog, ModelEntry, Price, StructuredOutput};
-use crate::llm::performance::PerformanceSnapshot;
+use crate::store::performance::PerformanceSnapshot;
 
 /// Room left in the context window beyond the task's estimate, for the prompt scaffolding and
 /// the answer's first tokens.

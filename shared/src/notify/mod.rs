@@ -16,8 +16,9 @@ pub mod secrets;
 #[cfg(feature = "webhooks")]
 mod secrets_manager;
 pub mod webhook;
+#[cfg(feature = "webhooks")]
+mod wiring;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -33,10 +34,13 @@ pub use self::secrets::{CachedWebhooks, SecretError, WebhookSource, Webhooks};
 #[cfg(feature = "webhooks")]
 pub use self::secrets_manager::SecretsManagerWebhooks;
 pub use self::webhook::{PostError, Target, WebhookPoster, WebhookUrl};
+#[cfg(feature = "webhooks")]
+pub use self::wiring::notifier;
 use crate::bus::BusError;
 use crate::bus::aws::classify;
 use crate::clock::Clock;
-use crate::domain::{Alert, AlertLevel, Body, Envelope, sha256_hex};
+pub use crate::domain::AlertFilter;
+use crate::domain::{Alert, Body, Envelope, sha256_hex};
 use crate::lambda::dead_letters::{QUEUE_ATTRIBUTE, REASON_ATTRIBUTE, attribute_reason};
 use crate::lambda::metrics::{self, Metric};
 use crate::lambda::{BatchCounts, isolated, time_for_a_record};
@@ -55,35 +59,6 @@ pub const KINDS: &[&str] = &[
     "approval",
     "rollback",
 ];
-
-/// Which alerts are posted: at least `min_level`, and of one of `kinds` when that is set.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlertFilter {
-    pub min_level: AlertLevel,
-    /// `None`: every kind, including kinds added after this was deployed.
-    pub kinds: Option<BTreeSet<String>>,
-}
-
-/// Warnings and criticals of every kind: an economy or paused budget, a conflict, a security
-/// event, an approval waiting. `info` alerts (a budget back to normal) stay in the store.
-impl Default for AlertFilter {
-    fn default() -> Self {
-        Self {
-            min_level: AlertLevel::Warning,
-            kinds: None,
-        }
-    }
-}
-
-impl AlertFilter {
-    pub fn admits(&self, alert: &Alert) -> bool {
-        alert.level >= self.min_level
-            && self
-                .kinds
-                .as_ref()
-                .is_none_or(|kinds| kinds.contains(&alert.kind))
-    }
-}
 
 /// Timing of the function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

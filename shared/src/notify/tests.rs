@@ -1,3 +1,4 @@
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::{TimeZone, Utc};
@@ -6,7 +7,7 @@ use serde_json::json;
 use super::testing::{RecordingDeadLetterQueue, RecordingPoster, StaticWebhooks};
 use super::*;
 use crate::clock::SimClock;
-use crate::domain::SystemId;
+use crate::domain::{AlertLevel, SystemId};
 use crate::store::memory::MemoryStore;
 
 const SLACK: &str = "https://hooks.slack.com/services/T0/B0/SLACKTOKEN";

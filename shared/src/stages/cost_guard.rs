@@ -4,11 +4,12 @@
 use chrono::{DateTime, Utc};
 
 use super::{Deps, RegistryPages, StageOutput, StageResult, load_system};
-use crate::cost::{LedgerScope, PeriodKey, RESERVATION_HOLD, ReclaimOutcome, format_usd, mode_for};
+use crate::cost::{LedgerScope, PeriodKey, format_usd, mode_for};
 use crate::domain::{
     Alert, AlertLevel, Body, BudgetMode, BudgetPeriod, BudgetScope, Envelope, Outgoing, derive_id,
 };
 use crate::store::{BudgetState, SystemRecord, Write};
+use crate::store::{RESERVATION_HOLD, ReclaimOutcome};
 
 /// Expired holds one sweep reclaims at most; more wait for the next minute's sweep. Each is a
 /// small transaction of its own, so a crash that left a fleet's calls held is undone in a few

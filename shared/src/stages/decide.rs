@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use super::{
     Deps, StageOutput, StageResult, call_context, cap, dna_view, load_system, record_call, reply,
-    risk,
 };
 use crate::cost::nano_to_usd;
+use crate::domain::risk;
 use crate::domain::{
     Alert, AlertLevel, Body, Complexity, CostAnalysis, CycleReason, DecidedBy, DecisionRecord,
     Envelope, EventType, EvolutionEvent, Head, HeadStatus, Mutation, PendingApproval,

@@ -8,7 +8,6 @@
 pub mod analyze;
 pub mod cost_guard;
 pub mod decide;
-pub mod risk;
 pub mod rollback;
 pub mod snapshot;
 pub mod strategize;
@@ -19,12 +18,13 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use crate::clock::Clock;
-use crate::cost::{Budgets, CostLedger};
+use crate::cost::Budgets;
 use crate::domain::{
     Body, Complexity, Envelope, Generation, Head, HistoryEntry, Outgoing, Role, SystemId,
     TaskContext, derive_id,
 };
 use crate::llm::{CallContext, DnaView, LanguageModel, LlmAnswer, LlmError};
+use crate::store::CostLedger;
 use crate::store::{ControlState, EvolutionStore, LlmCallRecord, StoreError, SystemRecord, Write};
 
 /// Fifteen days: a day longer than SQS keeps a message at most (the dead-letter queues' 14).

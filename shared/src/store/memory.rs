@@ -15,15 +15,16 @@ use super::{
     BudgetState, CachedAnswer, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore,
     LlmCallRecord, StoreResult, SystemRecord, Transaction, Write,
 };
-use crate::cost::{
-    CostLedger, Hold, LedgerEntry, LedgerScope, PeriodKey, Reclaim, ReclaimOutcome, Reservation,
-    ReserveOutcome, SettleOutcome, Settlement, Totals,
-};
+use crate::cost::{LedgerScope, PeriodKey, Totals};
 use crate::domain::{
     Alert, AnalysisRecord, BudgetMode, DecisionRecord, EvolutionEvent, FitnessSample, Generation,
     Head, HistoryEntry, Plan, PlanCursor, SystemId,
 };
-use crate::llm::performance::PerformanceSnapshot;
+use crate::store::performance::PerformanceSnapshot;
+use crate::store::{
+    CostLedger, Hold, LedgerEntry, Reclaim, ReclaimOutcome, Reservation, ReserveOutcome,
+    SettleOutcome, Settlement,
+};
 
 /// The evolution store, control state and cost ledger held in process memory.
 #[derive(Debug, Default)]

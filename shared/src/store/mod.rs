@@ -6,8 +6,15 @@
 //! DynamoDB's `TransactWriteItems` would, so the SQLite store behaves like the cloud one.
 
 pub mod dynamo;
+mod ledger;
 #[cfg(any(test, feature = "test-support"))]
 pub mod memory;
+pub mod performance;
+
+pub use ledger::{
+    CostLedger, Hold, LedgerEntry, RESERVATION_HOLD, Reclaim, ReclaimOutcome, Reservation,
+    ReserveOutcome, SettleOutcome, Settlement,
+};
 mod rules;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -20,7 +27,7 @@ use crate::domain::{
     Alert, AnalysisRecord, BudgetMode, DecisionRecord, EvolutionEvent, FitnessSample, GeneSchema,
     Generation, Head, HeadStatus, HistoryEntry, Outgoing, Plan, PlanCursor, Role, SystemId,
 };
-use crate::llm::performance::PerformanceSnapshot;
+use crate::store::performance::PerformanceSnapshot;
 
 /// Per-system settings kept in the registry, read by the stages and the tick.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -442,9 +449,9 @@ pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
 
 /// Everything a home keeps: the evolution records, control state and the cost ledger. The
 /// SQLite, in-memory and DynamoDB stores are each all three.
-pub trait FullStore: EvolutionStore + ControlState + crate::cost::CostLedger {}
+pub trait FullStore: EvolutionStore + ControlState + crate::store::CostLedger {}
 
-impl<T: EvolutionStore + ControlState + crate::cost::CostLedger + ?Sized> FullStore for T {}
+impl<T: EvolutionStore + ControlState + crate::store::CostLedger + ?Sized> FullStore for T {}
 
 /// Control state: budget mode, circuit breakers and model performance (DynamoDB `PK=CTRL`).
 #[async_trait]

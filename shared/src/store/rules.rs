@@ -8,16 +8,14 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::cost::{
-    BudgetLimit, Hold, LedgerEntry, LedgerScope, PeriodKey, RESERVATION_HOLD, Reservation,
-    ReserveOutcome, Settlement, Totals,
-};
+use crate::cost::{BudgetLimit, LedgerScope, PeriodKey, Totals};
 #[cfg(any(feature = "sqlite", feature = "test-support", test))]
 use crate::domain::{BudgetMode, Head};
 use crate::domain::{
     BudgetPeriod, BudgetScope, DecisionRecord, EvolutionEvent, Outgoing, SystemId,
 };
 use crate::store::{Claim, Completion, StoreError, StoreResult, Transaction, Write};
+use crate::store::{Hold, LedgerEntry, RESERVATION_HOLD, Reservation, ReserveOutcome, Settlement};
 
 /// The stored `state` of a claim that is still being processed.
 pub(in crate::store) const IN_PROGRESS: &str = "in_progress";

@@ -22,7 +22,7 @@ use super::rules::{self, IdempotencyRecord, Lookup};
 use super::{BudgetState, StoreError, StoreResult, SystemRecord, Write};
 use crate::cost::{LedgerScope, PeriodKey, Totals};
 use crate::domain::{BudgetMode, Generation, Head, PlanCursor, SystemId};
-use crate::llm::performance::PerformanceSnapshot;
+use crate::store::performance::PerformanceSnapshot;
 
 /// The database file inside the state directory.
 pub const DB_FILE: &str = "evolution.db";

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use shared::cost::{CostLedger, LedgerScope, PeriodKey, RESERVATION_HOLD};
+use shared::cost::{LedgerScope, PeriodKey};
 use shared::domain::BudgetPeriod;
 use shared::engine::LocalEngine;
 use shared::lambda::handle_sweep;
@@ -15,6 +15,7 @@ use shared::local::LocalHome;
 use shared::stages::PipelineConfig;
 use shared::store::EvolutionStore;
 use shared::store::sqlite::SqliteStore;
+use shared::store::{CostLedger, RESERVATION_HOLD};
 use tests::bedrock_stub::StubServer;
 
 use crate::bin;

@@ -8,12 +8,13 @@
 mod world;
 
 use serde_json::Value;
-use shared::cost::{BudgetLimit, CostLedger, Reservation, Settlement};
+use shared::cost::BudgetLimit;
 use shared::domain::{
     BudgetMode, BudgetPeriod, BudgetScope, EvaluationOutcome, HeadStatus, Queue, Role,
 };
 use shared::engine::LOCAL_MODEL_ID;
 use shared::store::{ControlState, EvolutionStore, Usage};
+use shared::store::{CostLedger, Reservation, Settlement};
 use world::{Options, SYSTEM, World, system_id};
 
 /// Baseline 10; the first mutation improves (20); every later one regresses.

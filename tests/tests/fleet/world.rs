@@ -8,7 +8,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use shared::bus::aws::{AwsBus, Destinations, aws_sdk_sns, aws_sdk_sqs};
 use shared::bus::{Bus, BusError};
-use shared::cost::{CostLedger, Reservation, ReserveOutcome, Settlement};
 use shared::domain::{
     BudgetMode, Envelope, GeneSchema, Generation, Genes, Head, HeadStatus, Origin, Outgoing, Queue,
     SystemId,
@@ -21,6 +20,7 @@ use shared::store::{
     BudgetState, ControlState, EvolutionStore, SystemRecord, SystemSettings, Transaction, Usage,
     Write,
 };
+use shared::store::{CostLedger, Reservation, ReserveOutcome, Settlement};
 use tests::moto::{MotoServer, sdk_config, unique_name};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;

@@ -7,16 +7,17 @@ use std::sync::{Arc, Mutex, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use shared::clock::{SeededRandom, SimClock};
-use shared::cost::{
-    BudgetLimit, Budgets, CostLedger, Hold, LedgerEntry, LedgerScope, PeriodKey, Reclaim,
-    ReclaimOutcome, Reservation, ReserveOutcome, SettleOutcome, Settlement, Totals,
-};
+use shared::cost::{BudgetLimit, Budgets, LedgerScope, PeriodKey, Totals};
 use shared::domain::{BudgetMode, BudgetPeriod, BudgetScope, Role};
 use shared::engine::{LOCAL_MODEL_ID, LocalEngine};
 use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
 use shared::llm::{AnalyzeRequest, BudgetCrossing, LanguageModel};
 use shared::store::StoreResult;
 use shared::store::memory::MemoryStore;
+use shared::store::{
+    CostLedger, Hold, LedgerEntry, Reclaim, ReclaimOutcome, Reservation, ReserveOutcome,
+    SettleOutcome, Settlement,
+};
 use tests::bedrock_stub::{StubServer, Usage as StubUsage};
 
 use crate::fixture::{A, B, C, SEED, catalog, client, cost_u64, spec, start};

@@ -283,9 +283,9 @@ async fn a_pipeline_cycle_completes_on_the_local_engine_when_bedrock_throttles_e
 async fn a_cycle_whose_bedrock_answers_outlast_each_invocation_commits_every_message_first_time() {
     use shared::bus::local::LocalBus;
     use shared::clock::SystemClock;
-    use shared::cost::CostLedger;
     use shared::domain::{Envelope, Outgoing};
     use shared::pipeline::{self, Handled};
+    use shared::store::CostLedger;
 
     let stub = StubServer::start().await;
     stub.delay_defaults(Duration::from_secs(60));

@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use shared::cost::{Budgets, CostLedger, LedgerScope, PeriodKey};
+use shared::cost::{Budgets, LedgerScope, PeriodKey};
 use shared::domain::{BudgetPeriod, Role};
 use shared::llm::LanguageModel;
+use shared::store::CostLedger;
 use tests::bedrock_stub::{Reply, Usage as StubUsage};
 
 use crate::fixture::{A, B, C, Fixture, Rates, Spec, catalog, catalog_of, cost_of, spec};

@@ -219,9 +219,10 @@ async fn paused_still_closes_evaluation_windows() {
 /// simulated day.
 #[tokio::test]
 async fn the_sweep_counts_the_budget_of_the_money_clocks_day() {
-    use shared::cost::{BudgetLimit, Budgets, CostLedger, Reservation, Settlement};
+    use shared::cost::{BudgetLimit, Budgets};
     use shared::domain::{BudgetPeriod, BudgetScope, Envelope};
     use shared::store::Usage;
+    use shared::store::{CostLedger, Reservation, Settlement};
 
     const BUDGET: u64 = 1_000_000;
     let config = shared::stages::PipelineConfig {

@@ -1,7 +1,7 @@
 //! Control state: the budget mode and the per-model circuit breakers.
 
 use shared::domain::{BudgetMode, Role};
-use shared::llm::performance::PerformanceSnapshot;
+use shared::store::performance::PerformanceSnapshot;
 use shared::store::{BudgetState, CachedAnswer, CircuitState, Write};
 
 use crate::fixtures::{assert_condition_failed, t, tx};

@@ -6,10 +6,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Datelike, Utc};
 use shared::clock::SimClock;
-use shared::cost::{
-    BudgetLimit, CostLedger, LedgerScope, PeriodKey, Reservation, ReserveOutcome, SettleOutcome,
-    Settlement, Totals,
-};
+use shared::cost::{BudgetLimit, LedgerScope, PeriodKey, Totals};
 use shared::domain::{
     BudgetPeriod, BudgetScope, GeneName, GeneValue, Generation, Genes, HeadStatus, Origin, Role,
     SystemId, checksum,
@@ -17,6 +14,7 @@ use shared::domain::{
 use shared::store::dynamo::aws_sdk_dynamodb::types::AttributeValue;
 use shared::store::dynamo::aws_sdk_s3::primitives::ByteStream;
 use shared::store::{Claim, ControlState, EvolutionStore, StoreError, Transaction, Usage, Write};
+use shared::store::{CostLedger, Reservation, ReserveOutcome, SettleOutcome, Settlement};
 
 use crate::fixtures::{
     assert_condition_failed, completion, create_system, cursor, decision, event, fitness,

@@ -4,7 +4,7 @@ use std::future::{Future, ready};
 use std::sync::Arc;
 
 use aws_config::SdkConfig;
-use shared::cost::CostLedger;
+use shared::store::CostLedger;
 use shared::store::dynamo::{DynamoStore, aws_sdk_dynamodb, aws_sdk_s3};
 use shared::store::memory::MemoryStore;
 use shared::store::sqlite::SqliteStore;

@@ -1,12 +1,12 @@
 //! The cost ledger: reservations against budgets, settlements counted once.
 
 use chrono::{DateTime, Utc};
-use shared::cost::{
-    BudgetLimit, Hold, LedgerScope, PeriodKey, RESERVATION_HOLD, ReclaimOutcome, Reservation,
-    ReserveOutcome, SettleOutcome, Settlement, Totals,
-};
+use shared::cost::{BudgetLimit, LedgerScope, PeriodKey, Totals};
 use shared::domain::{BudgetPeriod, BudgetScope, SystemId};
 use shared::store::Usage;
+use shared::store::{
+    Hold, RESERVATION_HOLD, ReclaimOutcome, Reservation, ReserveOutcome, SettleOutcome, Settlement,
+};
 
 use crate::fixtures::{sys, t};
 use crate::harness::{Harness, Store};

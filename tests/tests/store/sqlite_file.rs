@@ -1,11 +1,12 @@
 //! What only a file-backed store can show: the data outlives the process that wrote it.
 
-use shared::cost::{CostLedger, LedgerScope, PeriodKey, Reservation, SettleOutcome, Settlement};
+use shared::cost::{LedgerScope, PeriodKey};
 use shared::domain::{BudgetMode, BudgetPeriod, HeadStatus};
 use shared::store::sqlite::{DB_FILE, SqliteStore};
 use shared::store::{
     BudgetState, CircuitState, Claim, ControlState, EvolutionStore, Transaction, Write,
 };
+use shared::store::{CostLedger, Reservation, SettleOutcome, Settlement};
 
 use crate::fixtures::{advance, completion, create_system, event, outgoing, sys, t, tx};
 

@@ -15,7 +15,7 @@ pub struct NotifyConfig {
     pub table_name: String,
     pub dead_letter_queue_url: String,
     pub secret_arn: String,
-    pub filter: crate::notify::AlertFilter,
+    pub filter: crate::domain::AlertFilter,
     pub secret_ttl: chrono::Duration,
     pub post_timeout: std::time::Duration,
 }
@@ -60,19 +60,12 @@ impl NotifyConfig {
             table_name: vars.required(TABLE_NAME)?.to_owned(),
             dead_letter_queue_url: vars.url(NOTIFY_DLQ_URL)?,
             secret_arn: vars.arn(WEBHOOK_SECRET_ARN)?,
-            filter: crate::notify::AlertFilter {
+            filter: crate::domain::AlertFilter {
                 min_level,
                 kinds: (!kinds.is_empty()).then_some(kinds),
             },
             secret_ttl: chrono::Duration::seconds(i64::try_from(secret_ttl).unwrap_or(i64::MAX)),
             post_timeout: std::time::Duration::from_millis(post_timeout),
         })
-    }
-
-    pub fn settings(&self) -> crate::notify::NotifySettings {
-        crate::notify::NotifySettings {
-            post_timeout: self.post_timeout,
-            ..crate::notify::NotifySettings::default()
-        }
     }
 }

@@ -144,7 +144,7 @@ fn notify_posts_warnings_of_every_kind_unless_told_otherwise() {
         map.insert(name.into(), String::new());
     }
     let c = NotifyConfig::from_map(&map).expect("defaults");
-    assert_eq!(c.filter, crate::notify::AlertFilter::default());
+    assert_eq!(c.filter, crate::domain::AlertFilter::default());
     assert_eq!(c.secret_ttl, chrono::Duration::seconds(300));
     assert_eq!(c.post_timeout, std::time::Duration::from_secs(5));
     for (name, value) in [(NOTIFY_MIN_LEVEL, "loud"), (WEBHOOK_TIMEOUT_MS, "0")] {

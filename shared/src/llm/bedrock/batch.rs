@@ -2,9 +2,9 @@
 //! remaining proposals in one request and keeps the other answers in the response cache.
 
 use super::{
-    AnswerError, BedrockModel, DecideRequest, DecisionResult, LanguageModel, LlmAnswer, LlmError,
-    ModelEntry, Priority, Prompt, RawAnswer, RawContent, Role, StructuredOutput, Usage, Value,
-    cache_key, deferred, healing, info, prompts, schema_for, validate,
+    AnswerError, BedrockModel, DecideRequest, DecisionResult, LlmAnswer, LlmError, ModelEntry,
+    Priority, Prompt, RawAnswer, RawContent, Role, StructuredOutput, Usage, Value, cache_key,
+    deferred, healing, info, prompts, schema_for, validate,
 };
 
 impl BedrockModel {

@@ -13,7 +13,7 @@ use super::item::{
     build_error, keys, n, s,
 };
 use crate::domain::{BudgetMode, HeadStatus};
-use crate::llm::performance::PerformanceSnapshot;
+use crate::store::performance::PerformanceSnapshot;
 use crate::store::rules;
 use crate::store::{StoreError, StoreResult, Transaction, Write};
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::item::{self, EXPIRES_AT, Expr, TTL, epoch_ceil, keys, s, ts};
 use super::{DynamoStore, commit};
-use crate::llm::performance::PerformanceSnapshot;
+use crate::store::performance::PerformanceSnapshot;
 use crate::store::{
     BudgetState, CachedAnswer, Checkpoint, CircuitState, ControlState, StoreError, StoreResult,
 };

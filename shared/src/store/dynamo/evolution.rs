@@ -16,7 +16,7 @@ use crate::domain::{
     Alert, AnalysisRecord, DecisionRecord, EvolutionEvent, FitnessSample, Generation, Head,
     HistoryEntry, Plan, PlanCursor, SystemId,
 };
-use crate::llm::performance::PerformanceSnapshot;
+use crate::store::performance::PerformanceSnapshot;
 use crate::store::rules::{self, COMPLETED, IN_PROGRESS, IdempotencyRecord};
 use crate::store::{
     Claim, EvolutionStore, LlmCallRecord, StoreError, StoreResult, SystemRecord, Transaction, Write,

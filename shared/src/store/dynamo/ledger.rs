@@ -13,12 +13,13 @@ use chrono::{DateTime, Utc};
 
 use super::item::{self, CALLS, COMMITTED, Expr, RESERVED, SPENT, build_error, day, keys, n, ts};
 use super::{DynamoStore, Query, Range, TransactFailure, request_token, time_range};
-use crate::cost::{
-    BudgetLimit, CostLedger, Hold, LedgerEntry, LedgerScope, PeriodKey, Reclaim, ReclaimOutcome,
-    Reservation, ReserveOutcome, SettleOutcome, Settlement, Totals,
-};
+use crate::cost::{BudgetLimit, LedgerScope, PeriodKey, Totals};
 use crate::domain::BudgetScope;
 use crate::store::rules;
+use crate::store::{
+    CostLedger, Hold, LedgerEntry, Reclaim, ReclaimOutcome, Reservation, ReserveOutcome,
+    SettleOutcome, Settlement,
+};
 use crate::store::{StoreError, StoreResult};
 
 /// How often a reservation refused by a counter that has since gone down is tried again.

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::TransactionBehavior;
 
 use super::{PERFORMANCE_ROW, SqlResult, SqliteStore, encode, one, put, read_budget, ts};
-use crate::llm::performance::PerformanceSnapshot;
+use crate::store::performance::PerformanceSnapshot;
 use crate::store::{
     BudgetState, CachedAnswer, Checkpoint, CircuitState, ControlState, StoreResult,
 };

@@ -7,12 +7,13 @@ use rusqlite::TransactionBehavior;
 use super::{
     SqlResult, SqliteStore, encode, exists, many, put, read_totals, since_key, ts, write_totals,
 };
-use crate::cost::{
-    CostLedger, Hold, LedgerEntry, LedgerScope, PeriodKey, Reclaim, ReclaimOutcome, Reservation,
-    ReserveOutcome, SettleOutcome, Settlement, Totals,
-};
+use crate::cost::{LedgerScope, PeriodKey, Totals};
 use crate::store::StoreResult;
 use crate::store::rules;
+use crate::store::{
+    CostLedger, Hold, LedgerEntry, Reclaim, ReclaimOutcome, Reservation, ReserveOutcome,
+    SettleOutcome, Settlement,
+};
 
 #[async_trait]
 impl CostLedger for SqliteStore {
