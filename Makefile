@@ -35,7 +35,7 @@ define timed
 	exit $$status
 endef
 
-.PHONY: help demo build deploy test test-tools lint lint-tools bench clean
+.PHONY: help demo build deploy test test-tools lint lint-tools bench lambda-sizes clippy-per-function clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -74,8 +74,10 @@ build: ## Release arm64 build of the Lambda functions (sam build if the SAM CLI 
 		echo "==> build: sam build (cargo lambda, release, arm64)"; \
 		$(SAM_ENV) $(SAM) build --template-file infra/template.yaml --beta-features; \
 	else \
-		echo "==> build: no SAM CLI ('make lint-tools' installs it); cargo lambda build --release --arm64 (zips)"; \
-		$(CARGO) lambda build --release --arm64 --output-format zip $(addprefix -p ,$(FUNCTIONS)); \
+		echo "==> build: no SAM CLI ('make lint-tools' installs it); cargo lambda build --release --arm64 (zips, one function at a time: each links only its features)"; \
+		for p in $(FUNCTIONS); do \
+			$(CARGO) lambda build --release --arm64 --output-format zip -p $$p || exit 1; \
+		done; \
 		ls -l target/lambda/*/bootstrap.zip; \
 	fi; \
 	echo "==> build: $$(( $$(date +%s) - start ))s"
@@ -147,6 +149,7 @@ lint-tools: ## Install cfn-lint (.venv) and the SAM CLI (.venv-sam)
 lint: lint-tools ## rustfmt check, clippy with warnings denied, cfn-lint and sam validate on the template
 	$(call timed,fmt,$(CARGO) fmt --all -- --check)
 	$(call timed,clippy,$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings)
+	$(call timed,clippy-per-function,$(MAKE) --no-print-directory clippy-per-function)
 	$(call timed,cfn-lint,.venv/bin/cfn-lint infra/template.yaml)
 	$(call timed,sam-validate,$(SAM_ENV) AWS_REGION=$${AWS_REGION:-us-east-1} AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(SAM) validate --lint --template-file infra/template.yaml)
 
@@ -155,7 +158,28 @@ bench: ## Engine vs random search, stage throughput, LLM-layer overhead, the tic
 	$(call timed,bench-llm,$(CARGO) bench -p tests --bench llm)
 	$(call timed,bench-fleet,$(CARGO) bench -p tests --bench fleet)
 	$(CARGO) build --bins $(addprefix -p ,$(FUNCTIONS))
+	$(call timed,bench-lambda-size,$(MAKE) --no-print-directory lambda-sizes)
 	$(call timed,bench-lambda-init,$(CARGO) bench -p tests --bench lambda_init)
+
+# Each function with only the features it enables (the workspace run above unifies them all).
+clippy-per-function:
+	@for p in $(FUNCTIONS) bare-lambda; do \
+		$(CARGO) clippy -q -p $$p -- -D warnings || exit 1; \
+	done
+
+# Each function built on its own (one build would unify shared's features across all of them),
+# x86_64 release zips as `cargo lambda` makes them, next to the bare runtime-and-clients binary.
+lambda-sizes:
+	@export PATH="$(CURDIR)/.venv/bin:$$PATH"; \
+	for p in $(FUNCTIONS) bare-lambda; do \
+		$(CARGO) lambda build --release --output-format zip -p $$p >/dev/null 2>&1 \
+			|| { echo "==> lambda-sizes: cargo lambda build -p $$p failed"; exit 1; }; \
+	done; \
+	printf '%-12s %12s %12s\n' function zip_bytes binary_bytes; \
+	for p in $(FUNCTIONS) bare-lambda; do \
+		printf '%-12s %12d %12d\n' $$p $$(stat -c%s target/lambda/$$p/bootstrap.zip) \
+			$$(stat -c%s target/x86_64-unknown-linux-gnu/release/$$p); \
+	done
 
 clean: ## Remove build artefacts
 	$(CARGO) clean

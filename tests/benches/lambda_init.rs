@@ -6,9 +6,10 @@
 //! by hand with the smoke tests' environment, pointed at the proxy; the time from spawning it to
 //! its first `GET /2018-06-01/runtime/invocation/next` is its init time. It is invoked once with
 //! `cargo lambda invoke --data-file infra/events/<sample>.json`, its `VmHWM` is read from
-//! `/proc/<pid>/status`, and it is killed. Debug binaries always; release ones when
-//! `target/release/<function>` exists. Every wait is bounded and every process is killed at the
-//! end.
+//! `/proc/<pid>/status`, and it is killed. Debug binaries always; release ones when a release
+//! build exists (`make bench` builds each function on its own, so each links only its features),
+//! next to `bare-lambda`, a release binary of `lambda_runtime` and five SDK clients that does
+//! nothing: the floor. Every wait is bounded and every process is killed at the end.
 
 #[path = "../tests/smoke/lambda.rs"]
 #[allow(dead_code)]
@@ -200,7 +201,49 @@ struct Bench {
     logs: PathBuf,
 }
 
+/// One binary's figures over [`RUNS`] runs.
+struct Row {
+    init_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    peak_rss_kib: Option<u64>,
+    ok: usize,
+}
+
+impl Row {
+    fn peak_mib(&self) -> Option<f64> {
+        self.peak_rss_kib.map(|k| k as f64 / 1024.0)
+    }
+
+    fn print(&self, package: &str, profile: &str) {
+        let peak = self
+            .peak_rss_kib
+            .map_or_else(|| "?".to_owned(), |k| k.to_string());
+        println!(
+            "{package:<12} {profile:<8} {:>8.1} {:>8.1} {:>8.1} {peak:>13}  {}/{RUNS} ok",
+            self.init_ms, self.min_ms, self.max_ms, self.ok
+        );
+    }
+}
+
 impl Bench {
+    async fn row(&self, binary: &Path, env: &[(String, String)], event: &Path) -> Row {
+        let mut samples = Vec::with_capacity(RUNS);
+        for _ in 0..RUNS {
+            samples.push(self.run_once(binary, env, event).await);
+        }
+        let mut inits: Vec<Duration> = samples.iter().map(|s| s.init).collect();
+        inits.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        Row {
+            init_ms: ms(inits[RUNS / 2]),
+            min_ms: ms(inits[0]),
+            max_ms: ms(inits[RUNS - 1]),
+            peak_rss_kib: samples.iter().filter_map(|s| s.peak_rss_kib).max(),
+            ok: samples.iter().filter(|s| s.invoked).count(),
+        }
+    }
+
     async fn run_once(&self, binary: &Path, env: &[(String, String)], event: &Path) -> Sample {
         let log = self.logs.join("function.log");
         let file = std::fs::File::create(&log).expect("function log");
@@ -334,37 +377,40 @@ fn main() {
             "{:<12} {:<8} {:>8} {:>8} {:>8} {:>13}  invocations",
             "function", "profile", "init_ms", "min_ms", "max_ms", "peak_rss_kib"
         );
+        let release_dir = |package: &str| {
+            ["release", "x86_64-unknown-linux-gnu/release"]
+                .into_iter()
+                .map(|dir| repo_root().join("target").join(dir).join(package))
+                .find(|p| p.is_file())
+        };
+        // The floor: lambda_runtime and five SDK clients, release-built like the functions.
+        let bare = if let Some(binary) = release_dir("bare-lambda") {
+            let env = world.env(FUNCTIONS[0].1);
+            let row = bench.row(&binary, &env, &sample_event("cost-guard")).await;
+            row.print("bare-lambda", "release");
+            Some(row)
+        } else {
+            println!("(no release build of bare-lambda: `make bench` builds it)");
+            None
+        };
         for (package, variables) in FUNCTIONS {
             let env = world.env(variables);
             let event = sample_event(package);
             let debug = binaries[package].clone();
-            let release = debug
-                .parent()
-                .and_then(Path::parent)
-                .map(|target| target.join("release").join(package))
-                .filter(|p| p.is_file());
-            for (profile, binary) in
-                std::iter::once(("debug", debug)).chain(release.map(|r| ("release", r)))
+            for (profile, binary) in std::iter::once(("debug", debug))
+                .chain(release_dir(package).map(|r| ("release", r)))
             {
-                let mut samples = Vec::with_capacity(RUNS);
-                for _ in 0..RUNS {
-                    samples.push(bench.run_once(&binary, &env, &event).await);
+                let row = bench.row(&binary, &env, &event).await;
+                row.print(package, profile);
+                if let (Some(bare), "release") = (&bare, profile) {
+                    println!(
+                        "{:<12} {:<8} init {:.2}x the bare binary's, peak RSS {:.1} MiB",
+                        "",
+                        "",
+                        row.init_ms / bare.init_ms,
+                        row.peak_mib().unwrap_or(f64::NAN)
+                    );
                 }
-                let mut inits: Vec<Duration> = samples.iter().map(|s| s.init).collect();
-                inits.sort();
-                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-                let peak = samples
-                    .iter()
-                    .filter_map(|s| s.peak_rss_kib)
-                    .max()
-                    .map_or_else(|| "?".to_owned(), |k| k.to_string());
-                let ok = samples.iter().filter(|s| s.invoked).count();
-                println!(
-                    "{package:<12} {profile:<8} {:>8.1} {:>8.1} {:>8.1} {peak:>13}  {ok}/{RUNS} ok",
-                    ms(inits[RUNS / 2]),
-                    ms(inits[0]),
-                    ms(inits[RUNS - 1]),
-                );
             }
         }
         drop(bench);

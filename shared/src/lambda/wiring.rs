@@ -69,6 +69,7 @@ where
 {
     use super::config::{ConfigError, LlmEngine, MODEL_CATALOG};
     use crate::clock::SeededRandom;
+    use crate::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
     use crate::llm::catalog::ModelCatalog;
     let local = LocalEngine::new(LOCAL_ENGINE_SEED);
     if settings.engine == LlmEngine::Local {
@@ -80,7 +81,6 @@ where
             reason: e.to_string(),
         }
     })?;
-    use crate::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
     let ports = BedrockPorts {
         ledger: store.clone(),
         control: store,

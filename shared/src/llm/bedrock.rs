@@ -204,6 +204,13 @@ enum Outcome<T> {
 /// DEFER, an escalation), with the reason.
 type Safe<'a, T> = Option<&'a (dyn Fn(T, &str) -> T + Sync)>;
 
+/// What answers a role call when Bedrock does not: the local engine's answer (a future, run only
+/// then), and the role's safe answer after an incoherent one.
+struct Fallback<'a, L, T> {
+    local: L,
+    safe: Safe<'a, T>,
+}
+
 impl BedrockModel {
     pub fn new(
         client: Client,
@@ -228,8 +235,7 @@ impl BedrockModel {
         schema: Value,
         prompt_for: &(dyn Fn(usize) -> Prompt + Sync),
         parse: &(dyn Fn(Value) -> Result<T, AnswerError> + Sync),
-        local: L,
-        safe: Safe<'_, T>,
+        fallback: Fallback<'_, L, T>,
     ) -> Result<LlmAnswer<T>, LlmError>
     where
         T: Send,
@@ -256,16 +262,23 @@ impl BedrockModel {
                 cache_hit: false,
             },
             Outcome::Fallback { reason } => {
-                self.fall_back(ctx, priority, reason, local, &spent, latency_ms)
+                self.fall_back(ctx, priority, reason, fallback.local, &spent, latency_ms)
                     .await?
             }
             Outcome::Incoherent { reason } => {
                 let reason = format!("incoherent answer: {reason}");
                 warn!(role = ctx.task.role.as_str(), %reason, "the role's safe answer stands");
                 let mut a = self
-                    .fall_back(ctx, priority, reason.clone(), local, &spent, latency_ms)
+                    .fall_back(
+                        ctx,
+                        priority,
+                        reason.clone(),
+                        fallback.local,
+                        &spent,
+                        latency_ms,
+                    )
                     .await?;
-                if let Some(safe) = safe {
+                if let Some(safe) = fallback.safe {
                     a.value = safe(a.value, &reason);
                 }
                 a
@@ -701,8 +714,10 @@ impl LanguageModel for BedrockModel {
             schema_for(Role::Analyze),
             &|limit| prompts::analyze(req, limit),
             &|v| validate::analysis(v),
-            self.local.analyze(req),
-            None,
+            Fallback {
+                local: self.local.analyze(req),
+                safe: None,
+            },
         )
         .await
     }
@@ -718,8 +733,10 @@ impl LanguageModel for BedrockModel {
             schema_for(Role::Strategize),
             &|limit| prompts::strategize(req, limit),
             &|v| validate::strategy(v, schema),
-            self.local.strategize(req),
-            None,
+            Fallback {
+                local: self.local.strategize(req),
+                safe: None,
+            },
         )
         .await
     }
@@ -740,8 +757,10 @@ impl LanguageModel for BedrockModel {
             schema_for(Role::Decide),
             &|limit| prompts::decide(req, limit),
             &|v| validate::decision(v, req.local_risk, req.risk_ceiling),
-            self.local.decide(req),
-            Some(&deferred),
+            Fallback {
+                local: self.local.decide(req),
+                safe: Some(&deferred),
+            },
         )
         .await
     }
@@ -756,8 +775,10 @@ impl LanguageModel for BedrockModel {
             schema_for(Role::Resolve),
             &|_| prompts::resolve(req),
             &|v| validate::resolution(v),
-            self.local.resolve_conflict(req),
-            Some(&escalated),
+            Fallback {
+                local: self.local.resolve_conflict(req),
+                safe: Some(&escalated),
+            },
         )
         .await
     }

@@ -159,7 +159,7 @@ async fn the_repair_request_is_bounded_by_the_call_deadline_and_the_fallback_win
             .push_for(A, Reply::tool("submit_strategy", analysis_json()));
         f.stub.push_for(
             A,
-            Reply::slow(Duration::from_millis(4_000), ok_from(A, Role::Analyze)),
+            Reply::slow(Duration::from_secs(4), ok_from(A, Role::Analyze)),
         );
         f.stub
             .push_for(B, reply_from(B, Role::Analyze, &analysis_json()));

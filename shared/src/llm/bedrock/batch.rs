@@ -2,9 +2,9 @@
 //! remaining proposals in one request and keeps the other answers in the response cache.
 
 use super::{
-    AnswerError, BedrockModel, DecideRequest, DecisionResult, LlmAnswer, LlmError, ModelEntry,
-    Priority, Prompt, RawAnswer, RawContent, Role, StructuredOutput, Usage, Value, cache_key,
-    deferred, healing, info, prompts, schema_for, validate,
+    AnswerError, BedrockModel, DecideRequest, DecisionResult, Fallback, LlmAnswer, LlmError,
+    ModelEntry, Priority, Prompt, RawAnswer, RawContent, Role, StructuredOutput, Usage, Value,
+    cache_key, deferred, healing, info, prompts, schema_for, validate,
 };
 
 impl BedrockModel {
@@ -68,8 +68,10 @@ impl BedrockModel {
                 batch_schema(),
                 &|limit| batch_prompt(req, limit),
                 &parse,
-                local,
-                Some(&|(d, _), reason: &str| (deferred(d, reason), Vec::new())),
+                Fallback {
+                    local,
+                    safe: Some(&|(d, _), reason: &str| (deferred(d, reason), Vec::new())),
+                },
             )
             .await?;
         if answer.fallback.is_none() {

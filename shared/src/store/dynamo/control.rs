@@ -1,6 +1,7 @@
 //! Control state on DynamoDB: items of the `CTRL` partition and the response cache.
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use chrono::{DateTime, Utc};
 
 use super::item::{self, EXPIRES_AT, Expr, TTL, epoch_ceil, keys, s, ts};
@@ -55,7 +56,7 @@ impl DynamoStore {
                 Ok(_) => return Ok(()),
                 Err(e)
                     if e.as_service_error()
-                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+                        .is_some_and(PutItemError::is_conditional_check_failed_exception) => {}
                 Err(e) => return Err(item::sdk_error("PutItem", &e)),
             }
         }
