@@ -1110,8 +1110,13 @@ fn report_stand_in(id: &str) -> Outgoing {
     }
 }
 
+/// A scheduled invocation with the function's timeout (30 s, the template's `FunctionTimeout`)
+/// as its deadline: claims made by the invocation expire with it, as on Lambda.
 fn lambda_event(payload: Value) -> lambda_runtime::LambdaEvent<Value> {
-    lambda_runtime::LambdaEvent::new(payload, lambda_runtime::Context::default())
+    let mut context = lambda_runtime::Context::default();
+    context.deadline =
+        u64::try_from((Utc::now() + chrono::Duration::seconds(30)).timestamp_millis()).unwrap_or(0);
+    lambda_runtime::LambdaEvent::new(payload, context)
 }
 
 /// The start of the current minute plus `k` minutes: the tick and sweep times of a run.
