@@ -35,7 +35,7 @@ define timed
 	exit $$status
 endef
 
-.PHONY: help demo build deploy test test-tools lint lint-tools bench lambda-sizes clippy-per-function clean
+.PHONY: help demo build deploy test test-tools lint lint-tools bench chaos lambda-sizes clippy-per-function clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 14
@@ -153,11 +153,12 @@ lint: lint-tools ## rustfmt check, clippy with warnings denied, cfn-lint and sam
 	$(call timed,cfn-lint,.venv/bin/cfn-lint infra/template.yaml)
 	$(call timed,sam-validate,$(SAM_ENV) AWS_REGION=$${AWS_REGION:-us-east-1} AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(SAM) validate --lint --template-file infra/template.yaml)
 
-bench: ## Engine vs random search, stage throughput, LLM-layer overhead, the tick with a fleet, Lambda init and RSS
+bench: ## Engine vs random search, stage throughput, LLM-layer overhead, the tick with a fleet, two workers' cycles/minute, Lambda init and RSS
 	$(call timed,bench-pipeline,$(CARGO) bench -p shared --bench pipeline)
 	$(call timed,bench-llm,$(CARGO) bench -p tests --bench llm)
 	$(call timed,bench-fleet,$(CARGO) bench -p tests --bench fleet)
-	$(CARGO) build --bins $(addprefix -p ,$(FUNCTIONS))
+	$(CARGO) build --bins -p evolve $(addprefix -p ,$(FUNCTIONS))
+	$(call timed,bench-workers,$(CARGO) bench -p tests --bench workers)
 	$(call timed,bench-lambda-size,$(MAKE) --no-print-directory lambda-sizes)
 	$(call timed,bench-lambda-init,$(CARGO) bench -p tests --bench lambda_init)
 
@@ -180,6 +181,19 @@ lambda-sizes:
 		printf '%-12s %12d %12d\n' $$p $$(stat -c%s target/lambda/$$p/bootstrap.zip) \
 			$$(stat -c%s target/x86_64-unknown-linux-gnu/release/$$p); \
 	done
+
+# The chaos suite's size (override on the command line or in the environment). The CI run of
+# `make test` uses the test's own defaults (20 systems, 3 generations, 3 workers, 4 kills).
+CHAOS_SYSTEMS ?= 60
+CHAOS_GENERATIONS ?= 4
+CHAOS_WORKERS ?= 3
+CHAOS_KILLS ?= 8
+CHAOS_SEED ?= 7
+CHAOS_SECONDS ?= 240
+
+chaos: test-tools ## Chaos suite at a larger size (CHAOS_SYSTEMS, CHAOS_GENERATIONS, CHAOS_WORKERS, CHAOS_KILLS, CHAOS_SEED, CHAOS_SECONDS); prints its figures
+	$(call timed,bins,$(CARGO) build --bins -p tests -p evolve)
+	$(call timed,chaos,env CHAOS_SYSTEMS=$(CHAOS_SYSTEMS) CHAOS_GENERATIONS=$(CHAOS_GENERATIONS) CHAOS_WORKERS=$(CHAOS_WORKERS) CHAOS_KILLS=$(CHAOS_KILLS) CHAOS_SEED=$(CHAOS_SEED) CHAOS_SECONDS=$(CHAOS_SECONDS) $(CARGO) test -p tests --test chaos -- --nocapture)
 
 clean: ## Remove build artefacts
 	$(CARGO) clean

@@ -2,4 +2,5 @@
 
 pub mod bedrock_stub;
 pub mod bins;
+pub mod fault_proxy;
 pub mod moto;

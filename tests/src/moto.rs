@@ -58,6 +58,13 @@ wait "$server"
 /// just the items the transaction names restores the same state, so the script replaces the
 /// table copy with one: the table-level copy becomes the table itself (a no-op restore), and a
 /// cancelled transaction puts its items back as they were.
+///
+/// moto also ignores `TransactWriteItems`' `ClientRequestToken`, which DynamoDB uses to make a
+/// retried transaction idempotent: a retry with the token of a transaction that applied (the
+/// answer was lost, the SDK sent it again) succeeds without applying it a second time. The
+/// ledger's reservations rely on that, and the chaos suite loses answers on purpose, so the
+/// script remembers the tokens of applied transactions and answers their retries the same way
+/// (for the life of the server, longer than DynamoDB's ten minutes, which no test outlasts).
 const SERVER: &str = r#"
 import argparse, copy, os, signal, sys, threading
 from werkzeug.serving import run_simple
@@ -112,6 +119,23 @@ def item_scoped_transact_write_items(self, transact_items):
         dynamodb_models.copy.deepcopy = deepcopy
 
 DynamoDBBackend.transact_write_items = item_scoped_transact_write_items
+
+from moto.core.responses import ActionResult
+from moto.dynamodb.responses import DynamoHandler
+
+handle_transact_write_items = DynamoHandler.transact_write_items
+applied_tokens = set()
+
+def idempotent_transact_write_items(self):
+    token = self.body.get("ClientRequestToken")
+    if token is not None and token in applied_tokens:
+        return ActionResult({"ConsumedCapacity": [], "ItemCollectionMetrics": {}})
+    result = handle_transact_write_items(self)
+    if token is not None:
+        applied_tokens.add(token)
+    return result
+
+DynamoHandler.transact_write_items = idempotent_transact_write_items
 
 parser = argparse.ArgumentParser()
 parser.add_argument("-H", "--host", default="127.0.0.1")
