@@ -2,6 +2,7 @@
 
 pub mod bus;
 pub mod clock;
+pub mod consumer;
 pub mod cost;
 pub mod domain;
 pub mod engine;

@@ -64,7 +64,7 @@ mod tests {
         );
         let dead = t.dead_letters.sent();
         assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].queue, Queue::Analyze);
+        assert_eq!(dead[0].queue, Queue::Analyze.as_str());
         assert!(dead[0].body.starts_with("{\"id\":\"msg-truncated\""));
         assert!(
             dead[0].reason.contains("malformed message"),

@@ -58,7 +58,7 @@ mod tests {
         assert!(batch.batch_item_failures.is_empty(), "{batch:?}");
         let dead = t.dead_letters.sent();
         assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].queue, Queue::CostGuard);
+        assert_eq!(dead[0].queue, Queue::CostGuard.as_str());
         assert_eq!(dead[0].body, "not json at all");
     }
 

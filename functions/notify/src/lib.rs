@@ -22,7 +22,8 @@ mod tests {
     use chrono::{TimeZone, Utc};
     use lambda_runtime::Context;
     use shared::clock::SimClock;
-    use shared::notify::testing::{RecordingDeadLetterQueue, RecordingPoster, StaticWebhooks};
+    use shared::consumer::dead_letters::RecordingDeadLetters;
+    use shared::notify::testing::{RecordingPoster, StaticWebhooks};
     use shared::notify::{AlertFilter, NotifySettings, Target, WebhookUrl, Webhooks};
     use shared::store::memory::MemoryStore;
 
@@ -33,7 +34,7 @@ mod tests {
     #[tokio::test]
     async fn the_sample_batch_posts_its_alert_and_dead_letters_the_garbage() {
         let poster = Arc::new(RecordingPoster::new());
-        let dead = Arc::new(RecordingDeadLetterQueue::new());
+        let dead = Arc::new(RecordingDeadLetters::new());
         let at = Utc
             .with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
             .single()

@@ -80,7 +80,7 @@ mod tests {
         handler(&t.deps, event(SQS)).await.expect("handled");
         let dead = t.dead_letters.sent();
         assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].queue, Queue::Snapshot);
+        assert_eq!(dead[0].queue, Queue::Snapshot.as_str());
     }
 
     #[tokio::test]

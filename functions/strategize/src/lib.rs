@@ -44,7 +44,7 @@ mod tests {
         assert!(response.batch_item_failures.is_empty(), "{response:?}");
         let dead = t.dead_letters.sent();
         assert_eq!(dead.len(), 1);
-        assert_eq!(dead[0].queue, Queue::Strategize);
+        assert_eq!(dead[0].queue, Queue::Strategize.as_str());
         assert!(
             dead[0].reason.contains("unknown system retired-system"),
             "{}",

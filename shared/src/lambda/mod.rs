@@ -4,32 +4,29 @@
 //! (features `sqs` and `eventbridge` only); each function binary only wires these together.
 
 pub mod config;
-pub mod dead_letters;
 pub mod metrics;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod wiring;
 
-use std::any::Any;
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use futures_util::FutureExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{Instrument, error, info, info_span, warn};
 
-pub use self::dead_letters::{DeadLetters, SqsDeadLetters};
 use self::metrics::Metric;
 use crate::bus::Bus;
-use crate::domain::{Body, BudgetMode, Envelope, Queue, SystemId, sha256_hex};
+use crate::consumer::{
+    self, BatchCounts, Consumed, DeadLetters, consume, dead_letter, deadline_of,
+};
+use crate::domain::{Body, BudgetMode, Envelope, Queue, SystemId};
 use crate::pipeline::{self, Handled, Observed, PipelineError};
-use crate::stages::{Deps, FINISH_MARGIN};
+use crate::stages::Deps;
 
 /// Everything a function's handler needs, built once at cold start.
 #[derive(Debug, Clone)]
@@ -61,113 +58,25 @@ impl QueueSources {
     }
 }
 
-/// What became of the records of one SQS batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BatchCounts {
-    pub processed: u32,
-    pub duplicates: u32,
-    /// Left on the queue for redelivery (batch item failures), including the two below.
-    pub retried: u32,
-    pub dead_lettered: u32,
-    /// Of the retried: never started, the invocation's deadline being too near.
-    pub not_started: u32,
-    /// Of the retried: their handling panicked.
-    pub panicked: u32,
+/// The counts of one batch as metrics.
+pub fn batch_metrics(counts: &BatchCounts) -> [Metric; 6] {
+    [
+        Metric::count(metrics::MESSAGES_PROCESSED, counts.processed),
+        Metric::count(metrics::DUPLICATES, counts.duplicates),
+        Metric::count(metrics::MESSAGES_RETRIED, counts.retried),
+        Metric::count(metrics::MESSAGES_DEAD_LETTERED, counts.dead_lettered),
+        Metric::count(metrics::MESSAGES_NOT_STARTED, counts.not_started),
+        Metric::count(metrics::MESSAGES_PANICKED, counts.panicked),
+    ]
 }
 
-impl BatchCounts {
-    pub fn metrics(&self) -> [Metric; 6] {
-        [
-            Metric::count(metrics::MESSAGES_PROCESSED, self.processed),
-            Metric::count(metrics::DUPLICATES, self.duplicates),
-            Metric::count(metrics::MESSAGES_RETRIED, self.retried),
-            Metric::count(metrics::MESSAGES_DEAD_LETTERED, self.dead_lettered),
-            Metric::count(metrics::MESSAGES_NOT_STARTED, self.not_started),
-            Metric::count(metrics::MESSAGES_PANICKED, self.panicked),
-        ]
-    }
+/// The outcome of a pipeline batch: the message ids SQS must redeliver, the counts for
+/// metrics, and what the processed records changed.
+pub type BatchResponse = Consumed<Observed>;
 
-    /// Records left for redelivery unstarted because the deadline is near: a batch item failure
-    /// each, neither processed nor dead-lettered.
-    pub(crate) fn not_started(&mut self, failures: &mut Vec<String>, ids: Vec<String>) {
-        let n = u32::try_from(ids.len()).unwrap_or(u32::MAX);
-        self.retried += n;
-        self.not_started += n;
-        failures.extend(ids);
-    }
-}
-
-/// Whether one more record may be started: the invocation's deadline, when there is one, is at
-/// least [`FINISH_MARGIN`] away. A record started later might be cut off by the timeout, which
-/// fails the whole invocation and brings back the records already done; left unstarted, it only
-/// comes back itself.
-pub(crate) fn time_for_a_record(deadline: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
-    deadline.is_none_or(|d| d - now >= FINISH_MARGIN)
-}
-
-/// Runs one record's handling so that a panic in it fails that record only: without this the
-/// panic ends the invocation, and SQS redelivers the whole batch, records already done
-/// included. Caught on the same task rather than in a spawned one, so the handling can keep
-/// borrowing the invocation's ports and stays in its record's span.
-///
-/// Unwind safety is asserted: what a record shares with the next one is the ports, whose
-/// remote state a half-done record cannot corrupt (its writes commit all or nothing, and its
-/// idempotency claim expires with the deadline), and whose few in-process locks recover from
-/// poisoning. Returns the panic's message on a panic.
-pub(crate) fn isolated<F: Future>(work: F) -> impl Future<Output = Result<F::Output, String>> {
-    AssertUnwindSafe(work)
-        .catch_unwind()
-        .map(|caught| caught.map_err(|payload| panic_message(payload.as_ref())))
-}
-
-fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
-}
-
-/// The outcome of a batch: the message ids SQS must redeliver, and the counts for metrics.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BatchResponse {
-    pub batch_item_failures: Vec<String>,
-    pub counts: BatchCounts,
-    /// What the processed records changed, for the batch's metrics.
-    pub observed: Vec<Observed>,
-}
-
-impl From<BatchResponse> for SqsBatchResponse {
-    fn from(batch: BatchResponse) -> Self {
-        let mut response = SqsBatchResponse::default();
-        response.set_failures(batch.batch_item_failures);
-        response
-    }
-}
-
-/// What became of one record.
-enum Outcome {
-    Processed(Observed),
-    Duplicate,
-    Retry,
-    DeadLettered,
-    /// Its handling panicked: left for redelivery like a retryable failure (a redelivery may
-    /// succeed; after `maxReceiveCount` receives SQS moves it to the dead-letter queue).
-    Panicked,
-}
-
-/// Handles the records of one SQS batch, one at a time, each in its own span.
-///
-/// A retryable failure leaves the record on the queue (a batch item failure). A permanent one
-/// moves the raw body to the dead-letter queue of the record's queue with the reason attached
-/// and acknowledges the record; if that move fails, the record is left for redelivery so nothing
-/// is lost (after `maxReceiveCount` receives SQS moves it to the DLQ itself). A record from a
-/// queue `queue_of` does not know is a deployment error and is also left for redelivery.
-///
-/// Two failures stay with their records instead of failing the invocation (which would bring
-/// back the whole batch): no record is started with less than [`FINISH_MARGIN`] left before
-/// the deadline (the rest are left for redelivery, unread), and a record whose handling panics
-/// is left for redelivery while the others go on.
+/// Handles the records of one SQS batch through the pipeline, with the one consumer's rules
+/// ([`consume`]): one record at a time in its own span, a retryable failure left on the queue,
+/// a permanent one moved to the dead-letter queue of the record's queue with the reason.
 pub async fn handle_sqs_batch(
     deps: &Deps,
     bus: &dyn Bus,
@@ -175,66 +84,18 @@ pub async fn handle_sqs_batch(
     queue_of: impl Fn(&str) -> Option<Queue>,
     records: &[SqsMessage],
 ) -> BatchResponse {
-    let mut batch = BatchResponse::default();
-    // SQS always sets the id; an empty identifier makes Lambda retry the whole batch, the safe
-    // choice should one ever be missing.
-    let id_of = |record: &SqsMessage| record.message_id.clone().unwrap_or_default();
-    for (index, record) in records.iter().enumerate() {
-        if !time_for_a_record(deps.config.deadline, deps.clock.now()) {
-            let left: Vec<String> = records[index..].iter().map(id_of).collect();
-            warn!(
-                not_started = left.len(),
-                margin_ms = FINISH_MARGIN.num_milliseconds(),
-                "too little time left before the deadline: the remaining records are left for \
-                 redelivery"
-            );
-            batch
-                .counts
-                .not_started(&mut batch.batch_item_failures, left);
-            break;
-        }
-        let message_id = id_of(record);
-        let source = record.event_source_arn.as_deref().unwrap_or_default();
-        let outcome = if let Some(queue) = queue_of(source) {
-            let span = info_span!("record", message_id = %message_id, queue = queue.as_str());
+    consume(
+        deps.config.deadline,
+        || deps.clock.now(),
+        records,
+        |record| {
+            let source = record.event_source_arn.as_deref().unwrap_or_default();
+            let queue = queue_of(source)?;
             let body = record.body.as_deref().unwrap_or_default();
-            async {
-                isolated(handle_record(deps, bus, dlq, queue, body))
-                    .await
-                    .unwrap_or_else(|panic| {
-                        error!(%panic, "the record's handling panicked; left for redelivery");
-                        Outcome::Panicked
-                    })
-            }
-            .instrument(span)
-            .await
-        } else {
-            error!(
-                message_id = %message_id,
-                event_source_arn = %source,
-                "record from a queue this function does not consume; left for redelivery"
-            );
-            Outcome::Retry
-        };
-        match outcome {
-            Outcome::Processed(observed) => {
-                batch.counts.processed += 1;
-                batch.observed.push(observed);
-            }
-            Outcome::Duplicate => batch.counts.duplicates += 1,
-            Outcome::DeadLettered => batch.counts.dead_lettered += 1,
-            Outcome::Retry => {
-                batch.counts.retried += 1;
-                batch.batch_item_failures.push(message_id);
-            }
-            Outcome::Panicked => {
-                batch.counts.retried += 1;
-                batch.counts.panicked += 1;
-                batch.batch_item_failures.push(message_id);
-            }
-        }
-    }
-    batch
+            Some((queue.as_str(), handle_record(deps, bus, dlq, queue, body)))
+        },
+    )
+    .await
 }
 
 async fn handle_record(
@@ -243,7 +104,7 @@ async fn handle_record(
     dlq: &dyn DeadLetters,
     queue: Queue,
     body: &str,
-) -> Outcome {
+) -> consumer::Handled<Observed> {
     match pipeline::handle_raw(deps, bus, queue, body).await {
         Ok(Handled::Processed {
             summary,
@@ -251,35 +112,18 @@ async fn handle_record(
             observed,
         }) => {
             info!(%summary, sent, "processed");
-            Outcome::Processed(observed)
+            consumer::Handled::Done(observed)
         }
         Ok(Handled::Duplicate { resent }) => {
             info!(resent, "duplicate delivery acknowledged");
-            Outcome::Duplicate
+            consumer::Handled::Duplicate
         }
         Err(PipelineError::Retryable(reason)) => {
             warn!(%reason, "left for redelivery");
-            Outcome::Retry
+            consumer::Handled::Retry
         }
         Err(PipelineError::Permanent(reason)) => {
-            let digest = sha256_hex(body.as_bytes());
-            let body_sha256 = &digest[..16];
-            match dlq.send(queue, body, &reason).await {
-                Ok(()) => {
-                    warn!(%reason, body_sha256, body_bytes = body.len(), "moved to the dead-letter queue");
-                    Outcome::DeadLettered
-                }
-                Err(e) => {
-                    error!(
-                        %reason,
-                        error = %e,
-                        body_sha256,
-                        body_bytes = body.len(),
-                        "could not move to the dead-letter queue; left for redelivery"
-                    );
-                    Outcome::Retry
-                }
-            }
+            dead_letter(dlq, queue.as_str(), body, &reason).await
         }
     }
 }
@@ -434,13 +278,8 @@ impl FunctionDeps {
     /// duration instead) and counts as unknown, so it cannot leave every record unstarted.
     #[must_use]
     pub fn until(&self, deadline_ms: u64) -> Self {
-        let now = self.pipeline.clock.now();
         let mut deps = self.clone();
-        deps.pipeline.config.deadline = i64::try_from(deadline_ms)
-            .ok()
-            .filter(|ms| *ms > 0)
-            .and_then(DateTime::<Utc>::from_timestamp_millis)
-            .filter(|deadline| *deadline > now);
+        deps.pipeline.config.deadline = deadline_of(deadline_ms, self.pipeline.clock.now());
         deps
     }
 
@@ -455,8 +294,8 @@ impl FunctionDeps {
         )
         .await;
         let now = self.pipeline.clock.now();
-        metrics::emit(self.function, now, &batch.counts.metrics());
-        metrics::emit_observed(self.function, now, &batch.observed);
+        metrics::emit(self.function, now, &batch_metrics(&batch.counts));
+        metrics::emit_observed(self.function, now, &batch.done);
         batch.into()
     }
 

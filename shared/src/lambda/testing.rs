@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::dead_letters::RecordingDeadLetters;
 use super::{FunctionDeps, QueueSources};
 use crate::bus::local::LocalBus;
 use crate::clock::Clock;
 use crate::clock::SimClock;
+use crate::consumer::dead_letters::RecordingDeadLetters;
 use crate::domain::{Body, DnaFile, Envelope, Outgoing, SystemId};
 use crate::engine::LocalEngine;
 use crate::local::{InitError, LocalHome, init_system};

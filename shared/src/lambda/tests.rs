@@ -10,6 +10,7 @@ use serde_json::json;
 use super::testing::{SYSTEM, TestFunction};
 use super::*;
 use crate::clock::Clock;
+use crate::consumer::BatchCounts;
 use crate::domain::{CycleReason, Destination};
 use crate::store::EvolutionStore;
 
@@ -112,14 +113,14 @@ async fn malformed_and_unknown_system_records_are_dead_lettered_and_the_good_one
     );
     let dead = t.dead_letters.sent();
     assert_eq!(dead.len(), 2);
-    assert_eq!(dead[0].queue, Queue::Analyze);
+    assert_eq!(dead[0].queue, Queue::Analyze.as_str());
     assert_eq!(dead[0].body, malformed);
     assert!(
         dead[0].reason.contains("malformed message"),
         "{}",
         dead[0].reason
     );
-    assert_eq!(dead[1].queue, Queue::Analyze);
+    assert_eq!(dead[1].queue, Queue::Analyze.as_str());
     assert_eq!(dead[1].body, unknown);
     assert!(
         dead[1].reason.contains("unknown system ghost"),
@@ -473,8 +474,7 @@ fn batch_counts_become_count_metrics() {
         not_started: 1,
         panicked: 1,
     };
-    let by_name: BTreeMap<_, _> = counts
-        .metrics()
+    let by_name: BTreeMap<_, _> = batch_metrics(&counts)
         .iter()
         .map(|m| (m.name, m.value.to_string()))
         .collect();

@@ -5,9 +5,10 @@
 use std::sync::Arc;
 
 use super::config::Common;
-use super::{FunctionDeps, QueueSources, SqsDeadLetters};
+use super::{FunctionDeps, QueueSources};
 use crate::bus::aws::AwsBus;
 use crate::clock::SystemClock;
+use crate::consumer::SqsDeadLetters;
 use crate::engine::LocalEngine;
 use crate::llm::LanguageModel;
 use crate::stages::{Deps, PipelineConfig};
@@ -116,7 +117,7 @@ pub fn function(
     FunctionDeps {
         pipeline,
         bus: Arc::new(AwsBus::new(sqs.clone(), sns, common.destinations.clone())),
-        dead_letters: Arc::new(SqsDeadLetters::new(sqs, common.dead_letters.clone())),
+        dead_letters: Arc::new(SqsDeadLetters::new(sqs, &common.dead_letters)),
         sources,
         function: name,
     }

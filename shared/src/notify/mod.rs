@@ -21,12 +21,10 @@ mod wiring;
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsMessage};
-use aws_sdk_sqs::types::MessageAttributeValue;
 use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{info, warn};
 
 #[cfg(feature = "webhooks")]
 pub use self::hyper_poster::HyperPoster;
@@ -36,14 +34,12 @@ pub use self::secrets_manager::SecretsManagerWebhooks;
 pub use self::webhook::{PostError, Target, WebhookPoster, WebhookUrl};
 #[cfg(feature = "webhooks")]
 pub use self::wiring::notifier;
-use crate::bus::BusError;
-use crate::bus::aws::classify;
 use crate::clock::Clock;
+use crate::consumer::{BatchCounts, DeadLetters, Handled, consume, dead_letter, deadline_of};
 pub use crate::domain::AlertFilter;
 use crate::domain::{Alert, Body, Envelope, sha256_hex};
-use crate::lambda::dead_letters::{QUEUE_ATTRIBUTE, REASON_ATTRIBUTE, attribute_reason};
+use crate::lambda::batch_metrics;
 use crate::lambda::metrics::{self, Metric};
-use crate::lambda::{BatchCounts, isolated, time_for_a_record};
 use crate::store::{Claim, Completion, EvolutionStore, StoreError, Transaction};
 
 /// The queue's name, in logs and on dead-lettered records.
@@ -115,59 +111,13 @@ impl NotifyError {
     }
 }
 
-/// Moves a raw record to the notify queue's dead-letter queue with the reason attached.
-#[async_trait]
-pub trait DeadLetterQueue: Send + Sync + std::fmt::Debug {
-    async fn send(&self, body: &str, reason: &str) -> Result<(), BusError>;
-}
-
-/// The dead-letter queue on SQS, with the same `reason` and `queue` attributes as the other
-/// functions' dead-letter queues.
-#[derive(Debug, Clone)]
-pub struct SqsDeadLetterQueue {
-    sqs: aws_sdk_sqs::Client,
-    url: String,
-}
-
-impl SqsDeadLetterQueue {
-    pub fn new(sqs: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
-        Self {
-            sqs,
-            url: url.into(),
-        }
-    }
-}
-
-#[async_trait]
-impl DeadLetterQueue for SqsDeadLetterQueue {
-    async fn send(&self, body: &str, reason: &str) -> Result<(), BusError> {
-        let attribute = |value: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(value)
-                .build()
-                .map_err(|e| BusError::Refused(format!("message attribute: {e}")))
-        };
-        self.sqs
-            .send_message()
-            .queue_url(&self.url)
-            .message_body(body)
-            .message_attributes(REASON_ATTRIBUTE, attribute(&attribute_reason(reason))?)
-            .message_attributes(QUEUE_ATTRIBUTE, attribute(QUEUE)?)
-            .send()
-            .await
-            .map_err(|e| classify("SendMessage", &e))?;
-        Ok(())
-    }
-}
-
 /// Everything the notify handler needs, built once at cold start.
 #[derive(Debug, Clone)]
 pub struct Notifier {
     pub store: Arc<dyn EvolutionStore>,
     pub webhooks: Arc<dyn WebhookSource>,
     pub poster: Arc<dyn WebhookPoster>,
-    pub dead_letters: Arc<dyn DeadLetterQueue>,
+    pub dead_letters: Arc<dyn DeadLetters>,
     pub clock: Arc<dyn Clock>,
     pub filter: AlertFilter,
     pub settings: NotifySettings,
@@ -175,18 +125,18 @@ pub struct Notifier {
     pub deadline: Option<DateTime<Utc>>,
 }
 
-/// What became of one record.
+/// What a record that was done did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Delivered {
     /// Posted to these webhooks (the others already had it).
     Posted(Vec<Target>),
-    /// Every configured webhook already had it.
-    Duplicate,
     /// Not posted: below the level, another kind, or no webhook configured.
     Filtered,
-    Retry,
-    DeadLettered,
 }
+
+/// What became of one record: done ([`Delivered`]), a duplicate (every configured webhook
+/// already had it), left for redelivery or dead-lettered.
+pub type Outcome = Handled<Delivered>;
 
 /// The outcome of a batch: the message ids SQS must redeliver, and the counts for metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -244,13 +194,8 @@ impl Notifier {
     /// a duration instead) and counts as unknown, so it cannot turn every post into a retry.
     #[must_use]
     pub fn until(&self, deadline_ms: u64) -> Self {
-        let now = self.clock.now();
         let mut notifier = self.clone();
-        notifier.deadline = i64::try_from(deadline_ms)
-            .ok()
-            .filter(|ms| *ms > 0)
-            .and_then(DateTime::<Utc>::from_timestamp_millis)
-            .filter(|deadline| *deadline > now);
+        notifier.deadline = deadline_of(deadline_ms, self.clock.now());
         notifier
     }
 
@@ -259,57 +204,31 @@ impl Notifier {
     /// is started too near the deadline and a panic fails its own record only; both are left
     /// for redelivery.
     pub async fn handle_batch(&self, records: &[SqsMessage]) -> NotifyBatch {
-        let mut batch = NotifyBatch::default();
-        // An empty identifier makes Lambda retry the whole batch: the safe choice should SQS
-        // ever omit one.
-        let id_of = |record: &SqsMessage| record.message_id.clone().unwrap_or_default();
-        for (index, record) in records.iter().enumerate() {
-            if !time_for_a_record(self.deadline, self.clock.now()) {
-                let left: Vec<String> = records[index..].iter().map(id_of).collect();
-                warn!(
-                    not_started = left.len(),
-                    "too little time left before the deadline: the remaining records are left \
-                     for redelivery"
-                );
-                batch
-                    .counts
-                    .not_started(&mut batch.batch_item_failures, left);
-                break;
-            }
-            let message_id = id_of(record);
-            let body = record.body.as_deref().unwrap_or_default();
-            let span = info_span!("record", message_id = %message_id, queue = QUEUE);
-            let handled = async {
-                isolated(self.handle_record(body)).await.map_err(|panic| {
-                    error!(%panic, "the record's handling panicked; left for redelivery");
-                })
-            }
-            .instrument(span)
-            .await;
-            let Ok(outcome) = handled else {
-                batch.counts.retried += 1;
-                batch.counts.panicked += 1;
-                batch.batch_item_failures.push(message_id);
-                continue;
-            };
-            match outcome {
-                Outcome::Posted(targets) => {
-                    batch.counts.processed += 1;
+        let consumed = consume(
+            self.deadline,
+            || self.clock.now(),
+            records,
+            |record| {
+                let body = record.body.as_deref().unwrap_or_default();
+                Some((QUEUE, self.handle_record(body)))
+            },
+        )
+        .await;
+        let mut batch = NotifyBatch {
+            batch_item_failures: consumed.batch_item_failures,
+            counts: consumed.counts,
+            posted: 0,
+            filtered: 0,
+        };
+        for delivered in consumed.done {
+            match delivered {
+                Delivered::Posted(targets) => {
                     batch.posted += u32::try_from(targets.len()).unwrap_or(u32::MAX);
                 }
-                Outcome::Duplicate => batch.counts.duplicates += 1,
-                Outcome::Filtered => {
-                    batch.counts.processed += 1;
-                    batch.filtered += 1;
-                }
-                Outcome::DeadLettered => batch.counts.dead_lettered += 1,
-                Outcome::Retry => {
-                    batch.counts.retried += 1;
-                    batch.batch_item_failures.push(message_id);
-                }
+                Delivered::Filtered => batch.filtered += 1,
             }
         }
-        let mut emitted = batch.counts.metrics().to_vec();
+        let mut emitted = batch_metrics(&batch.counts).to_vec();
         emitted.push(Metric::count(metrics::ALERTS_POSTED, batch.posted));
         emitted.push(Metric::count(metrics::ALERTS_FILTERED, batch.filtered));
         metrics::emit("notify", self.clock.now(), &emitted);
@@ -322,23 +241,11 @@ impl Notifier {
             Ok(outcome) => outcome,
             Err(e) if e.is_retryable() => {
                 warn!(reason = %e, "left for redelivery");
-                Outcome::Retry
+                Handled::Retry
             }
             Err(e) => {
                 let reason = crate::pipeline::error_chain(&e);
-                let digest = sha256_hex(body.as_bytes());
-                let body_sha256 = &digest[..16];
-                match self.dead_letters.send(body, &reason).await {
-                    Ok(()) => {
-                        warn!(%reason, body_sha256, body_bytes = body.len(), "moved to the dead-letter queue");
-                        Outcome::DeadLettered
-                    }
-                    Err(send) => {
-                        error!(%reason, error = %send, body_sha256, body_bytes = body.len(),
-                            "could not move to the dead-letter queue; left for redelivery");
-                        Outcome::Retry
-                    }
-                }
+                dead_letter(self.dead_letters.as_ref(), QUEUE, body, &reason).await
             }
         }
     }
@@ -347,13 +254,13 @@ impl Notifier {
         let alert = decode(body)?;
         if !self.filter.admits(&alert) {
             info!(alert_id = %alert.id, kind = %alert.kind, level = ?alert.level, "filtered out");
-            return Ok(Outcome::Filtered);
+            return Ok(Handled::Done(Delivered::Filtered));
         }
         let webhooks = self.webhooks.webhooks().await?;
         let targets = webhooks.targets();
         if targets.is_empty() {
             warn!(alert_id = %alert.id, "no webhook configured in the secret; alert not posted");
-            return Ok(Outcome::Filtered);
+            return Ok(Handled::Done(Delivered::Filtered));
         }
         let hash = sha256_hex(&serde_json::to_vec(&alert).unwrap_or_default());
         // Every target is attempted even when one fails, so one broken webhook does not hold
@@ -380,9 +287,9 @@ impl Notifier {
         }
         info!(alert_id = %alert.id, kind = %alert.kind, posted = ?posted, "alert delivered");
         Ok(if posted.is_empty() {
-            Outcome::Duplicate
+            Handled::Duplicate
         } else {
-            Outcome::Posted(posted)
+            Handled::Done(Delivered::Posted(posted))
         })
     }
 

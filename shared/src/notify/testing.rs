@@ -1,6 +1,6 @@
 //! In-memory stand-ins of the notify function's ports, for unit tests: a poster that records
-//! what it was asked to post and can fail on demand, fixed webhooks, and a recording
-//! dead-letter queue.
+//! what it was asked to post and can fail on demand, and fixed webhooks (the recording
+//! dead-letter queue is the consumer's).
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
@@ -8,11 +8,7 @@ use std::sync::{Mutex, PoisonError};
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{
-    DeadLetterQueue, PostError, SecretError, Target, WebhookPoster, WebhookSource, WebhookUrl,
-    Webhooks,
-};
-use crate::bus::BusError;
+use super::{PostError, SecretError, Target, WebhookPoster, WebhookSource, WebhookUrl, Webhooks};
 
 /// One post the [`RecordingPoster`] received.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,45 +83,5 @@ pub struct StaticWebhooks(pub Webhooks);
 impl WebhookSource for StaticWebhooks {
     async fn webhooks(&self) -> Result<Webhooks, SecretError> {
         Ok(self.0.clone())
-    }
-}
-
-/// A dead-lettered record: its body and the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
-    pub body: String,
-    pub reason: String,
-}
-
-/// Records what was moved to the dead-letter queue.
-#[derive(Debug, Default)]
-pub struct RecordingDeadLetterQueue {
-    sent: Mutex<Vec<DeadLetter>>,
-}
-
-impl RecordingDeadLetterQueue {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn sent(&self) -> Vec<DeadLetter> {
-        self.sent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-#[async_trait]
-impl DeadLetterQueue for RecordingDeadLetterQueue {
-    async fn send(&self, body: &str, reason: &str) -> Result<(), BusError> {
-        self.sent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(DeadLetter {
-                body: body.to_owned(),
-                reason: reason.to_owned(),
-            });
-        Ok(())
     }
 }

@@ -4,9 +4,10 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use serde_json::json;
 
-use super::testing::{RecordingDeadLetterQueue, RecordingPoster, StaticWebhooks};
+use super::testing::{RecordingPoster, StaticWebhooks};
 use super::*;
 use crate::clock::SimClock;
+use crate::consumer::dead_letters::RecordingDeadLetters;
 use crate::domain::{AlertLevel, SystemId};
 use crate::store::memory::MemoryStore;
 
@@ -16,12 +17,12 @@ const TEAMS: &str = "https://example.webhook.office.com/webhookb2/TEAMSTOKEN";
 struct World {
     notifier: Notifier,
     poster: Arc<RecordingPoster>,
-    dead: Arc<RecordingDeadLetterQueue>,
+    dead: Arc<RecordingDeadLetters>,
 }
 
 fn world(filter: AlertFilter) -> World {
     let poster = Arc::new(RecordingPoster::new());
-    let dead = Arc::new(RecordingDeadLetterQueue::new());
+    let dead = Arc::new(RecordingDeadLetters::new());
     let at = Utc
         .with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
         .single()
@@ -89,9 +90,9 @@ async fn an_alert_is_posted_once_to_each_webhook_even_when_redelivered() {
     let body = sns(alert("a1", AlertLevel::Warning, "budget_mode"));
     assert_eq!(
         w.notifier.handle_record(&body).await,
-        Outcome::Posted(vec![Target::Slack, Target::Teams])
+        Handled::Done(Delivered::Posted(vec![Target::Slack, Target::Teams]))
     );
-    assert_eq!(w.notifier.handle_record(&body).await, Outcome::Duplicate);
+    assert_eq!(w.notifier.handle_record(&body).await, Handled::Duplicate);
     let posted = w.poster.posted();
     assert_eq!(posted.len(), 2);
     assert_eq!(posted[0].url, SLACK);
@@ -108,7 +109,7 @@ async fn raw_delivery_bodies_are_accepted_too() {
     let body = envelope(alert("a2", AlertLevel::Critical, "security"));
     assert!(matches!(
         w.notifier.handle_record(&body).await,
-        Outcome::Posted(_)
+        Handled::Done(Delivered::Posted(_))
     ));
 }
 
@@ -117,10 +118,10 @@ async fn a_server_error_on_one_webhook_retries_only_that_one() {
     let w = world(AlertFilter::default());
     w.poster.fail_next(Target::Teams, 503);
     let body = sns(alert("a3", AlertLevel::Warning, "conflict"));
-    assert_eq!(w.notifier.handle_record(&body).await, Outcome::Retry);
+    assert_eq!(w.notifier.handle_record(&body).await, Handled::Retry);
     assert_eq!(
         w.notifier.handle_record(&body).await,
-        Outcome::Posted(vec![Target::Teams])
+        Handled::Done(Delivered::Posted(vec![Target::Teams]))
     );
     let targets: Vec<Target> = w.poster.posted().iter().map(|p| p.target).collect();
     assert_eq!(targets, [Target::Slack, Target::Teams]);
@@ -132,7 +133,7 @@ async fn a_gone_webhook_dead_letters_the_record_without_the_url() {
     let w = world(AlertFilter::default());
     w.poster.fail_next(Target::Slack, 404);
     let body = sns(alert("a4", AlertLevel::Critical, "approval"));
-    assert_eq!(w.notifier.handle_record(&body).await, Outcome::DeadLettered);
+    assert_eq!(w.notifier.handle_record(&body).await, Handled::DeadLettered);
     let dead = w.dead.sent();
     assert_eq!(dead.len(), 1);
     assert!(dead[0].reason.contains("404"), "{}", dead[0].reason);
@@ -145,14 +146,14 @@ async fn garbage_and_other_messages_are_dead_lettered() {
     let w = world(AlertFilter::default());
     assert_eq!(
         w.notifier.handle_record("not json").await,
-        Outcome::DeadLettered
+        Handled::DeadLettered
     );
     let other = json!({"id": "m", "system_id": "s", "sent_at": "2026-03-01T12:00:00Z",
                        "type": "EvaluationDue", "generation": 1})
     .to_string();
     assert_eq!(
         w.notifier.handle_record(&other).await,
-        Outcome::DeadLettered
+        Handled::DeadLettered
     );
     assert!(
         w.dead.sent()[1]
@@ -171,11 +172,17 @@ async fn the_filter_keeps_info_and_unlisted_kinds_off_the_channels() {
     let info = sns(alert("a5", AlertLevel::Info, "security"));
     let other = sns(alert("a6", AlertLevel::Critical, "budget_mode"));
     let wanted = sns(alert("a7", AlertLevel::Critical, "security"));
-    assert_eq!(w.notifier.handle_record(&info).await, Outcome::Filtered);
-    assert_eq!(w.notifier.handle_record(&other).await, Outcome::Filtered);
+    assert_eq!(
+        w.notifier.handle_record(&info).await,
+        Handled::Done(Delivered::Filtered)
+    );
+    assert_eq!(
+        w.notifier.handle_record(&other).await,
+        Handled::Done(Delivered::Filtered)
+    );
     assert!(matches!(
         w.notifier.handle_record(&wanted).await,
-        Outcome::Posted(_)
+        Handled::Done(Delivered::Posted(_))
     ));
     assert_eq!(w.poster.posted().len(), 2);
 }
@@ -213,7 +220,7 @@ async fn no_time_left_before_the_deadline_retries_without_posting() {
     let mut late = w.notifier.clone();
     late.deadline = Some(now + Duration::milliseconds(500));
     let body = sns(alert("c1", AlertLevel::Warning, "conflict"));
-    assert_eq!(late.handle_record(&body).await, Outcome::Retry);
+    assert_eq!(late.handle_record(&body).await, Handled::Retry);
     assert!(w.poster.posted().is_empty());
 }
 

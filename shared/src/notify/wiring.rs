@@ -3,11 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{
-    CachedWebhooks, HyperPoster, Notifier, NotifySettings, SecretsManagerWebhooks,
-    SqsDeadLetterQueue,
-};
+use super::{CachedWebhooks, HyperPoster, Notifier, NotifySettings, QUEUE, SecretsManagerWebhooks};
 use crate::clock::SystemClock;
+use crate::consumer::SqsDeadLetters;
 use crate::lambda::config::NotifyConfig;
 use crate::store::dynamo::DynamoStore;
 
@@ -41,8 +39,9 @@ pub fn notifier(
             config.secret_ttl,
         )),
         poster: Arc::new(HyperPoster::new()?),
-        dead_letters: Arc::new(SqsDeadLetterQueue::new(
+        dead_letters: Arc::new(SqsDeadLetters::single(
             sqs,
+            QUEUE,
             config.dead_letter_queue_url.clone(),
         )),
         clock,

@@ -173,7 +173,7 @@ async fn a_malformed_message_is_dead_lettered_with_its_reason_and_deleted() {
     assert_eq!(done.deleted, 1);
     let dead = t.dead_letters.sent();
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].queue, Queue::Fitness);
+    assert_eq!(dead[0].queue, Queue::Fitness.as_str());
     assert!(dead[0].reason.contains("malformed message"), "{dead:?}");
 }
 

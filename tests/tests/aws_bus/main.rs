@@ -13,10 +13,10 @@ use shared::bus::aws::aws_sdk_sqs::types::{
 };
 use shared::bus::aws::{AwsBus, Destinations, aws_sdk_sns, aws_sdk_sqs};
 use shared::bus::{Bus, BusError};
+use shared::consumer::{DeadLetters, SqsDeadLetters};
 use shared::domain::{
     Alert, AlertLevel, Body, CycleReason, Envelope, Outgoing, Queue, SystemId, Topic,
 };
-use shared::lambda::dead_letters::{DeadLetters, SqsDeadLetters};
 use tests::moto::{MotoServer, unique_name};
 
 /// The SDK configuration that reaches the test binary's moto server.
@@ -282,12 +282,12 @@ async fn the_dead_letter_mover_keeps_the_raw_body_and_attaches_the_reason() {
     let (dlq, _) = w.queue("analyze-dlq").await;
     let mover = SqsDeadLetters::new(
         w.sqs.clone(),
-        BTreeMap::from([(Queue::Analyze, dlq.clone())]),
+        &BTreeMap::from([(Queue::Analyze, dlq.clone())]),
     );
     let raw = "{\"id\": \"msg-truncated\", \"type\": \"CycleRequested\"";
     let reason = "malformed message (48 bytes, sha256 0123456789abcdef): EOF while parsing";
     mover
-        .send(Queue::Analyze, raw, reason)
+        .send(Queue::Analyze.as_str(), raw, reason)
         .await
         .expect("dead-lettered");
 
@@ -298,7 +298,7 @@ async fn the_dead_letter_mover_keeps_the_raw_body_and_attaches_the_reason() {
     assert_eq!(string_attribute(&received[0], "queue"), Some("analyze"));
 
     let err = mover
-        .send(Queue::Decide, raw, reason)
+        .send(Queue::Decide.as_str(), raw, reason)
         .await
         .expect_err("no DLQ for decide");
     assert!(matches!(err, BusError::Refused(_)), "{err}");

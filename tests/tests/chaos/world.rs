@@ -21,6 +21,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
 use shared::bus::{Bus, BusError};
+use shared::consumer::dead_letters::REASON_ATTRIBUTE;
 use shared::cost::{LedgerScope, PeriodKey};
 use shared::domain::{
     Body, BudgetPeriod, Destination, DnaFile, Envelope, HeadStatus, Origin, Outgoing, Queue,
@@ -28,7 +29,6 @@ use shared::domain::{
 };
 use shared::engine::LocalEngine;
 use shared::lambda::config::{self as function_vars, AnalyzeConfig, CostGuardConfig};
-use shared::lambda::dead_letters::REASON_ATTRIBUTE;
 use shared::lambda::{FunctionDeps, wiring};
 use shared::local::{LocalHome, init_system};
 use shared::stages::PipelineConfig;

@@ -21,11 +21,12 @@ use serde_json::Value;
 use shared::bus::Bus;
 use shared::bus::aws::{AwsBus, Destinations, aws_sdk_sns, aws_sdk_sqs};
 use shared::clock::{Clock as _, SimClock};
+use shared::consumer::SqsDeadLetters;
+use shared::consumer::dead_letters::REASON_ATTRIBUTE;
 use shared::domain::{Alert, AlertLevel, Body, Envelope, Outgoing, SystemId, Topic};
-use shared::lambda::dead_letters::REASON_ATTRIBUTE;
 use shared::notify::{
-    AlertFilter, CachedWebhooks, HyperPoster, Notifier, NotifySettings, SecretError,
-    SecretsManagerWebhooks, SqsDeadLetterQueue, WebhookSource, Webhooks,
+    AlertFilter, CachedWebhooks, HyperPoster, Notifier, NotifySettings, QUEUE, SecretError,
+    SecretsManagerWebhooks, WebhookSource, Webhooks,
 };
 use shared::store::dynamo::DynamoStore;
 use tests::moto::{MotoServer, unique_name};
@@ -224,7 +225,7 @@ impl World {
                 Duration::minutes(TTL_MINUTES),
             )),
             poster: Arc::new(HyperPoster::new().expect("root certificates")),
-            dead_letters: Arc::new(SqsDeadLetterQueue::new(sqs.clone(), dlq_url.clone())),
+            dead_letters: Arc::new(SqsDeadLetters::single(sqs.clone(), QUEUE, dlq_url.clone())),
             clock: clock.clone(),
             filter: AlertFilter::default(),
             settings: NotifySettings {

@@ -15,9 +15,9 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
+use shared::consumer::dead_letters::REASON_ATTRIBUTE;
 use shared::domain::Queue;
 use shared::lambda::config::FUNCTIONS;
-use shared::lambda::dead_letters::REASON_ATTRIBUTE;
 
 use lambda::{Running, build_functions, cargo_lambda, repo_root};
 use world::{World, attribute};

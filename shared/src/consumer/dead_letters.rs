@@ -17,10 +17,11 @@ pub const QUEUE_ATTRIBUTE: &str = "queue";
 /// Reasons are cut to this many characters (attributes count towards the message size).
 pub const MAX_REASON_CHARS: usize = 1024;
 
-/// Moves a raw record body to the dead-letter queue of `queue`.
+/// Moves a raw record body to the dead-letter queue of the queue named `queue` (a pipeline
+/// queue's name, or notify's).
 #[async_trait]
 pub trait DeadLetters: Send + Sync + std::fmt::Debug {
-    async fn send(&self, queue: Queue, body: &str, reason: &str) -> Result<(), BusError>;
+    async fn send(&self, queue: &str, body: &str, reason: &str) -> Result<(), BusError>;
 }
 
 /// `reason` as a message attribute value: cut to [`MAX_REASON_CHARS`] characters, and any
@@ -42,27 +43,37 @@ pub fn attribute_reason(reason: &str) -> String {
         .collect()
 }
 
-/// Dead-letter queues on SQS, one URL per consumed queue.
+/// Dead-letter queues on SQS, one URL per consumed queue's name.
 #[derive(Debug, Clone)]
 pub struct SqsDeadLetters {
     sqs: aws_sdk_sqs::Client,
-    urls: BTreeMap<Queue, String>,
+    urls: BTreeMap<String, String>,
 }
 
 impl SqsDeadLetters {
-    pub fn new(sqs: aws_sdk_sqs::Client, urls: BTreeMap<Queue, String>) -> Self {
+    /// The dead-letter queues of the pipeline queues a function consumes.
+    pub fn new(sqs: aws_sdk_sqs::Client, urls: &BTreeMap<Queue, String>) -> Self {
+        let urls = urls
+            .iter()
+            .map(|(queue, url)| (queue.as_str().to_owned(), url.clone()))
+            .collect();
         Self { sqs, urls }
+    }
+
+    /// The dead-letter queue of the one queue named `queue`.
+    pub fn single(sqs: aws_sdk_sqs::Client, queue: &str, url: impl Into<String>) -> Self {
+        Self {
+            sqs,
+            urls: BTreeMap::from([(queue.to_owned(), url.into())]),
+        }
     }
 }
 
 #[async_trait]
 impl DeadLetters for SqsDeadLetters {
-    async fn send(&self, queue: Queue, body: &str, reason: &str) -> Result<(), BusError> {
-        let url = self.urls.get(&queue).ok_or_else(|| {
-            BusError::Refused(format!(
-                "no dead-letter queue configured for {}",
-                queue.as_str()
-            ))
+    async fn send(&self, queue: &str, body: &str, reason: &str) -> Result<(), BusError> {
+        let url = self.urls.get(queue).ok_or_else(|| {
+            BusError::Refused(format!("no dead-letter queue configured for {queue}"))
         })?;
         let attribute = |value: &str| {
             MessageAttributeValue::builder()
@@ -76,7 +87,7 @@ impl DeadLetters for SqsDeadLetters {
             .queue_url(url)
             .message_body(body)
             .message_attributes(REASON_ATTRIBUTE, attribute(&attribute_reason(reason))?)
-            .message_attributes(QUEUE_ATTRIBUTE, attribute(queue.as_str())?)
+            .message_attributes(QUEUE_ATTRIBUTE, attribute(queue)?)
             .send()
             .await
             .map_err(|e| classify("SendMessage", &e))?;
@@ -96,12 +107,12 @@ mod recording {
 
     use super::{DeadLetters, attribute_reason};
     use crate::bus::BusError;
-    use crate::domain::Queue;
 
     /// A record moved to a dead-letter queue.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct DeadLetter {
-        pub queue: Queue,
+        /// The name of the queue it was received on.
+        pub queue: String,
         pub body: String,
         pub reason: String,
     }
@@ -133,7 +144,7 @@ mod recording {
 
     #[async_trait]
     impl DeadLetters for RecordingDeadLetters {
-        async fn send(&self, queue: Queue, body: &str, reason: &str) -> Result<(), BusError> {
+        async fn send(&self, queue: &str, body: &str, reason: &str) -> Result<(), BusError> {
             let refuse = self
                 .fail
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -145,7 +156,7 @@ mod recording {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(DeadLetter {
-                    queue,
+                    queue: queue.to_owned(),
                     body: body.to_owned(),
                     reason: attribute_reason(reason),
                 });
