@@ -11,7 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::{Bus, BusError};
 use crate::clock::Clock;
-use crate::domain::Outgoing;
+use crate::domain::{Destination, Outgoing};
 
 /// A message taken off the bus, with how often it has been received.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,6 +51,8 @@ pub struct LocalBus {
     /// Sends to refuse before accepting again: lets tests crash a handler between commit and send.
     fail_sends: AtomicU32,
     refuse_sends: AtomicU32,
+    /// Sends with a topic message in them to refuse, as SNS refuses a publish.
+    refuse_publishes: AtomicU32,
 }
 
 impl LocalBus {
@@ -60,6 +62,7 @@ impl LocalBus {
             inner: Mutex::default(),
             fail_sends: AtomicU32::new(0),
             refuse_sends: AtomicU32::new(0),
+            refuse_publishes: AtomicU32::new(0),
         }
     }
 
@@ -125,6 +128,12 @@ impl LocalBus {
         self.refuse_sends.store(n, Ordering::SeqCst);
     }
 
+    /// Refuses the next `n` sends that publish to a topic, as SNS refuses a message it will
+    /// never take; queue-only sends go through.
+    pub fn refuse_next_publishes(&self, n: u32) {
+        self.refuse_publishes.store(n, Ordering::SeqCst);
+    }
+
     /// Enqueues a raw delivery, for tests that send malformed or duplicate messages.
     pub fn inject(&self, outgoing: Outgoing) {
         let now = self.clock.now() + Duration::seconds(i64::from(outgoing.delay_seconds));
@@ -154,6 +163,17 @@ impl Bus for LocalBus {
             .is_ok()
         {
             return Err(BusError::Refused("injected refusal".into()));
+        }
+        let publishes = messages
+            .iter()
+            .any(|m| matches!(m.destination, Destination::Topic(_)));
+        if publishes
+            && self
+                .refuse_publishes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+        {
+            return Err(BusError::Refused("injected publish refusal".into()));
         }
         let now = self.clock.now();
         let mut inner = self.lock();

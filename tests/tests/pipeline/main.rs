@@ -268,6 +268,68 @@ async fn outbox_resends_after_a_crash_between_commit_and_send() {
 }
 
 #[tokio::test]
+async fn a_publish_refused_after_the_commit_is_resent_from_the_outbox_not_dead_lettered() {
+    let h = harness(
+        Scripted::with(vec![strategy(vec![step("a", "x", 60)])]),
+        permissive(),
+    )
+    .await;
+    let eval = rises_with_x();
+    measure_baseline(&h, &eval).await;
+    // Decide approves; snapshot applies the mutation, commits, and SNS refuses its DnaUpdated.
+    let (_, decided) = pump(&h, &eval, |e| {
+        matches!(e.body, Body::MutationProposed { .. })
+    })
+    .await;
+    decided.expect("decided");
+    let approved = h
+        .home
+        .bus
+        .pop_due(h.home.clock.now_plus(Duration::days(1)))
+        .expect("the approval is pending")
+        .outgoing
+        .envelope;
+    assert!(
+        matches!(approved.body, Body::MutationApproved { .. }),
+        "{approved:?}"
+    );
+    h.home.bus.refuse_next_publishes(1);
+    let result = pipeline::handle(&h.home.deps, h.home.bus.as_ref(), &approved).await;
+    assert!(
+        matches!(result, Err(PipelineError::Retryable(_))),
+        "a committed transaction's refused publish is retried, never dead-lettered: {result:?}"
+    );
+    assert_eq!(h.home.bus.pending(), 0, "nothing was sent");
+    let head = h
+        .store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("exists");
+    assert_eq!(head.generation, 1, "the mutation was committed");
+
+    // The redelivery finds the completed record and publishes what it stored.
+    let again = pipeline::handle(&h.home.deps, h.home.bus.as_ref(), &approved)
+        .await
+        .expect("redelivery succeeds");
+    assert!(
+        matches!(again, Handled::Duplicate { resent } if resent > 0),
+        "{again:?}"
+    );
+    let mut published = Vec::new();
+    while let Some(d) = h.home.bus.pop_due(h.home.clock.now_plus(Duration::days(1))) {
+        published.push(d.outgoing);
+    }
+    assert!(
+        published.iter().any(
+            |m| m.destination == Destination::Topic(Topic::EvolutionEvents)
+                && matches!(m.envelope.body, Body::DnaUpdated { generation: 1, .. })
+        ),
+        "{published:?}"
+    );
+}
+
+#[tokio::test]
 async fn exhausted_plan_triggers_a_new_analysis() {
     let h = harness(
         Scripted::with(vec![
