@@ -5,7 +5,9 @@ use lambda_runtime::{Error, run, service_fn};
 use shared::lambda::config::CostGuardConfig;
 use shared::lambda::wiring;
 
-#[tokio::main]
+// One invocation at a time, its records one after another: one thread is all a Lambda
+// uses, and worker threads would only add stacks and allocator arenas to its memory.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = CostGuardConfig::from_env()?;

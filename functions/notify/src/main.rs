@@ -4,7 +4,9 @@ use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, run, service_fn};
 use shared::lambda::config::NotifyConfig;
 
-#[tokio::main]
+// One invocation at a time, its records one after another: one thread is all a Lambda
+// uses, and worker threads would only add stacks and allocator arenas to its memory.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let config = NotifyConfig::from_env()?;

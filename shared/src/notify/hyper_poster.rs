@@ -15,8 +15,11 @@ use serde_json::Value;
 
 use super::webhook::{PostError, Target, WebhookPoster, WebhookUrl};
 
-/// The poster on hyper with rustls (the platform's root certificates, AWS-LC crypto), built
-/// once at cold start; connections are pooled across invocations.
+/// The poster on hyper with rustls (AWS-LC crypto), built once at cold start; connections are
+/// pooled across invocations. The root certificates are the Mozilla set compiled in
+/// (`webpki-roots`): Slack's and Teams' endpoints chain to public roots, and reading and
+/// parsing the platform's bundle instead cost notify half again the floor's cold start
+/// (docs/2026-12-04-lean-lambdas.md).
 #[derive(Clone)]
 pub struct HyperPoster {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -29,10 +32,11 @@ impl fmt::Debug for HyperPoster {
 }
 
 impl HyperPoster {
-    /// Fails when the platform has no usable root certificates.
+    /// Fails when the TLS provider supports none of the safe protocol versions.
     pub fn new() -> std::io::Result<Self> {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(rustls::crypto::aws_lc_rs::default_provider())?
+            .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
+            .map_err(std::io::Error::other)?
             .https_or_http()
             .enable_http1()
             .build();
