@@ -4,6 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// The workspace's root directory (this crate sits one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf()
+}
+
 /// A workspace binary next to the running test's executable, (re)built once per test process
 /// so a stale binary is never what gets tested. Every test binary builds the same packages, so
 /// they share one set of artefacts instead of rebuilding each other's.

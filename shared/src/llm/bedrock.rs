@@ -3,7 +3,7 @@
 //! and backed by the local engine, which answers within five seconds of the first failure when
 //! Bedrock cannot (seed Property 6).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,85 +38,18 @@ mod batch;
 mod cache;
 mod circuit;
 mod repair;
+mod settings;
 mod spend;
 mod transport;
 
 use cache::cache_key;
+pub use settings::{BedrockSettings, DEFAULT_RESPONSE_CACHE_MINUTES, RoleSettings};
+use spend::Spent;
 use transport::{classify, raw_answer, request_timeout, usage_of};
 
 /// Less time than this left for a request (by the deadline or the fallback window) and it is not
 /// sent: it could not be answered, yet Bedrock might bill it.
 const MIN_REQUEST_TIME: Duration = Duration::from_secs(1);
-
-/// The response cache's default time to live. Long enough to absorb the repeats of one burst
-/// (a redelivered proposal, a deferred one coming back, systems that share a prompt), short
-/// enough that an answer never outlives the situation it was given for by much: history and
-/// fitness change the prompt, and then the key, anyway.
-pub const DEFAULT_RESPONSE_CACHE_MINUTES: i64 = 15;
-
-/// Sampling and size settings of one role.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RoleSettings {
-    pub temperature: f32,
-    pub max_tokens: u32,
-    /// Longest one request may take.
-    pub timeout: Duration,
-}
-
-/// Everything the adapter is configured with.
-#[derive(Debug, Clone)]
-pub struct BedrockSettings {
-    pub catalog: ModelCatalog,
-    pub routing: RoutingPolicy,
-    pub roles: BTreeMap<Role, RoleSettings>,
-    pub retry: RetryPolicy,
-    pub budgets: Budgets,
-    /// Share of each budget (percent) only critical calls may spend.
-    pub critical_reserve_percent: u32,
-    /// Closed evaluations in a prompt before any trimming.
-    pub history_limit: usize,
-    /// How long a raw answer is kept for retries after a crash.
-    pub checkpoint_ttl: chrono::Duration,
-    /// How long a validated answer is reused for an identical request (same model, role and
-    /// request); zero turns the response cache off.
-    pub response_cache_ttl: chrono::Duration,
-}
-
-impl BedrockSettings {
-    /// The seed's temperatures and token limits per role.
-    pub fn new(catalog: ModelCatalog, budgets: Budgets) -> Self {
-        let role = |temperature, max_tokens, secs| RoleSettings {
-            temperature,
-            max_tokens,
-            timeout: Duration::from_secs(secs),
-        };
-        Self {
-            catalog,
-            routing: RoutingPolicy::default(),
-            roles: [
-                (Role::Analyze, role(0.3, 2_000, 30)),
-                (Role::Strategize, role(0.4, 3_000, 45)),
-                (Role::Decide, role(0.2, 2_000, 20)),
-                (Role::Resolve, role(0.3, 2_500, 20)),
-            ]
-            .into(),
-            retry: RetryPolicy::default(),
-            budgets,
-            critical_reserve_percent: 10,
-            history_limit: 30,
-            checkpoint_ttl: chrono::Duration::hours(24),
-            response_cache_ttl: chrono::Duration::minutes(DEFAULT_RESPONSE_CACHE_MINUTES),
-        }
-    }
-
-    fn role(&self, role: Role) -> RoleSettings {
-        self.roles.get(&role).copied().unwrap_or(RoleSettings {
-            temperature: 0.3,
-            max_tokens: 2_000,
-            timeout: Duration::from_secs(30),
-        })
-    }
-}
 
 /// The ports the adapter works through.
 #[derive(Debug, Clone)]
@@ -136,52 +69,6 @@ pub struct BedrockModel {
     /// Answers every role when Bedrock cannot: the local engine, given by the wiring, so this
     /// adapter and the engine share the port and neither names the other.
     local: Box<dyn LanguageModel>,
-}
-
-/// What one role call cost before it was answered, whoever answered it.
-#[derive(Debug, Default)]
-struct Spent {
-    requests: u32,
-    /// Requests Bedrock billed or may bill (answered, or given up mid-work).
-    billed: u32,
-    /// The call's money budget: a multiple of its priciest request's worst case so far.
-    budget_nano: u64,
-    cost_nano: u64,
-    usage: Usage,
-    crossings: Vec<BudgetCrossing>,
-    perf: Vec<(String, bool, u64, bool)>,
-    security: Vec<SecurityEvent>,
-    cache_hit: bool,
-}
-
-impl Spent {
-    /// Why the call may not send another request costing up to `worst_nano`, if it may not:
-    /// past its request, billed-answer or money budget, the local engine answers instead.
-    fn exhausted(&mut self, policy: &RetryPolicy, worst_nano: u64) -> Option<String> {
-        self.budget_nano = self
-            .budget_nano
-            .max(worst_nano.saturating_mul(policy.max_cost_multiple));
-        let budget = self.budget_nano;
-        if self.requests >= policy.max_requests {
-            Some(format!(
-                "call budget: {} requests sent (at most {})",
-                self.requests, policy.max_requests
-            ))
-        } else if self.billed >= policy.max_billed {
-            Some(format!(
-                "call budget: {} billed requests (at most {})",
-                self.billed, policy.max_billed
-            ))
-        } else if self.cost_nano.saturating_add(worst_nano) > budget {
-            Some(format!(
-                "call budget: {} nano-USD charged, the next request may cost {worst_nano} more \
-                 (at most {budget})",
-                self.cost_nano
-            ))
-        } else {
-            None
-        }
-    }
 }
 
 /// How a role call ended on the Bedrock side.

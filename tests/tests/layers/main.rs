@@ -79,7 +79,7 @@ struct Graph {
 }
 
 fn graph() -> Graph {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/src");
+    let root = tests::bins::workspace_root().join("shared").join("src");
     let mut files = Vec::new();
     sources(&root, &mut files);
     let mut graph = Graph {

@@ -3,8 +3,54 @@
 
 use super::{
     BedrockModel, BudgetCrossing, BudgetLimit, BudgetScope, Checkpoint, Failure, LedgerScope,
-    PeriodKey, RawAnswer, Reservation, Settlement, Spent, Usage, warn,
+    PeriodKey, RawAnswer, Reservation, RetryPolicy, SecurityEvent, Settlement, Usage, warn,
 };
+
+/// What one role call cost before it was answered, whoever answered it.
+#[derive(Debug, Default)]
+pub(super) struct Spent {
+    pub(super) requests: u32,
+    /// Requests Bedrock billed or may bill (answered, or given up mid-work).
+    pub(super) billed: u32,
+    /// The call's money budget: a multiple of its priciest request's worst case so far.
+    pub(super) budget_nano: u64,
+    pub(super) cost_nano: u64,
+    pub(super) usage: Usage,
+    pub(super) crossings: Vec<BudgetCrossing>,
+    pub(super) perf: Vec<(String, bool, u64, bool)>,
+    pub(super) security: Vec<SecurityEvent>,
+    pub(super) cache_hit: bool,
+}
+
+impl Spent {
+    /// Why the call may not send another request costing up to `worst_nano`, if it may not:
+    /// past its request, billed-answer or money budget, the local engine answers instead.
+    pub(super) fn exhausted(&mut self, policy: &RetryPolicy, worst_nano: u64) -> Option<String> {
+        self.budget_nano = self
+            .budget_nano
+            .max(worst_nano.saturating_mul(policy.max_cost_multiple));
+        let budget = self.budget_nano;
+        if self.requests >= policy.max_requests {
+            Some(format!(
+                "call budget: {} requests sent (at most {})",
+                self.requests, policy.max_requests
+            ))
+        } else if self.billed >= policy.max_billed {
+            Some(format!(
+                "call budget: {} billed requests (at most {})",
+                self.billed, policy.max_billed
+            ))
+        } else if self.cost_nano.saturating_add(worst_nano) > budget {
+            Some(format!(
+                "call budget: {} nano-USD charged, the next request may cost {worst_nano} more \
+                 (at most {budget})",
+                self.cost_nano
+            ))
+        } else {
+            None
+        }
+    }
+}
 
 impl BedrockModel {
     /// Budgets a call must fit in; non-critical calls leave the reserved share to critical ones.
