@@ -5,18 +5,18 @@
 use chrono::{DateTime, Duration, Utc};
 
 use super::{
-    Deps, StageError, StageOutput, StageResult, cap, load_generation, load_system, reply,
-    rollback::{self, FitnessSummary},
+    Deps, StageError, StageOutput, StageResult, cap, load_generation, load_system, reply, rollback,
 };
 use crate::domain::{
-    BedrockAnalysis, Body, ConflictKind, CycleReason, Envelope, Evaluation, EvaluationOutcome,
-    EventType, EvolutionEvent, FitnessSample, Generation, Head, HeadStatus, HistoryEntry,
-    MetricName, Mutation, Origin, Recommendation, Severity, StepOutcome, SystemConflict,
-    apply_mutation, derive_id,
+    BedrockAnalysis, Body, ConflictKind, Envelope, Evaluation, EventType, EvolutionEvent,
+    FitnessSample, Generation, Head, HeadStatus, MetricName, Mutation, Origin, Outgoing,
+    Recommendation, Severity, SystemConflict, apply_mutation, derive_id,
 };
 use crate::store::{SystemRecord, Write};
 
+mod close;
 mod operator_rollback;
+use close::close_window;
 pub use operator_rollback::handle_rollback;
 
 pub async fn handle_approved(
@@ -26,30 +26,10 @@ pub async fn handle_approved(
     mutation: &Mutation,
 ) -> StageResult {
     let (mut system, head) = load_system(deps, &env.system_id).await?;
-    if head.status != HeadStatus::Stable || head.generation != env.base_generation {
-        return Ok(StageOutput::noop(format!(
-            "stale approval for generation {} (head at {}, {})",
-            env.base_generation,
-            head.generation,
-            head.status.as_str()
-        )));
+    if let Some(stale) = stale_unless_stable(env, &head, "approval") {
+        return Ok(stale);
     }
-    // The message alone is not trusted: the audit record must approve exactly this mutation
-    // against exactly this generation.
-    let decision = deps
-        .store
-        .get_decision(&env.system_id, decision_id)
-        .await?
-        .ok_or_else(|| StageError::Inconsistent(format!("decision {decision_id} not found")))?;
-    if decision.decision != Recommendation::Approve
-        || decision.mutation.as_ref() != Some(mutation)
-        || decision.base_generation != Some(head.generation)
-    {
-        return Err(StageError::Inconsistent(format!(
-            "decision {decision_id} does not approve mutation {} on generation {}",
-            mutation.id, head.generation
-        )));
-    }
+    check_approval(deps, env, decision_id, mutation, head.generation).await?;
     let now = deps.clock.now();
     let parent = load_generation(deps, &env.system_id, head.generation).await?;
     let genes = apply_mutation(&system.schema, &parent.genes, mutation).map_err(|e| {
@@ -67,25 +47,21 @@ pub async fn handle_approved(
         },
         now,
     );
-    let deadline = now + Duration::seconds(i64::from(system.settings.evaluation_window_seconds));
+    let evaluation = Evaluation {
+        parent: Some(head.stable_generation),
+        baseline_fitness: head.stable_fitness,
+        plan_step: mutation.plan_step.clone(),
+        predicted_impact: mutation.predicted_impact,
+        ..open_window(&mut system, next, now)
+    };
+    let deadline = evaluation.deadline;
     let new_head = Head {
         generation: next,
         status: HeadStatus::Evaluating,
-        evaluation: Some(Evaluation {
-            generation: next,
-            parent: Some(head.stable_generation),
-            baseline_fitness: head.stable_fitness,
-            started_at: now,
-            deadline,
-            samples_required: system.settings.samples_required,
-            plan_step: mutation.plan_step.clone(),
-            predicted_impact: mutation.predicted_impact,
-            samples_seen: 0,
-        }),
+        evaluation: Some(evaluation),
         updated_at: now,
         ..head.clone()
     };
-    system.evaluation_deadline = Some(deadline);
     let mut out = StageOutput {
         summary: format!("generation {next} committed, evaluating until {deadline}"),
         ..StageOutput::default()
@@ -122,6 +98,111 @@ pub async fn handle_approved(
     });
     out.writes.push(Write::PutSystem { system });
     Ok(out)
+}
+
+/// A message meant for a stable head at the generation it was based on (a proposal, an
+/// approval) that finds the head moved on or busy is stale: acknowledged as a no-op.
+pub(crate) fn stale_unless_stable(env: &Envelope, head: &Head, what: &str) -> Option<StageOutput> {
+    (head.status != HeadStatus::Stable || head.generation != env.base_generation).then(|| {
+        StageOutput::noop(format!(
+            "stale {what} for generation {} (head at {}, {})",
+            env.base_generation,
+            head.generation,
+            head.status.as_str()
+        ))
+    })
+}
+
+/// The message alone is not trusted: the audit record must approve exactly this mutation
+/// against exactly this generation.
+async fn check_approval(
+    deps: &Deps,
+    env: &Envelope,
+    decision_id: &str,
+    mutation: &Mutation,
+    generation: u64,
+) -> Result<(), StageError> {
+    let decision = deps
+        .store
+        .get_decision(&env.system_id, decision_id)
+        .await?
+        .ok_or_else(|| StageError::Inconsistent(format!("decision {decision_id} not found")))?;
+    if decision.decision != Recommendation::Approve
+        || decision.mutation.as_ref() != Some(mutation)
+        || decision.base_generation != Some(generation)
+    {
+        return Err(StageError::Inconsistent(format!(
+            "decision {decision_id} does not approve mutation {} on generation {generation}",
+            mutation.id
+        )));
+    }
+    Ok(())
+}
+
+/// The evaluation window of `generation`, opening now, as a baseline measurement (no parent,
+/// no prediction; a candidate sets those). The registry entry gets the deadline, where the
+/// tick looks for it.
+fn open_window(system: &mut SystemRecord, generation: u64, now: DateTime<Utc>) -> Evaluation {
+    let deadline = now + Duration::seconds(i64::from(system.settings.evaluation_window_seconds));
+    system.evaluation_deadline = Some(deadline);
+    Evaluation {
+        generation,
+        parent: None,
+        baseline_fitness: None,
+        started_at: now,
+        deadline,
+        samples_required: system.settings.samples_required,
+        plan_step: None,
+        predicted_impact: 0.0,
+        samples_seen: 0,
+    }
+}
+
+/// The generation after the head that commits `restored`'s genes again: a rollback never
+/// moves the head backwards, so every generation stays immutable.
+fn restoring(
+    env: &Envelope,
+    head: &Head,
+    restored: Generation,
+    rolled_back: u64,
+    reason: String,
+    now: DateTime<Utc>,
+) -> Generation {
+    Generation::new(
+        env.system_id.clone(),
+        head.generation + 1,
+        Some(head.generation),
+        restored.genes,
+        Origin::Rollback {
+            restored: restored.generation,
+            rolled_back,
+            reason,
+        },
+        now,
+    )
+}
+
+/// Tells the evaluators that `generation` restores the genes of `restored`.
+fn dna_rolled_back(
+    env: &Envelope,
+    index: usize,
+    generation: &Generation,
+    restored: u64,
+    now: DateTime<Utc>,
+) -> Outgoing {
+    reply(
+        env,
+        "snapshot",
+        index,
+        generation.generation,
+        now,
+        Body::DnaRolledBack {
+            generation: generation.generation,
+            restored_generation: restored,
+            genes: serde_json::to_value(&generation.genes).unwrap_or_default(),
+            checksum: generation.checksum.clone(),
+        },
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -226,263 +307,6 @@ pub async fn handle_due(deps: &Deps, env: &Envelope, generation: u64) -> StageRe
     )
     .await?;
     Ok(out)
-}
-
-/// The Rollback Manager at the close of a window: keep, or roll back by committing the parent's
-/// genes as a new generation. Inconclusive windows roll back.
-#[allow(clippy::too_many_arguments)]
-async fn close_window(
-    deps: &Deps,
-    env: &Envelope,
-    mut system: SystemRecord,
-    head: Head,
-    eval: Evaluation,
-    current: Generation,
-    summary: FitnessSummary,
-    now: DateTime<Utc>,
-    out: &mut StageOutput,
-) -> Result<(), StageError> {
-    let outcome = rollback::verdict(
-        summary,
-        eval.samples_required,
-        eval.baseline_fitness,
-        deps.config.keep_tolerance,
-    );
-    let (changes, decision_id, mutation_id) = match &current.origin {
-        Origin::Mutation {
-            decision_id,
-            mutation,
-        } => (
-            mutation.changes.clone(),
-            Some(decision_id.clone()),
-            Some(mutation.id.clone()),
-        ),
-        _ => (Vec::new(), None, None),
-    };
-    let actual_impact = match (summary.mean, eval.baseline_fitness) {
-        (Some(m), Some(b)) => Some(m - b),
-        _ => None,
-    };
-    let analysis = match &decision_id {
-        Some(id) => deps
-            .store
-            .get_decision(&env.system_id, id)
-            .await?
-            .map(|d| BedrockAnalysis {
-                model_used: d.model_used,
-                confidence: d.confidence,
-                reasoning: cap(&d.reasoning, 300),
-                predicted_impact: eval.predicted_impact,
-                actual_impact: actual_impact.unwrap_or(0.0),
-            }),
-        None => None,
-    };
-    // The strategist's prediction error feeds its performance record (the router's history).
-    if let (Some(step), Some(actual)) = (&eval.plan_step, actual_impact) {
-        if let Some(plan) = deps.store.get_plan(&env.system_id, &step.plan_id).await? {
-            out.writes.push(Write::RecordPrediction {
-                model_id: plan.model_used,
-                role: crate::domain::Role::Strategize,
-                predicted: eval.predicted_impact,
-                actual,
-            });
-        }
-    }
-    out.writes.push(Write::PutHistory {
-        system_id: env.system_id.clone(),
-        entry: HistoryEntry {
-            generation: eval.generation,
-            fitness: summary.mean,
-            outcome,
-            baseline_fitness: eval.baseline_fitness,
-            changes,
-            predicted_impact: eval.predicted_impact,
-            plan_step: eval.plan_step.clone(),
-            closed_at: now,
-        },
-    });
-    system.evaluation_deadline = None;
-
-    let step_reason = |outcome: StepOutcome| match &eval.plan_step {
-        Some(step) => CycleReason::Step {
-            step: step.clone(),
-            outcome,
-        },
-        None => CycleReason::HeadMoved,
-    };
-
-    let baseline_unmeasured = eval.baseline_fitness.is_none() && summary.mean.is_none();
-    if outcome == EvaluationOutcome::Keep || baseline_unmeasured || eval.parent.is_none() {
-        // A baseline is never rolled back: there is nothing before it to restore.
-        let new_head = Head {
-            status: HeadStatus::Stable,
-            stable_generation: eval.generation,
-            stable_fitness: summary.mean.or(eval.baseline_fitness),
-            evaluation: None,
-            rollback_streak: 0,
-            updated_at: now,
-            ..head.clone()
-        };
-        out.summary = format!(
-            "generation {} kept with fitness {}",
-            eval.generation,
-            summary
-                .mean
-                .map_or("unmeasured".into(), |m| format!("{m:.4}"))
-        );
-        let mut ev = event(
-            env,
-            1,
-            now,
-            EventType::MutationKept,
-            eval.generation,
-            mutation_id,
-            analysis,
-            None,
-        );
-        ev.fitness_delta = actual_impact;
-        out.writes.push(Write::PutEvent { event: ev });
-        out.writes.push(Write::UpdateHead {
-            expected_generation: head.generation,
-            expected_status: HeadStatus::Evaluating,
-            head: new_head,
-        });
-        out.messages.push(reply(
-            env,
-            "snapshot",
-            0,
-            eval.generation,
-            now,
-            Body::CycleRequested {
-                reason: step_reason(StepOutcome::Kept {
-                    actual_impact: actual_impact.unwrap_or(0.0),
-                }),
-            },
-        ));
-        if baseline_unmeasured {
-            raise_conflict(
-                env,
-                out,
-                eval.generation,
-                now,
-                ConflictKind::BaselineUnmeasured,
-                Severity::High,
-                format!(
-                    "no valid fitness report for baseline generation {} by the window's end",
-                    eval.generation
-                ),
-            );
-        }
-        out.writes.push(Write::PutSystem { system });
-        return Ok(());
-    }
-
-    let restored_gen = eval.parent.unwrap_or(head.stable_generation);
-    let restored = load_generation(deps, &env.system_id, restored_gen).await?;
-    let reason = if outcome == EvaluationOutcome::Inconclusive {
-        format!(
-            "inconclusive: {} valid of {} required samples",
-            summary.valid, eval.samples_required
-        )
-    } else {
-        format!(
-            "fitness {:.4} below parent {:.4}",
-            summary.mean.unwrap_or(f64::NAN),
-            eval.baseline_fitness.unwrap_or(f64::NAN)
-        )
-    };
-    let next = head.generation + 1;
-    let generation = Generation::new(
-        env.system_id.clone(),
-        next,
-        Some(head.generation),
-        restored.genes.clone(),
-        Origin::Rollback {
-            restored: restored_gen,
-            rolled_back: eval.generation,
-            reason: reason.clone(),
-        },
-        now,
-    );
-    let streak = head.rollback_streak + 1;
-    let new_head = Head {
-        generation: next,
-        status: HeadStatus::Stable,
-        stable_generation: next,
-        stable_fitness: eval.baseline_fitness,
-        evaluation: None,
-        rollback_streak: streak,
-        updated_at: now,
-        ..head.clone()
-    };
-    out.summary = format!(
-        "generation {} rolled back ({reason}); generation {next} restores {restored_gen}",
-        eval.generation
-    );
-    let mut ev = event(
-        env,
-        1,
-        now,
-        if outcome == EvaluationOutcome::Inconclusive {
-            EventType::EvaluationInconclusive
-        } else {
-            EventType::MutationRolledBack
-        },
-        eval.generation,
-        mutation_id,
-        analysis,
-        Some(reason),
-    );
-    ev.fitness_delta = actual_impact;
-    out.writes.push(Write::PutEvent { event: ev });
-    out.messages.push(reply(
-        env,
-        "snapshot",
-        1,
-        next,
-        now,
-        Body::DnaRolledBack {
-            generation: next,
-            restored_generation: restored_gen,
-            genes: serde_json::to_value(&generation.genes).unwrap_or_default(),
-            checksum: generation.checksum.clone(),
-        },
-    ));
-    out.writes.push(Write::PutGeneration { generation });
-    out.writes.push(Write::UpdateHead {
-        expected_generation: head.generation,
-        expected_status: HeadStatus::Evaluating,
-        head: new_head,
-    });
-    out.messages.push(reply(
-        env,
-        "snapshot",
-        0,
-        next,
-        now,
-        Body::CycleRequested {
-            reason: step_reason(StepOutcome::RolledBack),
-        },
-    ));
-    if streak >= deps.config.rollback_streak_conflict {
-        raise_conflict(
-            env,
-            out,
-            next,
-            now,
-            ConflictKind::RollbackStreak,
-            // Near an optimum most moves regress, so a streak alone is no emergency: only a
-            // long one (three times the threshold) is severe enough to pause for.
-            if streak >= deps.config.rollback_streak_conflict * 3 {
-                Severity::High
-            } else {
-                Severity::Medium
-            },
-            format!("{streak} consecutive rollbacks"),
-        );
-    }
-    out.writes.push(Write::PutSystem { system });
-    Ok(())
 }
 
 fn raise_conflict(

@@ -1,14 +1,15 @@
 //! An operator's (or a conflict resolution's) rollback to an earlier generation.
 
-use chrono::Duration;
+use chrono::{DateTime, Utc};
 
-use super::event;
+use super::{dna_rolled_back, event, open_window, restoring};
 use crate::domain::{
-    Alert, AlertLevel, Body, Envelope, Evaluation, EventType, Generation, Head, HeadStatus, Origin,
-    derive_id,
+    Alert, AlertLevel, DecidedBy, DecisionRecord, Envelope, EventType, Head, HeadStatus, Origin,
+    Recommendation, derive_id,
 };
+use crate::stages::decide::OPERATOR_MODEL_ID;
 use crate::stages::{
-    Deps, StageError, StageOutput, StageResult, cap, load_generation, load_system, reply,
+    Deps, StageError, StageOutput, StageResult, cap, load_generation, load_system,
 };
 use crate::store::Write;
 
@@ -28,80 +29,29 @@ pub async fn handle_rollback(
             env.base_generation, head.generation
         )));
     }
-    let target = match to_generation {
-        Some(g) => g,
-        None => default_target(deps, &env.system_id, &head).await?,
-    };
-    if target >= head.generation {
-        return Err(StageError::Inconsistent(format!(
-            "cannot roll back to generation {target}: the head is at {}",
-            head.generation
-        )));
-    }
+    let target = rollback_target(deps, env, &head, to_generation).await?;
     let restored = load_generation(deps, &env.system_id, target).await?;
     let now = deps.clock.now();
-    let next = head.generation + 1;
     let why = format!("requested by {requested_by}: {}", cap(reason, 200));
-    let generation = Generation::new(
-        env.system_id.clone(),
-        next,
-        Some(head.generation),
-        restored.genes.clone(),
-        Origin::Rollback {
-            restored: target,
-            rolled_back: head.generation,
-            reason: why.clone(),
-        },
-        now,
-    );
-    let deadline = now + Duration::seconds(i64::from(system.settings.evaluation_window_seconds));
+    let generation = restoring(env, &head, restored, head.generation, why.clone(), now);
+    let next = generation.generation;
     let new_head = Head {
         generation: next,
         status: HeadStatus::Evaluating,
-        evaluation: Some(Evaluation {
-            generation: next,
-            parent: None,
-            baseline_fitness: None,
-            started_at: now,
-            deadline,
-            samples_required: system.settings.samples_required,
-            plan_step: None,
-            predicted_impact: 0.0,
-            samples_seen: 0,
-        }),
+        evaluation: Some(open_window(&mut system, next, now)),
         rollback_streak: 0,
         updated_at: now,
         approval: None,
         ..head.clone()
     };
-    system.evaluation_deadline = Some(deadline);
     let mut out = StageOutput {
         summary: format!("operator rollback: generation {next} restores {target}"),
         ..StageOutput::default()
     };
-    // A decision held for approval is moot once the operator moves the head: close it in the
-    // audit trail so nothing is left pending.
-    if let Some(pending) = &head.approval {
-        if let Some(held) = deps
-            .store
-            .get_decision(&env.system_id, &pending.decision_id)
-            .await?
-        {
-            out.writes.push(Write::PutDecision {
-                decision: crate::domain::DecisionRecord {
-                    decision_id: derive_id("dec", &[&env.id]),
-                    timestamp: now,
-                    model_used: crate::stages::decide::OPERATOR_MODEL_ID.into(),
-                    decision: crate::domain::Recommendation::Reject,
-                    confidence: 1.0,
-                    reasoning: format!("superseded by an operator rollback ({why})"),
-                    decided_by: Some(crate::domain::DecidedBy::Operator),
-                    approver: Some(cap(requested_by, 200)),
-                    resolves: Some(pending.decision_id.clone()),
-                    ..held
-                },
-            });
-        }
+    if let Some(superseded) = supersede_pending(deps, env, &head, requested_by, &why, now).await? {
+        out.writes.push(Write::PutDecision {
+            decision: superseded,
+        });
     }
     out.writes.push(Write::PutEvent {
         event: event(
@@ -115,7 +65,29 @@ pub async fn handle_rollback(
             Some(why.clone()),
         ),
     });
-    let alert = Alert {
+    out.messages
+        .push(dna_rolled_back(env, 0, &generation, target, now));
+    out.raise(
+        env,
+        "snapshot",
+        1,
+        next,
+        now,
+        rollback_alert(env, next, target, &why, now),
+    );
+    out.writes.push(Write::PutGeneration { generation });
+    out.writes.push(Write::UpdateHead {
+        expected_generation: head.generation,
+        expected_status: head.status,
+        head: new_head,
+    });
+    out.writes.push(Write::PutSystem { system });
+    Ok(out)
+}
+
+/// The warning every rollback raises: operators who did not ask for it hear of it too.
+fn rollback_alert(env: &Envelope, next: u64, target: u64, why: &str, now: DateTime<Utc>) -> Alert {
+    Alert {
         id: derive_id("alr", &[&env.id]),
         level: AlertLevel::Warning,
         kind: "rollback".into(),
@@ -125,39 +97,59 @@ pub async fn handle_rollback(
         ),
         system_id: Some(env.system_id.clone()),
         at: now,
+    }
+}
+
+/// A decision held for approval is moot once the operator moves the head: its closing record,
+/// so that nothing is left pending in the audit trail.
+async fn supersede_pending(
+    deps: &Deps,
+    env: &Envelope,
+    head: &Head,
+    requested_by: &str,
+    why: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<DecisionRecord>, StageError> {
+    let Some(pending) = &head.approval else {
+        return Ok(None);
     };
-    out.messages.push(reply(
-        env,
-        "snapshot",
-        0,
-        next,
-        now,
-        Body::DnaRolledBack {
-            generation: next,
-            restored_generation: target,
-            genes: serde_json::to_value(&generation.genes).unwrap_or_default(),
-            checksum: generation.checksum.clone(),
-        },
-    ));
-    out.messages.push(reply(
-        env,
-        "snapshot",
-        1,
-        next,
-        now,
-        Body::AlertRaised {
-            alert: alert.clone(),
-        },
-    ));
-    out.writes.push(Write::PutAlert { alert });
-    out.writes.push(Write::PutGeneration { generation });
-    out.writes.push(Write::UpdateHead {
-        expected_generation: head.generation,
-        expected_status: head.status,
-        head: new_head,
-    });
-    out.writes.push(Write::PutSystem { system });
-    Ok(out)
+    let held = deps
+        .store
+        .get_decision(&env.system_id, &pending.decision_id)
+        .await?;
+    Ok(held.map(|held| DecisionRecord {
+        decision_id: derive_id("dec", &[&env.id]),
+        timestamp: now,
+        model_used: OPERATOR_MODEL_ID.into(),
+        decision: Recommendation::Reject,
+        confidence: 1.0,
+        reasoning: format!("superseded by an operator rollback ({why})"),
+        decided_by: Some(DecidedBy::Operator),
+        approver: Some(cap(requested_by, 200)),
+        resolves: Some(pending.decision_id.clone()),
+        ..held
+    }))
+}
+
+/// The generation asked for, or by default the one before the current genes; never the head
+/// itself or a later one.
+async fn rollback_target(
+    deps: &Deps,
+    env: &Envelope,
+    head: &Head,
+    to_generation: Option<u64>,
+) -> Result<u64, StageError> {
+    let target = match to_generation {
+        Some(g) => g,
+        None => default_target(deps, &env.system_id, head).await?,
+    };
+    if target >= head.generation {
+        return Err(StageError::Inconsistent(format!(
+            "cannot roll back to generation {target}: the head is at {}",
+            head.generation
+        )));
+    }
+    Ok(target)
 }
 
 /// The generation whose genes preceded the current ones: the parent of the current mutation,

@@ -1,0 +1,318 @@
+//! The Rollback Manager: the close of an evaluation window. Every close writes the history
+//! entry and the strategist's prediction record; then the head is either kept or moved on to a
+//! generation that restores the parent's genes.
+
+use chrono::{DateTime, Utc};
+
+use super::{dna_rolled_back, event, raise_conflict, restoring};
+use crate::domain::{
+    BedrockAnalysis, Body, ConflictKind, CycleReason, Envelope, Evaluation, EvaluationOutcome,
+    EventType, Generation, Head, HeadStatus, HistoryEntry, Origin, Severity, StepOutcome,
+};
+use crate::stages::rollback::{self, FitnessSummary};
+use crate::stages::{Deps, StageError, StageOutput, cap, load_generation, reply};
+use crate::store::{SystemRecord, Write};
+
+/// The Rollback Manager at the close of a window: keep, or roll back by committing the parent's
+/// genes as a new generation. Inconclusive windows roll back.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn close_window(
+    deps: &Deps,
+    env: &Envelope,
+    mut system: SystemRecord,
+    head: Head,
+    eval: Evaluation,
+    current: Generation,
+    summary: FitnessSummary,
+    now: DateTime<Utc>,
+    out: &mut StageOutput,
+) -> Result<(), StageError> {
+    let outcome = rollback::verdict(
+        summary,
+        eval.samples_required,
+        eval.baseline_fitness,
+        deps.config.keep_tolerance,
+    );
+    let (changes, decision_id, mutation_id) = match &current.origin {
+        Origin::Mutation {
+            decision_id,
+            mutation,
+        } => (
+            mutation.changes.clone(),
+            Some(decision_id.clone()),
+            Some(mutation.id.clone()),
+        ),
+        _ => (Vec::new(), None, None),
+    };
+    let actual_impact = match (summary.mean, eval.baseline_fitness) {
+        (Some(m), Some(b)) => Some(m - b),
+        _ => None,
+    };
+    let analysis = match &decision_id {
+        Some(id) => engine_analysis(deps, env, id, &eval, actual_impact).await?,
+        None => None,
+    };
+    record_prediction(deps, env, &eval, actual_impact, out).await?;
+    out.writes.push(Write::PutHistory {
+        system_id: env.system_id.clone(),
+        entry: HistoryEntry {
+            generation: eval.generation,
+            fitness: summary.mean,
+            outcome,
+            baseline_fitness: eval.baseline_fitness,
+            changes,
+            predicted_impact: eval.predicted_impact,
+            plan_step: eval.plan_step.clone(),
+            closed_at: now,
+        },
+    });
+    system.evaluation_deadline = None;
+    let closing = Closing {
+        env,
+        head,
+        eval,
+        summary,
+        outcome,
+        actual_impact,
+        mutation_id,
+        analysis,
+        now,
+    };
+    if closing.keeps() {
+        closing.keep(out);
+    } else {
+        closing.roll_back(deps, out).await?;
+    }
+    out.writes.push(Write::PutSystem { system });
+    Ok(())
+}
+
+/// The decision engine's account of a mutation, set against what the window measured, for the
+/// event that closes the window.
+async fn engine_analysis(
+    deps: &Deps,
+    env: &Envelope,
+    decision_id: &str,
+    eval: &Evaluation,
+    actual_impact: Option<f64>,
+) -> Result<Option<BedrockAnalysis>, StageError> {
+    Ok(deps
+        .store
+        .get_decision(&env.system_id, decision_id)
+        .await?
+        .map(|d| BedrockAnalysis {
+            model_used: d.model_used,
+            confidence: d.confidence,
+            reasoning: cap(&d.reasoning, 300),
+            predicted_impact: eval.predicted_impact,
+            actual_impact: actual_impact.unwrap_or(0.0),
+        }))
+}
+
+/// The strategist's prediction error feeds its performance record (the router's history).
+async fn record_prediction(
+    deps: &Deps,
+    env: &Envelope,
+    eval: &Evaluation,
+    actual_impact: Option<f64>,
+    out: &mut StageOutput,
+) -> Result<(), StageError> {
+    if let (Some(step), Some(actual)) = (&eval.plan_step, actual_impact) {
+        if let Some(plan) = deps.store.get_plan(&env.system_id, &step.plan_id).await? {
+            out.writes.push(Write::RecordPrediction {
+                model_id: plan.model_used,
+                role: crate::domain::Role::Strategize,
+                predicted: eval.predicted_impact,
+                actual,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A window being closed, with what its two endings (keep, roll back) both report.
+struct Closing<'a> {
+    env: &'a Envelope,
+    head: Head,
+    eval: Evaluation,
+    summary: FitnessSummary,
+    outcome: EvaluationOutcome,
+    /// The mean fitness less the baseline, when both were measured.
+    actual_impact: Option<f64>,
+    mutation_id: Option<String>,
+    analysis: Option<BedrockAnalysis>,
+    now: DateTime<Utc>,
+}
+
+impl Closing<'_> {
+    /// Neither a baseline nor a window that measured nothing against an unmeasured baseline
+    /// is rolled back: there is nothing before it to restore, or nothing to compare.
+    fn keeps(&self) -> bool {
+        self.outcome == EvaluationOutcome::Keep
+            || self.baseline_unmeasured()
+            || self.eval.parent.is_none()
+    }
+
+    fn baseline_unmeasured(&self) -> bool {
+        self.eval.baseline_fitness.is_none() && self.summary.mean.is_none()
+    }
+
+    fn keep(&self, out: &mut StageOutput) {
+        let (eval, now) = (&self.eval, self.now);
+        let new_head = Head {
+            status: HeadStatus::Stable,
+            stable_generation: eval.generation,
+            stable_fitness: self.summary.mean.or(eval.baseline_fitness),
+            evaluation: None,
+            rollback_streak: 0,
+            updated_at: now,
+            ..self.head.clone()
+        };
+        out.summary = format!(
+            "generation {} kept with fitness {}",
+            eval.generation,
+            self.summary
+                .mean
+                .map_or("unmeasured".into(), |m| format!("{m:.4}"))
+        );
+        self.push_event(out, EventType::MutationKept, None);
+        self.settle(
+            out,
+            new_head,
+            eval.generation,
+            StepOutcome::Kept {
+                actual_impact: self.actual_impact.unwrap_or(0.0),
+            },
+        );
+        if self.baseline_unmeasured() {
+            raise_conflict(
+                self.env,
+                out,
+                eval.generation,
+                now,
+                ConflictKind::BaselineUnmeasured,
+                Severity::High,
+                format!(
+                    "no valid fitness report for baseline generation {} by the window's end",
+                    eval.generation
+                ),
+            );
+        }
+    }
+
+    async fn roll_back(&self, deps: &Deps, out: &mut StageOutput) -> Result<(), StageError> {
+        let (eval, now) = (&self.eval, self.now);
+        let restored_gen = eval.parent.unwrap_or(self.head.stable_generation);
+        let restored = load_generation(deps, &self.env.system_id, restored_gen).await?;
+        let reason = self.rollback_reason();
+        let generation = restoring(
+            self.env,
+            &self.head,
+            restored,
+            eval.generation,
+            reason.clone(),
+            now,
+        );
+        let next = generation.generation;
+        let streak = self.head.rollback_streak + 1;
+        let new_head = Head {
+            generation: next,
+            status: HeadStatus::Stable,
+            stable_generation: next,
+            stable_fitness: eval.baseline_fitness,
+            evaluation: None,
+            rollback_streak: streak,
+            updated_at: now,
+            ..self.head.clone()
+        };
+        out.summary = format!(
+            "generation {} rolled back ({reason}); generation {next} restores {restored_gen}",
+            eval.generation
+        );
+        let event_type = if self.outcome == EvaluationOutcome::Inconclusive {
+            EventType::EvaluationInconclusive
+        } else {
+            EventType::MutationRolledBack
+        };
+        self.push_event(out, event_type, Some(reason));
+        out.messages
+            .push(dna_rolled_back(self.env, 1, &generation, restored_gen, now));
+        out.writes.push(Write::PutGeneration { generation });
+        self.settle(out, new_head, next, StepOutcome::RolledBack);
+        let threshold = deps.config.rollback_streak_conflict;
+        if streak >= threshold {
+            raise_conflict(
+                self.env,
+                out,
+                next,
+                now,
+                ConflictKind::RollbackStreak,
+                // Near an optimum most moves regress, so a streak alone is no emergency: only a
+                // long one (three times the threshold) is severe enough to pause for.
+                if streak >= threshold * 3 {
+                    Severity::High
+                } else {
+                    Severity::Medium
+                },
+                format!("{streak} consecutive rollbacks"),
+            );
+        }
+        Ok(())
+    }
+
+    fn rollback_reason(&self) -> String {
+        if self.outcome == EvaluationOutcome::Inconclusive {
+            format!(
+                "inconclusive: {} valid of {} required samples",
+                self.summary.valid, self.eval.samples_required
+            )
+        } else {
+            format!(
+                "fitness {:.4} below parent {:.4}",
+                self.summary.mean.unwrap_or(f64::NAN),
+                self.eval.baseline_fitness.unwrap_or(f64::NAN)
+            )
+        }
+    }
+
+    /// The audit event of the window's close, with the fitness it moved by.
+    fn push_event(&self, out: &mut StageOutput, event_type: EventType, detail: Option<String>) {
+        let mut ev = event(
+            self.env,
+            1,
+            self.now,
+            event_type,
+            self.eval.generation,
+            self.mutation_id.clone(),
+            self.analysis.clone(),
+            detail,
+        );
+        ev.fitness_delta = self.actual_impact;
+        out.writes.push(Write::PutEvent { event: ev });
+    }
+
+    /// Moves the head out of evaluation (to `new_head`, at `generation`) and asks analyze for
+    /// the next cycle, handing a plan step's outcome back to the plan cursor.
+    fn settle(&self, out: &mut StageOutput, new_head: Head, generation: u64, outcome: StepOutcome) {
+        out.writes.push(Write::UpdateHead {
+            expected_generation: self.head.generation,
+            expected_status: HeadStatus::Evaluating,
+            head: new_head,
+        });
+        let reason = match &self.eval.plan_step {
+            Some(step) => CycleReason::Step {
+                step: step.clone(),
+                outcome,
+            },
+            None => CycleReason::HeadMoved,
+        };
+        out.messages.push(reply(
+            self.env,
+            "snapshot",
+            0,
+            generation,
+            self.now,
+            Body::CycleRequested { reason },
+        ));
+    }
+}
