@@ -4,18 +4,22 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
+
 use super::{
-    Deps, StageOutput, StageResult, call_context, cap, dna_view, load_system, record_call, reply,
+    Deps, StageError, StageOutput, StageResult, call_context, cap, dna_view, load_system,
+    record_call, reply, snapshot::stale_unless_stable,
 };
 use crate::cost::nano_to_usd;
 use crate::domain::risk;
 use crate::domain::{
     Alert, AlertLevel, Body, Complexity, CostAnalysis, CycleReason, DecidedBy, DecisionRecord,
-    Envelope, EventType, EvolutionEvent, Head, HeadStatus, Mutation, PendingApproval,
-    Recommendation, ResolutionAction, Role, StepOutcome, SystemConflict, apply_mutation, derive_id,
+    DecisionResult, Envelope, EventType, EvolutionEvent, Head, HeadStatus, HistoryEntry, Mutation,
+    Outgoing, PendingApproval, Recommendation, ResolutionAction, ResolutionStrategy, Role,
+    StepOutcome, SystemConflict, apply_mutation, derive_id,
 };
-use crate::llm::{DecideRequest, ResolveRequest};
-use crate::store::Write;
+use crate::llm::{DecideRequest, DnaView, LlmAnswer, ResolveRequest};
+use crate::store::{SystemRecord, Write};
 
 mod operator;
 pub use operator::{Verdict, handle_resume, handle_verdict};
@@ -32,119 +36,164 @@ pub async fn handle_proposal(
     deferrals: u32,
 ) -> StageResult {
     let (system, head) = load_system(deps, &env.system_id).await?;
-    if head.status != HeadStatus::Stable || head.generation != env.base_generation {
-        return Ok(StageOutput::noop(format!(
-            "stale proposal for generation {} (head at {}, {})",
-            env.base_generation,
-            head.generation,
-            head.status.as_str()
-        )));
+    if let Some(stale) = stale_unless_stable(env, &head, "proposal") {
+        return Ok(stale);
     }
     let now = deps.clock.now();
     let (dna, history) = dna_view(deps, &system, &head).await?;
-    let decision_id = derive_id("dec", &[&env.id]);
-    let mut out = StageOutput::default();
-
-    let base = DecisionRecord {
-        decision_id: decision_id.clone(),
-        timestamp: now,
-        mutation_id: mutation.id.clone(),
-        model_used: POLICY_MODEL_ID.into(),
-        decision: Recommendation::Reject,
-        confidence: 1.0,
-        risk_assessment: crate::domain::RiskAssessment {
-            overall_risk: 0.0,
-            technical_risk: 0.0,
-            business_risk: 0.0,
-            operational_risk: 0.0,
-        },
-        reasoning: String::new(),
-        mitigation_strategies: vec![],
-        estimated_outcomes: BTreeMap::new(),
-        cost_analysis: CostAnalysis {
-            tokens_used: 0,
-            cost_usd: 0.0,
-            processing_time_ms: 0,
-            cost_nano_usd: Some(0),
-        },
-        system_id: Some(env.system_id.clone()),
-        base_generation: Some(head.generation),
-        mutation: Some(mutation.clone()),
-        decided_by: Some(DecidedBy::Policy),
-        local_risk: None,
-        approver: None,
-        resolves: None,
-        cache_hit: false,
+    let proposal = Proposal {
+        deps,
+        env,
+        mutation,
+        deferrals,
+        decision_id: derive_id("dec", &[&env.id]),
+        head,
+        now,
     };
-
     // Untrusted proposal: validate against the gene schema first.
     if let Err(e) = apply_mutation(&dna.schema, &dna.genes, mutation) {
-        let record = DecisionRecord {
-            reasoning: format!("invalid mutation: {e}"),
-            decided_by: Some(DecidedBy::Validation),
-            ..base
-        };
-        out.summary = format!("rejected invalid mutation: {e}");
-        push_outcome(&mut out, env, mutation, &record, head.generation, now);
-        out.writes.push(Write::PutDecision { decision: record });
-        return Ok(out);
+        return Ok(proposal.reject_invalid(&e));
     }
-
+    let mut out = StageOutput::default();
     let assessment = risk::assess(&dna.schema, &dna.genes, mutation, &history);
     let local_risk = assessment.overall_risk;
     let mut record = if local_risk <= deps.config.auto_approve_risk {
+        proposal.approve_by_policy(assessment)
+    } else {
+        proposal
+            .ask_engine(&mut out, dna, history, local_risk)
+            .await?
+    };
+    let gate_risk = proposal.gate(&mut record, local_risk);
+    out.summary = format!(
+        "{} {} (risk {local_risk:.3}, {})",
+        record.decision.as_str(),
+        mutation.id,
+        record.model_used
+    );
+    proposal.act_on(&mut out, &record, gate_risk, &system);
+    out.writes.push(Write::PutDecision { decision: record });
+    Ok(out)
+}
+
+/// One proposal being decided: what every step of the decision reads.
+struct Proposal<'a> {
+    deps: &'a Deps,
+    env: &'a Envelope,
+    mutation: &'a Mutation,
+    deferrals: u32,
+    decision_id: String,
+    head: Head,
+    now: DateTime<Utc>,
+}
+
+impl Proposal<'_> {
+    /// The record as policy would write it: a rejection, at no cost. Each way of deciding
+    /// overrides what it knows.
+    fn base_record(&self) -> DecisionRecord {
+        DecisionRecord {
+            decision_id: self.decision_id.clone(),
+            timestamp: self.now,
+            mutation_id: self.mutation.id.clone(),
+            model_used: POLICY_MODEL_ID.into(),
+            decision: Recommendation::Reject,
+            confidence: 1.0,
+            risk_assessment: crate::domain::RiskAssessment {
+                overall_risk: 0.0,
+                technical_risk: 0.0,
+                business_risk: 0.0,
+                operational_risk: 0.0,
+            },
+            reasoning: String::new(),
+            mitigation_strategies: vec![],
+            estimated_outcomes: BTreeMap::new(),
+            cost_analysis: no_cost(),
+            system_id: Some(self.env.system_id.clone()),
+            base_generation: Some(self.head.generation),
+            mutation: Some(self.mutation.clone()),
+            decided_by: Some(DecidedBy::Policy),
+            local_risk: None,
+            approver: None,
+            resolves: None,
+            cache_hit: false,
+        }
+    }
+
+    fn reject_invalid(&self, error: &impl std::fmt::Display) -> StageOutput {
+        let record = DecisionRecord {
+            reasoning: format!("invalid mutation: {error}"),
+            decided_by: Some(DecidedBy::Validation),
+            ..self.base_record()
+        };
+        let mut out = StageOutput {
+            summary: format!("rejected invalid mutation: {error}"),
+            ..StageOutput::default()
+        };
+        self.push_outcome(&mut out, &record);
+        out.writes.push(Write::PutDecision { decision: record });
+        out
+    }
+
+    fn approve_by_policy(&self, assessment: crate::domain::RiskAssessment) -> DecisionRecord {
+        let local_risk = assessment.overall_risk;
         DecisionRecord {
             decision: Recommendation::Approve,
             risk_assessment: assessment,
             reasoning: format!(
                 "local risk {local_risk:.3} is at or below the auto-approve threshold {}",
-                deps.config.auto_approve_risk
+                self.deps.config.auto_approve_risk
             ),
             mitigation_strategies: vec![
                 "snapshot before applying".into(),
                 "automatic rollback if fitness regresses".into(),
             ],
             local_risk: Some(local_risk),
-            ..base
+            ..self.base_record()
         }
-    } else {
+    }
+
+    /// Asks the Decision Engine, with the plan's later steps that would need it too.
+    async fn ask_engine(
+        &self,
+        out: &mut StageOutput,
+        dna: DnaView,
+        history: Vec<HistoryEntry>,
+        local_risk: f64,
+    ) -> Result<DecisionRecord, StageError> {
+        let deps = self.deps;
         let critical = local_risk > deps.config.risk_ceiling;
         let complexity = if critical {
             Complexity::High
         } else {
             Complexity::Medium
         };
-        let ctx = call_context(deps, env, Role::Decide, complexity, critical).await?;
-        let batch = pending_steps(deps, &dna, &history, mutation).await?;
+        let ctx = call_context(deps, self.env, Role::Decide, complexity, critical).await?;
+        let batch = pending_steps(deps, &dna, &history, self.mutation).await?;
         let answer = deps
             .llm
             .decide(&DecideRequest {
                 ctx,
                 dna,
                 history,
-                mutation: mutation.clone(),
+                mutation: self.mutation.clone(),
                 local_risk,
                 risk_ceiling: deps.config.risk_ceiling,
-                deferrals,
+                deferrals: self.deferrals,
                 batch,
             })
             .await?;
-        record_call(&mut out, env, Role::Decide, &answer, now);
+        record_call(out, self.env, Role::Decide, &answer, self.now);
+        Ok(self.engine_record(answer, local_risk))
+    }
+
+    /// The engine's answer as a record, capped, and overruled where policy forbids it.
+    fn engine_record(&self, answer: LlmAnswer<DecisionResult>, local_risk: f64) -> DecisionRecord {
         let result = answer.value;
-        let mut decision = result.recommendation;
-        let mut reasoning = cap(&result.reasoning, 2_000);
-        if decision == Recommendation::Approve && local_risk > deps.config.risk_ceiling {
-            // Defence in depth: the LLM layer already refuses such answers.
-            decision = Recommendation::Reject;
-            reasoning = format!(
-                "approval overridden: local risk {local_risk:.3} is above the ceiling {}; {reasoning}",
-                deps.config.risk_ceiling
-            );
-        }
-        if decision == Recommendation::Defer && deferrals >= deps.config.max_deferrals {
-            decision = Recommendation::Reject;
-            reasoning = format!("deferred {deferrals} times already; {reasoning}");
-        }
+        let (decision, reasoning) = self.overrule(
+            result.recommendation,
+            cap(&result.reasoning, 2_000),
+            local_risk,
+        );
         DecisionRecord {
             cache_hit: answer.cache_hit,
             model_used: answer.model_id,
@@ -172,107 +221,148 @@ pub async fn handle_proposal(
             },
             decided_by: Some(DecidedBy::Engine),
             local_risk: Some(local_risk),
-            ..base
+            ..self.base_record()
         }
-    };
+    }
 
-    // The approval gate: a human confirms the riskiest approvals (the larger of the local score
-    // and the engine's own assessment decides).
-    let gate_risk = record.risk_assessment.overall_risk.max(local_risk);
-    if let Some(threshold) = deps.config.approval_threshold {
-        if record.decision == Recommendation::Approve && gate_risk > threshold {
-            record.decision = Recommendation::PendingApproval;
-            record.reasoning = cap(
-                &format!(
-                    "held for approval: risk {gate_risk:.3} is above the approval threshold \
-                     {threshold}; {}",
-                    record.reasoning
-                ),
-                2_000,
+    /// Policy over the engine: no approval above the risk ceiling, no deferral past the limit.
+    fn overrule(
+        &self,
+        mut decision: Recommendation,
+        mut reasoning: String,
+        local_risk: f64,
+    ) -> (Recommendation, String) {
+        let config = &self.deps.config;
+        if decision == Recommendation::Approve && local_risk > config.risk_ceiling {
+            // Defence in depth: the LLM layer already refuses such answers.
+            decision = Recommendation::Reject;
+            reasoning = format!(
+                "approval overridden: local risk {local_risk:.3} is above the ceiling {}; {reasoning}",
+                config.risk_ceiling
             );
         }
+        if decision == Recommendation::Defer && self.deferrals >= config.max_deferrals {
+            decision = Recommendation::Reject;
+            reasoning = format!("deferred {} times already; {reasoning}", self.deferrals);
+        }
+        (decision, reasoning)
     }
 
-    out.summary = format!(
-        "{} {} (risk {local_risk:.3}, {})",
-        record.decision.as_str(),
-        mutation.id,
-        record.model_used
-    );
-    match record.decision {
-        Recommendation::Approve => out.messages.push(reply(
-            env,
-            "decide",
-            0,
-            head.generation,
-            now,
-            Body::MutationApproved {
-                decision_id,
-                mutation: mutation.clone(),
-            },
-        )),
-        Recommendation::Defer => out.messages.push(
-            reply(
-                env,
-                "decide",
-                0,
-                head.generation,
-                now,
-                Body::MutationProposed {
-                    mutation: mutation.clone(),
-                    deferrals: deferrals + 1,
-                },
-            )
-            .delayed(deps.config.defer_delay_seconds),
-        ),
-        Recommendation::Reject => {
-            push_outcome(&mut out, env, mutation, &record, head.generation, now);
+    /// The approval gate: a human confirms the riskiest approvals (the larger of the local score
+    /// and the engine's own assessment decides). Returns that risk.
+    fn gate(&self, record: &mut DecisionRecord, local_risk: f64) -> f64 {
+        let gate_risk = record.risk_assessment.overall_risk.max(local_risk);
+        if let Some(threshold) = self.deps.config.approval_threshold {
+            if record.decision == Recommendation::Approve && gate_risk > threshold {
+                record.decision = Recommendation::PendingApproval;
+                record.reasoning = cap(
+                    &format!(
+                        "held for approval: risk {gate_risk:.3} is above the approval threshold \
+                         {threshold}; {}",
+                        record.reasoning
+                    ),
+                    2_000,
+                );
+            }
         }
-        Recommendation::PendingApproval => {
-            let expires_at =
-                now + chrono::Duration::seconds(i64::from(deps.config.approval_ttl_seconds));
-            out.writes.push(Write::UpdateHead {
-                expected_generation: head.generation,
-                expected_status: HeadStatus::Stable,
-                head: Head {
-                    status: HeadStatus::AwaitingApproval,
-                    approval: Some(Box::new(PendingApproval {
-                        decision_id: decision_id.clone(),
-                        mutation: mutation.clone(),
-                        risk: gate_risk,
-                        requested_at: now,
-                        expires_at,
-                    })),
-                    updated_at: now,
-                    ..head.clone()
-                },
-            });
-            let alert = Alert {
-                id: derive_id("alr", &[&env.id]),
-                level: AlertLevel::Warning,
-                kind: "approval".into(),
-                message: format!(
-                    "decision {decision_id} on {} awaits approval: {} (risk {gate_risk:.3}); \
-                     `evolve approve {decision_id}` or `evolve reject {decision_id}` before {}",
-                    env.system_id,
-                    describe(mutation),
-                    expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                ),
-                system_id: Some(env.system_id.clone()),
-                at: now,
-            };
-            out.raise(env, "decide", 1, head.generation, now, alert);
-            // The tick finds the deadline on the registry entry, without reading heads.
-            out.writes.push(Write::PutSystem {
-                system: crate::store::SystemRecord {
-                    approval_expires_at: Some(expires_at),
-                    ..system.clone()
-                },
-            });
+        gate_risk
+    }
+
+    /// The messages and writes the decision calls for, besides its record.
+    fn act_on(
+        &self,
+        out: &mut StageOutput,
+        record: &DecisionRecord,
+        gate_risk: f64,
+        system: &SystemRecord,
+    ) {
+        match record.decision {
+            Recommendation::Approve => out.messages.push(self.reply(Body::MutationApproved {
+                decision_id: self.decision_id.clone(),
+                mutation: self.mutation.clone(),
+            })),
+            Recommendation::Defer => out.messages.push(
+                self.reply(Body::MutationProposed {
+                    mutation: self.mutation.clone(),
+                    deferrals: self.deferrals + 1,
+                })
+                .delayed(self.deps.config.defer_delay_seconds),
+            ),
+            Recommendation::Reject => self.push_outcome(out, record),
+            Recommendation::PendingApproval => self.hold_for_approval(out, gate_risk, system),
         }
     }
-    out.writes.push(Write::PutDecision { decision: record });
-    Ok(out)
+
+    /// Parks the head in `AwaitingApproval` and asks the operators for a verdict before the
+    /// approval's deadline.
+    fn hold_for_approval(&self, out: &mut StageOutput, gate_risk: f64, system: &SystemRecord) {
+        let (env, now, decision_id) = (self.env, self.now, &self.decision_id);
+        let expires_at =
+            now + chrono::Duration::seconds(i64::from(self.deps.config.approval_ttl_seconds));
+        out.writes.push(Write::UpdateHead {
+            expected_generation: self.head.generation,
+            expected_status: HeadStatus::Stable,
+            head: Head {
+                status: HeadStatus::AwaitingApproval,
+                approval: Some(Box::new(PendingApproval {
+                    decision_id: decision_id.clone(),
+                    mutation: self.mutation.clone(),
+                    risk: gate_risk,
+                    requested_at: now,
+                    expires_at,
+                })),
+                updated_at: now,
+                ..self.head.clone()
+            },
+        });
+        let alert = Alert {
+            id: derive_id("alr", &[&env.id]),
+            level: AlertLevel::Warning,
+            kind: "approval".into(),
+            message: format!(
+                "decision {decision_id} on {} awaits approval: {} (risk {gate_risk:.3}); \
+                 `evolve approve {decision_id}` or `evolve reject {decision_id}` before {}",
+                env.system_id,
+                describe(self.mutation),
+                expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+            system_id: Some(env.system_id.clone()),
+            at: now,
+        };
+        out.raise(env, "decide", 1, self.head.generation, now, alert);
+        // The tick finds the deadline on the registry entry, without reading heads.
+        out.writes.push(Write::PutSystem {
+            system: SystemRecord {
+                approval_expires_at: Some(expires_at),
+                ..system.clone()
+            },
+        });
+    }
+
+    fn push_outcome(&self, out: &mut StageOutput, record: &DecisionRecord) {
+        push_outcome(
+            out,
+            self.env,
+            self.mutation,
+            record,
+            self.head.generation,
+            self.now,
+        );
+    }
+
+    fn reply(&self, body: Body) -> Outgoing {
+        reply(self.env, "decide", 0, self.head.generation, self.now, body)
+    }
+}
+
+/// What a decision made without an engine costs.
+fn no_cost() -> CostAnalysis {
+    CostAnalysis {
+        tokens_used: 0,
+        cost_usd: 0.0,
+        processing_time_ms: 0,
+        cost_nano_usd: Some(0),
+    }
 }
 
 /// `name: old -> new, ...` for alerts.
@@ -335,69 +425,7 @@ pub async fn handle_conflict(
     let resolution = &answer.value;
     let mut out = StageOutput::default();
     record_call(&mut out, env, Role::Resolve, &answer, now);
-    let paused = || crate::domain::Head {
-        status: HeadStatus::Paused,
-        updated_at: now,
-        ..head.clone()
-    };
-    match resolution.action {
-        ResolutionAction::Pause if head.status == HeadStatus::Stable => {
-            out.writes.push(Write::UpdateHead {
-                expected_generation: head.generation,
-                expected_status: HeadStatus::Stable,
-                head: paused(),
-            });
-        }
-        ResolutionAction::Resume if head.status == HeadStatus::Paused => {
-            out.writes.push(Write::UpdateHead {
-                expected_generation: head.generation,
-                expected_status: HeadStatus::Paused,
-                head: crate::domain::Head {
-                    status: HeadStatus::Stable,
-                    rollback_streak: 0,
-                    updated_at: now,
-                    ..head.clone()
-                },
-            });
-            out.messages.push(reply(
-                env,
-                "decide",
-                0,
-                head.generation,
-                now,
-                Body::CycleRequested {
-                    reason: CycleReason::HeadMoved,
-                },
-            ));
-        }
-        ResolutionAction::RollbackToLastStable => out.messages.push(reply(
-            env,
-            "decide",
-            0,
-            head.generation,
-            now,
-            Body::RollbackRequested {
-                to_generation: None,
-                requested_by: "conflict-resolution".into(),
-                reason: cap(&conflict.description, 200),
-            },
-        )),
-        ResolutionAction::RetryLater => out.messages.push(
-            reply(
-                env,
-                "decide",
-                0,
-                head.generation,
-                now,
-                Body::CycleRequested {
-                    reason: CycleReason::RetryLater,
-                },
-            )
-            .delayed(resolution.retry_after_seconds),
-        ),
-        // Escalate, or an action that does not apply to the head's state: tell the operators.
-        _ => {}
-    }
+    apply_resolution(&mut out, env, &head, conflict, resolution, now);
     let alert = Alert {
         id: derive_id("alr", &[&env.id]),
         level: if resolution.action == ResolutionAction::Escalate {
@@ -418,23 +446,99 @@ pub async fn handle_conflict(
         at: now,
     };
     out.writes.push(Write::PutEvent {
-        event: EvolutionEvent {
-            id: derive_id("evt", &[&env.id]),
-            timestamp: now,
-            event_type: EventType::ConflictResolved,
-            generation: head.generation,
-            fitness_delta: None,
-            mutation_id: None,
-            bedrock_analysis: None,
-            system_context: None,
-            storage_metadata: None,
-            system_id: Some(env.system_id.clone()),
-            detail: Some(alert.message.clone()),
-        },
+        event: event(
+            env,
+            now,
+            EventType::ConflictResolved,
+            head.generation,
+            alert.message.clone(),
+        ),
     });
     out.raise(env, "decide", 1, head.generation, now, alert);
     out.summary = format!("conflict resolved with {:?}", resolution.action);
     Ok(out)
+}
+
+/// Runs the chosen action where it applies to the head's state. Escalate, or an action that
+/// does not apply, does nothing here: the alert that follows tells the operators.
+fn apply_resolution(
+    out: &mut StageOutput,
+    env: &Envelope,
+    head: &Head,
+    conflict: &SystemConflict,
+    resolution: &ResolutionStrategy,
+    now: DateTime<Utc>,
+) {
+    let say = |body| reply(env, "decide", 0, head.generation, now, body);
+    match resolution.action {
+        ResolutionAction::Pause if head.status == HeadStatus::Stable => {
+            out.writes.push(Write::UpdateHead {
+                expected_generation: head.generation,
+                expected_status: HeadStatus::Stable,
+                head: Head {
+                    status: HeadStatus::Paused,
+                    updated_at: now,
+                    ..head.clone()
+                },
+            });
+        }
+        ResolutionAction::Resume if head.status == HeadStatus::Paused => {
+            out.writes.push(resume(head, now));
+            out.messages.push(say(Body::CycleRequested {
+                reason: CycleReason::HeadMoved,
+            }));
+        }
+        ResolutionAction::RollbackToLastStable => out.messages.push(say(Body::RollbackRequested {
+            to_generation: None,
+            requested_by: "conflict-resolution".into(),
+            reason: cap(&conflict.description, 200),
+        })),
+        ResolutionAction::RetryLater => out.messages.push(
+            say(Body::CycleRequested {
+                reason: CycleReason::RetryLater,
+            })
+            .delayed(resolution.retry_after_seconds),
+        ),
+        _ => {}
+    }
+}
+
+/// Takes a paused head back to stable at its generation. The rollback streak is cleared: a
+/// streak is the usual reason for a pause, and kept, the next rollback would pause it again.
+fn resume(head: &Head, now: DateTime<Utc>) -> Write {
+    Write::UpdateHead {
+        expected_generation: head.generation,
+        expected_status: HeadStatus::Paused,
+        head: Head {
+            status: HeadStatus::Stable,
+            rollback_streak: 0,
+            updated_at: now,
+            ..head.clone()
+        },
+    }
+}
+
+/// An audit event of this stage; one per message, so its id is the message's.
+fn event(
+    env: &Envelope,
+    at: DateTime<Utc>,
+    event_type: EventType,
+    generation: u64,
+    detail: String,
+) -> EvolutionEvent {
+    EvolutionEvent {
+        id: derive_id("evt", &[&env.id]),
+        timestamp: at,
+        event_type,
+        generation,
+        fitness_delta: None,
+        mutation_id: None,
+        bedrock_analysis: None,
+        system_context: None,
+        storage_metadata: None,
+        system_id: Some(env.system_id.clone()),
+        detail: Some(detail),
+    }
 }
 
 /// Most later steps handed to the engine for a batch decision.
@@ -446,10 +550,10 @@ const MAX_BATCH_STEPS: usize = 4;
 /// request while Bedrock throttles (`llm::bedrock`); it ignores them otherwise.
 async fn pending_steps(
     deps: &Deps,
-    dna: &crate::llm::DnaView,
-    history: &[crate::domain::HistoryEntry],
+    dna: &DnaView,
+    history: &[HistoryEntry],
     mutation: &Mutation,
-) -> Result<Vec<crate::llm::PendingProposal>, super::StageError> {
+) -> Result<Vec<crate::llm::PendingProposal>, StageError> {
     let Some(step) = &mutation.plan_step else {
         return Ok(Vec::new());
     };

@@ -2,12 +2,14 @@
 //! resumes of paused heads. Both are audited with who and when, and both move the head with one
 //! conditional write, so a repeated or stale request is an acknowledged no-op.
 
-use super::{OPERATOR_MODEL_ID, push_outcome};
+use chrono::{DateTime, Utc};
+
+use super::{OPERATOR_MODEL_ID, event, no_cost, push_outcome, resume};
 use crate::domain::{
-    Alert, AlertLevel, Body, CostAnalysis, DecidedBy, DecisionRecord, Envelope, EventType,
-    EvolutionEvent, Head, HeadStatus, Recommendation, derive_id,
+    Alert, AlertLevel, Body, DecidedBy, DecisionRecord, Envelope, EventType, Head, HeadStatus,
+    PendingApproval, Recommendation, derive_id,
 };
-use crate::stages::{Deps, StageOutput, StageResult, cap, load_system, reply};
+use crate::stages::{Deps, StageError, StageOutput, StageResult, cap, load_system, reply};
 use crate::store::Write;
 
 /// A human's (or the clock's) answer to a pending approval.
@@ -32,55 +34,20 @@ pub async fn handle_verdict(
 ) -> StageResult {
     let (_, head) = load_system(deps, &env.system_id).await?;
     let now = deps.clock.now();
-    let pending = match (&head.status, &head.approval) {
-        (HeadStatus::AwaitingApproval, Some(p)) if p.decision_id == decision_id => (**p).clone(),
-        _ => {
-            return Ok(StageOutput::noop(format!(
-                "decision {decision_id} is not awaiting approval (head is {})",
-                head.status.as_str()
-            )));
-        }
+    let pending = match awaited(&head, decision_id, verdict, now) {
+        Ok(pending) => pending,
+        Err(noop) => return Ok(noop),
     };
-    if verdict == Verdict::Expire && now < pending.expires_at {
-        return Ok(StageOutput::noop(format!(
-            "decision {decision_id} waits until {}",
-            pending.expires_at
-        )));
-    }
     let held = deps
         .store
         .get_decision(&env.system_id, decision_id)
         .await?
         .ok_or_else(|| {
-            crate::stages::StageError::Inconsistent(format!(
-                "pending decision {decision_id} has no record"
-            ))
+            StageError::Inconsistent(format!("pending decision {decision_id} has no record"))
         })?;
     let approver = cap(approver, 200);
-    let note = note.map(|n| cap(n, 500));
-    let (decision, decided_by, reasoning) = match verdict {
-        Verdict::Approve => (
-            Recommendation::Approve,
-            DecidedBy::Operator,
-            format!("approved by {approver}"),
-        ),
-        Verdict::Reject => (
-            Recommendation::Reject,
-            DecidedBy::Operator,
-            format!("rejected by {approver}"),
-        ),
-        Verdict::Expire => (
-            Recommendation::Reject,
-            DecidedBy::Expiry,
-            format!(
-                "expired: nobody answered by {}",
-                pending
-                    .expires_at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            ),
-        ),
-    };
-    let reasoning = match &note {
+    let (decision, decided_by, reasoning) = verdict.ruling(&approver, &pending);
+    let reasoning = match note.map(|n| cap(n, 500)) {
         Some(note) => format!("{reasoning}: {note}"),
         None => reasoning,
     };
@@ -91,12 +58,7 @@ pub async fn handle_verdict(
         decision,
         confidence: 1.0,
         reasoning,
-        cost_analysis: CostAnalysis {
-            tokens_used: 0,
-            cost_usd: 0.0,
-            processing_time_ms: 0,
-            cost_nano_usd: Some(0),
-        },
+        cost_analysis: no_cost(),
         base_generation: Some(head.generation),
         mutation: Some(pending.mutation.clone()),
         decided_by: Some(decided_by),
@@ -115,12 +77,42 @@ pub async fn handle_verdict(
             ..head.clone()
         },
     });
-    if decision == Recommendation::Approve {
+    pass_on(&mut out, env, &pending, &record, head.generation, now);
+    if verdict == Verdict::Expire {
+        out.raise(
+            env,
+            "decide",
+            1,
+            head.generation,
+            now,
+            expiry_alert(env, decision_id, now),
+        );
+    }
+    out.summary = format!(
+        "{} pending decision {decision_id} ({})",
+        verdict.past_tense(),
+        record.reasoning
+    );
+    out.writes.push(Write::PutDecision { decision: record });
+    Ok(out)
+}
+
+/// An approval sends the held mutation on to snapshot; a rejection hands a plan step back to
+/// the plan cursor.
+fn pass_on(
+    out: &mut StageOutput,
+    env: &Envelope,
+    pending: &PendingApproval,
+    record: &DecisionRecord,
+    generation: u64,
+    now: DateTime<Utc>,
+) {
+    if record.decision == Recommendation::Approve {
         out.messages.push(reply(
             env,
             "decide",
             0,
-            head.generation,
+            generation,
             now,
             Body::MutationApproved {
                 decision_id: record.decision_id.clone(),
@@ -128,40 +120,89 @@ pub async fn handle_verdict(
             },
         ));
     } else {
-        push_outcome(
-            &mut out,
-            env,
-            &pending.mutation,
-            &record,
-            head.generation,
-            now,
-        );
+        push_outcome(out, env, &pending.mutation, record, generation, now);
     }
-    if verdict == Verdict::Expire {
-        let alert = Alert {
-            id: derive_id("alr", &[&env.id]),
-            level: AlertLevel::Warning,
-            kind: "approval".into(),
-            message: format!(
-                "decision {decision_id} on {} expired without an answer and was rejected",
-                env.system_id
+}
+
+/// The approval `decision_id` holds the head for, when this verdict may resolve it now. A
+/// verdict on anything else, or an expiry before the deadline, is acknowledged as a no-op.
+fn awaited(
+    head: &Head,
+    decision_id: &str,
+    verdict: Verdict,
+    now: DateTime<Utc>,
+) -> Result<PendingApproval, StageOutput> {
+    let pending = match (&head.status, &head.approval) {
+        (HeadStatus::AwaitingApproval, Some(p)) if p.decision_id == decision_id => (**p).clone(),
+        _ => {
+            return Err(StageOutput::noop(format!(
+                "decision {decision_id} is not awaiting approval (head is {})",
+                head.status.as_str()
+            )));
+        }
+    };
+    if verdict == Verdict::Expire && now < pending.expires_at {
+        return Err(StageOutput::noop(format!(
+            "decision {decision_id} waits until {}",
+            pending.expires_at
+        )));
+    }
+    Ok(pending)
+}
+
+impl Verdict {
+    /// The resolving record's decision, who made it, and why.
+    fn ruling(
+        self,
+        approver: &str,
+        pending: &PendingApproval,
+    ) -> (Recommendation, DecidedBy, String) {
+        match self {
+            Self::Approve => (
+                Recommendation::Approve,
+                DecidedBy::Operator,
+                format!("approved by {approver}"),
             ),
-            system_id: Some(env.system_id.clone()),
-            at: now,
-        };
-        out.raise(env, "decide", 1, head.generation, now, alert);
+            Self::Reject => (
+                Recommendation::Reject,
+                DecidedBy::Operator,
+                format!("rejected by {approver}"),
+            ),
+            Self::Expire => (
+                Recommendation::Reject,
+                DecidedBy::Expiry,
+                format!(
+                    "expired: nobody answered by {}",
+                    pending
+                        .expires_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            ),
+        }
     }
-    out.summary = format!(
-        "{} pending decision {decision_id} ({})",
-        match verdict {
-            Verdict::Approve => "approved",
-            Verdict::Reject => "rejected",
-            Verdict::Expire => "expired",
-        },
-        record.reasoning
-    );
-    out.writes.push(Write::PutDecision { decision: record });
-    Ok(out)
+
+    fn past_tense(self) -> &'static str {
+        match self {
+            Self::Approve => "approved",
+            Self::Reject => "rejected",
+            Self::Expire => "expired",
+        }
+    }
+}
+
+/// An approval nobody answered is rejected by the clock; the operators hear of it.
+fn expiry_alert(env: &Envelope, decision_id: &str, now: DateTime<Utc>) -> Alert {
+    Alert {
+        id: derive_id("alr", &[&env.id]),
+        level: AlertLevel::Warning,
+        kind: "approval".into(),
+        message: format!(
+            "decision {decision_id} on {} expired without an answer and was rejected",
+            env.system_id
+        ),
+        system_id: Some(env.system_id.clone()),
+        at: now,
+    }
 }
 
 /// An operator's resume of a paused head (`evolve resume`). Decide consumes it because decide
@@ -208,30 +249,15 @@ pub async fn handle_resume(
         detail = format!("{detail}; note: {}", cap(note, 500));
     }
     let mut out = StageOutput::default();
-    out.writes.push(Write::UpdateHead {
-        expected_generation: head.generation,
-        expected_status: HeadStatus::Paused,
-        head: Head {
-            status: HeadStatus::Stable,
-            rollback_streak: 0,
-            updated_at: now,
-            ..head.clone()
-        },
-    });
+    out.writes.push(resume(&head, now));
     out.writes.push(Write::PutEvent {
-        event: EvolutionEvent {
-            id: derive_id("evt", &[&env.id]),
-            timestamp: now,
-            event_type: EventType::OperatorResume,
-            generation: head.generation,
-            fitness_delta: None,
-            mutation_id: None,
-            bedrock_analysis: None,
-            system_context: None,
-            storage_metadata: None,
-            system_id: Some(env.system_id.clone()),
-            detail: Some(detail.clone()),
-        },
+        event: event(
+            env,
+            now,
+            EventType::OperatorResume,
+            head.generation,
+            detail.clone(),
+        ),
     });
     if system.next_cycle_at > now {
         system.next_cycle_at = now;
@@ -243,7 +269,7 @@ pub async fn handle_resume(
 
 /// Why `head` was paused: the detail of the conflict resolution committed with the pause (same
 /// transaction, so same time as the head's last update).
-async fn pause_reason(deps: &Deps, head: &Head) -> Result<String, crate::stages::StageError> {
+async fn pause_reason(deps: &Deps, head: &Head) -> Result<String, StageError> {
     let events = deps
         .store
         .list_events(&head.system_id, Some(head.updated_at), 20)
