@@ -7,7 +7,7 @@
 //! below the plan's `min_fitness`, or a kept step missed its prediction by more than the plan's
 //! `max_prediction_error`), or an in-flight step or analysis was lost.
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use tracing::info;
 
 use super::{
@@ -16,11 +16,11 @@ use super::{
 };
 use crate::domain::{
     AnalysisRecord, Body, CycleReason, Envelope, EvaluationOutcome, EventType, EvolutionEvent,
-    HeadStatus, InFlight, Mutation, Plan, PlanCursor, PlanStep, PlanStepRef, ReplanReason, Role,
-    StepOutcome, derive_id,
+    Head, HeadStatus, InFlight, Mutation, Plan, PlanCursor, PlanStep, PlanStepRef, ReplanReason,
+    Role, StepOutcome, derive_id,
 };
 use crate::llm::AnalyzeRequest;
-use crate::store::Write;
+use crate::store::{SystemRecord, Write};
 
 /// What the cursor learned from the message, before deciding what to do next.
 #[derive(Debug, Default)]
@@ -32,188 +32,277 @@ struct Learned {
 
 pub async fn handle(deps: &Deps, env: &Envelope, reason: &CycleReason) -> StageResult {
     let (system, head) = load_system(deps, &env.system_id).await?;
-    let now = deps.clock.now();
-    let stored = deps.store.get_cursor(&env.system_id).await?;
-    let expected_version = stored.as_ref().map(|c| c.version);
-    let mut cursor = stored
-        .clone()
-        .unwrap_or_else(|| PlanCursor::new(env.system_id.clone(), head.generation));
-    let mut plan = match &cursor.plan_id {
-        Some(id) => deps.store.get_plan(&env.system_id, id).await?,
-        None => None,
-    };
-
-    let mut learned = Learned::default();
-    match reason {
-        CycleReason::Step { step, outcome } => {
-            if !feed_outcome(deps, &mut cursor, &mut plan, step, outcome, &mut learned).await? {
-                return Ok(StageOutput::noop(format!(
-                    "outcome of {}#{} is not awaited",
-                    step.plan_id, step.step
-                )));
-            }
-            // The generation the outcome left the head at: a later move is not the plan's.
-            cursor.expected_generation = env.base_generation;
-        }
-        CycleReason::PlanEmpty => {
-            if matches!(cursor.in_flight, InFlight::AwaitingPlan { .. }) {
-                cursor.in_flight = InFlight::Idle;
-                learned.replan = Some(ReplanReason::NoPlan);
-            }
-        }
-        CycleReason::Scheduled | CycleReason::HeadMoved | CycleReason::RetryLater => {}
+    let mut cycle = Cycle::load(deps, env, head).await?;
+    if let Some(noop) = cycle.learn(reason).await? {
+        return Ok(noop);
     }
+    if let Some(why) = cycle.waits(reason).await? {
+        return Ok(cycle.commit_cursor_only(why));
+    }
+    cycle.check_divergence();
+    if let Some(out) = cycle.propose_next() {
+        return Ok(out);
+    }
+    cycle.replan(&system).await
+}
 
-    let cursor_changed = stored.as_ref() != Some(&cursor);
-    let commit_cursor_only = |cursor: PlanCursor, why: String| {
-        if cursor_changed {
-            let mut out = StageOutput::noop(why);
-            out.writes.push(put_cursor(expected_version, cursor));
-            out
-        } else {
-            StageOutput::noop(why)
-        }
-    };
+/// One cycle of the plan cursor: the cursor as stored (whether it moved, and the version its
+/// write is conditioned on), the cursor being moved, its plan, and what it learned.
+struct Cycle<'a> {
+    deps: &'a Deps,
+    env: &'a Envelope,
+    head: Head,
+    now: DateTime<Utc>,
+    stored: Option<PlanCursor>,
+    cursor: PlanCursor,
+    plan: Option<Plan>,
+    learned: Learned,
+}
 
-    if head.status != HeadStatus::Stable {
-        return Ok(commit_cursor_only(
+impl<'a> Cycle<'a> {
+    async fn load(deps: &'a Deps, env: &'a Envelope, head: Head) -> Result<Self, StageError> {
+        let now = deps.clock.now();
+        let stored = deps.store.get_cursor(&env.system_id).await?;
+        let cursor = stored
+            .clone()
+            .unwrap_or_else(|| PlanCursor::new(env.system_id.clone(), head.generation));
+        let plan = match &cursor.plan_id {
+            Some(id) => deps.store.get_plan(&env.system_id, id).await?,
+            None => None,
+        };
+        Ok(Self {
+            deps,
+            env,
+            head,
+            now,
+            stored,
             cursor,
-            format!("head is {}", head.status.as_str()),
-        ));
-    }
-    if matches!(reason, CycleReason::Scheduled) && env.base_generation != head.generation {
-        return Ok(commit_cursor_only(cursor, "stale scheduled cycle".into()));
+            plan,
+            learned: Learned::default(),
+        })
     }
 
-    // A proposal or analysis already in flight: wait for it unless it has been lost.
-    let since = match &cursor.in_flight {
-        InFlight::Idle => None,
-        InFlight::Step { since, .. } | InFlight::AwaitingPlan { since, .. } => Some(*since),
-    };
-    if let Some(since) = since {
-        if now - since < Duration::seconds(deps.config.in_flight_timeout_seconds) {
-            return Ok(commit_cursor_only(cursor, "a proposal is in flight".into()));
-        }
-        recover_lost(deps, &mut cursor, plan.as_ref(), &mut learned).await?;
-        cursor.expected_generation = head.generation;
+    fn expected_version(&self) -> Option<u64> {
+        self.stored.as_ref().map(|c| c.version)
     }
 
-    // Divergence: reality moved outside the plan.
-    if learned.replan.is_none() {
-        if let Some(p) = &plan {
-            if cursor.expected_generation != head.generation {
-                learned.replan = Some(ReplanReason::Diverged {
-                    why: format!(
-                        "head moved to generation {} outside the plan (expected {})",
-                        head.generation, cursor.expected_generation
-                    ),
-                });
-            } else if let (Some(min), Some(fitness)) =
-                (p.success_criteria.get("min_fitness"), head.stable_fitness)
-            {
-                if fitness < *min {
-                    learned.replan = Some(ReplanReason::Diverged {
-                        why: format!("stable fitness {fitness} fell below the plan's {min}"),
-                    });
+    /// Feeds what the message reports into the cursor. A step outcome that is not awaited
+    /// ends the cycle as a no-op.
+    async fn learn(&mut self, reason: &CycleReason) -> Result<Option<StageOutput>, StageError> {
+        match reason {
+            CycleReason::Step { step, outcome } => {
+                let awaited = feed_outcome(
+                    self.deps,
+                    &mut self.cursor,
+                    &mut self.plan,
+                    step,
+                    outcome,
+                    &mut self.learned,
+                )
+                .await?;
+                if !awaited {
+                    return Ok(Some(StageOutput::noop(format!(
+                        "outcome of {}#{} is not awaited",
+                        step.plan_id, step.step
+                    ))));
+                }
+                // The generation the outcome left the head at: a later move is not the plan's.
+                self.cursor.expected_generation = self.env.base_generation;
+            }
+            CycleReason::PlanEmpty => {
+                if matches!(self.cursor.in_flight, InFlight::AwaitingPlan { .. }) {
+                    self.cursor.in_flight = InFlight::Idle;
+                    self.learned.replan = Some(ReplanReason::NoPlan);
                 }
             }
+            CycleReason::Scheduled | CycleReason::HeadMoved | CycleReason::RetryLater => {}
+        }
+        Ok(None)
+    }
+
+    /// Why the cycle should go no further now, if it should not. A proposal or analysis in
+    /// flight is waited for unless it has been lost, which this recovers from.
+    async fn waits(&mut self, reason: &CycleReason) -> Result<Option<String>, StageError> {
+        let head = &self.head;
+        if head.status != HeadStatus::Stable {
+            return Ok(Some(format!("head is {}", head.status.as_str())));
+        }
+        if matches!(reason, CycleReason::Scheduled) && self.env.base_generation != head.generation {
+            return Ok(Some("stale scheduled cycle".into()));
+        }
+        let since = match &self.cursor.in_flight {
+            InFlight::Idle => None,
+            InFlight::Step { since, .. } | InFlight::AwaitingPlan { since, .. } => Some(*since),
+        };
+        if let Some(since) = since {
+            let timeout = Duration::seconds(self.deps.config.in_flight_timeout_seconds);
+            if self.now - since < timeout {
+                return Ok(Some("a proposal is in flight".into()));
+            }
+            recover_lost(
+                self.deps,
+                &mut self.cursor,
+                self.plan.as_ref(),
+                &mut self.learned,
+            )
+            .await?;
+            self.cursor.expected_generation = head.generation;
+        }
+        Ok(None)
+    }
+
+    /// Ends the cycle, keeping what the cursor learned when it learned anything.
+    fn commit_cursor_only(self, why: String) -> StageOutput {
+        let mut out = StageOutput::noop(why);
+        if self.stored.as_ref() != Some(&self.cursor) {
+            out.writes
+                .push(put_cursor(self.expected_version(), self.cursor));
+        }
+        out
+    }
+
+    /// Divergence: reality moved outside the plan.
+    fn check_divergence(&mut self) {
+        if self.learned.replan.is_some() {
+            return;
+        }
+        let Some(p) = &self.plan else {
+            return;
+        };
+        let head = &self.head;
+        if self.cursor.expected_generation != head.generation {
+            self.learned.replan = Some(ReplanReason::Diverged {
+                why: format!(
+                    "head moved to generation {} outside the plan (expected {})",
+                    head.generation, self.cursor.expected_generation
+                ),
+            });
+        } else if let (Some(min), Some(fitness)) =
+            (p.success_criteria.get("min_fitness"), head.stable_fitness)
+        {
+            if fitness < *min {
+                self.learned.replan = Some(ReplanReason::Diverged {
+                    why: format!("stable fitness {fitness} fell below the plan's {min}"),
+                });
+            }
         }
     }
 
-    let mut out = StageOutput::default();
-    if learned.replan.is_none() {
-        let next = match (&plan, learned.contingency_of) {
-            (Some(p), Some(s)) => p
+    /// Proposes the plan's next step (or the contingency of the last one), unless the cycle
+    /// must re-plan; with no step left, it must.
+    fn propose_next(&mut self) -> Option<StageOutput> {
+        if self.learned.replan.is_some() {
+            return None;
+        }
+        let Some((index, step, contingency)) = self.next_step() else {
+            self.learned.replan = Some(if self.plan.is_some() {
+                ReplanReason::Exhausted
+            } else {
+                ReplanReason::NoPlan
+            });
+            return None;
+        };
+        let p = self.plan.as_ref()?;
+        let (head, now) = (&self.head, self.now);
+        if !contingency {
+            self.cursor.next_step = index + 1;
+        }
+        self.cursor.in_flight = InFlight::Step {
+            step: index,
+            contingency,
+            since: now,
+        };
+        self.cursor.expected_generation = head.generation;
+        let mut out = StageOutput::default();
+        out.messages.push(propose(
+            self.env,
+            p,
+            index,
+            &step,
+            contingency,
+            head.generation,
+            now,
+        ));
+        out.writes
+            .push(put_cursor(self.expected_version(), self.cursor.clone()));
+        out.summary = format!(
+            "proposed {}step {index} of {}",
+            if contingency {
+                "the contingency of "
+            } else {
+                ""
+            },
+            p.plan_id
+        );
+        Some(out)
+    }
+
+    /// The step to propose: its index, the step, and whether it is a contingency.
+    fn next_step(&self) -> Option<(u32, PlanStep, bool)> {
+        let p = self.plan.as_ref()?;
+        match self.learned.contingency_of {
+            Some(s) => p
                 .steps
                 .get(s as usize)
                 .and_then(|st| st.contingency.as_deref())
                 .map(|c| (s, c.clone(), true)),
-            (Some(p), None) => p
+            None => p
                 .steps
-                .get(cursor.next_step as usize)
-                .map(|st| (cursor.next_step, st.clone(), false)),
-            (None, _) => None,
-        };
-        if let (Some((index, step, contingency)), Some(p)) = (next, &plan) {
-            if !contingency {
-                cursor.next_step = index + 1;
-            }
-            cursor.in_flight = InFlight::Step {
-                step: index,
-                contingency,
-                since: now,
-            };
-            cursor.expected_generation = head.generation;
-            out.messages.push(propose(
-                env,
-                p,
-                index,
-                &step,
-                contingency,
-                head.generation,
-                now,
-            ));
-            out.writes.push(put_cursor(expected_version, cursor));
-            out.summary = format!(
-                "proposed {}step {index} of {}",
-                if contingency {
-                    "the contingency of "
-                } else {
-                    ""
-                },
-                p.plan_id
-            );
-            return Ok(out);
+                .get(self.cursor.next_step as usize)
+                .map(|st| (self.cursor.next_step, st.clone(), false)),
         }
-        learned.replan = Some(if plan.is_some() {
-            ReplanReason::Exhausted
-        } else {
-            ReplanReason::NoPlan
-        });
     }
 
-    // Re-plan: ask the Evolution Advisor.
-    let replan = learned.replan.unwrap_or(ReplanReason::NoPlan);
-    let (dna, history) = dna_view(deps, &system, &head).await?;
-    let complexity = complexity_of(dna.genes.len(), &history);
-    let ctx = call_context(deps, env, Role::Analyze, complexity, false).await?;
-    let answer = deps
-        .llm
-        .analyze(&AnalyzeRequest { ctx, dna, history })
-        .await?;
-    let analysis_id = derive_id("ana", &[&env.id]);
-    info!(%analysis_id, model = %answer.model_id, ?replan, "analysis requested a new plan");
-    record_call(&mut out, env, Role::Analyze, &answer, now);
-    out.writes.push(Write::PutAnalysis {
-        analysis: AnalysisRecord {
+    /// Re-plan: asks the Evolution Advisor for a fresh analysis, which strategize turns into
+    /// a new plan.
+    async fn replan(mut self, system: &SystemRecord) -> StageResult {
+        let (deps, env, now) = (self.deps, self.env, self.now);
+        let generation = self.head.generation;
+        let replan = self.learned.replan.take().unwrap_or(ReplanReason::NoPlan);
+        let (dna, history) = dna_view(deps, system, &self.head).await?;
+        let complexity = complexity_of(dna.genes.len(), &history);
+        let ctx = call_context(deps, env, Role::Analyze, complexity, false).await?;
+        let answer = deps
+            .llm
+            .analyze(&AnalyzeRequest { ctx, dna, history })
+            .await?;
+        let analysis_id = derive_id("ana", &[&env.id]);
+        info!(%analysis_id, model = %answer.model_id, ?replan, "analysis requested a new plan");
+        let mut out = StageOutput::default();
+        record_call(&mut out, env, Role::Analyze, &answer, now);
+        out.writes.push(Write::PutAnalysis {
+            analysis: AnalysisRecord {
+                analysis_id: analysis_id.clone(),
+                system_id: env.system_id.clone(),
+                generation,
+                analysis: answer.value,
+                model_used: answer.model_id,
+                created_at: now,
+                cache_hit: answer.cache_hit,
+            },
+        });
+        let expected_version = self.expected_version();
+        let cursor = &mut self.cursor;
+        cursor.plan_id = None;
+        cursor.next_step = 0;
+        cursor.in_flight = InFlight::AwaitingPlan {
             analysis_id: analysis_id.clone(),
-            system_id: env.system_id.clone(),
-            generation: head.generation,
-            analysis: answer.value,
-            model_used: answer.model_id,
-            created_at: now,
-            cache_hit: answer.cache_hit,
-        },
-    });
-    cursor.plan_id = None;
-    cursor.next_step = 0;
-    cursor.in_flight = InFlight::AwaitingPlan {
-        analysis_id: analysis_id.clone(),
-        since: now,
-    };
-    cursor.expected_generation = head.generation;
-    cursor.last_replan = Some(replan.clone());
-    out.writes.push(put_cursor(expected_version, cursor));
-    out.messages.push(reply(
-        env,
-        "analyze",
-        0,
-        head.generation,
-        now,
-        Body::AnalysisReady { analysis_id },
-    ));
-    out.summary = format!("re-plan ({replan:?}): analysis sent to strategize");
-    Ok(out)
+            since: now,
+        };
+        cursor.expected_generation = generation;
+        cursor.last_replan = Some(replan.clone());
+        out.writes.push(put_cursor(expected_version, self.cursor));
+        out.messages.push(reply(
+            env,
+            "analyze",
+            0,
+            generation,
+            now,
+            Body::AnalysisReady { analysis_id },
+        ));
+        out.summary = format!("re-plan ({replan:?}): analysis sent to strategize");
+        Ok(out)
+    }
 }
 
 /// The cursor write, conditioned on the version read: two cycles racing on one cursor cannot
