@@ -67,37 +67,24 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        assert_eq!(
-            verdict(s(1, Some(5.0)), 1, Some(4.0), 0.0),
-            EvaluationOutcome::Keep
-        );
-        assert_eq!(
-            verdict(s(1, Some(4.0)), 1, Some(4.0), 0.0),
-            EvaluationOutcome::Keep
-        );
-        assert_eq!(
-            verdict(s(1, Some(3.9)), 1, Some(4.0), 0.0),
-            EvaluationOutcome::Rollback
-        );
-        assert_eq!(
-            verdict(s(1, Some(3.9)), 1, Some(4.0), 0.5),
-            EvaluationOutcome::Keep
-        );
-        assert_eq!(
-            verdict(s(1, Some(9.0)), 2, Some(4.0), 0.0),
-            EvaluationOutcome::Inconclusive
-        );
-        assert_eq!(
-            verdict(s(0, None), 1, Some(4.0), 0.0),
-            EvaluationOutcome::Inconclusive
-        );
-        assert_eq!(
-            verdict(s(1, Some(1.0)), 3, None, 0.0),
-            EvaluationOutcome::Keep
-        );
-        assert_eq!(
-            verdict(s(0, None), 1, None, 0.0),
-            EvaluationOutcome::Inconclusive
-        );
+        use EvaluationOutcome::{Inconclusive, Keep, Rollback};
+        // (valid samples, mean, required, baseline, tolerance) and the verdict they call for.
+        let cases = [
+            ((1, Some(5.0)), 1, Some(4.0), 0.0, Keep),
+            ((1, Some(4.0)), 1, Some(4.0), 0.0, Keep),
+            ((1, Some(3.9)), 1, Some(4.0), 0.0, Rollback),
+            ((1, Some(3.9)), 1, Some(4.0), 0.5, Keep),
+            ((1, Some(9.0)), 2, Some(4.0), 0.0, Inconclusive),
+            ((0, None), 1, Some(4.0), 0.0, Inconclusive),
+            ((1, Some(1.0)), 3, None, 0.0, Keep),
+            ((0, None), 1, None, 0.0, Inconclusive),
+        ];
+        for ((valid, mean), required, baseline, tolerance, expected) in cases {
+            assert_eq!(
+                verdict(s(valid, mean), required, baseline, tolerance),
+                expected,
+                "{valid} valid, mean {mean:?}, {required} required, baseline {baseline:?}"
+            );
+        }
     }
 }

@@ -62,14 +62,14 @@ pub async fn run_page(
     let mut out = StageOutput::default();
     for system in &page {
         if needs_attention(system, mode, now) {
-            out.fanout.push(Outgoing::new(Envelope {
-                id: derive_id("msg", &[&id, system.system_id.as_str(), "tick"]),
-                causation_id: causation.to_owned(),
-                system_id: system.system_id.clone(),
-                base_generation: 0,
-                sent_at: now,
-                body: Body::SystemTick { scheduled_at },
-            }));
+            out.fanout.push(tick_message(
+                &id,
+                causation,
+                &system.system_id,
+                "tick",
+                now,
+                Body::SystemTick { scheduled_at },
+            ));
         }
     }
     out.summary = format!(
@@ -78,20 +78,40 @@ pub async fn run_page(
         page.len()
     );
     if let (REGISTRY_PAGE, Some(last)) = (page.len(), page.last()) {
-        out.messages.push(Outgoing::new(Envelope {
-            id: derive_id("msg", &[&id, last.system_id.as_str(), "page"]),
-            causation_id: causation.to_owned(),
-            system_id: last.system_id.clone(),
-            base_generation: 0,
-            sent_at: now,
-            body: Body::TickPage {
+        out.messages.push(tick_message(
+            &id,
+            causation,
+            &last.system_id,
+            "page",
+            now,
+            Body::TickPage {
                 scheduled_at,
                 after: last.system_id.clone(),
             },
-        }));
+        ));
         out.summary.push_str(", more on the next page");
     }
     Ok(out)
+}
+
+/// A message of the tick `id` about `system`; `kind` keeps its messages about one system apart,
+/// and the derived id makes a repeated tick send the same message again.
+fn tick_message(
+    id: &str,
+    causation: &str,
+    system: &SystemId,
+    kind: &str,
+    now: DateTime<Utc>,
+    body: Body,
+) -> Outgoing {
+    Outgoing::new(Envelope {
+        id: derive_id("msg", &[id, system.as_str(), kind]),
+        causation_id: causation.to_owned(),
+        system_id: system.clone(),
+        base_generation: 0,
+        sent_at: now,
+        body,
+    })
 }
 
 /// The second half: one system's tick in one transaction, from its head and registry entry as
