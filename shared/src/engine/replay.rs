@@ -266,62 +266,149 @@ pub(crate) fn replay(schema: &GeneSchema, genes: &Genes, history: &[HistoryEntry
     let mut out = Replay::default();
     let mut state: BTreeMap<GeneName, Option<GeneValue>> = BTreeMap::new();
     for (name, def) in schema {
-        let first_kept = entries.iter().enumerate().find_map(|(i, e)| {
-            (e.outcome == EvaluationOutcome::Keep)
-                .then(|| e.changes.iter().find(|c| &c.gene == name))
-                .flatten()
-                .map(|c| (i, &c.value))
-        });
-        let start = match first_kept {
-            None => genes.get(name).cloned(),
-            Some((idx, kept)) => {
-                let refused = entries[..idx]
-                    .iter()
-                    .rev()
-                    .find_map(|e| e.changes.iter().find(|c| &c.gene == name))
-                    .map(|c| &c.value);
-                infer_origin(def, &def.spec.coerce(kept), refused)
-            }
-        };
-        state.insert(name.clone(), start);
+        state.insert(name.clone(), start_value(name, def, genes, &entries));
         out.stats.insert(name.clone(), GeneStats::default());
         if !def.frozen {
-            if let Some((step, cap, floor)) = initial_step(&def.spec) {
-                out.tracks.insert(
-                    name.clone(),
-                    NumericTrack {
-                        step,
-                        dir: 0.0,
-                        confirmed: false,
-                        cap,
-                        floor,
-                        last_change: None,
-                        last_missed: false,
-                    },
-                );
+            if let Some(track) = fresh_track(&def.spec) {
+                out.tracks.insert(name.clone(), track);
             }
         }
     }
-
     for (index, entry) in entries.into_iter().enumerate() {
-        let changes: Vec<GeneChange> = entry
-            .changes
-            .iter()
-            .filter_map(|c| {
-                schema.get(&c.gene).map(|def| GeneChange {
-                    gene: c.gene.clone(),
-                    value: def.spec.coerce(&c.value),
-                })
+        out.record(schema, &mut state, index, entry);
+    }
+    out
+}
+
+/// A gene's value at the start of the window: the current one when no change of it was kept,
+/// else inferred from the first kept change and the last refused one before it.
+fn start_value(
+    name: &GeneName,
+    def: &GeneDef,
+    genes: &Genes,
+    entries: &[&HistoryEntry],
+) -> Option<GeneValue> {
+    let first_kept = entries.iter().enumerate().find_map(|(i, e)| {
+        (e.outcome == EvaluationOutcome::Keep)
+            .then(|| e.changes.iter().find(|c| &c.gene == name))
+            .flatten()
+            .map(|c| (i, &c.value))
+    });
+    match first_kept {
+        None => genes.get(name).cloned(),
+        Some((idx, kept)) => {
+            let refused = entries[..idx]
+                .iter()
+                .rev()
+                .find_map(|e| e.changes.iter().find(|c| &c.gene == name))
+                .map(|c| &c.value);
+            infer_origin(def, &def.spec.coerce(kept), refused)
+        }
+    }
+}
+
+/// The track of a numeric gene nothing is known about yet; `None` for genes without a range.
+fn fresh_track(spec: &GeneSpec) -> Option<NumericTrack> {
+    let (step, cap, floor) = initial_step(spec)?;
+    Some(NumericTrack {
+        step,
+        dir: 0.0,
+        confirmed: false,
+        cap,
+        floor,
+        last_change: None,
+        last_missed: false,
+    })
+}
+
+/// The entry's changes of genes the schema still declares, coerced to their specs.
+fn schema_changes(schema: &GeneSchema, entry: &HistoryEntry) -> Vec<GeneChange> {
+    entry
+        .changes
+        .iter()
+        .filter_map(|c| {
+            schema.get(&c.gene).map(|def| GeneChange {
+                gene: c.gene.clone(),
+                value: def.spec.coerce(&c.value),
             })
-            .collect();
+        })
+        .collect()
+}
+
+/// The numeric genes that actually moved, as (gene, from, to), from the values in `state`.
+fn numeric_moves<'c>(
+    state: &BTreeMap<GeneName, Option<GeneValue>>,
+    changes: &'c [GeneChange],
+) -> Vec<(&'c GeneName, f64, f64)> {
+    changes
+        .iter()
+        .filter_map(|c| {
+            let from = state.get(&c.gene)?.as_ref()?.as_f64()?;
+            let to = c.value.as_f64()?;
+            ((to - from).abs() > 0.0).then_some((&c.gene, from, to))
+        })
+        .collect()
+}
+
+/// How one evaluated change went, as the per-gene updates need it.
+#[derive(Debug, Clone, Copy)]
+struct Verdict {
+    outcome: EvaluationOutcome,
+    /// Kept, with fitness measurably above its parent's.
+    improved: bool,
+    /// The improvement attributed to each gene of the change (shared evenly).
+    share: f64,
+}
+
+impl Replay {
+    /// Replays one entry (the `index`-th of the window) onto the tracks, the stats and `state`,
+    /// the genes as they stand after the kept changes so far.
+    fn record(
+        &mut self,
+        schema: &GeneSchema,
+        state: &mut BTreeMap<GeneName, Option<GeneValue>>,
+        index: usize,
+        entry: &HistoryEntry,
+    ) {
+        let changes = schema_changes(schema, entry);
         if changes.is_empty() {
             if entry.outcome == EvaluationOutcome::Keep {
-                out.kept_fitness
+                self.kept_fitness
                     .extend(entry.fitness.filter(|f| f.is_finite()));
             }
-            continue;
+            return;
         }
-        out.evaluated += 1;
+        self.evaluated += 1;
+        let (improvement, improved) = self.tally(index, entry);
+        let moves = numeric_moves(state, &changes);
+        let verdict = Verdict {
+            outcome: entry.outcome,
+            improved,
+            share: improvement.unwrap_or(0.0) / changes.len() as f64,
+        };
+        self.update_stats(&changes, verdict);
+        self.update_tracks(&moves, index, verdict);
+
+        if entry.outcome == EvaluationOutcome::Keep {
+            for change in &changes {
+                state.insert(change.gene.clone(), Some(change.value.clone()));
+            }
+        } else {
+            if entry.outcome == EvaluationOutcome::Inconclusive {
+                self.failures
+                    .push(failure_of(entry.generation, &changes, &moves));
+            }
+            self.refused.push(Refused {
+                generation: entry.generation,
+                pre: state.clone(),
+                changes: changes.clone(),
+            });
+        }
+    }
+
+    /// Counts the entry's outcome and returns its improvement over the parent (when both were
+    /// measured) and whether it was kept with fitness measurably above the parent's.
+    fn tally(&mut self, index: usize, entry: &HistoryEntry) -> (Option<f64>, bool) {
         let improvement = match (entry.fitness, entry.baseline_fitness) {
             (Some(f), Some(b)) if f.is_finite() && b.is_finite() => Some(f - b),
             _ => None,
@@ -332,59 +419,57 @@ pub(crate) fn replay(schema: &GeneSchema, genes: &Genes, history: &[HistoryEntry
         match entry.outcome {
             EvaluationOutcome::Keep => {
                 if improved {
-                    out.kept_gains.extend(improvement);
-                    out.last_improvement = Some(index);
+                    self.kept_gains.extend(improvement);
+                    self.last_improvement = Some(index);
                 }
-                out.kept_fitness
+                self.kept_fitness
                     .extend(entry.fitness.filter(|f| f.is_finite()));
             }
-            EvaluationOutcome::Rollback => out.rolled_back += 1,
-            EvaluationOutcome::Inconclusive => out.inconclusive += 1,
+            EvaluationOutcome::Rollback => self.rolled_back += 1,
+            EvaluationOutcome::Inconclusive => self.inconclusive += 1,
         }
+        (improvement, improved)
+    }
 
-        let moves: Vec<(&GeneName, f64, f64)> = changes
-            .iter()
-            .filter_map(|c| {
-                let from = state.get(&c.gene)?.as_ref()?.as_f64()?;
-                let to = c.value.as_f64()?;
-                ((to - from).abs() > 0.0).then_some((&c.gene, from, to))
-            })
-            .collect();
-        let multi = moves.len() >= 2;
-        let share = improvement.unwrap_or(0.0) / changes.len() as f64;
-
-        for change in &changes {
-            if let Some(stats) = out.stats.get_mut(&change.gene) {
-                match entry.outcome {
-                    EvaluationOutcome::Keep if improved => {
-                        stats.improved += 1;
-                        stats.gain += share;
-                    }
-                    EvaluationOutcome::Keep => stats.flat += 1,
-                    EvaluationOutcome::Rollback => stats.worse += 1,
-                    EvaluationOutcome::Inconclusive => stats.failed += 1,
+    fn update_stats(&mut self, changes: &[GeneChange], verdict: Verdict) {
+        for change in changes {
+            let Some(stats) = self.stats.get_mut(&change.gene) else {
+                continue;
+            };
+            match verdict.outcome {
+                EvaluationOutcome::Keep if verdict.improved => {
+                    stats.improved += 1;
+                    stats.gain += verdict.share;
                 }
-                if change.value.as_f64().is_none() {
-                    stats.tried.push((change.value.clone(), improved));
-                }
+                EvaluationOutcome::Keep => stats.flat += 1,
+                EvaluationOutcome::Rollback => stats.worse += 1,
+                EvaluationOutcome::Inconclusive => stats.failed += 1,
+            }
+            if change.value.as_f64().is_none() {
+                stats.tried.push((change.value.clone(), verdict.improved));
             }
         }
+    }
 
-        for &(gene, from, to) in &moves {
-            let Some(track) = out.tracks.get_mut(gene) else {
+    /// Rprop on each moved gene: grow and keep the direction after an improvement, keep the size
+    /// after a flat keep, shrink (and reverse, for a single-gene move) after a miss.
+    fn update_tracks(&mut self, moves: &[(&GeneName, f64, f64)], index: usize, verdict: Verdict) {
+        let multi = moves.len() >= 2;
+        for &(gene, from, to) in moves {
+            let Some(track) = self.tracks.get_mut(gene) else {
                 continue;
             };
             let d = sign(to - from);
             let size = (to - from).abs();
             track.last_change = Some(index);
-            track.last_missed = entry.outcome != EvaluationOutcome::Keep;
-            if improved {
-                if let Some(stats) = out.stats.get_mut(gene) {
-                    stats.slope = share.max(0.0) / (size / track.cap).max(1e-9);
+            track.last_missed = verdict.outcome != EvaluationOutcome::Keep;
+            if verdict.improved {
+                if let Some(stats) = self.stats.get_mut(gene) {
+                    stats.slope = verdict.share.max(0.0) / (size / track.cap).max(1e-9);
                 }
             }
-            match entry.outcome {
-                EvaluationOutcome::Keep if improved => {
+            match verdict.outcome {
+                EvaluationOutcome::Keep if verdict.improved => {
                     track.dir = d;
                     track.step = (size * GROW).clamp(track.floor, track.cap);
                     track.confirmed = true;
@@ -403,36 +488,23 @@ pub(crate) fn replay(schema: &GeneSchema, genes: &Genes, history: &[HistoryEntry
                 }
             }
         }
-
-        if entry.outcome == EvaluationOutcome::Keep {
-            for change in &changes {
-                state.insert(change.gene.clone(), Some(change.value.clone()));
-            }
-        } else {
-            if entry.outcome == EvaluationOutcome::Inconclusive {
-                let parts = changes
-                    .iter()
-                    .map(|c| {
-                        let barrier = moves
-                            .iter()
-                            .find(|(g, _, _)| **g == c.gene)
-                            .map_or(Barrier::Exact(c.value.clone()), |&(_, from, to)| {
-                                Barrier::Beyond { from, to }
-                            });
-                        (c.gene.clone(), barrier)
-                    })
-                    .collect();
-                out.failures.push(Failure {
-                    generation: entry.generation,
-                    parts,
-                });
-            }
-            out.refused.push(Refused {
-                generation: entry.generation,
-                pre: state.clone(),
-                changes: changes.clone(),
-            });
-        }
     }
-    out
+}
+
+/// The region a failed change marks off: beyond the moved value for each gene that moved, the
+/// exact value for the others.
+fn failure_of(generation: u64, changes: &[GeneChange], moves: &[(&GeneName, f64, f64)]) -> Failure {
+    let parts = changes
+        .iter()
+        .map(|c| {
+            let barrier = moves
+                .iter()
+                .find(|(g, _, _)| **g == c.gene)
+                .map_or(Barrier::Exact(c.value.clone()), |&(_, from, to)| {
+                    Barrier::Beyond { from, to }
+                });
+            (c.gene.clone(), barrier)
+        })
+        .collect();
+    Failure { generation, parts }
 }

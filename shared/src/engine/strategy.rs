@@ -1,17 +1,18 @@
 //! The local strategist: turns the replayed history into an ordered plan of gene changes.
 
+mod moves;
+
 use std::collections::BTreeMap;
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::replay::{
-    Failure, GeneStats, NumericTrack, Replay, initial_step, prior_direction, replay,
-};
+use self::moves::{forbidden, halve, pattern_move, single_move, value_of};
+use super::replay::{Failure, GeneStats, NumericTrack, Replay, prior_direction, replay};
 use crate::domain::risk;
 use crate::domain::{
-    GeneChange, GeneName, GeneSchema, GeneSpec, GeneValue, Genes, Mutation, MutationStrategy,
-    StrategicMutation, apply_mutation, derive_id,
+    GeneChange, GeneDef, GeneName, GeneSchema, GeneSpec, GeneValue, Genes, Mutation,
+    MutationStrategy, StrategicMutation, apply_mutation, derive_id,
 };
 use crate::llm::StrategizeRequest;
 
@@ -23,8 +24,6 @@ pub(crate) const RISK_BUDGET: f64 = 0.75;
 const SHRINK_LADDER: [f64; 5] = [1.0, 0.7, 0.5, 0.35, 0.25];
 /// Confirmed genes less steep than this fraction of the steepest sit out the plan.
 const FLAT_RATIO: f64 = 0.3;
-/// A joint move shorter than this fraction of its steps is not worth the risk of a joint move.
-const MIN_PATTERN_FRACTION: f64 = 0.2;
 
 /// Chance per plan of trying an untried value of a bool or choice gene.
 const FLIP_UNTRIED: f64 = 0.3;
@@ -43,6 +42,9 @@ struct Candidate {
     contingency_rationale: String,
     predicted_impact: f64,
 }
+
+/// A confirmed gene with its track and its last measured slope.
+type Confirmed<'a> = (&'a GeneName, &'a NumericTrack, f64);
 
 /// Plans the next generations by adaptive pattern search over the genes.
 ///
@@ -74,123 +76,191 @@ struct Candidate {
 /// so every step stays valid whether or not the earlier ones are kept, and no step repeats a
 /// change already measured worse from the same genes.
 pub(crate) fn strategy(req: &StrategizeRequest, rng: &mut ChaCha8Rng) -> MutationStrategy {
-    let schema = &req.dna.schema;
-    let genes = &req.dna.genes;
-    let replay = replay(schema, genes, &req.history);
-    let failures = replay.consistent_failures(genes);
-    let recent_gain = replay.recent_gain().max(0.0);
-    let focus = |gene: &GeneName| {
-        req.analysis
+    let replay = replay(&req.dna.schema, &req.dna.genes, &req.history);
+    let planner = Planner::new(req, &replay);
+    // Each gene appears in at most one primary step: the phases skip the genes already used.
+    let mut used: Vec<GeneName> = Vec::new();
+    let mut candidates = planner.pattern_moves(&mut used);
+    candidates.extend(planner.single_steps(&mut used));
+    candidates.extend(planner.flips(&used, rng));
+    candidates.sort_by(|a, b| {
+        b.promise
+            .total_cmp(&a.promise)
+            .then(a.focus.cmp(&b.focus))
+            .then_with(|| a.changes[0].gene.cmp(&b.changes[0].gene))
+    });
+    assemble(req, planner.schema, planner.genes, candidates, &replay)
+}
+
+/// What every candidate step of one plan is weighed against: the genes now, what the replayed
+/// history taught, and the failed regions that stay off limits.
+struct Planner<'a> {
+    req: &'a StrategizeRequest,
+    schema: &'a GeneSchema,
+    genes: &'a Genes,
+    replay: &'a Replay,
+    failures: Vec<&'a Failure>,
+    recent_gain: f64,
+}
+
+impl<'a> Planner<'a> {
+    fn new(req: &'a StrategizeRequest, replay: &'a Replay) -> Self {
+        let genes = &req.dna.genes;
+        Self {
+            req,
+            schema: &req.dna.schema,
+            genes,
+            replay,
+            failures: replay.consistent_failures(genes),
+            recent_gain: replay.recent_gain().max(0.0),
+        }
+    }
+
+    /// The gene's rank among the analysis's recommended focus areas (last when not named).
+    fn focus(&self, gene: &GeneName) -> usize {
+        self.req
+            .analysis
             .recommended_focus_areas
             .iter()
             .position(|f| f == gene.as_str())
             .unwrap_or(usize::MAX)
-    };
+    }
 
-    let mut candidates = Vec::new();
-    let mut used: Vec<GeneName> = Vec::new();
+    fn risk_of(&self, changes: &[GeneChange]) -> f64 {
+        let mutation = as_mutation("", changes);
+        risk::assess(self.schema, self.genes, &mutation, &self.req.history).overall_risk
+    }
 
-    // Pattern move over the genes whose direction the history confirmed.
-    let risk_of = |changes: &[GeneChange]| {
-        risk::assess(schema, genes, &as_mutation("", changes), &req.history).overall_risk
-    };
-    let mut confirmed: Vec<(&GeneName, &NumericTrack, f64)> = replay
-        .tracks
-        .iter()
-        .filter(|(gene, track)| track.confirmed && movable(schema, gene))
-        .map(|(gene, track)| {
-            let slope = replay.stats.get(gene).map_or(0.0, |s| s.slope);
-            (gene, track, slope)
-        })
-        .collect();
-    // Steepest first (the Gauss-Southwell rule); genes far flatter than the steepest wait for a
-    // later plan, when the steep ones have flattened out.
-    confirmed.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(b.0)));
-    let steepest = confirmed.first().map_or(0.0, |c| c.2);
-    let (confirmed, waiting): (Vec<_>, Vec<_>) = confirmed
-        .into_iter()
-        .partition(|c| c.2 >= FLAT_RATIO * steepest);
-    used.extend(waiting.iter().map(|(gene, _, _)| (*gene).clone()));
-    // The risk of a mutation grows with every gene it touches, so the confirmed genes are moved
-    // in groups: each as large as the risk budget allows at (nearly) full length.
-    let mut remaining = confirmed;
-    while remaining.len() >= 2 {
-        let Some(changes) = pattern_move(schema, genes, &remaining, &failures, &risk_of) else {
-            break;
-        };
-        remaining.retain(|(gene, _, _)| !changes.iter().any(|c| &c.gene == *gene));
-        let half = halve(schema, genes, &changes)
-            .filter(|h| !forbidden(genes, h, &failures) && risk_of(h) <= RISK_BUDGET);
+    fn stats(&self, gene: &GeneName) -> GeneStats {
+        self.replay.stats.get(gene).cloned().unwrap_or_default()
+    }
+
+    /// The movable genes whose direction the history confirmed, steepest first (the
+    /// Gauss-Southwell rule), split into those steep enough to move now and those far flatter
+    /// than the steepest, which wait for a later plan when the steep ones have flattened out.
+    fn ranked_confirmed(&self) -> (Vec<Confirmed<'a>>, Vec<Confirmed<'a>>) {
+        let replay = self.replay;
+        let mut confirmed: Vec<Confirmed<'a>> = replay
+            .tracks
+            .iter()
+            .filter(|(gene, track)| track.confirmed && movable(self.schema, gene))
+            .map(|(gene, track)| {
+                let slope = replay.stats.get(gene).map_or(0.0, |s| s.slope);
+                (gene, track, slope)
+            })
+            .collect();
+        confirmed.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(b.0)));
+        let steepest = confirmed.first().map_or(0.0, |c| c.2);
+        confirmed
+            .into_iter()
+            .partition(|c| c.2 >= FLAT_RATIO * steepest)
+    }
+
+    /// Pattern moves over the genes whose direction the history confirmed. The risk of a
+    /// mutation grows with every gene it touches, so the confirmed genes are moved in groups:
+    /// each as large as the risk budget allows at (nearly) full length.
+    fn pattern_moves(&self, used: &mut Vec<GeneName>) -> Vec<Candidate> {
+        let (mut remaining, waiting) = self.ranked_confirmed();
+        used.extend(waiting.iter().map(|(gene, _, _)| (*gene).clone()));
+        let risk_of = |changes: &[GeneChange]| self.risk_of(changes);
+        let mut candidates = Vec::new();
+        while remaining.len() >= 2 {
+            let Some(changes) = pattern_move(
+                self.schema,
+                self.genes,
+                &remaining,
+                &self.failures,
+                &risk_of,
+            ) else {
+                break;
+            };
+            remaining.retain(|(gene, _, _)| !changes.iter().any(|c| &c.gene == *gene));
+            used.extend(changes.iter().map(|c| c.gene.clone()));
+            candidates.push(self.pattern_candidate(changes));
+        }
+        candidates
+    }
+
+    fn pattern_candidate(&self, changes: Vec<GeneChange>) -> Candidate {
+        let half = halve(self.schema, self.genes, &changes).filter(|h| {
+            !forbidden(self.genes, h, &self.failures) && self.risk_of(h) <= RISK_BUDGET
+        });
         let gain: f64 = changes
             .iter()
-            .filter_map(|c| replay.stats.get(&c.gene))
+            .filter_map(|c| self.replay.stats.get(&c.gene))
             .map(|s| s.gain.max(0.0))
             .sum();
-        used.extend(changes.iter().map(|c| c.gene.clone()));
-        candidates.push(Candidate {
+        Candidate {
             rationale: format!(
                 "pattern move: repeat the last successful displacement of {} genes at grown \
                  step sizes ({})",
                 changes.len(),
-                describe_moves(genes, &changes)
+                describe_moves(self.genes, &changes)
             ),
             contingency_rationale: "the pattern move at half length".to_owned(),
             contingency: half,
             promise: 10.0 + gain,
             focus: 0,
-            predicted_impact: 0.5 * recent_gain,
+            predicted_impact: 0.5 * self.recent_gain,
             changes,
-        });
+        }
     }
 
-    // Single-gene steps for every other numeric gene.
-    for (gene, track) in &replay.tracks {
-        if used.contains(gene) || !movable(schema, gene) {
-            continue;
+    /// Single-gene steps for every numeric gene no pattern move took.
+    fn single_steps(&self, used: &mut Vec<GeneName>) -> Vec<Candidate> {
+        let mut candidates = Vec::new();
+        for (gene, track) in &self.replay.tracks {
+            if used.contains(gene) || !movable(self.schema, gene) {
+                continue;
+            }
+            let (Some(def), Some(x)) = (self.schema.get(gene), value_of(self.genes, gene)) else {
+                continue;
+            };
+            if track.settled(self.replay.last_improvement) {
+                continue;
+            }
+            if let Some(candidate) = self.single_step(gene, def, track, x) {
+                candidates.push(candidate);
+                used.push(gene.clone());
+            }
         }
-        let (Some(def), Some(x)) = (schema.get(gene), value_of(genes, gene)) else {
-            continue;
-        };
-        if track.settled(replay.last_improvement) {
-            continue;
-        }
-        let stats = replay.stats.get(gene).cloned().unwrap_or_default();
+        candidates
+    }
+
+    /// A step of `gene` from `x` along its track (the other way when that way has no room
+    /// within the risk budget), paired with the same move the opposite way.
+    fn single_step(
+        &self,
+        gene: &GeneName,
+        def: &GeneDef,
+        track: &NumericTrack,
+        x: f64,
+    ) -> Option<Candidate> {
+        let stats = self.stats(gene);
         let prior = track.dir == 0.0;
         let mut dir = if prior {
             prior_direction(&def.spec, x)
         } else {
             track.dir
         };
-        let safe_move = |dir: f64, step: f64| {
-            SHRINK_LADDER.iter().find_map(|f| {
-                let value = single_move(schema, genes, gene, x, dir, step * f, &failures)?;
-                let change = vec![GeneChange {
-                    gene: gene.clone(),
-                    value,
-                }];
-                (risk_of(&change) <= RISK_BUDGET).then_some(change)
-            })
-        };
-        let mut target = safe_move(dir, track.step);
+        let mut target = self.safe_move(gene, x, dir, track.step);
         if target.is_none() {
             dir = -dir;
-            target = safe_move(dir, track.step);
+            target = self.safe_move(gene, x, dir, track.step);
         }
-        let Some(changes) = target else {
-            continue;
-        };
+        let changes = target?;
         let value = changes[0].value.clone();
         let moved = value.as_f64().map_or(track.step, |t| (t - x).abs());
-        let contingency = safe_move(-dir, moved);
+        let contingency = self.safe_move(gene, x, -dir, moved);
         let (promise, why) = single_promise(track, &stats, prior);
-        candidates.push(Candidate {
+        Some(Candidate {
             changes: vec![GeneChange {
                 gene: gene.clone(),
                 value: value.clone(),
             }],
             contingency,
             promise,
-            focus: focus(gene),
+            focus: self.focus(gene),
             rationale: format!(
                 "{why}: move {gene} {} by {} to {value}",
                 if dir > 0.0 { "up" } else { "down" },
@@ -198,51 +268,51 @@ pub(crate) fn strategy(req: &StrategizeRequest, rng: &mut ChaCha8Rng) -> Mutatio
             ),
             contingency_rationale: format!("{gene} the other way, by the same amount"),
             predicted_impact: if track.confirmed {
-                0.5 * recent_gain
+                0.5 * self.recent_gain
             } else {
                 0.0
             },
-        });
-        used.push(gene.clone());
+        })
     }
 
-    // Occasional flips of bools and choices.
-    for (gene, def) in schema {
-        if def.frozen || used.contains(gene) {
-            continue;
-        }
-        let Some(current) = genes.get(gene) else {
-            continue;
-        };
-        let alternatives: Vec<GeneValue> = match &def.spec {
-            GeneSpec::Bool => match current {
-                GeneValue::Bool(b) => vec![GeneValue::Bool(!b)],
-                _ => continue,
-            },
-            GeneSpec::Choice { choices } => choices
-                .iter()
-                .map(|c| GeneValue::Choice(c.clone()))
-                .filter(|v| v != current)
-                .collect(),
-            GeneSpec::Int { .. } | GeneSpec::Float { .. } => continue,
-        };
-        let alternatives: Vec<GeneValue> = alternatives
-            .into_iter()
-            .filter(|v| {
-                !forbidden(
-                    genes,
-                    &[GeneChange {
-                        gene: gene.clone(),
-                        value: v.clone(),
-                    }],
-                    &failures,
-                )
-            })
-            .collect();
+    /// The longest move of `gene` down the shrink ladder that stays out of failed regions and
+    /// within the risk budget.
+    fn safe_move(&self, gene: &GeneName, x: f64, dir: f64, step: f64) -> Option<Vec<GeneChange>> {
+        SHRINK_LADDER.iter().find_map(|f| {
+            let value = single_move(
+                self.schema,
+                self.genes,
+                gene,
+                x,
+                dir,
+                step * f,
+                &self.failures,
+            )?;
+            let change = vec![GeneChange {
+                gene: gene.clone(),
+                value,
+            }];
+            (self.risk_of(&change) <= RISK_BUDGET).then_some(change)
+        })
+    }
+
+    /// Occasional flips of the bools and choices no earlier step took.
+    fn flips(&self, used: &[GeneName], rng: &mut ChaCha8Rng) -> Vec<Candidate> {
+        self.schema
+            .iter()
+            .filter(|&(gene, def)| !def.frozen && !used.contains(gene))
+            .filter_map(|(gene, def)| self.flip(gene, &def.spec, rng))
+            .collect()
+    }
+
+    /// A flip of `gene` to a value the failures allow, drawn with the chance its history earns;
+    /// the random stream is drawn from only once there is a value to pick.
+    fn flip(&self, gene: &GeneName, spec: &GeneSpec, rng: &mut ChaCha8Rng) -> Option<Candidate> {
+        let alternatives = self.flip_alternatives(gene, spec)?;
         if alternatives.is_empty() {
-            continue;
+            return None;
         }
-        let stats = replay.stats.get(gene).cloned().unwrap_or_default();
+        let stats = self.stats(gene);
         let untried: Vec<&GeneValue> = alternatives
             .iter()
             .filter(|v| !stats.tried.iter().any(|(t, _)| t == *v))
@@ -255,17 +325,17 @@ pub(crate) fn strategy(req: &StrategizeRequest, rng: &mut ChaCha8Rng) -> Mutatio
         let roll: f64 = rng.random();
         let pick = rng.random_range(0..pool.len());
         if roll >= chance {
-            continue;
+            return None;
         }
         let value = pool[pick].clone();
         let flip = [GeneChange {
             gene: gene.clone(),
             value: value.clone(),
         }];
-        if risk_of(&flip) > RISK_BUDGET {
-            continue;
+        if self.risk_of(&flip) > RISK_BUDGET {
+            return None;
         }
-        candidates.push(Candidate {
+        Some(Candidate {
             rationale: format!(
                 "try {gene} = {value} ({})",
                 if chance >= FLIP_UNTRIED {
@@ -281,19 +351,36 @@ pub(crate) fn strategy(req: &StrategizeRequest, rng: &mut ChaCha8Rng) -> Mutatio
             contingency: None,
             contingency_rationale: String::new(),
             promise: if chance >= FLIP_UNTRIED { 0.3 } else { 0.1 },
-            focus: focus(gene),
+            focus: self.focus(gene),
             predicted_impact: 0.0,
-        });
+        })
     }
 
-    candidates.sort_by(|a, b| {
-        b.promise
-            .total_cmp(&a.promise)
-            .then(a.focus.cmp(&b.focus))
-            .then_with(|| a.changes[0].gene.cmp(&b.changes[0].gene))
-    });
-
-    assemble(req, schema, genes, candidates, &replay)
+    /// The other values of a bool or choice gene that lead into no failed region; `None` for
+    /// numeric genes and for genes without a current value.
+    fn flip_alternatives(&self, gene: &GeneName, spec: &GeneSpec) -> Option<Vec<GeneValue>> {
+        let current = self.genes.get(gene)?;
+        let alternatives: Vec<GeneValue> = match spec {
+            GeneSpec::Bool => match current {
+                GeneValue::Bool(b) => vec![GeneValue::Bool(!b)],
+                _ => return None,
+            },
+            GeneSpec::Choice { choices } => choices
+                .iter()
+                .map(|c| GeneValue::Choice(c.clone()))
+                .filter(|v| v != current)
+                .collect(),
+            GeneSpec::Int { .. } | GeneSpec::Float { .. } => return None,
+        };
+        let allowed = |v: &GeneValue| {
+            let change = [GeneChange {
+                gene: gene.clone(),
+                value: v.clone(),
+            }];
+            !forbidden(self.genes, &change, &self.failures)
+        };
+        Some(alternatives.into_iter().filter(allowed).collect())
+    }
 }
 
 /// Assigns ids, validates each step against the genes as they will be when the earlier steps
@@ -425,199 +512,6 @@ fn single_promise(track: &NumericTrack, stats: &GeneStats, prior: bool) -> (f64,
 
 fn movable(schema: &GeneSchema, gene: &GeneName) -> bool {
     schema.get(gene).is_some_and(|d| !d.frozen)
-}
-
-fn value_of(genes: &Genes, gene: &GeneName) -> Option<f64> {
-    genes.get(gene).and_then(GeneValue::as_f64)
-}
-
-/// The value `step` away from `x` in direction `dir`, inside the bounds and the max_step;
-/// `None` when there is no room to move that way.
-pub(crate) fn numeric_value(spec: &GeneSpec, x: f64, dir: f64, step: f64) -> Option<GeneValue> {
-    let dir = if dir < 0.0 { -1.0 } else { 1.0 };
-    match spec {
-        GeneSpec::Int { min, max, max_step } => {
-            let xi = x.round() as i64;
-            let mut t = (x + dir * step).round() as i64;
-            if t == xi {
-                t = xi + dir as i64;
-            }
-            if let Some(ms) = max_step {
-                t = t.clamp(xi - ms, xi + ms);
-            }
-            let t = t.clamp(*min, *max);
-            (t != xi).then_some(GeneValue::Int(t))
-        }
-        GeneSpec::Float { min, max, max_step } => {
-            let mut t = x + dir * step;
-            if let Some(ms) = max_step {
-                // A hair under the limit, so rounding never makes the step "too large".
-                let ms = ms * (1.0 - 1e-9);
-                t = t.clamp(x - ms, x + ms);
-            }
-            let t = t.clamp(*min, *max);
-            ((t - x).abs() > 1e-12 * (1.0 + x.abs())).then_some(GeneValue::Float(t))
-        }
-        GeneSpec::Bool | GeneSpec::Choice { .. } => None,
-    }
-}
-
-/// A single-gene step that stays out of failed regions, shortened (halved, up to eight times)
-/// until it does: repeated misses bisect toward a failed value without reaching it.
-fn single_move(
-    schema: &GeneSchema,
-    genes: &Genes,
-    gene: &GeneName,
-    x: f64,
-    dir: f64,
-    step: f64,
-    failures: &[&Failure],
-) -> Option<GeneValue> {
-    let spec = &schema.get(gene)?.spec;
-    let floor = step_floor(spec);
-    let mut step = step;
-    for _ in 0..8 {
-        let value = numeric_value(spec, x, dir, step)?;
-        let change = [GeneChange {
-            gene: gene.clone(),
-            value: value.clone(),
-        }];
-        if !forbidden(genes, &change, failures) {
-            return Some(value);
-        }
-        let moved = value.as_f64().map_or(step, |t| (t - x).abs());
-        // Closing in on a failed value further is not worth an evaluation.
-        if moved * 0.5 < floor {
-            return None;
-        }
-        step = moved * 0.5;
-    }
-    None
-}
-
-/// The smallest step worth an evaluation on this gene.
-fn step_floor(spec: &GeneSpec) -> f64 {
-    initial_step(spec).map_or(0.0, |(_, _, floor)| floor)
-}
-
-/// The joint move over the confirmed genes (best first) that moves farthest, in units of each
-/// gene's step cap, while staying out of failed regions and within the risk budget: the local
-/// risk grows with every gene a mutation touches, so fewer genes at full length can beat many
-/// genes at a fraction of it.
-fn pattern_move(
-    schema: &GeneSchema,
-    genes: &Genes,
-    confirmed: &[(&GeneName, &NumericTrack, f64)],
-    failures: &[&Failure],
-    risk_of: &dyn Fn(&[GeneChange]) -> f64,
-) -> Option<Vec<GeneChange>> {
-    let build = |count: usize, fraction: f64| {
-        let changes: Vec<GeneChange> = confirmed[..count]
-            .iter()
-            .filter_map(|(gene, track, _)| {
-                let spec = &schema.get(*gene)?.spec;
-                let x = value_of(genes, gene)?;
-                numeric_value(spec, x, track.dir, track.step * fraction).map(|value| GeneChange {
-                    gene: (*gene).clone(),
-                    value,
-                })
-            })
-            .collect();
-        let changes = retreat_from_failures(schema, genes, changes, failures);
-        (changes.len() >= 2 && risk_of(&changes) <= RISK_BUDGET).then_some(changes)
-    };
-    let mut best: Option<(f64, Vec<GeneChange>)> = None;
-    for count in (2..=confirmed.len()).rev() {
-        // Risk grows with the length of the move: bisect for the longest one within budget.
-        let found = build(count, 1.0).or_else(|| {
-            let (mut lo, mut hi) = (MIN_PATTERN_FRACTION, 1.0);
-            let mut found = build(count, lo)?;
-            for _ in 0..10 {
-                let mid = f64::midpoint(lo, hi);
-                match build(count, mid) {
-                    Some(changes) => {
-                        lo = mid;
-                        found = changes;
-                    }
-                    None => hi = mid,
-                }
-            }
-            Some(found)
-        });
-        if let Some(changes) = found {
-            let reach = reach(schema, genes, &changes);
-            if best.as_ref().is_none_or(|(r, _)| reach > *r + 1e-9) {
-                best = Some((reach, changes));
-            }
-        }
-    }
-    best.map(|(_, changes)| changes)
-}
-
-/// How far a move goes, summed over its genes in units of each gene's step cap.
-fn reach(schema: &GeneSchema, genes: &Genes, changes: &[GeneChange]) -> f64 {
-    changes
-        .iter()
-        .filter_map(|c| {
-            let spec = &schema.get(&c.gene)?.spec;
-            let (lo, hi) = spec.range()?;
-            let cap = spec.max_step().unwrap_or(hi - lo).max(f64::MIN_POSITIVE);
-            Some((c.value.as_f64()? - value_of(genes, &c.gene)?).abs() / cap)
-        })
-        .sum()
-}
-
-/// Shortens a joint move until it leaves every failed region, dropping genes whose move
-/// rounds away.
-fn retreat_from_failures(
-    schema: &GeneSchema,
-    genes: &Genes,
-    mut changes: Vec<GeneChange>,
-    failures: &[&Failure],
-) -> Vec<GeneChange> {
-    for _ in 0..8 {
-        if changes.is_empty() || !forbidden(genes, &changes, failures) {
-            return changes;
-        }
-        changes = halve(schema, genes, &changes).unwrap_or_default();
-    }
-    if forbidden(genes, &changes, failures) {
-        Vec::new()
-    } else {
-        changes
-    }
-}
-
-/// The same numeric changes at half length; genes whose half move rounds to nothing drop out.
-fn halve(schema: &GeneSchema, genes: &Genes, changes: &[GeneChange]) -> Option<Vec<GeneChange>> {
-    let halved: Vec<GeneChange> = changes
-        .iter()
-        .filter_map(|c| {
-            let spec = &schema.get(&c.gene)?.spec;
-            let x = value_of(genes, &c.gene)?;
-            let t = c.value.as_f64()?;
-            let half = (t - x) / 2.0;
-            if half.abs() < step_floor(spec) {
-                return None;
-            }
-            numeric_value(spec, x, half.signum(), half.abs()).map(|value| GeneChange {
-                gene: c.gene.clone(),
-                value,
-            })
-        })
-        .collect();
-    (!halved.is_empty()).then_some(halved)
-}
-
-fn forbidden(genes: &Genes, changes: &[GeneChange], failures: &[&Failure]) -> bool {
-    if failures.is_empty() {
-        return false;
-    }
-    let mut point = genes.clone();
-    for c in changes {
-        point.insert(c.gene.clone(), c.value.clone());
-    }
-    failures.iter().any(|f| f.forbids(&point))
 }
 
 fn describe_moves(genes: &Genes, changes: &[GeneChange]) -> String {
