@@ -101,6 +101,19 @@ pub struct LocalRunner<'a> {
     pub evaluator: &'a dyn Evaluator,
 }
 
+/// Where a run stands between deliveries.
+#[derive(Debug)]
+struct Progress {
+    /// Mutation generations closed so far.
+    done: u32,
+    dead_letters: Vec<String>,
+    /// The last generation whose evaluation closed, to tell a new closing from an old one.
+    last_closed: Option<u64>,
+    /// When an evaluation last closed or a verdict was last sent: the idle limit counts from it.
+    last_progress: DateTime<Utc>,
+    next_tick: DateTime<Utc>,
+}
+
 impl LocalRunner<'_> {
     pub async fn run(
         &self,
@@ -117,132 +130,172 @@ impl LocalRunner<'_> {
         self.clock
             .advance_to(head.updated_at + Duration::seconds(1));
         let started_at = self.clock.now();
-        let start_generation = head.generation;
-        let start_fitness = head.stable_fitness;
-        let mut last_closed = store
-            .list_history(system_id, 1)
-            .await?
-            .last()
-            .map(|h| h.generation);
-        let mut done = 0u32;
-        let mut stopped = None;
-        let mut dead_letters = Vec::new();
-        let mut last_progress = started_at;
-        let mut next_tick = started_at
-            .duration_trunc(Duration::minutes(1))
-            .unwrap_or(started_at);
+        let mut progress = Progress {
+            done: 0,
+            dead_letters: Vec::new(),
+            last_closed: self.last_closed(system_id).await?,
+            last_progress: started_at,
+            next_tick: started_at
+                .duration_trunc(Duration::minutes(1))
+                .unwrap_or(started_at),
+        };
 
         // The running system starts: it measures the head if an evaluation is waiting for it.
         self.measure_if_evaluating(system_id, None).await?;
 
-        while done < opts.generations {
+        let mut stopped = None;
+        while progress.done < opts.generations {
             let now = self.clock.now();
-            if now >= next_tick {
-                self.tick(next_tick, &mut dead_letters, observer).await;
-                next_tick += Duration::minutes(1);
+            if now >= progress.next_tick {
+                self.tick(progress.next_tick, &mut progress.dead_letters, observer)
+                    .await;
+                progress.next_tick += Duration::minutes(1);
                 continue;
             }
-            let Some(delivery) = self.bus.pop_due(now) else {
-                let head = store.get_head(system_id).await?;
-                if head
-                    .as_ref()
-                    .is_some_and(|h| h.status == HeadStatus::Paused)
-                    && self.bus.pending() == 0
-                {
-                    stopped = Some("the system is paused".to_owned());
-                    break;
-                }
-                if let Some(approval) = head
-                    .as_ref()
-                    .filter(|h| h.status == HeadStatus::AwaitingApproval)
-                    .and_then(|h| h.approval.as_ref())
-                    .filter(|a| a.expires_at > now && self.bus.pending() == 0)
-                {
-                    let approve = match opts.pending {
-                        PendingPolicy::Stop => {
-                            stopped =
-                                Some(format!("decision {} awaits approval", approval.decision_id));
-                            break;
-                        }
-                        PendingPolicy::ApproveAll => true,
-                        PendingPolicy::RejectAll => false,
-                    };
-                    let verdict = verdict_message(
-                        system_id,
-                        &approval.decision_id,
-                        approve,
-                        &opts.operator,
-                        None,
-                        now,
-                    );
-                    self.bus
-                        .send(&[Outgoing::new(verdict)])
-                        .await
-                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-                    last_progress = now;
-                    continue;
-                }
-                if now - last_progress > opts.max_idle {
-                    stopped = Some(format!(
-                        "no evaluation closed in {} hours of simulated time",
-                        opts.max_idle.num_hours()
-                    ));
-                    break;
-                }
-                if self.bus.pending() == 0 {
-                    // Nothing in flight: the next tick that can act is the one at which the
-                    // system falls due, so skip the idle minutes in between.
-                    if let Some(due) = self.next_due(system_id).await? {
-                        let due = due.duration_trunc(Duration::minutes(1)).unwrap_or(due);
-                        if due > next_tick {
-                            next_tick = due;
-                        }
-                    }
-                }
-                let wake = self
-                    .bus
-                    .next_visible_at()
-                    .map_or(next_tick, |at| at.min(next_tick));
-                self.clock.advance_to(wake);
-                continue;
-            };
-            self.clock.advance(Duration::seconds(1));
-            let closes = matches!(
-                delivery.outgoing.envelope.body,
-                Body::FitnessReported { .. }
-                    | Body::EvaluationDue { .. }
-                    | Body::RollbackRequested { .. }
-            );
-            self.dispatch(delivery, opts, &mut dead_letters, observer)
-                .await?;
-            if closes {
-                let last = store.list_history(system_id, 1).await?.pop();
-                if let Some(entry) = last.filter(|h| Some(h.generation) != last_closed) {
-                    last_closed = Some(entry.generation);
-                    last_progress = self.clock.now();
-                    if !entry.changes.is_empty() {
-                        done += 1;
-                        observer.generation_closed(
-                            done,
-                            entry.generation,
-                            entry.fitness,
-                            entry.outcome == crate::domain::EvaluationOutcome::Keep,
-                        );
-                    }
-                }
+            if let Some(delivery) = self.bus.pop_due(now) {
+                self.deliver(system_id, delivery, opts, &mut progress, observer)
+                    .await?;
+            } else if let Some(reason) = self.idle(system_id, opts, &mut progress, now).await? {
+                stopped = Some(reason);
+                break;
             }
         }
         report(
             self.deps,
             system_id,
             started_at,
-            start_generation,
-            start_fitness,
-            done,
+            head.generation,
+            head.stable_fitness,
+            progress.done,
             stopped,
-            dead_letters,
+            progress.dead_letters,
         )
         .await
+    }
+
+    async fn last_closed(&self, system_id: &SystemId) -> Result<Option<u64>, RunError> {
+        let last = self.deps.store.list_history(system_id, 1).await?;
+        Ok(last.last().map(|h| h.generation))
+    }
+
+    /// Nothing is due on the bus: answers a pending approval, skips ahead to the next moment
+    /// something can happen, or says why the run stops there.
+    async fn idle(
+        &self,
+        system_id: &SystemId,
+        opts: &RunOptions,
+        progress: &mut Progress,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>, RunError> {
+        let head = self.deps.store.get_head(system_id).await?;
+        if head
+            .as_ref()
+            .is_some_and(|h| h.status == HeadStatus::Paused)
+            && self.bus.pending() == 0
+        {
+            return Ok(Some("the system is paused".to_owned()));
+        }
+        if let Some(approval) = head
+            .as_ref()
+            .filter(|h| h.status == HeadStatus::AwaitingApproval)
+            .and_then(|h| h.approval.as_ref())
+            .filter(|a| a.expires_at > now && self.bus.pending() == 0)
+        {
+            let approve = match opts.pending {
+                PendingPolicy::Stop => {
+                    return Ok(Some(format!(
+                        "decision {} awaits approval",
+                        approval.decision_id
+                    )));
+                }
+                PendingPolicy::ApproveAll => true,
+                PendingPolicy::RejectAll => false,
+            };
+            let verdict = verdict_message(
+                system_id,
+                &approval.decision_id,
+                approve,
+                &opts.operator,
+                None,
+                now,
+            );
+            self.bus
+                .send(&[Outgoing::new(verdict)])
+                .await
+                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+            progress.last_progress = now;
+            return Ok(None);
+        }
+        if now - progress.last_progress > opts.max_idle {
+            return Ok(Some(format!(
+                "no evaluation closed in {} hours of simulated time",
+                opts.max_idle.num_hours()
+            )));
+        }
+        if self.bus.pending() == 0 {
+            self.skip_to_due(system_id, progress).await?;
+        }
+        let wake = self
+            .bus
+            .next_visible_at()
+            .map_or(progress.next_tick, |at| at.min(progress.next_tick));
+        self.clock.advance_to(wake);
+        Ok(None)
+    }
+
+    /// Nothing in flight: the next tick that can act is the one at which the system falls due,
+    /// so the idle minutes in between are skipped.
+    async fn skip_to_due(
+        &self,
+        system_id: &SystemId,
+        progress: &mut Progress,
+    ) -> Result<(), RunError> {
+        if let Some(due) = self.next_due(system_id).await? {
+            let due = due.duration_trunc(Duration::minutes(1)).unwrap_or(due);
+            if due > progress.next_tick {
+                progress.next_tick = due;
+            }
+        }
+        Ok(())
+    }
+
+    /// Dispatches one due delivery and, when it may have closed an evaluation, counts the
+    /// generation it closed.
+    async fn deliver(
+        &self,
+        system_id: &SystemId,
+        delivery: Delivery,
+        opts: &RunOptions,
+        progress: &mut Progress,
+        observer: &dyn Observer,
+    ) -> Result<(), RunError> {
+        self.clock.advance(Duration::seconds(1));
+        let closes = matches!(
+            delivery.outgoing.envelope.body,
+            Body::FitnessReported { .. }
+                | Body::EvaluationDue { .. }
+                | Body::RollbackRequested { .. }
+        );
+        self.dispatch(delivery, opts, &mut progress.dead_letters, observer)
+            .await?;
+        if !closes {
+            return Ok(());
+        }
+        let last = self.deps.store.list_history(system_id, 1).await?.pop();
+        if let Some(entry) = last.filter(|h| Some(h.generation) != progress.last_closed) {
+            progress.last_closed = Some(entry.generation);
+            progress.last_progress = self.clock.now();
+            if !entry.changes.is_empty() {
+                progress.done += 1;
+                observer.generation_closed(
+                    progress.done,
+                    entry.generation,
+                    entry.fitness,
+                    entry.outcome == crate::domain::EvaluationOutcome::Keep,
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Processes what is on the bus (an operator's verdict, say) until nothing is left for the
@@ -307,15 +360,8 @@ impl LocalRunner<'_> {
         if let Err(e) = pipeline::tick(self.deps, self.bus, at).await {
             warn!(error = %e, "tick failed");
         }
-        let sweep = Envelope {
-            id: format!("sweep:{}", at.format("%Y-%m-%dT%H:%M")),
-            causation_id: String::new(),
-            system_id: SystemId::global(),
-            base_generation: 0,
-            sent_at: at,
-            body: Body::BudgetSweep {},
-        };
-        if let Err(e) = pipeline::handle(self.deps, self.bus, &sweep).await {
+        // `at` is always on a minute, so this is the very sweep the deployed tick sends.
+        if let Err(e) = crate::lambda::handle_sweep(self.deps, self.bus, at).await {
             let reason = format!("budget sweep: {e}");
             observer.dead_letter(&reason);
             dead_letters.push(reason);
@@ -545,6 +591,21 @@ impl LocalHome {
         };
         let bus = Arc::new(LocalBus::new(clock.clone()));
         Self { deps, bus, clock }
+    }
+
+    /// A home for one operator action (creating a system, a rollback, a resume): the stages
+    /// these run call no LLM, so the seeded local engine only fills the port, and the default
+    /// configuration applies.
+    pub fn for_operator_action(
+        store: Arc<dyn crate::store::FullStore>,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self::new(
+            store,
+            Arc::new(crate::engine::LocalEngine::new(0)),
+            now,
+            crate::stages::PipelineConfig::default(),
+        )
     }
 
     /// Counts the budgets by `clock` instead of the simulated one: what a run whose LLM spends

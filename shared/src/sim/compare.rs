@@ -16,10 +16,10 @@ use super::{Landscape, SafeRandomSearch, SimSystem};
 use crate::domain::{EvaluationOutcome, FitnessScore, Genes, HistoryEntry};
 use crate::engine::LocalEngine;
 use crate::evaluator::{EvalError, Evaluator};
-use crate::local::{LocalHome, RunOptions, Silent, init_system};
+use crate::local::{LocalHome, RunOptions, Silent};
 use crate::stages::PipelineConfig;
+use crate::store::EvolutionStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{EvolutionStore, SystemSettings};
 
 /// Where the simulated clock of a pipeline run starts (2026-01-01T00:00:00Z): fixed, so runs
 /// are reproducible.
@@ -166,7 +166,7 @@ pub async fn run_pipeline(
     seed: u64,
     evaluations: usize,
 ) -> Result<RunResult, CompareError> {
-    let (system_id, schema, genes) = system.dna();
+    let system_id = system.system_id();
     let store = Arc::new(SqliteStore::open_in_memory().map_err(pipeline_error)?);
     let start = DateTime::<Utc>::from_timestamp(EPOCH_SECONDS, 0).unwrap_or_default();
     let home = LocalHome::new(
@@ -175,18 +175,7 @@ pub async fn run_pipeline(
         start,
         PipelineConfig::default(),
     );
-    init_system(
-        &home.deps,
-        &system_id,
-        schema,
-        genes,
-        SystemSettings {
-            samples_required: 1,
-            ..SystemSettings::default()
-        },
-    )
-    .await
-    .map_err(pipeline_error)?;
+    system.init_in(&home.deps).await.map_err(pipeline_error)?;
     let counting = Counting {
         system,
         calls: AtomicUsize::new(0),
@@ -200,20 +189,20 @@ pub async fn run_pipeline(
     };
     let report = home
         .runner(&counting)
-        .run(&system_id, &options, &Silent)
+        .run(system_id, &options, &Silent)
         .await
         .map_err(pipeline_error)?;
     let history = store
-        .list_history(&system_id, usize::MAX)
+        .list_history(system_id, usize::MAX)
         .await
         .map_err(pipeline_error)?;
     let head = store
-        .get_head(&system_id)
+        .get_head(system_id)
         .await
         .map_err(pipeline_error)?
         .ok_or_else(|| CompareError::Pipeline("the head is gone".into()))?;
     let genes = store
-        .get_generation(&system_id, head.stable_generation)
+        .get_generation(system_id, head.stable_generation)
         .await
         .map_err(pipeline_error)?
         .map(|g| g.genes)

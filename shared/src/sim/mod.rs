@@ -19,6 +19,9 @@ use crate::domain::{
     DnaFile, FitnessScore, GeneSchema, GeneSpec, GeneValue, Genes, MetricName, SystemId,
 };
 use crate::evaluator::{EvalError, Evaluator};
+use crate::local::{InitError, init_system};
+use crate::stages::Deps;
+use crate::store::SystemSettings;
 
 pub use baseline::SafeRandomSearch;
 pub use compare::{CompareError, Comparison, RunResult, compare_on, run_pipeline};
@@ -204,6 +207,18 @@ impl SimSystem {
             self.schema.clone(),
             self.start.clone(),
         )
+    }
+
+    /// Creates this system at generation 0 in the store behind `deps`, measured once per
+    /// generation: a simulated measurement is exact or carries seeded noise, so further samples
+    /// would add cost and no information.
+    pub async fn init_in(&self, deps: &Deps) -> Result<(), InitError> {
+        let (system_id, schema, genes) = self.dna();
+        let settings = SystemSettings {
+            samples_required: 1,
+            ..SystemSettings::default()
+        };
+        init_system(deps, &system_id, schema, genes, settings).await
     }
 
     /// The DNA as a DNA file, as `evolve init --dna FILE` reads it.
