@@ -1,15 +1,12 @@
 //! `demo`, `init` and `run`: the evolution loop on the embedded store.
 
-use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Utc};
 use shared::domain::{DnaFile, HeadStatus, SystemId};
-use shared::engine::LocalEngine;
 use shared::evaluator::Evaluator;
 use shared::evaluator::command::CommandEvaluator;
 use shared::local::{InitError, LocalHome, PendingPolicy, RunOptions, init_system};
-use shared::stages::PipelineConfig;
 use shared::store::{EvolutionStore, SystemSettings, Transaction, Write};
 
 use super::{llm, local_only, open_existing, open_store, report, resolve_system};
@@ -22,7 +19,7 @@ const DEMO_EPOCH: &str = "2026-01-01T00:00:00Z";
 pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     // A little measurement noise, seeded, so keep-or-rollback faces what real systems show.
     let demo = shared::sim::demo_system().with_noise(args.engine.seed, 0.01);
-    let (system_id, schema, genes) = demo.dna();
+    let system_id = demo.system_id().clone();
     local_only(cli, "demo")?;
     let config = llm::pipeline_config(&args.engine)?;
     let store = open_store(cli).await?;
@@ -39,17 +36,7 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     let daily_budget = config.budgets.global_daily;
     let home = llm::home(&args.engine, store.clone(), start, config).await?;
     if !args.resume {
-        init_system(
-            &home.deps,
-            &system_id,
-            schema,
-            genes,
-            SystemSettings {
-                samples_required: 1,
-                ..SystemSettings::default()
-            },
-        )
-        .await?;
+        demo.init_in(&home.deps).await?;
     }
     let continue_with = "evolve demo --continue";
     evolve(
@@ -82,12 +69,7 @@ pub async fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
         return Err(bad_input("--samples must be at least 1"));
     }
     let store = open_store(cli).await?;
-    let home = LocalHome::new(
-        store,
-        Arc::new(LocalEngine::new(0)),
-        Utc::now(),
-        PipelineConfig::default(),
-    );
+    let home = LocalHome::for_operator_action(store, Utc::now());
     let settings = SystemSettings {
         samples_required: args.samples,
         evaluation_window_seconds: args.window,

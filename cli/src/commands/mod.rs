@@ -13,7 +13,10 @@ mod worker;
 use std::sync::Arc;
 
 use anyhow::Context;
-use shared::domain::SystemId;
+use chrono::{DateTime, Utc};
+use shared::domain::{Envelope, Outgoing, SystemId};
+use shared::local::LocalHome;
+use shared::pipeline::{self, Handled, PipelineError};
 use shared::store::sqlite::SqliteStore;
 use shared::store::{EvolutionStore, FullStore};
 
@@ -50,6 +53,27 @@ pub(crate) async fn operator(cli: &Cli) -> anyhow::Result<String> {
                 .unwrap_or_else(|_| "unknown".into())
         ),
     })
+}
+
+/// Sends an operator's message (a rollback, a resume) where its store is: on AWS to the queue of
+/// the stage that owns it, then prints `sent` and returns `None`; locally it is processed at once
+/// and the caller judges the pipeline's answer.
+pub(crate) async fn deliver_operator_message(
+    cli: &Cli,
+    store: Arc<dyn FullStore>,
+    env: Envelope,
+    now: DateTime<Utc>,
+    sent: &str,
+) -> anyhow::Result<Option<Result<Handled, PipelineError>>> {
+    if cli.store == StoreKind::Aws {
+        aws::send_operator_message(cli, Outgoing::new(env)).await?;
+        eprintln!("{sent}");
+        return Ok(None);
+    }
+    let home = LocalHome::for_operator_action(store, now);
+    Ok(Some(
+        pipeline::handle(&home.deps, home.bus.as_ref(), &env).await,
+    ))
 }
 
 /// Opens the store, creating the embedded one if needed.

@@ -2,17 +2,13 @@
 //! action. On AWS it goes to the decide queue, which owns the paused state; locally it is
 //! processed at once.
 
-use std::sync::Arc;
-
 use chrono::Utc;
-use shared::domain::{HeadStatus, Outgoing};
-use shared::engine::LocalEngine;
-use shared::local::{LocalHome, resume_message};
-use shared::pipeline::{self, Handled};
-use shared::stages::PipelineConfig;
+use shared::domain::HeadStatus;
+use shared::local::resume_message;
+use shared::pipeline::Handled;
 
 use super::{open_existing, resolve_system};
-use crate::args::{Cli, ResumeArgs, StoreKind};
+use crate::args::{Cli, ResumeArgs};
 use crate::output::bad_input;
 
 pub async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<()> {
@@ -30,19 +26,12 @@ pub async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<()> {
     let operator = super::operator(cli).await?;
     let now = Utc::now().max(head.updated_at + chrono::Duration::seconds(1));
     let env = resume_message(&id, head.generation, &operator, args.note.as_deref(), now);
-    if cli.store == StoreKind::Aws {
-        super::aws::send_operator_message(cli, Outgoing::new(env)).await?;
-        eprintln!("{id}: resume sent to the decide queue as {operator}");
+    let sent = format!("{id}: resume sent to the decide queue as {operator}");
+    let Some(handled) = super::deliver_operator_message(cli, store, env, now, &sent).await? else {
         return Ok(());
-    }
+    };
     // The stage calls no LLM and sends nothing: the next `run` ticks and finds a cycle due.
-    let home = LocalHome::new(
-        store,
-        Arc::new(LocalEngine::new(0)),
-        now,
-        PipelineConfig::default(),
-    );
-    match pipeline::handle(&home.deps, home.bus.as_ref(), &env).await? {
+    match handled? {
         Handled::Processed { summary, .. } if !summary.starts_with("no-op") => {
             eprintln!(
                 "{id}: {summary}; the head is stable at generation {}: continue with `evolve \

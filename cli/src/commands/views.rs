@@ -1,22 +1,18 @@
 //! `status`, `history`, `decisions`, `cost` and `rollback`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::json;
 use shared::cost::{LedgerScope, PeriodKey, format_usd};
 use shared::domain::{
-    Body, BudgetPeriod, Envelope, HeadStatus, HistoryEntry, Outgoing, derive_id, describe_changes,
+    Body, BudgetPeriod, DecisionRecord, Envelope, Head, HeadStatus, HistoryEntry, PendingApproval,
+    SystemId, derive_id, describe_changes,
 };
-use shared::engine::LocalEngine;
-use shared::local::LocalHome;
-use shared::pipeline;
-use shared::stages::PipelineConfig;
+use shared::store::BudgetState;
+use std::collections::BTreeMap;
 
 use super::{open_existing, resolve_system};
-use crate::args::{Cli, ListArgs, RollbackArgs, StatusArgs, StoreKind};
+use crate::args::{Cli, ListArgs, RollbackArgs, StatusArgs};
 use crate::output::{bad_input, fmt_fitness, print_json};
 
 /// Direction of the last few kept fitness values: the mean step between them.
@@ -31,14 +27,8 @@ fn trend(history: &[HistoryEntry]) -> Option<f64> {
 }
 
 pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
-    let usd = |v: &Option<String>, flag: &str| {
-        v.as_deref()
-            .map(super::llm::parse_usd)
-            .transpose()
-            .map_err(|e| bad_input(format!("{flag}: {e}")))
-    };
-    let daily_budget = usd(&args.daily_budget_usd, "--daily-budget-usd")?;
-    let monthly_budget = usd(&args.monthly_budget_usd, "--monthly-budget-usd")?;
+    let daily_budget = budget_flag(args.daily_budget_usd.as_deref(), "--daily-budget-usd")?;
+    let monthly_budget = budget_flag(args.monthly_budget_usd.as_deref(), "--monthly-budget-usd")?;
     let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
     let head = super::head_of(store.as_ref(), &id).await?;
@@ -56,68 +46,66 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
         system(BudgetPeriod::Day).await?,
         system(BudgetPeriod::Month).await?,
     );
-    let last_decision = store.list_decisions(&id, None, usize::MAX).await?.pop();
-    let trend = trend(&history);
-    let pending: Vec<_> = head
-        .approval
-        .iter()
-        .filter(|_| head.status == HeadStatus::AwaitingApproval)
-        .collect();
-    let percent = |spent: u64, budget: Option<u64>| {
-        budget
-            .filter(|b| *b > 0)
-            .map(|b| (spent as f64 / b as f64 * 1000.0).round() / 10.0)
-    };
-    let value = json!({
-        "system_id": id,
-        "generation": head.generation,
-        "status": head.status.as_str(),
-        "stable_generation": head.stable_generation,
-        "fitness": head.stable_fitness,
-        "trend_per_kept_generation": trend,
-        "evaluating": head.evaluation.as_ref().filter(|_| head.status == HeadStatus::Evaluating).map(|e| json!({
-            "generation": e.generation, "deadline": e.deadline, "samples_required": e.samples_required
-        })),
-        "budget_mode": budget.mode.as_str(),
-        "budget_mode_reason": budget.reason,
-        "spend": {
-            "today_nano_usd": day.spent_nano,
-            "month_nano_usd": month.spent_nano,
-            "system_today_nano_usd": system_day.spent_nano,
-            "system_month_nano_usd": system_month.spent_nano,
-            "daily_budget_nano_usd": daily_budget,
-            "monthly_budget_nano_usd": monthly_budget,
-            "today_percent_of_budget": percent(day.spent_nano, daily_budget),
-            "month_percent_of_budget": percent(month.spent_nano, monthly_budget),
+    let status = Status {
+        last_decision: store.list_decisions(&id, None, usize::MAX).await?.pop(),
+        trend: trend(&history),
+        id,
+        head,
+        budget,
+        spend: Spend {
+            day: day.spent_nano,
+            month: month.spent_nano,
+            system_day: system_day.spent_nano,
+            system_month: system_month.spent_nano,
+            daily_budget,
+            monthly_budget,
         },
-        "pending_approvals": pending.iter().map(|p| json!({
-            "decision_id": p.decision_id, "mutation": describe_changes(&p.mutation.changes),
-            "risk": p.risk, "requested_at": p.requested_at, "expires_at": p.expires_at,
-        })).collect::<Vec<_>>(),
-        "last_decision": last_decision.as_ref().map(|d| json!({
-            "decision_id": d.decision_id, "decision": d.decision, "mutation_id": d.mutation_id,
-            "model_used": d.model_used, "timestamp": d.timestamp, "decided_by": d.decided_by,
-            "approver": d.approver,
-        })),
-    });
+    };
     if args.json {
-        return print_json(&value);
+        return print_json(&status.to_json());
     }
-    println!("system      {id}");
-    println!(
-        "generation  {} ({}), stable generation {}",
-        head.generation,
-        head.status.as_str(),
-        head.stable_generation
-    );
-    println!(
-        "fitness     {}{}",
-        fmt_fitness(head.stable_fitness),
-        trend.map_or(String::new(), |t| format!(
-            ", trend {t:+.4} per kept generation"
-        ))
-    );
-    let against = |spent: u64, budget: Option<u64>| match budget {
+    status.print();
+    Ok(())
+}
+
+/// A budget flag in US dollars, as nano-USD.
+fn budget_flag(value: Option<&str>, flag: &str) -> anyhow::Result<Option<u64>> {
+    value
+        .map(super::llm::parse_usd)
+        .transpose()
+        .map_err(|e| bad_input(format!("{flag}: {e}")))
+}
+
+/// What `status` shows, read once and then printed as JSON or as text.
+struct Status {
+    id: SystemId,
+    head: Head,
+    trend: Option<f64>,
+    budget: BudgetState,
+    spend: Spend,
+    last_decision: Option<DecisionRecord>,
+}
+
+/// Spend in nano-USD, all systems and this one, today and this month, with the budgets given.
+struct Spend {
+    day: u64,
+    month: u64,
+    system_day: u64,
+    system_month: u64,
+    daily_budget: Option<u64>,
+    monthly_budget: Option<u64>,
+}
+
+/// `spent` as a percentage of a non-zero `budget`, one decimal.
+fn percent(spent: u64, budget: Option<u64>) -> Option<f64> {
+    budget
+        .filter(|b| *b > 0)
+        .map(|b| (spent as f64 / b as f64 * 1000.0).round() / 10.0)
+}
+
+/// `spent` against `budget` in words.
+fn against(spent: u64, budget: Option<u64>) -> String {
+    match budget {
         Some(b) => format!(
             "{} of {} ({:.1}%)",
             format_usd(spent),
@@ -125,40 +113,110 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
             percent(spent, Some(b)).unwrap_or(0.0)
         ),
         None => format!("{} (no budget given)", format_usd(spent)),
-    };
-    println!(
-        "budget      {}: today {}, this month {}",
-        budget.mode.as_str(),
-        against(day.spent_nano, daily_budget),
-        against(month.spent_nano, monthly_budget)
-    );
-    if pending.is_empty() {
-        println!("approvals   none pending");
     }
-    for p in &pending {
+}
+
+impl Status {
+    /// The approval the head waits for, if it does.
+    fn pending(&self) -> Vec<&PendingApproval> {
+        let head = &self.head;
+        head.approval
+            .iter()
+            .map(Box::as_ref)
+            .filter(|_| head.status == HeadStatus::AwaitingApproval)
+            .collect()
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        let (id, head, spend) = (&self.id, &self.head, &self.spend);
+        json!({
+            "system_id": id,
+            "generation": head.generation,
+            "status": head.status.as_str(),
+            "stable_generation": head.stable_generation,
+            "fitness": head.stable_fitness,
+            "trend_per_kept_generation": self.trend,
+            "evaluating": head.evaluation.as_ref().filter(|_| head.status == HeadStatus::Evaluating).map(|e| json!({
+                "generation": e.generation, "deadline": e.deadline, "samples_required": e.samples_required
+            })),
+            "budget_mode": self.budget.mode.as_str(),
+            "budget_mode_reason": self.budget.reason,
+            "spend": {
+                "today_nano_usd": spend.day,
+                "month_nano_usd": spend.month,
+                "system_today_nano_usd": spend.system_day,
+                "system_month_nano_usd": spend.system_month,
+                "daily_budget_nano_usd": spend.daily_budget,
+                "monthly_budget_nano_usd": spend.monthly_budget,
+                "today_percent_of_budget": percent(spend.day, spend.daily_budget),
+                "month_percent_of_budget": percent(spend.month, spend.monthly_budget),
+            },
+            "pending_approvals": self.pending().iter().map(|p| json!({
+                "decision_id": p.decision_id, "mutation": describe_changes(&p.mutation.changes),
+                "risk": p.risk, "requested_at": p.requested_at, "expires_at": p.expires_at,
+            })).collect::<Vec<_>>(),
+            "last_decision": self.last_decision.as_ref().map(|d| json!({
+                "decision_id": d.decision_id, "decision": d.decision, "mutation_id": d.mutation_id,
+                "model_used": d.model_used, "timestamp": d.timestamp, "decided_by": d.decided_by,
+                "approver": d.approver,
+            })),
+        })
+    }
+
+    fn print(&self) {
+        let (head, spend) = (&self.head, &self.spend);
+        println!("system      {}", self.id);
         println!(
-            "approvals   {} awaits approval: {} (risk {:.2}), expires {}",
-            p.decision_id,
-            describe_changes(&p.mutation.changes),
-            p.risk,
-            p.expires_at.format("%Y-%m-%d %H:%M:%S")
+            "generation  {} ({}), stable generation {}",
+            head.generation,
+            head.status.as_str(),
+            head.stable_generation
         );
-    }
-    if let Some(d) = last_decision {
         println!(
-            "last        {} {} by {}{} at {}",
-            d.decision.as_str(),
-            d.mutation
-                .as_ref()
-                .map_or(d.mutation_id.clone(), |m| describe_changes(&m.changes)),
-            d.model_used,
-            d.approver
-                .as_ref()
-                .map_or(String::new(), |a| format!(" ({a})")),
-            d.timestamp.format("%Y-%m-%d %H:%M:%S")
+            "fitness     {}{}",
+            fmt_fitness(head.stable_fitness),
+            self.trend.map_or(String::new(), |t| format!(
+                ", trend {t:+.4} per kept generation"
+            ))
         );
+        println!(
+            "budget      {}: today {}, this month {}",
+            self.budget.mode.as_str(),
+            against(spend.day, spend.daily_budget),
+            against(spend.month, spend.monthly_budget)
+        );
+        self.print_approvals_and_last();
     }
-    Ok(())
+
+    fn print_approvals_and_last(&self) {
+        let pending = self.pending();
+        if pending.is_empty() {
+            println!("approvals   none pending");
+        }
+        for p in &pending {
+            println!(
+                "approvals   {} awaits approval: {} (risk {:.2}), expires {}",
+                p.decision_id,
+                describe_changes(&p.mutation.changes),
+                p.risk,
+                p.expires_at.format("%Y-%m-%d %H:%M:%S")
+            );
+        }
+        if let Some(d) = &self.last_decision {
+            println!(
+                "last        {} {} by {}{} at {}",
+                d.decision.as_str(),
+                d.mutation
+                    .as_ref()
+                    .map_or(d.mutation_id.clone(), |m| describe_changes(&m.changes)),
+                d.model_used,
+                d.approver
+                    .as_ref()
+                    .map_or(String::new(), |a| format!(" ({a})")),
+                d.timestamp.format("%Y-%m-%d %H:%M:%S")
+            );
+        }
+    }
 }
 
 pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
@@ -366,18 +424,11 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> anyhow::Result<()> {
             reason: args.reason.clone(),
         },
     };
-    if cli.store == StoreKind::Aws {
-        super::aws::send_operator_message(cli, Outgoing::new(env)).await?;
-        eprintln!("{id}: rollback requested on the snapshot queue");
+    let sent = format!("{id}: rollback requested on the snapshot queue");
+    let Some(handled) = super::deliver_operator_message(cli, store, env, now, &sent).await? else {
         return Ok(());
-    }
-    let home = LocalHome::new(
-        store,
-        Arc::new(LocalEngine::new(0)),
-        now,
-        PipelineConfig::default(),
-    );
-    match pipeline::handle(&home.deps, home.bus.as_ref(), &env).await {
+    };
+    match handled {
         Ok(handled) => {
             eprintln!("{id}: rollback committed ({handled:?}); the next `evolve run` measures it");
             Ok(())

@@ -69,22 +69,37 @@ fn config(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
             })
             .collect()
     };
-    let queue_urls = given([
-        (Queue::Analyze, &args.analyze_queue_url),
-        (Queue::Strategize, &args.strategize_queue_url),
-        (Queue::Decide, &cli.decide_queue_url),
-        (Queue::Snapshot, &cli.snapshot_queue_url),
-        (Queue::Fitness, &args.fitness_queue_url),
-        (Queue::CostGuard, &args.cost_guard_queue_url),
-    ]);
-    let dead_letters = given([
-        (Queue::Analyze, &args.analyze_dlq_url),
-        (Queue::Strategize, &args.strategize_dlq_url),
-        (Queue::Decide, &args.decide_dlq_url),
-        (Queue::Snapshot, &args.snapshot_dlq_url),
-        (Queue::Fitness, &args.fitness_dlq_url),
-        (Queue::CostGuard, &args.cost_guard_dlq_url),
-    ]);
+    // Each queue with its URL and its dead-letter queue's URL.
+    let queues = [
+        (
+            Queue::Analyze,
+            &args.analyze_queue_url,
+            &args.analyze_dlq_url,
+        ),
+        (
+            Queue::Strategize,
+            &args.strategize_queue_url,
+            &args.strategize_dlq_url,
+        ),
+        (Queue::Decide, &cli.decide_queue_url, &args.decide_dlq_url),
+        (
+            Queue::Snapshot,
+            &cli.snapshot_queue_url,
+            &args.snapshot_dlq_url,
+        ),
+        (
+            Queue::Fitness,
+            &args.fitness_queue_url,
+            &args.fitness_dlq_url,
+        ),
+        (
+            Queue::CostGuard,
+            &args.cost_guard_queue_url,
+            &args.cost_guard_dlq_url,
+        ),
+    ];
+    let queue_urls = given(queues.map(|(q, url, _)| (q, url)));
+    let dead_letters = given(queues.map(|(q, _, dlq)| (q, dlq)));
     let topics: BTreeMap<Topic, String> = [
         (Topic::EvolutionEvents, &args.events_topic_arn),
         (Topic::Alerts, &args.alerts_topic_arn),

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use shared::domain::BudgetMode;
 
@@ -59,6 +60,20 @@ fn svg(
         root.present()?;
     }
     Ok(out)
+}
+
+/// What every chart here draws on: numbers against numbers, into SVG.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The series' legend, on a translucent box so that points behind it stay visible.
+fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    Ok(())
 }
 
 /// `lo..hi` widened by a margin, and never empty.
@@ -118,24 +133,20 @@ pub fn fitness(data: &ReportData) -> Result<String> {
             .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], LINE.stroke_width(2)));
         let at =
             |p: &super::data::EvaluationPoint| (p.generation as f64, p.fitness.unwrap_or(y.start));
-        chart
-            .draw_series(
-                points
-                    .iter()
-                    .filter(|p| p.kind == PointKind::Baseline)
-                    .map(|p| Circle::new(at(p), 5, BASELINE.filled())),
-            )?
-            .label("baseline")
-            .legend(|(x, y)| Circle::new((x + 8, y), 5, BASELINE.filled()));
-        chart
-            .draw_series(
-                points
-                    .iter()
-                    .filter(|p| p.kind == PointKind::Kept)
-                    .map(|p| Circle::new(at(p), 5, KEPT.filled())),
-            )?
-            .label("mutation kept")
-            .legend(|(x, y)| Circle::new((x + 8, y), 5, KEPT.filled()));
+        for (kind, label, colour) in [
+            (PointKind::Baseline, "baseline", BASELINE),
+            (PointKind::Kept, "mutation kept", KEPT),
+        ] {
+            chart
+                .draw_series(
+                    points
+                        .iter()
+                        .filter(|p| p.kind == kind)
+                        .map(|p| Circle::new(at(p), 5, colour.filled())),
+                )?
+                .label(label)
+                .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
+        }
         chart
             .draw_series(
                 points
@@ -145,12 +156,7 @@ pub fn fitness(data: &ReportData) -> Result<String> {
             )?
             .label("mutation rolled back")
             .legend(|(x, y)| Cross::new((x + 8, y), 6, ROLLED_BACK.stroke_width(3)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     })
 }
@@ -297,12 +303,7 @@ pub fn spend(data: &ReportData, models: &[String]) -> Result<String> {
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BUDGET.stroke_width(2)));
         }
         if !models.is_empty() || data.daily_budget_nano.is_some() {
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .background_style(WHITE.mix(0.9))
-                .border_style(BLACK.mix(0.3))
-                .draw()?;
+            draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         }
         Ok(())
     })
@@ -410,12 +411,7 @@ pub fn predictions(data: &ReportData, models: &[String]) -> Result<String> {
                 .label(model.as_str())
                 .legend(move |(x, y)| Circle::new((x + 8, y), 4, colour.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK.mix(0.3))
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     })
 }

@@ -5,10 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use shared::domain::{
-    AlertLevel, BudgetMode, DecisionRecord, EvaluationOutcome, EventType, GeneSpec, GeneValue,
-    HistoryEntry, Origin, Role, SystemId, describe_changes,
+    AlertLevel, BudgetMode, DecisionRecord, EvaluationOutcome, EventType, EvolutionEvent,
+    GeneSchema, GeneSpec, GeneValue, Generation, HistoryEntry, Origin, Role, SystemId,
+    describe_changes,
 };
-use shared::store::{BudgetState, FullStore, StoreError};
+use shared::store::performance::PerformanceSnapshot;
+use shared::store::{BudgetState, FullStore, LlmCallRecord, StoreError};
 
 /// Characters of a decision's reasoning shown in the table; the audit trail keeps the rest.
 const REASONING_EXCERPT_CHARS: usize = 240;
@@ -222,9 +224,43 @@ pub async fn gather(
     let performance = store.performance().await?;
     let events = store.list_events(system_id, None, usize::MAX).await?;
 
-    let evaluations = history.iter().map(evaluation_point).collect();
-    let genes = system
-        .schema
+    let start = system.created_at;
+    let end = [
+        Some(head.updated_at),
+        history.last().map(|h| h.closed_at),
+        generations.last().map(|g| g.created_at),
+        decisions.last().map(|d| d.timestamp),
+        calls.last().map(|c| c.at),
+    ]
+    .into_iter()
+    .flatten()
+    .fold(start, DateTime::max);
+    let predictions = prediction_points(store, system_id, &history).await?;
+
+    Ok(ReportData {
+        system_id: system_id.clone(),
+        generated_at: Utc::now(),
+        span: (start, end),
+        head_generation: head.generation,
+        head_status: head.status.as_str(),
+        stable_fitness: head.stable_fitness,
+        evaluations: history.iter().map(evaluation_point).collect(),
+        generations: generations.iter().map(generation_point).collect(),
+        genes: gene_series(&system.schema, &generations),
+        decisions: decisions.iter().map(decision_row).collect(),
+        spend: spend_rows(&calls),
+        daily_budget_nano,
+        budget_modes: budget_timeline(&alerts, &budget_now, start, end),
+        budget_now,
+        cost_actions: cost_actions(&events),
+        predictions,
+        model_errors: model_errors(&performance),
+    })
+}
+
+/// One series per gene of the schema: its value in each generation, on the gene's axis.
+fn gene_series(schema: &GeneSchema, generations: &[Generation]) -> Vec<GeneSeries> {
+    schema
         .iter()
         .map(|(name, def)| GeneSeries {
             name: name.to_string(),
@@ -241,21 +277,24 @@ pub async fn gather(
                 .filter_map(|g| g.genes.get(name).map(|v| (g.generation, v.clone())))
                 .collect(),
         })
-        .collect();
-    let generation_points = generations
-        .iter()
-        .map(|g| GenerationPoint {
-            generation: g.generation,
-            origin: match g.origin {
-                Origin::Initial => "initial",
-                Origin::Mutation { .. } => "mutation",
-                Origin::Rollback { .. } => "rollback",
-            },
-        })
-        .collect();
+        .collect()
+}
 
+fn generation_point(g: &Generation) -> GenerationPoint {
+    GenerationPoint {
+        generation: g.generation,
+        origin: match g.origin {
+            Origin::Initial => "initial",
+            Origin::Mutation { .. } => "mutation",
+            Origin::Rollback { .. } => "rollback",
+        },
+    }
+}
+
+/// The LLM calls summed per UTC day and model, in day then model order.
+fn spend_rows(calls: &[LlmCallRecord]) -> Vec<SpendRow> {
     let mut spend: BTreeMap<(String, String), (u64, u64)> = BTreeMap::new();
-    for call in &calls {
+    for call in calls {
         let entry = spend
             .entry((
                 call.at.format("%Y-%m-%d").to_string(),
@@ -265,7 +304,7 @@ pub async fn gather(
         entry.0 += 1;
         entry.1 += call.cost_nano_usd;
     }
-    let spend = spend
+    spend
         .into_iter()
         .map(|((day, model), (calls, cost_nano))| SpendRow {
             day,
@@ -273,22 +312,11 @@ pub async fn gather(
             calls,
             cost_nano,
         })
-        .collect();
+        .collect()
+}
 
-    let start = system.created_at;
-    let end = [
-        Some(head.updated_at),
-        history.last().map(|h| h.closed_at),
-        generations.last().map(|g| g.created_at),
-        decisions.last().map(|d| d.timestamp),
-        calls.last().map(|c| c.at),
-    ]
-    .into_iter()
-    .flatten()
-    .fold(start, DateTime::max);
-
-    let budget_modes = budget_timeline(&alerts, &budget_now, start, end);
-    let cost_actions = events
+fn cost_actions(events: &[EvolutionEvent]) -> Vec<CostAction> {
+    events
         .iter()
         .filter(|e| {
             matches!(
@@ -301,11 +329,19 @@ pub async fn gather(
             generation: e.generation,
             detail: e.detail.clone().unwrap_or_default(),
         })
-        .collect();
+        .collect()
+}
 
+/// Each planned step's predicted impact next to the measured one, under the model that made
+/// the plan; each plan is read once, however many of its steps were measured.
+async fn prediction_points(
+    store: &dyn FullStore,
+    system_id: &SystemId,
+    history: &[HistoryEntry],
+) -> Result<Vec<PredictionPoint>, GatherError> {
     let mut plan_models: HashMap<String, Option<String>> = HashMap::new();
     let mut predictions = Vec::new();
-    for h in &history {
+    for h in history {
         let Some(step) = &h.plan_step else { continue };
         if !plan_models.contains_key(&step.plan_id) {
             let model = store
@@ -325,7 +361,11 @@ pub async fn gather(
             actual: h.fitness.zip(h.baseline_fitness).map(|(f, b)| f - b),
         });
     }
-    let model_errors = performance
+    Ok(predictions)
+}
+
+fn model_errors(performance: &PerformanceSnapshot) -> Vec<ModelError> {
+    performance
         .models
         .iter()
         .flat_map(|(model, roles)| {
@@ -339,27 +379,7 @@ pub async fn gather(
                     prediction_error: s.prediction_error,
                 })
         })
-        .collect();
-
-    Ok(ReportData {
-        system_id: system_id.clone(),
-        generated_at: Utc::now(),
-        span: (start, end),
-        head_generation: head.generation,
-        head_status: head.status.as_str(),
-        stable_fitness: head.stable_fitness,
-        evaluations,
-        generations: generation_points,
-        genes,
-        decisions: decisions.iter().map(decision_row).collect(),
-        spend,
-        daily_budget_nano,
-        budget_modes,
-        budget_now,
-        cost_actions,
-        predictions,
-        model_errors,
-    })
+        .collect()
 }
 
 fn evaluation_point(h: &HistoryEntry) -> EvaluationPoint {
