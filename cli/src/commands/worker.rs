@@ -58,59 +58,8 @@ fn config(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
     let bucket_name = required(&cli.bucket, "--bucket", "EVOLVE_BUCKET_NAME")?;
     let consumes = WorkerConfig::parse_queues(&args.queues)
         .map_err(|e| bad_input(format!("--queues: {e}")))?;
-    let given = |pairs: [(Queue, &Option<String>); 6]| -> BTreeMap<Queue, String> {
-        pairs
-            .into_iter()
-            .filter_map(|(q, v)| {
-                v.as_deref()
-                    .map(str::trim)
-                    .filter(|v| !v.is_empty())
-                    .map(|v| (q, v.to_owned()))
-            })
-            .collect()
-    };
-    // Each queue with its URL and its dead-letter queue's URL.
-    let queues = [
-        (
-            Queue::Analyze,
-            &args.analyze_queue_url,
-            &args.analyze_dlq_url,
-        ),
-        (
-            Queue::Strategize,
-            &args.strategize_queue_url,
-            &args.strategize_dlq_url,
-        ),
-        (Queue::Decide, &cli.decide_queue_url, &args.decide_dlq_url),
-        (
-            Queue::Snapshot,
-            &cli.snapshot_queue_url,
-            &args.snapshot_dlq_url,
-        ),
-        (
-            Queue::Fitness,
-            &args.fitness_queue_url,
-            &args.fitness_dlq_url,
-        ),
-        (
-            Queue::CostGuard,
-            &args.cost_guard_queue_url,
-            &args.cost_guard_dlq_url,
-        ),
-    ];
-    let queue_urls = given(queues.map(|(q, url, _)| (q, url)));
-    let dead_letters = given(queues.map(|(q, _, dlq)| (q, dlq)));
-    let topics: BTreeMap<Topic, String> = [
-        (Topic::EvolutionEvents, &args.events_topic_arn),
-        (Topic::Alerts, &args.alerts_topic_arn),
-    ]
-    .into_iter()
-    .filter_map(|(t, v)| {
-        v.as_deref()
-            .filter(|v| !v.trim().is_empty())
-            .map(|v| (t, v.to_owned()))
-    })
-    .collect();
+    let (queue_urls, dead_letters) = queue_urls(cli, args);
+    let topics = topic_arns(args);
     // The template passes "" for an omitted budget.
     let nano = |value: &Option<String>, flag: &str| -> anyhow::Result<Option<u64>> {
         match value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
@@ -164,4 +113,68 @@ fn config(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<WorkerConfig> {
             ..Timing::default()
         },
     })
+}
+
+/// The queue URLs given, and the dead-letter queue URLs given, by queue; a blank flag counts as
+/// not given.
+fn queue_urls(cli: &Cli, args: &WorkerArgs) -> (BTreeMap<Queue, String>, BTreeMap<Queue, String>) {
+    let given = |pairs: [(Queue, &Option<String>); 6]| -> BTreeMap<Queue, String> {
+        pairs
+            .into_iter()
+            .filter_map(|(q, v)| {
+                v.as_deref()
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (q, v.to_owned()))
+            })
+            .collect()
+    };
+    // Each queue with its URL and its dead-letter queue's URL.
+    let queues = [
+        (
+            Queue::Analyze,
+            &args.analyze_queue_url,
+            &args.analyze_dlq_url,
+        ),
+        (
+            Queue::Strategize,
+            &args.strategize_queue_url,
+            &args.strategize_dlq_url,
+        ),
+        (Queue::Decide, &cli.decide_queue_url, &args.decide_dlq_url),
+        (
+            Queue::Snapshot,
+            &cli.snapshot_queue_url,
+            &args.snapshot_dlq_url,
+        ),
+        (
+            Queue::Fitness,
+            &args.fitness_queue_url,
+            &args.fitness_dlq_url,
+        ),
+        (
+            Queue::CostGuard,
+            &args.cost_guard_queue_url,
+            &args.cost_guard_dlq_url,
+        ),
+    ];
+    (
+        given(queues.map(|(q, url, _)| (q, url))),
+        given(queues.map(|(q, _, dlq)| (q, dlq))),
+    )
+}
+
+/// The topic ARNs given, by topic.
+fn topic_arns(args: &WorkerArgs) -> BTreeMap<Topic, String> {
+    [
+        (Topic::EvolutionEvents, &args.events_topic_arn),
+        (Topic::Alerts, &args.alerts_topic_arn),
+    ]
+    .into_iter()
+    .filter_map(|(t, v)| {
+        v.as_deref()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| (t, v.to_owned()))
+    })
+    .collect()
 }
