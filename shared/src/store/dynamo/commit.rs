@@ -9,40 +9,23 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Duration, Utc};
 
 use super::item::{
-    self, APPROVAL, Expr, GENERATION, Item, MODE, PK, REVISION, SAMPLES, STATUS, SYSTEM, VERSION,
+    self, Conditioned, Expr, GENERATION, Item, MODE, PK, REVISION, SAMPLES, STATUS, VERSION,
     build_error, keys, n, s,
 };
 use crate::domain::{BudgetMode, HeadStatus};
 use crate::store::performance::PerformanceSnapshot;
-use crate::store::rules;
 use crate::store::{StoreError, StoreResult, Transaction, Write};
 
 mod items;
-pub(super) use items::{event_item, registry_item};
-use items::{head_item, stage_completion};
+mod writes;
+
+use items::stage_completion;
+use writes::stage_write;
 
 /// `TransactWriteItems` takes at most this many items.
 pub(super) const MAX_ITEMS: usize = 100;
 
 /// Event index items expire this long after the event (docs/architecture.md, "Data model").
-/// A head update conditioned on the stored head's attributes equalling `expected`.
-fn stage_head(
-    table: &str,
-    staged: &mut Staged,
-    owner: &impl Fn(String, OnFailure) -> Owner,
-    head: &crate::domain::Head,
-    described: String,
-    expected: Condition,
-) -> StoreResult<()> {
-    let key = format!("{}/{}", keys::system(&head.system_id), keys::HEAD);
-    staged.push(
-        table,
-        owner(key, condition(described)),
-        head_item(head)?,
-        Some(expected),
-    )
-}
-
 pub(super) fn index_retention() -> Duration {
     Duration::days(365)
 }
@@ -87,6 +70,18 @@ struct Owner {
     op: &'static str,
     key: String,
     on_failure: OnFailure,
+}
+
+impl Owner {
+    /// An item no write owns (the completion's, a marker), which has no condition to fail.
+    fn unconditioned(op: &'static str, key: String) -> Self {
+        Self {
+            write: None,
+            op,
+            key,
+            on_failure: OnFailure::Never,
+        }
+    }
 }
 
 /// A transaction turned into DynamoDB items.
@@ -199,9 +194,7 @@ impl Staged {
         let mut put = Put::builder().table_name(table).set_item(Some(item));
         if let Some(condition) = condition {
             put = put
-                .condition_expression(condition.expression)
-                .set_expression_attribute_names(condition.expr.names())
-                .set_expression_attribute_values(condition.expr.values())
+                .conditioned(condition.expression, &condition.expr)
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 );
@@ -218,12 +211,7 @@ impl Staged {
         if self.seen.contains(&(pk.to_owned(), sk.to_owned())) {
             return Ok(());
         }
-        let owner = Owner {
-            write: None,
-            op: "marker",
-            key: format!("{pk}/{sk}"),
-            on_failure: OnFailure::Never,
-        };
+        let owner = Owner::unconditioned("marker", format!("{pk}/{sk}"));
         self.push(table, owner, item::key(pk, sk), None)
     }
 
@@ -416,280 +404,4 @@ fn with(
         item.insert(name.to_owned(), value);
     }
     item
-}
-
-fn stage_write(table: &str, staged: &mut Staged, i: usize, write: &Write) -> StoreResult<()> {
-    let op = rules::op(write);
-    let owner = |key: String, on_failure: OnFailure| Owner {
-        write: Some(i),
-        op,
-        key,
-        on_failure,
-    };
-    match write {
-        Write::CreateSystem {
-            system,
-            head,
-            generation,
-        } => {
-            let id = &system.system_id;
-            let pk = keys::system(id);
-            let exists = format!("system {id} not to exist");
-            staged.push(
-                table,
-                owner(format!("{}/{id}", keys::SYSTEMS), condition(&exists)),
-                registry_item(system)?,
-                Some(Condition::not_exists()),
-            )?;
-            staged.push(
-                table,
-                owner(format!("{pk}/{}", keys::HEAD), condition(&exists)),
-                head_item(head)?,
-                Some(Condition::not_exists()),
-            )?;
-            let sk = keys::generation(generation.generation)?;
-            staged.push(
-                table,
-                owner(format!("{pk}/{sk}"), condition(&exists)),
-                with(
-                    item::record(&pk, &sk, generation)?,
-                    [(GENERATION, n(generation.generation))],
-                ),
-                Some(Condition::not_exists()),
-            )
-        }
-        Write::PutSystem { system } => {
-            let id = &system.system_id;
-            staged.push(
-                table,
-                owner(
-                    format!("{}/{id}", keys::SYSTEMS),
-                    OnFailure::Versioned {
-                        missing: format!("system {id} does not exist"),
-                        expected: format!("registry entry at version {}", system.version),
-                    },
-                ),
-                registry_item(&crate::store::SystemRecord {
-                    version: system.version + 1,
-                    ..system.clone()
-                })?,
-                Some(Condition::version(system.version)),
-            )
-        }
-        Write::PutGeneration { generation } => {
-            let pk = keys::system(&generation.system_id);
-            let sk = keys::generation(generation.generation)?;
-            staged.push(
-                table,
-                owner(
-                    format!("{pk}/{sk}"),
-                    condition(format!("generation {} not to exist", generation.generation)),
-                ),
-                with(
-                    item::record(&pk, &sk, generation)?,
-                    [(GENERATION, n(generation.generation))],
-                ),
-                Some(Condition::not_exists()),
-            )
-        }
-        Write::UpdateHead {
-            expected_generation,
-            expected_status,
-            head,
-        } => stage_head(
-            table,
-            staged,
-            &owner,
-            head,
-            format!(
-                "the head at generation {expected_generation} ({})",
-                expected_status.as_str()
-            ),
-            Condition::equals(&[
-                (GENERATION, n(expected_generation)),
-                (STATUS, s(expected_status.as_str())),
-            ]),
-        ),
-        Write::ResolveApproval {
-            expected_generation,
-            decision_id,
-            head,
-        } => stage_head(
-            table,
-            staged,
-            &owner,
-            head,
-            format!(
-                "the head at generation {expected_generation} awaiting approval of {decision_id}"
-            ),
-            Condition::equals(&[
-                (GENERATION, n(*expected_generation)),
-                (STATUS, s(HeadStatus::AwaitingApproval.as_str())),
-                (APPROVAL, s(decision_id)),
-            ]),
-        ),
-        Write::CountSample {
-            expected_generation,
-            expected_samples,
-            head,
-        } => stage_head(
-            table,
-            staged,
-            &owner,
-            head,
-            format!(
-                "the head evaluating generation {expected_generation} with {expected_samples} \
-                 report(s) seen"
-            ),
-            Condition::samples_seen(*expected_generation, *expected_samples),
-        ),
-        Write::PutEvent { event } => {
-            let system = rules::event_system(event)?;
-            let (item, body) = event_item(system, event)?;
-            staged.bodies.push(body);
-            let key = item::describe_key(&item);
-            staged.push(table, owner(key, OnFailure::Never), item, None)
-        }
-        Write::PutDecision { decision } => {
-            let system = rules::decision_system(decision)?;
-            let pk = keys::system(system);
-            let once = condition(format!("decision {} not to exist", decision.decision_id));
-            let id_sk = keys::decision_id(&decision.decision_id);
-            staged.push(
-                table,
-                owner(format!("{pk}/{id_sk}"), once.clone()),
-                item::record(&pk, &id_sk, decision)?,
-                Some(Condition::not_exists()),
-            )?;
-            let sk = keys::decision(decision.timestamp, &decision.decision_id);
-            staged.push(
-                table,
-                owner(format!("{pk}/{sk}"), once),
-                item::record(&pk, &sk, decision)?,
-                Some(Condition::not_exists()),
-            )
-        }
-        Write::PutFitnessSample { sample } => {
-            let pk = keys::system(&sample.system_id);
-            let sk = keys::fitness(sample.generation, &sample.id)?;
-            let item = item::record(&pk, &sk, sample)?;
-            staged.push(
-                table,
-                owner(format!("{pk}/{sk}"), OnFailure::Never),
-                item,
-                None,
-            )
-        }
-        Write::PutHistory { system_id, entry } => {
-            let pk = keys::system(system_id);
-            let sk = keys::history(entry.generation)?;
-            let item = item::record(&pk, &sk, entry)?;
-            staged.push(
-                table,
-                owner(format!("{pk}/{sk}"), OnFailure::Never),
-                item,
-                None,
-            )
-        }
-        Write::PutPlan { plan } => {
-            let pk = keys::system(&plan.system_id);
-            let sk = keys::plan(&plan.plan_id);
-            staged.push(
-                table,
-                owner(
-                    format!("{pk}/{sk}"),
-                    condition(format!("plan {} not to exist", plan.plan_id)),
-                ),
-                item::record(&pk, &sk, plan)?,
-                Some(Condition::not_exists()),
-            )
-        }
-        Write::PutCursor {
-            expected_version,
-            cursor,
-        } => {
-            let pk = keys::system(&cursor.system_id);
-            let (expected, check) = match expected_version {
-                None => ("no cursor".to_owned(), Condition::not_exists()),
-                Some(version) => (
-                    format!("the cursor at version {version}"),
-                    Condition::equals(&[(VERSION, n(version))]),
-                ),
-            };
-            staged.push(
-                table,
-                owner(format!("{pk}/{}", keys::CURSOR), condition(expected)),
-                with(
-                    item::record(&pk, keys::CURSOR, cursor)?,
-                    [(VERSION, n(cursor.version))],
-                ),
-                Some(check),
-            )
-        }
-        Write::PutAnalysis { analysis } => {
-            let pk = keys::system(&analysis.system_id);
-            let sk = keys::analysis(&analysis.analysis_id);
-            let item = item::record(&pk, &sk, analysis)?;
-            staged.push(
-                table,
-                owner(format!("{pk}/{sk}"), OnFailure::Never),
-                item,
-                None,
-            )
-        }
-        Write::PutLlmCall { call } => {
-            staged.call_archives.push(CallArchive {
-                object: item::call_object(call.at, &call.call_id),
-                json: item::encode(call)?,
-            });
-            let pk = keys::system(&call.system_id);
-            let sk = keys::call(call.at, &call.call_id);
-            let item = item::record(&pk, &sk, call)?;
-            staged.push(
-                table,
-                owner(format!("{pk}/{sk}"), OnFailure::Never),
-                item,
-                None,
-            )?;
-            // The day partitions list every system's calls without a scan.
-            let day_pk = keys::call_day_of(call.at);
-            let day_sk = keys::timed(call.at, &call.call_id);
-            let item = with(
-                item::record(&day_pk, &day_sk, call)?,
-                [(SYSTEM, s(call.system_id.as_str()))],
-            );
-            staged.push(
-                table,
-                owner(format!("{day_pk}/{day_sk}"), OnFailure::Never),
-                item,
-                None,
-            )?;
-            staged.marker(table, keys::CALL_DAYS, &item::day(call.at))
-        }
-        Write::PutAlert { alert } => {
-            let sk = keys::timed(alert.at, &alert.id);
-            let item = item::record(keys::ALERTS, &sk, alert)?;
-            staged.push(
-                table,
-                owner(format!("{}/{sk}", keys::ALERTS), OnFailure::Never),
-                item,
-                None,
-            )
-        }
-        Write::RecordPrediction { .. } => Err(StoreError::Invalid(
-            "record_prediction is staged with the performance record".to_owned(),
-        )),
-        Write::SetBudgetMode { expected, state } => staged.push(
-            table,
-            owner(
-                format!("{}/{}", keys::CTRL, keys::BUDGET),
-                condition(format!("budget mode {}", expected.as_str())),
-            ),
-            with(
-                item::record(keys::CTRL, keys::BUDGET, state)?,
-                [(MODE, s(state.mode.as_str()))],
-            ),
-            Some(Condition::budget_mode(*expected)),
-        ),
-    }
 }

@@ -324,6 +324,33 @@ impl Expr {
     }
 }
 
+/// A request that can carry a condition expression, with the placeholders collected for it.
+pub(super) trait Conditioned: Sized {
+    #[must_use]
+    fn conditioned(self, expression: impl Into<String>, expr: &Expr) -> Self;
+}
+
+/// The request builders share no trait for their condition setters, so each gets the same one.
+macro_rules! conditioned {
+    ($($builder:ty),+ $(,)?) => {$(
+        impl Conditioned for $builder {
+            fn conditioned(self, expression: impl Into<String>, expr: &Expr) -> Self {
+                self.condition_expression(expression)
+                    .set_expression_attribute_names(expr.names())
+                    .set_expression_attribute_values(expr.values())
+            }
+        }
+    )+};
+}
+
+conditioned!(
+    aws_sdk_dynamodb::operation::put_item::builders::PutItemFluentBuilder,
+    aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemFluentBuilder,
+    aws_sdk_dynamodb::types::builders::PutBuilder,
+    aws_sdk_dynamodb::types::builders::DeleteBuilder,
+);
+
 /// Error codes that mean the request itself is wrong: retrying it cannot help.
 const INVALID_CODES: [&str; 4] = [
     "ValidationException",

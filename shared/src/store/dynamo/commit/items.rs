@@ -7,7 +7,7 @@ use super::super::item::{
     self, APPROVAL, BODY, EXPIRES_AT, GENERATION, Item, S3_KEY, SAMPLES, STATE, STATUS, TTL,
     VERSION, epoch_ceil, keys, n, s, ts,
 };
-use super::{EventBody, OnFailure, Owner, Staged, index_retention, with};
+use super::{EventBody, Owner, Staged, index_retention, with};
 use crate::domain::{EvolutionEvent, SystemId};
 use crate::store::rules::{COMPLETED, IdempotencyRecord};
 use crate::store::{Completion, StoreResult, Write};
@@ -90,23 +90,13 @@ pub(super) fn stage_completion(
             (TTL, ttl.clone()),
         ],
     );
-    let owner = Owner {
-        write: None,
-        op: "completion",
-        key: format!("{pk}/{}", keys::RECORD),
-        on_failure: OnFailure::Never,
-    };
+    let owner = Owner::unconditioned("completion", format!("{pk}/{}", keys::RECORD));
     staged.push(table, owner, item, None)?;
     if let IdempotencyRecord::Completed { systems, .. } = &record {
         for system in systems {
             let system_pk = keys::system(system);
             let item = with(item::key(&system_pk, &pk), [(TTL, ttl.clone())]);
-            let owner = Owner {
-                write: None,
-                op: "completion",
-                key: format!("{system_pk}/{pk}"),
-                on_failure: OnFailure::Never,
-            };
+            let owner = Owner::unconditioned("completion", format!("{system_pk}/{pk}"));
             staged.push(table, owner, item, None)?;
         }
     }
