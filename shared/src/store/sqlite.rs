@@ -18,10 +18,10 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Params, TransactionBeha
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::rules::{self, IdempotencyRecord, Lookup};
-use super::{BudgetState, StoreError, StoreResult, SystemRecord, Write};
+use super::rules::{IdempotencyRecord, Lookup};
+use super::{BudgetState, StoreError, StoreResult, SystemRecord};
 use crate::cost::{LedgerScope, PeriodKey, Totals};
-use crate::domain::{BudgetMode, Generation, Head, PlanCursor, SystemId};
+use crate::domain::{BudgetMode, Head, PlanCursor, SystemId};
 use crate::store::performance::PerformanceSnapshot;
 
 /// The database file inside the state directory.
@@ -227,12 +227,17 @@ impl SqliteStore {
     }
 }
 
+/// A transaction that takes the write lock before its first read, so what it reads cannot change
+/// before it writes (see the module documentation).
+fn immediate(conn: &mut Connection) -> StoreResult<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .sql()
+}
+
 /// Applies the missing schema steps inside one immediate transaction, so two processes opening a
 /// new file at once do not both create the tables.
 fn migrate(conn: &mut Connection) -> StoreResult<()> {
-    let db = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .sql()?;
+    let db = immediate(conn)?;
     let stored: i64 = db
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .sql()?;
@@ -425,13 +430,36 @@ fn read_cursor(conn: &Connection, id: &SystemId) -> StoreResult<Option<PlanCurso
 }
 
 fn read_budget(conn: &Connection) -> StoreResult<BudgetState> {
-    Ok(one(
+    Ok(read_control(conn, BUDGET_ROW)?.unwrap_or_default())
+}
+
+/// The `control` row `name`, if it was ever written.
+fn read_control<T: DeserializeOwned>(conn: &Connection, name: &str) -> StoreResult<Option<T>> {
+    one(
         conn,
         "control",
         "SELECT body FROM control WHERE name = ?1",
-        [BUDGET_ROW],
-    )?
-    .unwrap_or_default())
+        [name],
+    )
+}
+
+fn write_control(conn: &Connection, name: &str, value: &impl Serialize) -> StoreResult<()> {
+    put(
+        conn,
+        "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
+        [name, &encode(value)?],
+    )
+}
+
+/// Applies `change` to the stored performance record (empty until first written) and stores it;
+/// atomic only inside a transaction, as every caller runs it.
+fn update_performance(
+    conn: &Connection,
+    change: impl FnOnce(&mut PerformanceSnapshot),
+) -> StoreResult<()> {
+    let mut perf: PerformanceSnapshot = read_control(conn, PERFORMANCE_ROW)?.unwrap_or_default();
+    change(&mut perf);
+    write_control(conn, PERFORMANCE_ROW, &perf)
 }
 
 fn read_totals(conn: &Connection, period: &PeriodKey, scope: &LedgerScope) -> StoreResult<Totals> {
@@ -459,6 +487,15 @@ fn write_totals(
     Ok(())
 }
 
+fn read_idempotency(conn: &Connection, key: &str) -> StoreResult<Option<IdempotencyRecord>> {
+    one(
+        conn,
+        "idempotency",
+        "SELECT body FROM idempotency WHERE key = ?1",
+        [key],
+    )
+}
+
 fn write_idempotency(conn: &Connection, key: &str, record: &IdempotencyRecord) -> StoreResult<()> {
     conn.prepare_cached(
         "INSERT OR REPLACE INTO idempotency (key, state, body) VALUES (?1, ?2, ?3)",
@@ -475,164 +512,10 @@ fn put(conn: &Connection, sql: &str, params: impl Params) -> StoreResult<()> {
     Ok(())
 }
 
-fn put_system(conn: &Connection, system: &SystemRecord) -> StoreResult<()> {
-    put(
-        conn,
-        "INSERT OR REPLACE INTO systems (system_id, body) VALUES (?1, ?2)",
-        [system.system_id.as_str(), &encode(system)?],
-    )
-}
-
-fn put_head(conn: &Connection, head: &Head) -> StoreResult<()> {
-    put(
-        conn,
-        "INSERT OR REPLACE INTO heads (system_id, body) VALUES (?1, ?2)",
-        [head.system_id.as_str(), &encode(head)?],
-    )
-}
-
-fn put_generation(conn: &Connection, generation: &Generation) -> StoreResult<()> {
-    put(
-        conn,
-        "INSERT OR REPLACE INTO generations (system_id, generation, body) VALUES (?1, ?2, ?3)",
-        params![
-            generation.system_id.as_str(),
-            int(generation.generation, "generation")?,
-            encode(generation)?
-        ],
-    )
-}
-
-fn apply(conn: &Connection, write: &Write) -> StoreResult<()> {
-    match write {
-        Write::CreateSystem {
-            system,
-            head,
-            generation,
-        } => {
-            put_system(conn, system)?;
-            put_head(conn, head)?;
-            put_generation(conn, generation)
-        }
-        Write::PutSystem { system } => put_system(
-            conn,
-            &SystemRecord {
-                version: system.version + 1,
-                ..system.clone()
-            },
-        ),
-        Write::PutGeneration { generation } => put_generation(conn, generation),
-        Write::UpdateHead { head, .. }
-        | Write::ResolveApproval { head, .. }
-        | Write::CountSample { head, .. } => put_head(conn, head),
-        Write::PutEvent { event } => put(
-            conn,
-            "INSERT OR REPLACE INTO events (system_id, event_id, at, body) VALUES (?1, ?2, ?3, ?4)",
-            [
-                rules::event_system(event)?.as_str(),
-                &event.id,
-                &ts(event.timestamp),
-                &encode(event)?,
-            ],
-        ),
-        Write::PutDecision { decision } => put(
-            conn,
-            "INSERT OR REPLACE INTO decisions (system_id, decision_id, at, body) \
-             VALUES (?1, ?2, ?3, ?4)",
-            [
-                rules::decision_system(decision)?.as_str(),
-                &decision.decision_id,
-                &ts(decision.timestamp),
-                &encode(decision)?,
-            ],
-        ),
-        Write::PutFitnessSample { sample } => put(
-            conn,
-            "INSERT OR REPLACE INTO fitness (system_id, generation, sample_id, at, body) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                sample.system_id.as_str(),
-                int(sample.generation, "generation")?,
-                sample.id,
-                ts(sample.received_at),
-                encode(sample)?
-            ],
-        ),
-        Write::PutHistory { system_id, entry } => put(
-            conn,
-            "INSERT OR REPLACE INTO history (system_id, generation, body) VALUES (?1, ?2, ?3)",
-            params![
-                system_id.as_str(),
-                int(entry.generation, "generation")?,
-                encode(entry)?
-            ],
-        ),
-        Write::PutPlan { plan } => put(
-            conn,
-            "INSERT OR REPLACE INTO plans (system_id, plan_id, body) VALUES (?1, ?2, ?3)",
-            [plan.system_id.as_str(), &plan.plan_id, &encode(plan)?],
-        ),
-        Write::PutCursor { cursor, .. } => put(
-            conn,
-            "INSERT OR REPLACE INTO cursors (system_id, body) VALUES (?1, ?2)",
-            [cursor.system_id.as_str(), &encode(cursor)?],
-        ),
-        Write::PutAnalysis { analysis } => put(
-            conn,
-            "INSERT OR REPLACE INTO analyses (system_id, analysis_id, body) VALUES (?1, ?2, ?3)",
-            [
-                analysis.system_id.as_str(),
-                &analysis.analysis_id,
-                &encode(analysis)?,
-            ],
-        ),
-        Write::PutLlmCall { call } => put(
-            conn,
-            "INSERT OR REPLACE INTO llm_calls (call_id, system_id, at, body) \
-             VALUES (?1, ?2, ?3, ?4)",
-            [
-                call.call_id.as_str(),
-                call.system_id.as_str(),
-                &ts(call.at),
-                &encode(call)?,
-            ],
-        ),
-        Write::PutAlert { alert } => put(
-            conn,
-            "INSERT OR REPLACE INTO alerts (alert_id, at, body) VALUES (?1, ?2, ?3)",
-            [alert.id.as_str(), &ts(alert.at), &encode(alert)?],
-        ),
-        Write::SetBudgetMode { state, .. } => put(
-            conn,
-            "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
-            [BUDGET_ROW, &encode(state)?],
-        ),
-        Write::RecordPrediction {
-            model_id,
-            role,
-            predicted,
-            actual,
-        } => {
-            let mut perf: PerformanceSnapshot = one(
-                conn,
-                "control",
-                "SELECT body FROM control WHERE name = ?1",
-                [PERFORMANCE_ROW],
-            )?
-            .unwrap_or_default();
-            perf.record_prediction(model_id, *role, *predicted, *actual);
-            put(
-                conn,
-                "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
-                [PERFORMANCE_ROW, &encode(&perf)?],
-            )
-        }
-    }
-}
-
 mod control;
 mod evolution;
 mod ledger;
+mod writes;
 
 #[cfg(test)]
 mod tests;

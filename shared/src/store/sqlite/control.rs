@@ -3,10 +3,12 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use rusqlite::Connection;
 
-use rusqlite::TransactionBehavior;
-
-use super::{PERFORMANCE_ROW, SqlResult, SqliteStore, encode, one, put, read_budget, ts};
+use super::{
+    PERFORMANCE_ROW, SqlResult, SqliteStore, encode, immediate, one, put, read_budget,
+    read_control, ts, update_performance, write_control,
+};
 use crate::store::performance::PerformanceSnapshot;
 use crate::store::{
     BudgetState, CachedAnswer, Checkpoint, CircuitState, ControlState, StoreResult,
@@ -19,20 +21,11 @@ impl ControlState for SqliteStore {
     }
 
     async fn circuit(&self, model_id: &str) -> StoreResult<Option<CircuitState>> {
-        one(
-            &self.conn(),
-            "circuits",
-            "SELECT body FROM circuits WHERE model_id = ?1",
-            [model_id],
-        )
+        read_circuit(&self.conn(), model_id)
     }
 
     async fn put_circuit(&self, state: &CircuitState) -> StoreResult<()> {
-        put(
-            &self.conn(),
-            "INSERT OR REPLACE INTO circuits (model_id, body) VALUES (?1, ?2)",
-            [state.model_id.as_str(), &encode(state)?],
-        )
+        write_circuit(&self.conn(), &state.model_id, state)
     }
 
     async fn update_circuit(
@@ -41,21 +34,9 @@ impl ControlState for SqliteStore {
         change: &(dyn Fn(Option<CircuitState>) -> CircuitState + Sync),
     ) -> StoreResult<()> {
         let mut conn = self.conn();
-        let db = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .sql()?;
-        let stored = one(
-            &db,
-            "circuits",
-            "SELECT body FROM circuits WHERE model_id = ?1",
-            [model_id],
-        )?;
-        let next = change(stored);
-        put(
-            &db,
-            "INSERT OR REPLACE INTO circuits (model_id, body) VALUES (?1, ?2)",
-            [model_id, &encode(&next)?],
-        )?;
+        let db = immediate(&mut conn)?;
+        let next = change(read_circuit(&db, model_id)?);
+        write_circuit(&db, model_id, &next)?;
         db.commit().sql()
     }
 
@@ -64,62 +45,28 @@ impl ControlState for SqliteStore {
         change: &(dyn for<'p> Fn(&'p mut PerformanceSnapshot) + Sync),
     ) -> StoreResult<()> {
         let mut conn = self.conn();
-        let db = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .sql()?;
-        let mut perf: PerformanceSnapshot = one(
-            &db,
-            "control",
-            "SELECT body FROM control WHERE name = ?1",
-            [PERFORMANCE_ROW],
-        )?
-        .unwrap_or_default();
-        change(&mut perf);
-        put(
-            &db,
-            "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
-            [PERFORMANCE_ROW, &encode(&perf)?],
-        )?;
+        let db = immediate(&mut conn)?;
+        update_performance(&db, change)?;
         db.commit().sql()
     }
 
     async fn performance(&self) -> StoreResult<PerformanceSnapshot> {
-        Ok(one(
-            &self.conn(),
-            "control",
-            "SELECT body FROM control WHERE name = ?1",
-            [PERFORMANCE_ROW],
-        )?
-        .unwrap_or_default())
+        Ok(read_control(&self.conn(), PERFORMANCE_ROW)?.unwrap_or_default())
     }
 
     async fn put_performance(&self, snapshot: &PerformanceSnapshot) -> StoreResult<()> {
-        put(
-            &self.conn(),
-            "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
-            [PERFORMANCE_ROW, &encode(snapshot)?],
-        )
+        write_control(&self.conn(), PERFORMANCE_ROW, snapshot)
     }
 
     async fn checkpoint(&self, key: &str, now: DateTime<Utc>) -> StoreResult<Option<Checkpoint>> {
-        let found: Option<Checkpoint> = one(
-            &self.conn(),
-            "control",
-            "SELECT body FROM control WHERE name = ?1",
-            [format!("{CHECKPOINT_PREFIX}{key}")],
-        )?;
+        let found: Option<Checkpoint> =
+            read_control(&self.conn(), &format!("{CHECKPOINT_PREFIX}{key}"))?;
         Ok(found.filter(|c| c.expires_at > now))
     }
 
     async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> StoreResult<()> {
-        put(
-            &self.conn(),
-            "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
-            [
-                format!("{CHECKPOINT_PREFIX}{}", checkpoint.key),
-                encode(checkpoint)?,
-            ],
-        )
+        let name = format!("{CHECKPOINT_PREFIX}{}", checkpoint.key);
+        write_control(&self.conn(), &name, checkpoint)
     }
 
     async fn cached_answer(
@@ -127,12 +74,8 @@ impl ControlState for SqliteStore {
         key: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<CachedAnswer>> {
-        let found: Option<CachedAnswer> = one(
-            &self.conn(),
-            "control",
-            "SELECT body FROM control WHERE name = ?1",
-            [format!("{CACHE_PREFIX}{key}")],
-        )?;
+        let found: Option<CachedAnswer> =
+            read_control(&self.conn(), &format!("{CACHE_PREFIX}{key}"))?;
         Ok(found.filter(|c| c.expires_at > now))
     }
 
@@ -145,11 +88,7 @@ impl ControlState for SqliteStore {
              AND julianday(json_extract(body, '$.expires_at')) < julianday(?1)",
             [ts(entry.stored_at)],
         )?;
-        put(
-            &conn,
-            "INSERT OR REPLACE INTO control (name, body) VALUES (?1, ?2)",
-            [format!("{CACHE_PREFIX}{}", entry.key), encode(entry)?],
-        )
+        write_control(&conn, &format!("{CACHE_PREFIX}{}", entry.key), entry)
     }
 }
 
@@ -158,3 +97,20 @@ const CHECKPOINT_PREFIX: &str = "checkpoint:";
 
 /// Prefix of the `control` rows holding response-cache entries.
 const CACHE_PREFIX: &str = "cache:";
+
+fn read_circuit(conn: &Connection, model_id: &str) -> StoreResult<Option<CircuitState>> {
+    one(
+        conn,
+        "circuits",
+        "SELECT body FROM circuits WHERE model_id = ?1",
+        [model_id],
+    )
+}
+
+fn write_circuit(conn: &Connection, model_id: &str, state: &CircuitState) -> StoreResult<()> {
+    put(
+        conn,
+        "INSERT OR REPLACE INTO circuits (model_id, body) VALUES (?1, ?2)",
+        [model_id, &encode(state)?],
+    )
+}

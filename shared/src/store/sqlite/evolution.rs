@@ -3,11 +3,12 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{TransactionBehavior, params};
+use rusqlite::params;
 
+use super::writes::apply;
 use super::{
-    Reader, SYSTEM_TABLES, SqlResult, SqliteStore, apply, many, one, put, read_cursor, read_head,
-    since_key, sql_limit, write_idempotency,
+    Reader, SYSTEM_TABLES, SqlResult, SqliteStore, immediate, many, one, put, read_cursor,
+    read_head, read_idempotency, since_key, sql_limit, write_idempotency,
 };
 use crate::domain::{
     Alert, AnalysisRecord, DecisionRecord, EvolutionEvent, FitnessSample, Generation, Head,
@@ -45,10 +46,7 @@ impl EvolutionStore for SqliteStore {
             &self.conn(),
             "systems",
             "SELECT body FROM systems WHERE system_id > ?1 ORDER BY system_id LIMIT ?2",
-            params![
-                after.map_or("", SystemId::as_str),
-                i64::try_from(limit).unwrap_or(i64::MAX)
-            ],
+            params![after.map_or("", SystemId::as_str), sql_limit(limit)],
         )
     }
 
@@ -225,22 +223,12 @@ impl EvolutionStore for SqliteStore {
         in_progress_until: DateTime<Utc>,
     ) -> StoreResult<Claim> {
         let mut conn = self.conn();
-        let db = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .sql()?;
-        let existing: Option<IdempotencyRecord> = one(
-            &db,
-            "idempotency",
-            "SELECT body FROM idempotency WHERE key = ?1",
-            [key],
-        )?;
+        let db = immediate(&mut conn)?;
+        let existing = read_idempotency(&db, key)?;
         let outcome = rules::claim_outcome(existing.as_ref(), payload_hash, now);
         if outcome == Claim::Claimed {
-            write_idempotency(
-                &db,
-                key,
-                &IdempotencyRecord::in_progress(payload_hash, in_progress_until),
-            )?;
+            let record = IdempotencyRecord::in_progress(payload_hash, in_progress_until);
+            write_idempotency(&db, key, &record)?;
             db.commit().sql()?;
         }
         Ok(outcome)
@@ -257,9 +245,7 @@ impl EvolutionStore for SqliteStore {
     async fn commit(&self, tx: Transaction) -> StoreResult<()> {
         rules::check_shape(&tx)?;
         let mut conn = self.conn();
-        let db = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .sql()?;
+        let db = immediate(&mut conn)?;
         // Dropping `db` on an early return rolls back: nothing of a refused transaction lands.
         rules::check_conditions(&tx, &Reader(&db))?;
         for write in &tx.writes {
@@ -277,16 +263,8 @@ impl EvolutionStore for SqliteStore {
 
     async fn mark_sent(&self, key: &str, expires_at: DateTime<Utc>) -> StoreResult<()> {
         let mut conn = self.conn();
-        let db = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .sql()?;
-        let existing: Option<IdempotencyRecord> = one(
-            &db,
-            "idempotency",
-            "SELECT body FROM idempotency WHERE key = ?1",
-            [key],
-        )?;
-        if let Some(mut record) = existing {
+        let db = immediate(&mut conn)?;
+        if let Some(mut record) = read_idempotency(&db, key)? {
             record.mark_sent();
             record.keep_until(expires_at);
             write_idempotency(&db, key, &record)?;
@@ -297,9 +275,7 @@ impl EvolutionStore for SqliteStore {
 
     async fn purge_system(&self, id: &SystemId) -> StoreResult<()> {
         let mut conn = self.conn();
-        let db = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .sql()?;
+        let db = immediate(&mut conn)?;
         for table in SYSTEM_TABLES {
             put(
                 &db,
