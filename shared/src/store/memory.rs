@@ -10,10 +10,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::rules::{self, IdempotencyRecord, Lookup};
+use super::rules::{self, CallCounters, IdempotencyRecord, Lookup};
 use super::{
-    BudgetState, CachedAnswer, Checkpoint, CircuitState, Claim, ControlState, EvolutionStore,
-    LlmCallRecord, StoreResult, SystemRecord, Transaction, Write,
+    BudgetState, CachedAnswer, Checkpoint, CircuitState, Claim, ClaimRequest, ControlState,
+    EvolutionStore, LlmCallRecord, StoreResult, SystemRecord, Transaction, Write,
 };
 use crate::cost::{LedgerScope, PeriodKey, Totals};
 use crate::domain::{
@@ -187,6 +187,13 @@ impl State {
             }
         }
         Ok(())
+    }
+
+    /// Applies `change` to each of the counters `keys` (zero until first moved).
+    fn adjust(&mut self, keys: Vec<(PeriodKey, LedgerScope)>, change: impl Fn(&mut Totals)) {
+        for key in keys {
+            change(self.counters.entry(key).or_default());
+        }
     }
 
     fn totals(&self, period: &PeriodKey, scope: &LedgerScope) -> Totals {
@@ -427,20 +434,12 @@ impl EvolutionStore for MemoryStore {
         ))
     }
 
-    async fn claim(
-        &self,
-        key: &str,
-        payload_hash: &str,
-        now: DateTime<Utc>,
-        in_progress_until: DateTime<Utc>,
-    ) -> StoreResult<Claim> {
+    async fn claim_key(&self, request: &ClaimRequest<'_>) -> StoreResult<Claim> {
         let mut state = self.lock();
-        let outcome = rules::claim_outcome(state.idempotency.get(key), payload_hash, now);
+        let outcome = request.outcome(state.idempotency.get(request.key));
         if outcome == Claim::Claimed {
-            state.idempotency.insert(
-                key.to_owned(),
-                IdempotencyRecord::in_progress(payload_hash, in_progress_until),
-            );
+            let record = request.in_progress();
+            state.idempotency.insert(request.key.to_owned(), record);
         }
         Ok(outcome)
     }
@@ -590,16 +589,9 @@ impl CostLedger for MemoryStore {
         {
             return Ok(refused);
         }
-        for key in rules::counters(
-            &reservation.system_id,
-            &reservation.model_id,
-            reservation.at,
-        ) {
-            rules::hold(
-                state.counters.entry(key).or_default(),
-                reservation.amount_nano,
-            );
-        }
+        state.adjust(reservation.counters(), |totals| {
+            rules::hold(totals, reservation.amount_nano);
+        });
         state
             .holds
             .insert(reservation.call_id.clone(), Hold::of(reservation));
@@ -612,39 +604,24 @@ impl CostLedger for MemoryStore {
             return Ok(SettleOutcome::AlreadySettled);
         }
         let held = state.holds.remove(&settlement.call_id).is_some();
-        for key in rules::counters(
-            &settlement.system_id,
-            &settlement.model_id,
-            settlement.reserved_at,
-        ) {
-            let totals = state.counters.entry(key).or_default();
-            if held {
-                rules::settle_into(totals, settlement);
-            } else {
-                rules::count(totals, settlement);
-            }
-        }
+        state.adjust(settlement.counters(), |totals| {
+            rules::settle(totals, settlement, held);
+        });
         state
             .ledger
             .insert(settlement.call_id.clone(), rules::ledger_entry(settlement));
-        Ok(if held {
-            SettleOutcome::Settled
-        } else {
-            SettleOutcome::SettledAfterReclaim
-        })
+        Ok(rules::settled(held))
     }
 
     async fn holds(&self, expired_by: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Hold>> {
-        let mut holds: Vec<Hold> = self
+        let holds: Vec<Hold> = self
             .lock()
             .holds
             .values()
             .filter(|h| h.expires_at <= expired_by)
             .cloned()
             .collect();
-        holds.sort_by_key(rules::hold_order);
-        holds.truncate(limit);
-        Ok(holds)
+        Ok(rules::soonest(holds, limit))
     }
 
     async fn reclaim(
@@ -657,9 +634,9 @@ impl CostLedger for MemoryStore {
         if state.holds.remove(&hold.call_id).is_none() {
             return Ok(ReclaimOutcome::Gone);
         }
-        for key in rules::counters(&hold.system_id, &hold.model_id, hold.reserved_at) {
-            rules::release(state.counters.entry(key).or_default(), hold.amount_nano);
-        }
+        state.adjust(hold.counters(), |totals| {
+            rules::release(totals, hold.amount_nano);
+        });
         state.reclaims.push(Reclaim {
             hold: hold.clone(),
             by: by.to_owned(),

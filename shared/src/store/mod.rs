@@ -315,6 +315,16 @@ pub enum Claim {
     PayloadMismatch,
 }
 
+/// The arguments of [`EvolutionStore::claim`] as one value: what each store implements the claim
+/// on, with the decision and the in-progress record every store derives from it in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimRequest<'a> {
+    pub key: &'a str,
+    pub payload_hash: &'a str,
+    pub now: DateTime<Utc>,
+    pub in_progress_until: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum StoreError {
     /// A condition failed: another writer got there first. Retrying re-reads and decides again.
@@ -426,7 +436,17 @@ pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
         payload_hash: &str,
         now: DateTime<Utc>,
         in_progress_until: DateTime<Utc>,
-    ) -> StoreResult<Claim>;
+    ) -> StoreResult<Claim> {
+        let request = ClaimRequest {
+            key,
+            payload_hash,
+            now,
+            in_progress_until,
+        };
+        self.claim_key(&request).await
+    }
+    /// [`EvolutionStore::claim`] as each store implements it.
+    async fn claim_key(&self, request: &ClaimRequest<'_>) -> StoreResult<Claim>;
     /// Drops an in-progress claim after a failure so the redelivery can claim it at once.
     async fn release(&self, key: &str) -> StoreResult<()>;
     /// Records that a completed record's outgoing messages were sent, so a later duplicate is

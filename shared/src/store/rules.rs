@@ -10,11 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::cost::{BudgetLimit, LedgerScope, PeriodKey, Totals};
 #[cfg(any(feature = "sqlite", feature = "test-support", test))]
-use crate::domain::{BudgetMode, Head};
+use crate::domain::{BudgetMode, Head, HeadStatus};
 use crate::domain::{
     BudgetPeriod, BudgetScope, DecisionRecord, EvolutionEvent, Outgoing, SystemId,
 };
-use crate::store::{Claim, Completion, StoreError, StoreResult, Transaction, Write};
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
+use crate::store::SettleOutcome;
+use crate::store::{Claim, ClaimRequest, Completion, StoreError, StoreResult, Transaction, Write};
 use crate::store::{Hold, LedgerEntry, RESERVATION_HOLD, Reservation, ReserveOutcome, Settlement};
 
 /// The stored `state` of a claim that is still being processed.
@@ -119,6 +121,18 @@ pub(in crate::store) fn claim_outcome(
             }
         }
         _ => Claim::Claimed,
+    }
+}
+
+impl ClaimRequest<'_> {
+    /// What the claim finds given the stored record; see [`claim_outcome`].
+    pub(in crate::store) fn outcome(&self, existing: Option<&IdempotencyRecord>) -> Claim {
+        claim_outcome(existing, self.payload_hash, self.now)
+    }
+
+    /// The record that holds the key once `outcome` says it is claimed.
+    pub(in crate::store) fn in_progress(&self) -> IdempotencyRecord {
+        IdempotencyRecord::in_progress(self.payload_hash, self.in_progress_until)
     }
 }
 
@@ -317,27 +331,64 @@ pub(in crate::store) fn check_conditions(tx: &Transaction, view: &impl Lookup) -
     Ok(())
 }
 
-/// Why a head write's condition fails: the stored head must pass `holds`; `expected` says what
-/// it should have been.
+/// What a head write expects of the stored head beside its generation.
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
+#[derive(Debug, Clone, Copy)]
+enum Expected<'a> {
+    /// `UpdateHead`: in that status.
+    Status(HeadStatus),
+    /// `ResolveApproval`: awaiting approval of exactly that decision.
+    Approval(&'a str),
+    /// `CountSample`: evaluating with that many reports counted.
+    Samples(u32),
+}
+
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
+impl Expected<'_> {
+    fn holds(self, stored: &Head) -> bool {
+        match self {
+            Self::Status(status) => stored.status == status,
+            Self::Approval(decision_id) => {
+                let held = stored.approval.as_ref().map(|a| a.decision_id.as_str());
+                stored.status == HeadStatus::AwaitingApproval && held == Some(decision_id)
+            }
+            Self::Samples(samples) => {
+                let seen = stored.evaluation.as_ref().map(|e| e.samples_seen);
+                stored.status == HeadStatus::Evaluating && seen == Some(samples)
+            }
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Self::Status(status) => format!("({})", status.as_str()),
+            Self::Approval(decision_id) => format!("awaiting approval of {decision_id}"),
+            Self::Samples(samples) => format!("evaluating with {samples} report(s) seen"),
+        }
+    }
+}
+
+/// Why a head write's condition fails: the stored head must be at `generation` and meet
+/// `expected`.
 #[cfg(any(feature = "sqlite", feature = "test-support", test))]
 fn head_condition(
     view: &impl Lookup,
     head: &Head,
-    holds: impl Fn(&Head) -> bool,
-    expected: impl Fn() -> String,
+    generation: u64,
+    expected: Expected<'_>,
 ) -> StoreResult<Option<String>> {
     Ok(match view.head(&head.system_id)? {
         None => Some(format!("system {} has no head", head.system_id)),
-        Some(stored) if holds(&stored) => None,
+        Some(stored) if stored.generation == generation && expected.holds(&stored) => None,
         Some(stored) => Some(format!(
-            "head is at generation {} ({}, holding {}), expected {}",
+            "head is at generation {} ({}, holding {}), expected {generation} {}",
             stored.generation,
             stored.status.as_str(),
             stored
                 .approval
                 .as_ref()
                 .map_or("no decision", |a| a.decision_id.as_str()),
-            expected()
+            expected.describe()
         )),
     })
 }
@@ -373,8 +424,8 @@ fn failed_condition(write: &Write, view: &impl Lookup) -> StoreResult<Option<Str
         } => head_condition(
             view,
             head,
-            |stored| stored.generation == *expected_generation && stored.status == *expected_status,
-            || format!("{expected_generation} ({})", expected_status.as_str()),
+            *expected_generation,
+            Expected::Status(*expected_status),
         )?,
         Write::ResolveApproval {
             expected_generation,
@@ -383,15 +434,8 @@ fn failed_condition(write: &Write, view: &impl Lookup) -> StoreResult<Option<Str
         } => head_condition(
             view,
             head,
-            |stored| {
-                stored.generation == *expected_generation
-                    && stored.status == crate::domain::HeadStatus::AwaitingApproval
-                    && stored
-                        .approval
-                        .as_ref()
-                        .is_some_and(|a| a.decision_id == *decision_id)
-            },
-            || format!("{expected_generation} awaiting approval of {decision_id}"),
+            *expected_generation,
+            Expected::Approval(decision_id),
         )?,
         Write::CountSample {
             expected_generation,
@@ -400,15 +444,8 @@ fn failed_condition(write: &Write, view: &impl Lookup) -> StoreResult<Option<Str
         } => head_condition(
             view,
             head,
-            |stored| {
-                stored.generation == *expected_generation
-                    && stored.status == crate::domain::HeadStatus::Evaluating
-                    && stored
-                        .evaluation
-                        .as_ref()
-                        .is_some_and(|e| e.samples_seen == *expected_samples)
-            },
-            || format!("{expected_generation} evaluating with {expected_samples} report(s) seen"),
+            *expected_generation,
+            Expected::Samples(*expected_samples),
         )?,
         Write::PutDecision { decision } => view
             .decision_exists(decision_system(decision)?, &decision.decision_id)?
@@ -449,7 +486,7 @@ fn failed_condition(write: &Write, view: &impl Lookup) -> StoreResult<Option<Str
 
 /// The counters a call moves: total, its system and its model, in the day and the month of
 /// `at` (UTC).
-pub(in crate::store) fn counters(
+fn counters(
     system_id: &SystemId,
     model_id: &str,
     at: DateTime<Utc>,
@@ -469,8 +506,35 @@ pub(in crate::store) fn counters(
         .collect()
 }
 
+/// The counters a ledger record moves: those of its call, in the day and month the call was
+/// reserved in (a settlement and a reclaim release what the reservation held there).
+pub(in crate::store) trait CallCounters {
+    fn counters(&self) -> Vec<(PeriodKey, LedgerScope)>;
+}
+
+impl CallCounters for Reservation {
+    fn counters(&self) -> Vec<(PeriodKey, LedgerScope)> {
+        counters(&self.system_id, &self.model_id, self.at)
+    }
+}
+
+impl CallCounters for Settlement {
+    fn counters(&self) -> Vec<(PeriodKey, LedgerScope)> {
+        counters(&self.system_id, &self.model_id, self.reserved_at)
+    }
+}
+
+impl CallCounters for Hold {
+    fn counters(&self) -> Vec<(PeriodKey, LedgerScope)> {
+        counters(&self.system_id, &self.model_id, self.reserved_at)
+    }
+}
+
 /// The counter a budget limit is measured against.
-fn limit_counter(limit: &BudgetLimit, reservation: &Reservation) -> (PeriodKey, LedgerScope) {
+pub(in crate::store) fn limit_counter(
+    limit: &BudgetLimit,
+    reservation: &Reservation,
+) -> (PeriodKey, LedgerScope) {
     let scope = match limit.scope {
         BudgetScope::Global => LedgerScope::Total,
         BudgetScope::System => LedgerScope::System(reservation.system_id.clone()),
@@ -508,18 +572,26 @@ pub(in crate::store) fn hold(totals: &mut Totals, amount_nano: u64) {
     totals.reserved_nano = totals.reserved_nano.saturating_add(amount_nano);
 }
 
-/// Releases the hold and counts the actual cost in one counter.
+/// Counts a settlement into one counter: releases its hold and counts the actual cost; only
+/// counts the cost when the hold is no longer `held` (the sweep reclaimed it before the call
+/// settled).
 #[cfg(any(feature = "sqlite", feature = "test-support", test))]
-pub(in crate::store) fn settle_into(totals: &mut Totals, settlement: &Settlement) {
-    release(totals, settlement.reserved_nano);
-    count(totals, settlement);
-}
-
-/// Counts a call's cost without releasing anything: its hold was reclaimed before it settled.
-#[cfg(any(feature = "sqlite", feature = "test-support", test))]
-pub(in crate::store) fn count(totals: &mut Totals, settlement: &Settlement) {
+pub(in crate::store) fn settle(totals: &mut Totals, settlement: &Settlement, held: bool) {
+    if held {
+        release(totals, settlement.reserved_nano);
+    }
     totals.spent_nano = totals.spent_nano.saturating_add(settlement.actual_nano);
     totals.calls = totals.calls.saturating_add(1);
+}
+
+/// What a settlement reports, by whether its hold was still there.
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
+pub(in crate::store) fn settled(held: bool) -> SettleOutcome {
+    if held {
+        SettleOutcome::Settled
+    } else {
+        SettleOutcome::SettledAfterReclaim
+    }
 }
 
 #[cfg(any(feature = "sqlite", feature = "test-support", test))]
@@ -539,9 +611,12 @@ pub(in crate::store) fn hold_of(settlement: &Settlement) -> Hold {
     }
 }
 
-/// Holds in the order every adapter lists them: soonest expiry first, then call id.
-pub(in crate::store) fn hold_order(hold: &Hold) -> (DateTime<Utc>, String) {
-    (hold.expires_at, hold.call_id.clone())
+/// The first `limit` of `holds` in the order every adapter lists them: soonest expiry first,
+/// then call id.
+pub(in crate::store) fn soonest(mut holds: Vec<Hold>, limit: usize) -> Vec<Hold> {
+    holds.sort_by_key(|hold| (hold.expires_at, hold.call_id.clone()));
+    holds.truncate(limit);
+    holds
 }
 
 pub(in crate::store) fn ledger_entry(settlement: &Settlement) -> LedgerEntry {

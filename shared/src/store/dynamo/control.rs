@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use chrono::{DateTime, Utc};
 
-use super::item::{self, EXPIRES_AT, Expr, TTL, epoch_ceil, keys, s, ts};
+use super::item::{self, Conditioned, EXPIRES_AT, Expr, TTL, epoch_ceil, keys, s, ts};
 use super::{DynamoStore, commit};
 use crate::store::performance::PerformanceSnapshot;
 use crate::store::{
@@ -47,9 +47,7 @@ impl DynamoStore {
                 .put_item()
                 .table_name(&self.table)
                 .set_item(Some(next))
-                .condition_expression(condition)
-                .set_expression_attribute_names(expr.names())
-                .set_expression_attribute_values(expr.values())
+                .conditioned(condition, &expr)
                 .send()
                 .await;
             match written {

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 
 use aws_sdk_s3::operation::get_object::GetObjectError;
+use aws_sdk_s3::operation::list_objects_v2::ListObjectsV2Output;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
@@ -16,7 +17,7 @@ use tokio::task::JoinSet;
 
 use super::commit::{EventBody, index_retention};
 use super::item::{self, BODY, S3_KEY, SK, keys, sdk_error, ts};
-use super::{DynamoStore, Query, Range, since_range};
+use super::{DynamoStore, Query, Range};
 use crate::domain::{EvolutionEvent, SystemId};
 use crate::store::{StoreError, StoreResult};
 
@@ -42,16 +43,8 @@ struct Month {
 impl DynamoStore {
     /// Stores an event body (compact, single-line JSON) under its deterministic key.
     pub(super) async fn put_event_body(&self, body: &EventBody) -> StoreResult<()> {
-        self.s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&body.object)
-            .content_type("application/json")
-            .body(ByteStream::from(body.json.clone().into_bytes()))
-            .send()
+        self.put_json(&body.object, &body.json, "PutObject (event body)")
             .await
-            .map_err(|e| sdk_error("PutObject (event body)", &e))?;
-        Ok(())
     }
 
     /// Stores an LLM call record (compact, single-line JSON) under its deterministic key.
@@ -59,15 +52,24 @@ impl DynamoStore {
         &self,
         archive: &super::commit::CallArchive,
     ) -> StoreResult<()> {
+        self.put_json(
+            &archive.object,
+            &archive.json,
+            "PutObject (LLM call archive)",
+        )
+        .await
+    }
+
+    async fn put_json(&self, object: &str, json: &str, operation: &str) -> StoreResult<()> {
         self.s3
             .put_object()
             .bucket(&self.bucket)
-            .key(&archive.object)
+            .key(object)
             .content_type("application/json")
-            .body(ByteStream::from(archive.json.clone().into_bytes()))
+            .body(ByteStream::from(json.to_owned().into_bytes()))
             .send()
             .await
-            .map_err(|e| sdk_error("PutObject (LLM call archive)", &e))?;
+            .map_err(|e| sdk_error(operation, &e))?;
         Ok(())
     }
 
@@ -148,29 +150,18 @@ impl DynamoStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // Recent events come from the index items' body copies.
         if since.is_some_and(|since| since >= cutoff) {
-            return self.recent_events(id, since, limit).await;
+            return self.records_since(id, keys::EVT, since, limit).await;
         }
         let mut events = self.archived_events(id, since, cutoff, now, limit).await?;
         if events.len() < limit {
-            let rest = self
-                .recent_events(id, Some(cutoff), limit - events.len())
-                .await?;
-            events.extend(rest);
+            let left = limit - events.len();
+            let rest = self.records_since(id, keys::EVT, Some(cutoff), left);
+            events.extend(rest.await?);
         }
         events.truncate(limit);
         Ok(events)
-    }
-
-    /// From the index items' body copies.
-    async fn recent_events(
-        &self,
-        id: &SystemId,
-        since: Option<DateTime<Utc>>,
-        limit: usize,
-    ) -> StoreResult<Vec<EvolutionEvent>> {
-        let query = Query::new(keys::system(id), since_range(keys::EVT, since)).limit(limit);
-        self.query_records(&query).await
     }
 
     /// Events in `[since, cutoff)` from the S3 month prefixes, month by month.
@@ -262,35 +253,34 @@ impl DynamoStore {
 
     /// The sub-folders (common prefixes) directly under `prefix`.
     async fn folders(&self, prefix: &str) -> StoreResult<Vec<String>> {
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let output = self
-                .s3
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .delimiter("/")
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| sdk_error("ListObjectsV2", &e))?;
-            out.extend(
-                output
-                    .common_prefixes()
-                    .iter()
-                    .filter_map(|p| p.prefix().map(ToOwned::to_owned)),
-            );
-            match output.next_continuation_token {
-                Some(next) if output.is_truncated == Some(true) => token = Some(next),
-                _ => break,
-            }
-        }
-        Ok(out)
+        self.listing(prefix, Some("/"), |page| {
+            page.common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(ToOwned::to_owned))
+                .collect()
+        })
+        .await
     }
 
     /// Every object key under `prefix`.
     async fn object_keys(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        self.listing(prefix, None, |page| {
+            page.contents()
+                .iter()
+                .filter_map(|o| o.key().map(ToOwned::to_owned))
+                .collect()
+        })
+        .await
+    }
+
+    /// What `names` takes from every page of the listing under `prefix`, split at `delimiter`
+    /// when there is one.
+    async fn listing(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        names: impl Fn(&ListObjectsV2Output) -> Vec<String>,
+    ) -> StoreResult<Vec<String>> {
         let mut out = Vec::new();
         let mut token = None;
         loop {
@@ -299,16 +289,12 @@ impl DynamoStore {
                 .list_objects_v2()
                 .bucket(&self.bucket)
                 .prefix(prefix)
+                .set_delimiter(delimiter.map(ToOwned::to_owned))
                 .set_continuation_token(token.take())
                 .send()
                 .await
                 .map_err(|e| sdk_error("ListObjectsV2", &e))?;
-            out.extend(
-                output
-                    .contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(ToOwned::to_owned)),
-            );
+            out.extend(names(&output));
             match output.next_continuation_token {
                 Some(next) if output.is_truncated == Some(true) => token = Some(next),
                 _ => break,

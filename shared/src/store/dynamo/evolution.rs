@@ -3,23 +3,25 @@
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 
 use super::item::{
-    self, EXPIRES_AT, Expr, MAX_GENERATION, PK, SENT, SK, STATE, TTL, UNTIL, decode, epoch_ceil,
-    keys, s, sdk_error, ts,
+    self, Conditioned, EXPIRES_AT, Expr, MAX_GENERATION, PK, SENT, SK, STATE, TTL, UNTIL, decode,
+    epoch_ceil, keys, s, sdk_error, ts,
 };
 use super::{
     CLAIM_ATTEMPTS, CONFLICT_ATTEMPTS, DynamoStore, Query, Range, TransactFailure, backoff, commit,
-    is_condition_failure, since_range, time_range,
+    idempotency_key, is_condition_failure, since_range, time_range, unless_condition_failed,
 };
 use crate::domain::{
     Alert, AnalysisRecord, DecisionRecord, EvolutionEvent, FitnessSample, Generation, Head,
     HistoryEntry, Plan, PlanCursor, SystemId,
 };
 use crate::store::performance::PerformanceSnapshot;
-use crate::store::rules::{self, COMPLETED, IN_PROGRESS, IdempotencyRecord};
+use crate::store::rules::{self, COMPLETED, IN_PROGRESS};
 use crate::store::{
-    Claim, EvolutionStore, LlmCallRecord, StoreError, StoreResult, SystemRecord, Transaction, Write,
+    Claim, ClaimRequest, EvolutionStore, LlmCallRecord, StoreError, StoreResult, SystemRecord,
+    Transaction, Write,
 };
 
 #[async_trait]
@@ -101,8 +103,7 @@ impl EvolutionStore for DynamoStore {
         since: Option<DateTime<Utc>>,
         limit: usize,
     ) -> StoreResult<Vec<DecisionRecord>> {
-        let query = Query::new(keys::system(id), since_range(keys::DEC, since)).limit(limit);
-        self.query_records(&query).await
+        self.records_since(id, keys::DEC, since, limit).await
     }
 
     async fn list_fitness(
@@ -153,15 +154,9 @@ impl EvolutionStore for DynamoStore {
         since: Option<DateTime<Utc>>,
     ) -> StoreResult<Vec<LlmCallRecord>> {
         if let Some(id) = id {
-            let query = Query::new(keys::system(id), since_range(keys::CALL, since));
-            return self.query_records(&query).await;
+            return self.records_since(id, keys::CALL, since, usize::MAX).await;
         }
-        let mut calls = Vec::new();
-        for day in self.days(keys::CALL_DAYS, since).await? {
-            let query = Query::new(keys::call_day(&day), time_range(since));
-            calls.extend(self.query_records::<LlmCallRecord>(&query).await?);
-        }
-        Ok(calls)
+        self.by_day(keys::CALL_DAYS, keys::call_day, since).await
     }
 
     async fn list_alerts(
@@ -173,22 +168,13 @@ impl EvolutionStore for DynamoStore {
         self.query_records(&query).await
     }
 
-    async fn claim(
-        &self,
-        key: &str,
-        payload_hash: &str,
-        now: DateTime<Utc>,
-        in_progress_until: DateTime<Utc>,
-    ) -> StoreResult<Claim> {
+    async fn claim_key(&self, request: &ClaimRequest<'_>) -> StoreResult<Claim> {
+        let (key, held_until) = (request.key, request.in_progress_until);
         let pk = keys::idempotency(key);
-        let mut item = item::record(
-            &pk,
-            keys::RECORD,
-            &IdempotencyRecord::in_progress(payload_hash, in_progress_until),
-        )?;
+        let mut item = item::record(&pk, keys::RECORD, &request.in_progress())?;
         item.insert(STATE.to_owned(), s(IN_PROGRESS));
-        item.insert(UNTIL.to_owned(), s(ts(in_progress_until)));
-        item.insert(TTL.to_owned(), item::n(epoch_ceil(in_progress_until)));
+        item.insert(UNTIL.to_owned(), s(ts(held_until)));
+        item.insert(TTL.to_owned(), item::n(epoch_ceil(held_until)));
         // Powertools semantics: absent, or an in-progress claim that lapsed, or a completed
         // record that expired (DynamoDB's TTL deletes it late, so expiry is checked here).
         let mut expr = Expr::default();
@@ -201,7 +187,7 @@ impl EvolutionStore for DynamoStore {
         let (in_progress, completed, now_value) = (
             expr.value(s(IN_PROGRESS)),
             expr.value(s(COMPLETED)),
-            expr.value(s(ts(now))),
+            expr.value(s(ts(request.now))),
         );
         let condition = format!(
             "attribute_not_exists({pk_name}) OR ({state} = {in_progress} AND {until} <= \
@@ -213,9 +199,7 @@ impl EvolutionStore for DynamoStore {
                 .put_item()
                 .table_name(&self.table)
                 .set_item(Some(item.clone()))
-                .condition_expression(&condition)
-                .set_expression_attribute_names(expr.names())
-                .set_expression_attribute_values(expr.values())
+                .conditioned(&condition, &expr)
                 .send()
                 .await;
             match result {
@@ -226,7 +210,7 @@ impl EvolutionStore for DynamoStore {
             // Someone holds it: read what they hold (consistently) and decide as every adapter
             // does. A record that changed in between (released, expired) is claimed again.
             let existing = self.idempotency_record(key).await?;
-            match rules::claim_outcome(existing.as_ref(), payload_hash, now) {
+            match request.outcome(existing.as_ref()) {
                 Claim::Claimed => {}
                 outcome => return Ok(outcome),
             }
@@ -258,19 +242,13 @@ impl EvolutionStore for DynamoStore {
             .dynamo
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(item::key(keys::idempotency(key), keys::RECORD)))
+            .set_key(Some(idempotency_key(key)))
             .update_expression(update)
-            .condition_expression(condition)
-            .set_expression_attribute_names(expr.names())
-            .set_expression_attribute_values(expr.values())
+            .conditioned(condition, &expr)
             .send()
             .await;
-        match result {
-            // Unknown keys and in-progress claims have no outbox to mark.
-            Err(error) if is_condition_failure(&error) => Ok(()),
-            Err(error) => Err(sdk_error("UpdateItem (mark_sent)", &error)),
-            Ok(_) => Ok(()),
-        }
+        // Unknown keys and in-progress claims have no outbox to mark.
+        unless_condition_failed(result, "UpdateItem (mark_sent)")
     }
 
     async fn commit(&self, tx: Transaction) -> StoreResult<()> {
@@ -372,17 +350,11 @@ impl DynamoStore {
             .dynamo
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(item::key(keys::idempotency(key), keys::RECORD)))
-            .condition_expression(condition)
-            .set_expression_attribute_names(expr.names())
-            .set_expression_attribute_values(expr.values())
+            .set_key(Some(idempotency_key(key)))
+            .conditioned(condition, &expr)
             .send()
             .await;
-        match result {
-            Err(error) if is_condition_failure(&error) => Ok(()),
-            Err(error) => Err(sdk_error(operation, &error)),
-            Ok(_) => Ok(()),
-        }
+        unless_condition_failed(result, operation)
     }
 
     /// The performance record with its optimistic-lock revision.
@@ -397,6 +369,35 @@ impl DynamoStore {
             snapshot: decode(&found)?,
             revision: item::text(&found, item::REVISION).map(ToOwned::to_owned),
         })
+    }
+
+    /// A system's records under a time-ordered sort-key prefix (`EVT#`, `DEC#`, `CALL#`), from
+    /// `since` on, at most `limit`.
+    pub(super) async fn records_since<T: DeserializeOwned>(
+        &self,
+        id: &SystemId,
+        prefix: &str,
+        since: Option<DateTime<Utc>>,
+        limit: usize,
+    ) -> StoreResult<Vec<T>> {
+        let query = Query::new(keys::system(id), since_range(prefix, since)).limit(limit);
+        self.query_records(&query).await
+    }
+
+    /// The records of the day partitions (`day_pk` of each day) whose days are listed under
+    /// `markers`, from the day of `since` on, in time order.
+    pub(super) async fn by_day<T: DeserializeOwned>(
+        &self,
+        markers: &str,
+        day_pk: fn(&str) -> String,
+        since: Option<DateTime<Utc>>,
+    ) -> StoreResult<Vec<T>> {
+        let mut records = Vec::new();
+        for day in self.days(markers, since).await? {
+            let query = Query::new(day_pk(&day), time_range(since));
+            records.extend(self.query_records::<T>(&query).await?);
+        }
+        Ok(records)
     }
 
     /// The days listed under a day-marker partition (`CALLDAYS`, `LEDGERDAYS`), from the day of

@@ -11,11 +11,12 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{Delete, Put, TransactWriteItem, Update};
 use chrono::{DateTime, Utc};
 
-use super::item::{self, CALLS, COMMITTED, Expr, RESERVED, SPENT, build_error, day, keys, n, ts};
-use super::{DynamoStore, Query, Range, TransactFailure, request_token, time_range};
-use crate::cost::{BudgetLimit, LedgerScope, PeriodKey, Totals};
-use crate::domain::BudgetScope;
-use crate::store::rules;
+use super::item::{
+    self, CALLS, COMMITTED, Conditioned, Expr, RESERVED, SPENT, build_error, day, keys, n, ts,
+};
+use super::{DynamoStore, Query, Range, TransactFailure, request_token};
+use crate::cost::{LedgerScope, PeriodKey, Totals};
+use crate::store::rules::{self, CallCounters, limit_counter};
 use crate::store::{
     CostLedger, Hold, LedgerEntry, Reclaim, ReclaimOutcome, Reservation, ReserveOutcome,
     SettleOutcome, Settlement,
@@ -26,15 +27,6 @@ use crate::store::{StoreError, StoreResult};
 const RESERVE_ATTEMPTS: u32 = 5;
 
 type Counter = (PeriodKey, LedgerScope);
-
-/// The counter a budget limit is measured against.
-fn limit_counter(limit: &BudgetLimit, reservation: &Reservation) -> Counter {
-    let scope = match limit.scope {
-        BudgetScope::Global => LedgerScope::Total,
-        BudgetScope::System => LedgerScope::System(reservation.system_id.clone()),
-    };
-    (PeriodKey::of(limit.period, reservation.at), scope)
-}
 
 fn counter_key(counter: &Counter) -> item::Item {
     item::key(counter.0.key(), counter.1.key())
@@ -108,41 +100,29 @@ impl DynamoStore {
                 .and_modify(|r| *r = (*r).min(room))
                 .or_insert(room);
         }
-        rules::counters(
-            &reservation.system_id,
-            &reservation.model_id,
-            reservation.at,
-        )
-        .into_iter()
-        .map(|counter| {
-            let mut expr = Expr::default();
-            let amount = expr.value(n(reservation.amount_nano));
-            let update = format!(
-                "ADD {} {amount}, {} {amount}",
-                expr.name(RESERVED),
-                expr.name(COMMITTED)
-            );
-            let condition = rooms.get(&counter).map(|room| {
-                let committed = expr.name(COMMITTED);
-                let room = expr.value(n(room));
-                format!("attribute_not_exists({committed}) OR {committed} <= {room}")
-            });
-            Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(counter_key(&counter)))
-                .update_expression(update)
-                .set_condition_expression(condition)
-                .set_expression_attribute_names(expr.names())
-                .set_expression_attribute_values(expr.values())
-                .build()
-                .map(|update| TransactWriteItem::builder().update(update).build())
-                .map_err(|e| build_error(&e))
-        })
-        .chain(std::iter::once(hold_put(
-            &self.table,
-            &Hold::of(reservation),
-        )))
-        .collect()
+        reservation
+            .counters()
+            .into_iter()
+            .map(|counter| {
+                let mut expr = Expr::default();
+                let amount = expr.value(n(reservation.amount_nano));
+                let update = format!(
+                    "ADD {} {amount}, {} {amount}",
+                    expr.name(RESERVED),
+                    expr.name(COMMITTED)
+                );
+                let condition = rooms.get(&counter).map(|room| {
+                    let committed = expr.name(COMMITTED);
+                    let room = expr.value(n(room));
+                    format!("attribute_not_exists({committed}) OR {committed} <= {room}")
+                });
+                counter_update(&self.table, &counter, update, condition, &expr)
+            })
+            .chain(std::iter::once(hold_put(
+                &self.table,
+                &Hold::of(reservation),
+            )))
+            .collect()
     }
 
     /// The ledger entry and the counter updates of a settlement; with `held`, also the release
@@ -183,11 +163,7 @@ impl DynamoStore {
         }
         let released = -i128::from(reserved);
         let delta = i128::from(settlement.actual_nano) - i128::from(reserved);
-        for counter in rules::counters(
-            &settlement.system_id,
-            &settlement.model_id,
-            settlement.reserved_at,
-        ) {
+        for counter in settlement.counters() {
             let mut expr = Expr::default();
             let update = format!(
                 "ADD {} {}, {} {}, {} {}, {} {}",
@@ -200,15 +176,7 @@ impl DynamoStore {
                 expr.name(CALLS),
                 expr.value(n(1)),
             );
-            let update = Update::builder()
-                .table_name(&self.table)
-                .set_key(Some(counter_key(&counter)))
-                .update_expression(update)
-                .set_expression_attribute_names(expr.names())
-                .set_expression_attribute_values(expr.values())
-                .build()
-                .map_err(|e| build_error(&e))?;
-            items.push(TransactWriteItem::builder().update(update).build());
+            items.push(counter_update(&self.table, &counter, update, None, &expr)?);
         }
         Ok(items)
     }
@@ -217,7 +185,7 @@ impl DynamoStore {
 /// The counter updates that release `amount_nano` of a hold in all six counters.
 fn release_items(table: &str, hold: &Hold) -> StoreResult<Vec<TransactWriteItem>> {
     let released = -i128::from(hold.amount_nano);
-    rules::counters(&hold.system_id, &hold.model_id, hold.reserved_at)
+    hold.counters()
         .into_iter()
         .map(|counter| {
             let mut expr = Expr::default();
@@ -228,17 +196,29 @@ fn release_items(table: &str, hold: &Hold) -> StoreResult<Vec<TransactWriteItem>
                 expr.name(COMMITTED),
                 expr.value(n(released)),
             );
-            Update::builder()
-                .table_name(table)
-                .set_key(Some(counter_key(&counter)))
-                .update_expression(update)
-                .set_expression_attribute_names(expr.names())
-                .set_expression_attribute_values(expr.values())
-                .build()
-                .map(|update| TransactWriteItem::builder().update(update).build())
-                .map_err(|e| build_error(&e))
+            counter_update(table, &counter, update, None, &expr)
         })
         .collect()
+}
+
+/// An `ADD` update of one counter, conditioned when there is a `condition`.
+fn counter_update(
+    table: &str,
+    counter: &Counter,
+    update: String,
+    condition: Option<String>,
+    expr: &Expr,
+) -> StoreResult<TransactWriteItem> {
+    Update::builder()
+        .table_name(table)
+        .set_key(Some(counter_key(counter)))
+        .update_expression(update)
+        .set_condition_expression(condition)
+        .set_expression_attribute_names(expr.names())
+        .set_expression_attribute_values(expr.values())
+        .build()
+        .map(|update| TransactWriteItem::builder().update(update).build())
+        .map_err(|e| build_error(&e))
 }
 
 fn hold_key(hold: &Hold) -> item::Item {
@@ -265,9 +245,7 @@ fn hold_delete(table: &str, hold: &Hold) -> StoreResult<TransactWriteItem> {
     let delete = Delete::builder()
         .table_name(table)
         .set_key(Some(hold_key(hold)))
-        .condition_expression(format!("attribute_exists({pk})"))
-        .set_expression_attribute_names(expr.names())
-        .set_expression_attribute_values(expr.values())
+        .conditioned(format!("attribute_exists({pk})"), &expr)
         .build()
         .map_err(|e| build_error(&e))?;
     Ok(TransactWriteItem::builder().delete(delete).build())
@@ -280,10 +258,7 @@ fn put(
 ) -> StoreResult<TransactWriteItem> {
     let mut put = Put::builder().table_name(table).set_item(Some(item));
     if let Some((expression, expr)) = condition {
-        put = put
-            .condition_expression(expression)
-            .set_expression_attribute_names(expr.names())
-            .set_expression_attribute_values(expr.values());
+        put = put.conditioned(expression, &expr);
     }
     let put = put.build().map_err(|e| build_error(&e))?;
     Ok(TransactWriteItem::builder().put(put).build())
@@ -380,9 +355,7 @@ impl CostLedger for DynamoStore {
             let query = Query::new(keys::holds(shard), range.clone()).limit(limit);
             holds.extend(self.query_records::<Hold>(&query).await?);
         }
-        holds.sort_by_key(rules::hold_order);
-        holds.truncate(limit);
-        Ok(holds)
+        Ok(rules::soonest(holds, limit))
     }
 
     async fn reclaim(
@@ -422,12 +395,8 @@ impl CostLedger for DynamoStore {
     }
 
     async fn reclaims(&self, since: Option<DateTime<Utc>>) -> StoreResult<Vec<Reclaim>> {
-        let mut reclaims = Vec::new();
-        for the_day in self.days(keys::RECLAIM_DAYS, since).await? {
-            let query = Query::new(keys::reclaim_day(&the_day), time_range(since));
-            reclaims.extend(self.query_records::<Reclaim>(&query).await?);
-        }
-        Ok(reclaims)
+        self.by_day(keys::RECLAIM_DAYS, keys::reclaim_day, since)
+            .await
     }
 
     async fn totals(&self, period: PeriodKey, scope: &LedgerScope) -> StoreResult<Totals> {
@@ -435,11 +404,7 @@ impl CostLedger for DynamoStore {
     }
 
     async fn entries(&self, since: Option<DateTime<Utc>>) -> StoreResult<Vec<LedgerEntry>> {
-        let mut entries = Vec::new();
-        for the_day in self.days(keys::LEDGER_DAYS, since).await? {
-            let query = Query::new(keys::ledger_day(&the_day), time_range(since));
-            entries.extend(self.query_records::<LedgerEntry>(&query).await?);
-        }
-        Ok(entries)
+        self.by_day(keys::LEDGER_DAYS, keys::ledger_day, since)
+            .await
     }
 }

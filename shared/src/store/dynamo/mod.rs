@@ -494,6 +494,27 @@ fn request_token(parts: &[&str]) -> String {
     crate::domain::sha256_hex(joined.as_bytes())[..36].to_owned()
 }
 
+/// The key of the idempotency record of `key`.
+fn idempotency_key(key: &str) -> Item {
+    item::key(keys::idempotency(key), keys::RECORD)
+}
+
+/// The outcome of a conditional write whose failed condition means there was nothing for it to
+/// do, which is not an error.
+fn unless_condition_failed<T, E>(
+    result: Result<T, aws_sdk_dynamodb::error::SdkError<E>>,
+    operation: &str,
+) -> StoreResult<()>
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match result {
+        Err(error) if is_condition_failure(&error) => Ok(()),
+        Err(error) => Err(sdk_error(operation, &error)),
+        Ok(_) => Ok(()),
+    }
+}
+
 fn is_condition_failure<E>(error: &aws_sdk_dynamodb::error::SdkError<E>) -> bool
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata,

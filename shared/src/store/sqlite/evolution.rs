@@ -15,7 +15,9 @@ use crate::domain::{
     HistoryEntry, Plan, PlanCursor, SystemId,
 };
 use crate::store::rules::{self, IdempotencyRecord};
-use crate::store::{Claim, EvolutionStore, LlmCallRecord, StoreResult, SystemRecord, Transaction};
+use crate::store::{
+    Claim, ClaimRequest, EvolutionStore, LlmCallRecord, StoreResult, SystemRecord, Transaction,
+};
 
 #[async_trait]
 impl EvolutionStore for SqliteStore {
@@ -215,20 +217,12 @@ impl EvolutionStore for SqliteStore {
         )
     }
 
-    async fn claim(
-        &self,
-        key: &str,
-        payload_hash: &str,
-        now: DateTime<Utc>,
-        in_progress_until: DateTime<Utc>,
-    ) -> StoreResult<Claim> {
+    async fn claim_key(&self, request: &ClaimRequest<'_>) -> StoreResult<Claim> {
         let mut conn = self.conn();
         let db = immediate(&mut conn)?;
-        let existing = read_idempotency(&db, key)?;
-        let outcome = rules::claim_outcome(existing.as_ref(), payload_hash, now);
+        let outcome = request.outcome(read_idempotency(&db, request.key)?.as_ref());
         if outcome == Claim::Claimed {
-            let record = IdempotencyRecord::in_progress(payload_hash, in_progress_until);
-            write_idempotency(&db, key, &record)?;
+            write_idempotency(&db, request.key, &request.in_progress())?;
             db.commit().sql()?;
         }
         Ok(outcome)

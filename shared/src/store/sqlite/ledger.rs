@@ -2,14 +2,16 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::TransactionBehavior;
+use rusqlite::Connection;
+use serde::Serialize;
 
 use super::{
-    SqlResult, SqliteStore, encode, exists, many, put, read_totals, since_key, ts, write_totals,
+    SqlResult, SqliteStore, encode, exists, immediate, many, put, read_totals, since_key,
+    sql_limit, ts, write_totals,
 };
 use crate::cost::{LedgerScope, PeriodKey, Totals};
 use crate::store::StoreResult;
-use crate::store::rules;
+use crate::store::rules::{self, CallCounters};
 use crate::store::{
     CostLedger, Hold, LedgerEntry, Reclaim, ReclaimOutcome, Reservation, ReserveOutcome,
     SettleOutcome, Settlement,
@@ -19,38 +21,24 @@ use crate::store::{
 impl CostLedger for SqliteStore {
     async fn reserve(&self, reservation: &Reservation) -> StoreResult<ReserveOutcome> {
         let mut conn = self.conn();
-        let db = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .sql()?;
+        let db = immediate(&mut conn)?;
         if let Some(refused) =
             rules::refusal(reservation, |period, scope| read_totals(&db, period, scope))?
         {
             return Ok(refused);
         }
-        for (period, scope) in rules::counters(
-            &reservation.system_id,
-            &reservation.model_id,
-            reservation.at,
-        ) {
-            let mut totals = read_totals(&db, &period, &scope)?;
-            rules::hold(&mut totals, reservation.amount_nano);
-            write_totals(&db, &period, &scope, &totals)?;
-        }
+        adjust(&db, reservation.counters(), |totals| {
+            rules::hold(totals, reservation.amount_nano);
+        })?;
         let hold = Hold::of(reservation);
-        put(
-            &db,
-            "INSERT INTO holds (call_id, expires_at, body) VALUES (?1, ?2, ?3)",
-            [hold.call_id.as_str(), &ts(hold.expires_at), &encode(&hold)?],
-        )?;
+        insert_for_call(&db, HOLD_SQL, &hold.call_id, hold.expires_at, &hold)?;
         db.commit().sql()?;
         Ok(ReserveOutcome::Reserved)
     }
 
     async fn settle(&self, settlement: &Settlement) -> StoreResult<SettleOutcome> {
         let mut conn = self.conn();
-        let db = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .sql()?;
+        let db = immediate(&mut conn)?;
         if exists(
             &db,
             "SELECT 1 FROM ledger WHERE call_id = ?1",
@@ -58,38 +46,14 @@ impl CostLedger for SqliteStore {
         )? {
             return Ok(SettleOutcome::AlreadySettled);
         }
-        let held = db
-            .execute(
-                "DELETE FROM holds WHERE call_id = ?1",
-                [settlement.call_id.as_str()],
-            )
-            .sql()?
-            > 0;
-        for (period, scope) in rules::counters(
-            &settlement.system_id,
-            &settlement.model_id,
-            settlement.reserved_at,
-        ) {
-            let mut totals = read_totals(&db, &period, &scope)?;
-            if held {
-                rules::settle_into(&mut totals, settlement);
-            } else {
-                rules::count(&mut totals, settlement);
-            }
-            write_totals(&db, &period, &scope, &totals)?;
-        }
+        let held = delete_hold(&db, &settlement.call_id)?;
+        adjust(&db, settlement.counters(), |totals| {
+            rules::settle(totals, settlement, held);
+        })?;
         let entry = rules::ledger_entry(settlement);
-        put(
-            &db,
-            "INSERT INTO ledger (call_id, at, body) VALUES (?1, ?2, ?3)",
-            [entry.call_id.as_str(), &ts(entry.at), &encode(&entry)?],
-        )?;
+        insert_for_call(&db, LEDGER_SQL, &entry.call_id, entry.at, &entry)?;
         db.commit().sql()?;
-        Ok(if held {
-            SettleOutcome::Settled
-        } else {
-            SettleOutcome::SettledAfterReclaim
-        })
+        Ok(rules::settled(held))
     }
 
     async fn holds(&self, expired_by: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Hold>> {
@@ -97,7 +61,7 @@ impl CostLedger for SqliteStore {
             &self.conn(),
             "holds",
             "SELECT body FROM holds WHERE expires_at <= ?1 ORDER BY expires_at, call_id LIMIT ?2",
-            rusqlite::params![ts(expired_by), i64::try_from(limit).unwrap_or(i64::MAX)],
+            rusqlite::params![ts(expired_by), sql_limit(limit)],
         )
     }
 
@@ -108,33 +72,19 @@ impl CostLedger for SqliteStore {
         at: DateTime<Utc>,
     ) -> StoreResult<ReclaimOutcome> {
         let mut conn = self.conn();
-        let db = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .sql()?;
-        let deleted = db
-            .execute(
-                "DELETE FROM holds WHERE call_id = ?1",
-                [hold.call_id.as_str()],
-            )
-            .sql()?;
-        if deleted == 0 {
+        let db = immediate(&mut conn)?;
+        if !delete_hold(&db, &hold.call_id)? {
             return Ok(ReclaimOutcome::Gone);
         }
-        for (period, scope) in rules::counters(&hold.system_id, &hold.model_id, hold.reserved_at) {
-            let mut totals = read_totals(&db, &period, &scope)?;
-            rules::release(&mut totals, hold.amount_nano);
-            write_totals(&db, &period, &scope, &totals)?;
-        }
+        adjust(&db, hold.counters(), |totals| {
+            rules::release(totals, hold.amount_nano);
+        })?;
         let reclaim = Reclaim {
             hold: hold.clone(),
             by: by.to_owned(),
             at,
         };
-        put(
-            &db,
-            "INSERT INTO reclaims (call_id, at, body) VALUES (?1, ?2, ?3)",
-            [hold.call_id.as_str(), &ts(at), &encode(&reclaim)?],
-        )?;
+        insert_for_call(&db, RECLAIM_SQL, &hold.call_id, at, &reclaim)?;
         db.commit().sql()?;
         Ok(ReclaimOutcome::Reclaimed)
     }
@@ -160,4 +110,44 @@ impl CostLedger for SqliteStore {
             [since_key(since)],
         )
     }
+}
+
+const HOLD_SQL: &str = "INSERT INTO holds (call_id, expires_at, body) VALUES (?1, ?2, ?3)";
+
+const LEDGER_SQL: &str = "INSERT INTO ledger (call_id, at, body) VALUES (?1, ?2, ?3)";
+
+const RECLAIM_SQL: &str = "INSERT INTO reclaims (call_id, at, body) VALUES (?1, ?2, ?3)";
+
+/// A record of one call (hold, ledger entry, reclaim): `sql` inserts its row of (call id, time,
+/// body), and fails if the call has one already.
+fn insert_for_call(
+    db: &Connection,
+    sql: &str,
+    call_id: &str,
+    at: DateTime<Utc>,
+    record: &impl Serialize,
+) -> StoreResult<()> {
+    put(db, sql, [call_id, &ts(at), &encode(record)?])
+}
+
+/// Deletes the call's hold; whether it was there (else it was settled or reclaimed).
+fn delete_hold(db: &Connection, call_id: &str) -> StoreResult<bool> {
+    let deleted = db
+        .execute("DELETE FROM holds WHERE call_id = ?1", [call_id])
+        .sql()?;
+    Ok(deleted > 0)
+}
+
+/// Applies `change` to each of the counters `keys` inside the open transaction.
+fn adjust(
+    db: &Connection,
+    keys: Vec<(PeriodKey, LedgerScope)>,
+    change: impl Fn(&mut Totals),
+) -> StoreResult<()> {
+    for (period, scope) in keys {
+        let mut totals = read_totals(db, &period, &scope)?;
+        change(&mut totals);
+        write_totals(db, &period, &scope, &totals)?;
+    }
+    Ok(())
 }
