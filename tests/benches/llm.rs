@@ -18,7 +18,7 @@ use shared::domain::{
     Mutation, Role, SystemId, TaskContext,
 };
 use shared::engine::LocalEngine;
-use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings, schema_for};
+use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings, SdkConverse, schema_for};
 use shared::llm::catalog::ModelCatalog;
 use shared::llm::validate::{self, Extraction, RawAnswer, RawContent};
 use shared::llm::{CallContext, DecideRequest, DnaView, LanguageModel, prompts, router};
@@ -217,7 +217,7 @@ fn main() {
             };
             let mut settings = BedrockSettings::new(catalog.clone(), Budgets::default());
             settings.response_cache_ttl = ttl;
-            let model = BedrockModel::new(client.clone(), settings, ports, LocalEngine::new(1));
+            let model = BedrockModel::new(SdkConverse::new(client.clone()), settings, ports, LocalEngine::new(1));
             let mut samples = Vec::new();
             for i in 0..600 {
                 let req = request(&format!("whole-{i}"));

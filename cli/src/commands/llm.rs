@@ -8,7 +8,7 @@ use shared::clock::{SeededRandom, SystemClock};
 use shared::cost::{Budgets, NANO_PER_USD};
 use shared::engine::LocalEngine;
 use shared::llm::LanguageModel;
-use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
+use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings, SdkConverse};
 use shared::llm::catalog::ModelCatalog;
 use shared::local::LocalHome;
 use shared::stages::PipelineConfig;
@@ -118,7 +118,12 @@ pub async fn build(
     let mut settings = BedrockSettings::new(catalog, budgets);
     settings.response_cache_ttl =
         chrono::Duration::seconds(i64::from(args.response_cache_ttl_seconds));
-    Ok(Arc::new(BedrockModel::new(client, settings, ports, local)))
+    Ok(Arc::new(BedrockModel::new(
+        SdkConverse::new(client),
+        settings,
+        ports,
+        local,
+    )))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use shared::clock::{SeededRandom, SimClock};
 use shared::cost::{BudgetLimit, Budgets, LedgerScope, PeriodKey, Totals};
 use shared::domain::{BudgetMode, BudgetPeriod, BudgetScope, Role};
 use shared::engine::{LOCAL_MODEL_ID, LocalEngine};
-use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
+use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings, SdkConverse};
 use shared::llm::{AnalyzeRequest, BudgetCrossing, LanguageModel};
 use shared::store::StoreResult;
 use shared::store::memory::MemoryStore;
@@ -95,7 +95,12 @@ impl Budgeted {
             sleeper: clock,
             random: Arc::new(SeededRandom::new(SEED)),
         };
-        let model = BedrockModel::new(client(&stub.url()), settings, ports, LocalEngine::new(SEED));
+        let model = BedrockModel::new(
+            SdkConverse::new(client(&stub.url())),
+            settings,
+            ports,
+            LocalEngine::new(SEED),
+        );
         Self {
             stub,
             ledger,

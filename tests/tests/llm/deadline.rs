@@ -300,7 +300,7 @@ async fn a_cycle_whose_bedrock_answers_outlast_each_invocation_commits_every_mes
         random: Arc::new(shared::clock::SeededRandom::new(crate::fixture::SEED)),
     };
     let model: Arc<dyn LanguageModel> = Arc::new(shared::llm::bedrock::BedrockModel::new(
-        crate::fixture::client(&stub.url()),
+        shared::llm::bedrock::SdkConverse::new(crate::fixture::client(&stub.url())),
         settings,
         ports,
         shared::engine::LocalEngine::new(crate::fixture::SEED),

@@ -14,7 +14,7 @@ use shared::clock::{Clock, SeededRandom, SimClock};
 use shared::cost::{Budgets, LedgerScope, PeriodKey, Totals};
 use shared::domain::BudgetPeriod;
 use shared::engine::LocalEngine;
-use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
+use shared::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings, SdkConverse};
 use shared::llm::catalog::ModelCatalog;
 use shared::store::CostLedger;
 use shared::store::memory::MemoryStore;
@@ -214,7 +214,12 @@ pub fn bedrock_model(
         sleeper: clock.clone(),
         random: Arc::new(SeededRandom::new(SEED)),
     };
-    BedrockModel::new(client(url), settings, ports, LocalEngine::new(SEED))
+    BedrockModel::new(
+        SdkConverse::new(client(url)),
+        settings,
+        ports,
+        LocalEngine::new(SEED),
+    )
 }
 
 /// One adapter with its stub, store and clock.

@@ -2,7 +2,7 @@
 //! remaining proposals in one request and keeps the other answers in the response cache.
 
 use super::{
-    AnswerError, BedrockModel, DecideRequest, DecisionResult, Fallback, LlmAnswer, LlmError,
+    AnswerError, BedrockModel, Call, DecideRequest, DecisionResult, Fallback, LlmAnswer, LlmError,
     ModelEntry, Priority, Prompt, RawAnswer, RawContent, Role, StructuredOutput, Usage, Value,
     cache_key, deferred, healing, info, prompts, schema_for, validate,
 };
@@ -63,11 +63,13 @@ impl BedrockModel {
         };
         let answer = self
             .role_call(
-                &req.ctx,
-                Priority::of(&req.ctx.task, true),
-                batch_schema(),
-                &|limit| batch_prompt(req, limit),
-                &parse,
+                Call {
+                    ctx: &req.ctx,
+                    priority: Priority::of(&req.ctx.task, true),
+                    schema: &batch_schema(),
+                    prompt_for: &|limit| batch_prompt(req, limit),
+                    parse: &parse,
+                },
                 Fallback {
                     local,
                     safe: Some(&|(d, _), reason: &str| (deferred(d, reason), Vec::new())),

@@ -1,28 +1,26 @@
 //! The one repair request an invalid answer gets, on the cheapest structured-output model of
 //! the route.
 
+use super::policy::{Call, MIN_REQUEST_TIME, Paid, Ticket};
+use super::transport::Request;
 use super::{
-    AnswerError, BedrockModel, CacheTtl, CallContext, Duration, Failure, MIN_REQUEST_TIME, Outcome,
-    Prompt, Reservation, ReserveOutcome, Spent, StructuredOutput, Value, blended_price, classify,
-    cost_nano, derive_id, estimate_tokens, extraction, raw_answer, usage_of, validate,
-    worst_case_nano,
+    AnswerError, BedrockModel, Duration, Outcome, Prompt, Spent, StructuredOutput, blended_price,
+    derive_id, estimate_tokens, extraction, validate, worst_case_nano,
 };
 
 impl BedrockModel {
     /// One repair attempt on the cheapest capable model: the same data, the validation error,
     /// and the demand for a valid structured answer. Its cost counts like any call's.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn repair<T>(
         &self,
-        ctx: &CallContext,
+        call: &Call<'_, T>,
         ranked: &[String],
-        schema: &Value,
         prompt: &Prompt,
         error: &AnswerError,
-        parse: &(dyn Fn(Value) -> Result<T, AnswerError> + Sync),
         timeout: Duration,
         spent: &mut Spent,
     ) -> Option<Outcome<T>> {
+        let ctx = call.ctx;
         let cheapest = ranked
             .iter()
             .filter_map(|id| self.settings.catalog.get(id))
@@ -39,8 +37,7 @@ impl BedrockModel {
             ..prompt.clone()
         };
         let max_tokens = settings.max_tokens.min(cheapest.max_output_tokens);
-        let now = self.ports.clock.now();
-        let reservation = Reservation {
+        let ticket = Ticket {
             call_id: derive_id(
                 "bcall",
                 &[
@@ -50,62 +47,38 @@ impl BedrockModel {
                     &self.request_nonce(),
                 ],
             ),
-            system_id: ctx.system_id.clone(),
-            model_id: cheapest.id.clone(),
-            amount_nano: worst_case_nano(
+            worst_nano: worst_case_nano(
                 price,
                 estimate_tokens(&repair_prompt.system) + estimate_tokens(&repair_prompt.user),
                 u64::from(max_tokens),
             ),
-            at: now,
-            limits: self.limits(ctx.task.critical),
+            at: self.ports.clock.now(),
+            timeout,
         };
         if timeout < MIN_REQUEST_TIME.min(settings.timeout) {
             return None;
         }
-        if let Some(reason) = spent.exhausted(&self.settings.retry, reservation.amount_nano) {
+        if let Some(reason) = spent.exhausted(&self.settings.retry, ticket.worst_nano) {
             tracing::info!(%reason, "no repair request");
             return None;
         }
-        if !matches!(
-            self.ports.ledger.reserve(&reservation).await,
-            Ok(ReserveOutcome::Reserved)
-        ) {
-            return None;
-        }
-        spent.requests += 1;
-        let sent = tokio::time::timeout(
-            timeout,
-            self.send(
-                &cheapest.id,
-                cheapest,
-                &repair_prompt,
-                schema,
-                settings,
-                max_tokens,
-            ),
-        )
-        .await;
-        let output = match sent {
-            Ok(Ok(output)) => output,
-            Ok(Err(e)) => {
-                self.settle_failed(&reservation, &classify(&e), spent).await;
-                return None;
-            }
-            Err(_) => {
-                self.settle_failed(&reservation, &Failure::Timeout(timeout), spent)
-                    .await;
-                return None;
-            }
+        let request = Request {
+            model: cheapest,
+            prompt: &repair_prompt,
+            schema: call.schema,
+            settings,
+            max_tokens,
         };
-        spent.billed += 1;
-        let usage = usage_of(&output);
-        let cost = cost_nano(price, &usage, CacheTtl::FiveMinutes);
-        self.settle(&reservation, cost, usage, spent).await;
-        let value = raw_answer(&output)
+        let Paid::Replied { reply, .. } =
+            self.paid_request(ctx, &ticket, request, price, spent).await
+        else {
+            return None;
+        };
+        let value = reply
+            .answer
             .ok()
             .and_then(|raw| validate::extract(&raw, extraction(cheapest, ctx.task.role)).ok())
-            .and_then(|v| parse(v).ok())?;
+            .and_then(|v| (call.parse)(v).ok())?;
         Some(Outcome::Answered {
             value,
             model_id: cheapest.id.clone(),
