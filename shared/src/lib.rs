@@ -17,5 +17,6 @@ pub mod security;
 pub mod sim;
 pub mod stages;
 pub mod store;
+pub mod topology;
 #[cfg(feature = "bedrock")]
 pub mod worker;

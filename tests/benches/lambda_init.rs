@@ -24,7 +24,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shared::lambda::config::FUNCTIONS;
+use shared::lambda::config::functions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -352,7 +352,8 @@ fn main() {
             );
             return;
         };
-        let packages: Vec<&str> = FUNCTIONS.iter().map(|(p, _)| *p).collect();
+        let functions = functions();
+        let packages: Vec<&str> = functions.iter().map(|(p, _)| *p).collect();
         let binaries = build_functions(&packages).await;
 
         let world = World::new().await;
@@ -385,7 +386,7 @@ fn main() {
         };
         // The floor: lambda_runtime and five SDK clients, release-built like the functions.
         let bare = if let Some(binary) = release_dir("bare-lambda") {
-            let env = world.env(FUNCTIONS[0].1);
+            let env = world.env(&functions[0].1);
             let row = bench.row(&binary, &env, &sample_event("cost-guard")).await;
             row.print("bare-lambda", "release");
             Some(row)
@@ -393,7 +394,8 @@ fn main() {
             println!("(no release build of bare-lambda: `make bench` builds it)");
             None
         };
-        for (package, variables) in FUNCTIONS {
+        for (package, variables) in &functions {
+            let package = *package;
             let env = world.env(variables);
             let event = sample_event(package);
             let debug = binaries[package].clone();

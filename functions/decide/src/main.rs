@@ -1,6 +1,5 @@
 //! The decide function's binary: wiring only (the handler is in `lib.rs`).
 
-use aws_config::BehaviorVersion;
 use lambda_runtime::{Error, run, service_fn};
 use shared::lambda::config::DecideConfig;
 use shared::lambda::wiring;
@@ -10,16 +9,6 @@ use shared::lambda::wiring;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let config = DecideConfig::from_env()?;
-    let sdk = aws_config::load_defaults(BehaviorVersion::latest()).await;
-    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
-    let store = wiring::dynamo_store(&config.common, dynamo, aws_sdk_s3::Client::new(&sdk));
-    let bedrock = aws_sdk_bedrockruntime::config::Builder::from(&sdk);
-    let llm = wiring::language_model(&config.llm, config.budgets, bedrock, store.clone())?;
-    let pipeline = wiring::deps(store, llm, config.pipeline());
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
-    let sns = aws_sdk_sns::Client::new(&sdk);
-    let sources = config.sources();
-    let deps = wiring::function("decide", &config.common, sources, pipeline, sqs, sns);
+    let deps = wiring::from_env::<DecideConfig>().await?;
     run(service_fn(|event| decide::handler(&deps, event))).await
 }

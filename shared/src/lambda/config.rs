@@ -2,9 +2,9 @@
 //!
 //! Each function reads only what it needs: its table and bucket, the URL of every queue and the
 //! ARN of every topic its stage can send to, the dead-letter queue of every queue it consumes,
-//! and, where it spends or polices money, the budgets and the LLM engine. `VARIABLES` lists
-//! exactly the names a type reads (a test holds `from_map` to it), so the deployment template
-//! can be checked against it.
+//! and, where it spends or polices money, the budgets and the LLM engine: all of it as the
+//! [`topology`](crate::topology) table says. `variables()` lists exactly the names a type reads
+//! (a test holds `from_map` to it), so the deployment template can be checked against it.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -13,42 +13,15 @@ use std::path::PathBuf;
 use super::QueueSources;
 use crate::bus::aws::Destinations;
 use crate::cost::Budgets;
-use crate::domain::{Queue, Topic};
+use crate::domain::Queue;
 use crate::stages::PipelineConfig;
+use crate::topology::{self, Consumer, Extra};
 
-pub const TABLE_NAME: &str = "TABLE_NAME";
-pub const BUCKET_NAME: &str = "BUCKET_NAME";
-pub const ANALYZE_QUEUE_URL: &str = "ANALYZE_QUEUE_URL";
-pub const STRATEGIZE_QUEUE_URL: &str = "STRATEGIZE_QUEUE_URL";
-pub const DECIDE_QUEUE_URL: &str = "DECIDE_QUEUE_URL";
-pub const SNAPSHOT_QUEUE_URL: &str = "SNAPSHOT_QUEUE_URL";
-pub const FITNESS_QUEUE_URL: &str = "FITNESS_QUEUE_URL";
-pub const COST_GUARD_QUEUE_URL: &str = "COST_GUARD_QUEUE_URL";
-pub const ANALYZE_DLQ_URL: &str = "ANALYZE_DLQ_URL";
-pub const STRATEGIZE_DLQ_URL: &str = "STRATEGIZE_DLQ_URL";
-pub const DECIDE_DLQ_URL: &str = "DECIDE_DLQ_URL";
-pub const SNAPSHOT_DLQ_URL: &str = "SNAPSHOT_DLQ_URL";
-pub const FITNESS_DLQ_URL: &str = "FITNESS_DLQ_URL";
-pub const COST_GUARD_DLQ_URL: &str = "COST_GUARD_DLQ_URL";
+crate::deployment_variables!("");
+
 /// The snapshot function consumes two queues and tells their records apart by source ARN.
 pub const SNAPSHOT_QUEUE_ARN: &str = "SNAPSHOT_QUEUE_ARN";
 pub const FITNESS_QUEUE_ARN: &str = "FITNESS_QUEUE_ARN";
-pub const EVENTS_TOPIC_ARN: &str = "EVENTS_TOPIC_ARN";
-pub const ALERTS_TOPIC_ARN: &str = "ALERTS_TOPIC_ARN";
-/// Optional global budgets, in integer nano-USD.
-pub const DAILY_BUDGET_NANO_USD: &str = "DAILY_BUDGET_NANO_USD";
-pub const MONTHLY_BUDGET_NANO_USD: &str = "MONTHLY_BUDGET_NANO_USD";
-/// `bedrock` (default) or `local`.
-pub const LLM: &str = "LLM";
-/// Optional path of a model catalog file replacing the embedded one.
-pub const MODEL_CATALOG: &str = "MODEL_CATALOG";
-/// Optional risk (0..1) above which an approval is held for a human; unset turns the gate off.
-pub const APPROVAL_RISK_THRESHOLD: &str = "APPROVAL_RISK_THRESHOLD";
-/// Optional seconds a pending approval waits before it is rejected (default 86400).
-pub const APPROVAL_TTL_SECONDS: &str = "APPROVAL_TTL_SECONDS";
-/// Seconds a validated LLM answer is reused for an identical request; `0` turns the response
-/// cache off; unset or blank means the default (15 minutes).
-pub const RESPONSE_CACHE_TTL_SECONDS: &str = "RESPONSE_CACHE_TTL_SECONDS";
 /// The notify function's dead-letter queue.
 pub const NOTIFY_DLQ_URL: &str = "NOTIFY_DLQ_URL";
 /// The ARN of the Secrets Manager secret holding the webhook URLs (never the URLs themselves).
@@ -61,38 +34,6 @@ pub const NOTIFY_KINDS: &str = "NOTIFY_KINDS";
 pub const WEBHOOK_SECRET_TTL_SECONDS: &str = "WEBHOOK_SECRET_TTL_SECONDS";
 /// The longest one webhook post may take, in milliseconds (default 5000).
 pub const WEBHOOK_TIMEOUT_MS: &str = "WEBHOOK_TIMEOUT_MS";
-
-/// The environment variable holding the URL of `queue`.
-pub const fn queue_url_variable(queue: Queue) -> &'static str {
-    match queue {
-        Queue::Analyze => ANALYZE_QUEUE_URL,
-        Queue::Strategize => STRATEGIZE_QUEUE_URL,
-        Queue::Decide => DECIDE_QUEUE_URL,
-        Queue::Snapshot => SNAPSHOT_QUEUE_URL,
-        Queue::Fitness => FITNESS_QUEUE_URL,
-        Queue::CostGuard => COST_GUARD_QUEUE_URL,
-    }
-}
-
-/// The environment variable holding the URL of `queue`'s dead-letter queue.
-pub const fn dlq_url_variable(queue: Queue) -> &'static str {
-    match queue {
-        Queue::Analyze => ANALYZE_DLQ_URL,
-        Queue::Strategize => STRATEGIZE_DLQ_URL,
-        Queue::Decide => DECIDE_DLQ_URL,
-        Queue::Snapshot => SNAPSHOT_DLQ_URL,
-        Queue::Fitness => FITNESS_DLQ_URL,
-        Queue::CostGuard => COST_GUARD_DLQ_URL,
-    }
-}
-
-/// The environment variable holding the ARN of `topic`.
-pub const fn topic_arn_variable(topic: Topic) -> &'static str {
-    match topic {
-        Topic::EvolutionEvents => EVENTS_TOPIC_ARN,
-        Topic::Alerts => ALERTS_TOPIC_ARN,
-    }
-}
 
 /// A configuration that cannot run; names the variable, never echoes its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,13 +71,6 @@ pub struct Common {
     pub destinations: Destinations,
     /// The dead-letter queue URL of each queue the function consumes.
     pub dead_letters: BTreeMap<Queue, String>,
-}
-
-/// What a function sends to and consumes.
-struct Routes {
-    sends: &'static [Queue],
-    publishes: &'static [Topic],
-    consumes: &'static [Queue],
 }
 
 /// The analyze function: its queue and the tick. Sends analyses to strategize, plan steps to
@@ -237,18 +171,81 @@ pub struct CostGuardConfig {
 }
 
 /// `from_env` (the process environment, read once at cold start) and `from_map` (tests), the
-/// same for every function: both read exactly the type's `VARIABLES`.
+/// same for every function: both read exactly the type's `variables()`.
 macro_rules! env_readers {
     ($config:ty) => {
         impl $config {
             pub fn from_env() -> Result<Self, ConfigError> {
-                Self::from_map(&env_map(Self::VARIABLES)?)
+                Self::from_map(&env_map(&Self::variables())?)
             }
 
             pub fn from_map(map: &HashMap<String, String>) -> Result<Self, ConfigError> {
                 Self::read(&Vars::new(map))
             }
         }
+    };
+    ($config:ty, $consumer:expr) => {
+        env_readers!($config);
+
+        impl $config {
+            /// The function's row of the topology.
+            pub const CONSUMER: &'static Consumer = &$consumer;
+
+            /// Every variable the type reads.
+            pub fn variables() -> Vec<&'static str> {
+                variables(Self::CONSUMER)
+            }
+        }
+    };
+}
+
+/// What the wiring needs of a pipeline function's configuration (see
+/// [`wiring::from_env`](super::wiring::from_env)).
+pub trait FunctionConfig: Sized {
+    fn from_env() -> Result<Self, ConfigError>;
+    /// The function's row of the topology.
+    fn consumer() -> &'static Consumer;
+    fn common(&self) -> &Common;
+    fn sources(&self) -> QueueSources;
+    fn pipeline(&self) -> PipelineConfig;
+    /// The engine settings and budgets of a stage that calls an LLM.
+    fn llm(&self) -> Option<(&LlmSettings, Budgets)>;
+}
+
+/// [`FunctionConfig`] from the type's own readers; `llm` for the stages that call one.
+macro_rules! function_config {
+    ($config:ty $(, $llm:ident)?) => {
+        impl FunctionConfig for $config {
+            fn from_env() -> Result<Self, ConfigError> {
+                <$config>::from_env()
+            }
+
+            fn consumer() -> &'static Consumer {
+                Self::CONSUMER
+            }
+
+            fn common(&self) -> &Common {
+                &self.common
+            }
+
+            fn sources(&self) -> QueueSources {
+                <$config>::sources(self)
+            }
+
+            fn pipeline(&self) -> PipelineConfig {
+                <$config>::pipeline(self)
+            }
+
+            fn llm(&self) -> Option<(&LlmSettings, Budgets)> {
+                function_config!(@llm self $(, $llm)?)
+            }
+        }
+    };
+    (@llm $self:ident) => {
+        None
+    };
+    (@llm $self:ident, llm) => {
+        Some((&$self.llm, $self.budgets))
     };
 }
 
@@ -257,13 +254,14 @@ macro_rules! env_readers {
 /// A stage's own settings follow as `field: Type`, each read by `Type::read` and applied to
 /// the pipeline config by `Type::apply`.
 macro_rules! llm_stage {
-    ($config:ident, $queue:expr $(, $field:ident: $extra:ty)*) => {
-        env_readers!($config);
+    ($config:ident, $consumer:expr $(, $field:ident: $extra:ty)*) => {
+        env_readers!($config, $consumer);
+        function_config!($config, llm);
 
         impl $config {
             fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
                 Ok(Self {
-                    common: common(vars, &Self::ROUTES)?,
+                    common: common(vars, Self::CONSUMER)?,
                     budgets: budgets(vars)?,
                     llm: llm(vars)?,
                     $($field: <$extra>::read(vars)?,)*
@@ -271,7 +269,7 @@ macro_rules! llm_stage {
             }
 
             pub fn sources(&self) -> QueueSources {
-                QueueSources::Only($queue)
+                QueueSources::Only(Self::CONSUMER.consumes[0])
             }
 
             pub fn pipeline(&self) -> PipelineConfig {
@@ -284,118 +282,19 @@ macro_rules! llm_stage {
     };
 }
 
-impl AnalyzeConfig {
-    pub const VARIABLES: &'static [&'static str] = &[
-        TABLE_NAME,
-        BUCKET_NAME,
-        ANALYZE_QUEUE_URL,
-        STRATEGIZE_QUEUE_URL,
-        DECIDE_QUEUE_URL,
-        SNAPSHOT_QUEUE_URL,
-        COST_GUARD_QUEUE_URL,
-        ALERTS_TOPIC_ARN,
-        ANALYZE_DLQ_URL,
-        DAILY_BUDGET_NANO_USD,
-        MONTHLY_BUDGET_NANO_USD,
-        LLM,
-        MODEL_CATALOG,
-        RESPONSE_CACHE_TTL_SECONDS,
-    ];
-    const ROUTES: Routes = Routes {
-        sends: &[
-            Queue::Analyze,
-            Queue::Strategize,
-            Queue::Decide,
-            Queue::Snapshot,
-            Queue::CostGuard,
-        ],
-        publishes: &[Topic::Alerts],
-        consumes: &[Queue::Analyze],
-    };
-}
+llm_stage!(AnalyzeConfig, topology::ANALYZE);
 
-llm_stage!(AnalyzeConfig, Queue::Analyze);
+llm_stage!(StrategizeConfig, topology::STRATEGIZE);
 
-impl StrategizeConfig {
-    pub const VARIABLES: &'static [&'static str] = &[
-        TABLE_NAME,
-        BUCKET_NAME,
-        ANALYZE_QUEUE_URL,
-        DECIDE_QUEUE_URL,
-        COST_GUARD_QUEUE_URL,
-        ALERTS_TOPIC_ARN,
-        STRATEGIZE_DLQ_URL,
-        DAILY_BUDGET_NANO_USD,
-        MONTHLY_BUDGET_NANO_USD,
-        LLM,
-        MODEL_CATALOG,
-        RESPONSE_CACHE_TTL_SECONDS,
-    ];
-    const ROUTES: Routes = Routes {
-        sends: &[Queue::Analyze, Queue::Decide, Queue::CostGuard],
-        publishes: &[Topic::Alerts],
-        consumes: &[Queue::Strategize],
-    };
-}
+llm_stage!(DecideConfig, topology::DECIDE, gate: ApprovalGate);
 
-llm_stage!(StrategizeConfig, Queue::Strategize);
-
-impl DecideConfig {
-    pub const VARIABLES: &'static [&'static str] = &[
-        TABLE_NAME,
-        BUCKET_NAME,
-        ANALYZE_QUEUE_URL,
-        DECIDE_QUEUE_URL,
-        SNAPSHOT_QUEUE_URL,
-        COST_GUARD_QUEUE_URL,
-        ALERTS_TOPIC_ARN,
-        DECIDE_DLQ_URL,
-        DAILY_BUDGET_NANO_USD,
-        MONTHLY_BUDGET_NANO_USD,
-        LLM,
-        MODEL_CATALOG,
-        APPROVAL_RISK_THRESHOLD,
-        APPROVAL_TTL_SECONDS,
-        RESPONSE_CACHE_TTL_SECONDS,
-    ];
-    const ROUTES: Routes = Routes {
-        sends: &[
-            Queue::Analyze,
-            Queue::Decide,
-            Queue::Snapshot,
-            Queue::CostGuard,
-        ],
-        publishes: &[Topic::Alerts],
-        consumes: &[Queue::Decide],
-    };
-}
-
-llm_stage!(DecideConfig, Queue::Decide, gate: ApprovalGate);
-
-env_readers!(SnapshotConfig);
+env_readers!(SnapshotConfig, topology::SNAPSHOT);
+function_config!(SnapshotConfig);
 
 impl SnapshotConfig {
-    pub const VARIABLES: &'static [&'static str] = &[
-        TABLE_NAME,
-        BUCKET_NAME,
-        ANALYZE_QUEUE_URL,
-        DECIDE_QUEUE_URL,
-        EVENTS_TOPIC_ARN,
-        ALERTS_TOPIC_ARN,
-        SNAPSHOT_DLQ_URL,
-        FITNESS_DLQ_URL,
-        SNAPSHOT_QUEUE_ARN,
-        FITNESS_QUEUE_ARN,
-    ];
-    const ROUTES: Routes = Routes {
-        sends: &[Queue::Analyze, Queue::Decide],
-        publishes: &[Topic::EvolutionEvents, Topic::Alerts],
-        consumes: &[Queue::Snapshot, Queue::Fitness],
-    };
-
     fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
-            common: common(vars, &Self::ROUTES)?,
+            common: common(vars, Self::CONSUMER)?,
             snapshot_queue_arn: vars.arn(SNAPSHOT_QUEUE_ARN)?,
             fitness_queue_arn: vars.arn(FITNESS_QUEUE_ARN)?,
         })
@@ -415,26 +314,13 @@ impl SnapshotConfig {
     }
 }
 
-env_readers!(CostGuardConfig);
+env_readers!(CostGuardConfig, topology::COST_GUARD);
+function_config!(CostGuardConfig);
 
 impl CostGuardConfig {
-    pub const VARIABLES: &'static [&'static str] = &[
-        TABLE_NAME,
-        BUCKET_NAME,
-        ALERTS_TOPIC_ARN,
-        COST_GUARD_DLQ_URL,
-        DAILY_BUDGET_NANO_USD,
-        MONTHLY_BUDGET_NANO_USD,
-    ];
-    const ROUTES: Routes = Routes {
-        sends: &[],
-        publishes: &[Topic::Alerts],
-        consumes: &[Queue::CostGuard],
-    };
-
     fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
         Ok(Self {
-            common: common(vars, &Self::ROUTES)?,
+            common: common(vars, Self::CONSUMER)?,
             budgets: budgets(vars)?,
         })
     }
@@ -453,38 +339,34 @@ pub use notify::NotifyConfig;
 
 /// Every function by package name with the variables it reads, for checks of the deployment
 /// template.
-pub const FUNCTIONS: [(&str, &[&str]); 6] = [
-    ("analyze", AnalyzeConfig::VARIABLES),
-    ("strategize", StrategizeConfig::VARIABLES),
-    ("decide", DecideConfig::VARIABLES),
-    ("snapshot", SnapshotConfig::VARIABLES),
-    ("cost-guard", CostGuardConfig::VARIABLES),
-    ("notify", NotifyConfig::VARIABLES),
-];
-
-/// The queues and topics the stage that consumes `queue` may send to: the worker runs the same
-/// stages outside Lambda and must be configured with the same destinations.
-pub fn consumer_routes(queue: Queue) -> (&'static [Queue], &'static [Topic]) {
-    let routes = match queue {
-        Queue::Analyze => &AnalyzeConfig::ROUTES,
-        Queue::Strategize => &StrategizeConfig::ROUTES,
-        Queue::Decide => &DecideConfig::ROUTES,
-        Queue::Snapshot | Queue::Fitness => &SnapshotConfig::ROUTES,
-        Queue::CostGuard => &CostGuardConfig::ROUTES,
-    };
-    (routes.sends, routes.publishes)
+pub fn functions() -> Vec<(&'static str, Vec<&'static str>)> {
+    topology::CONSUMERS
+        .iter()
+        .map(|c| (c.function, variables(c)))
+        .chain([("notify", NotifyConfig::VARIABLES.to_vec())])
+        .collect()
 }
 
-/// The function that consumes `queue` on Lambda: the `Function` dimension of the metrics the
-/// worker emits for it, so dashboards count a stage's work wherever it runs.
-pub const fn consumer_function(queue: Queue) -> &'static str {
-    match queue {
-        Queue::Analyze => "analyze",
-        Queue::Strategize => "strategize",
-        Queue::Decide => "decide",
-        Queue::Snapshot | Queue::Fitness => "snapshot",
-        Queue::CostGuard => "cost-guard",
+/// The variables a pipeline function reads: its store, where its stage sends, the dead-letter
+/// queues of what it consumes, and what its extras and LLM engine need.
+pub fn variables(consumer: &Consumer) -> Vec<&'static str> {
+    let mut names = vec![TABLE_NAME, BUCKET_NAME];
+    names.extend(consumer.sends.iter().map(|&q| queue_url_variable(q)));
+    names.extend(consumer.publishes.iter().map(|&t| topic_arn_variable(t)));
+    names.extend(consumer.consumes.iter().map(|&q| dlq_url_variable(q)));
+    if consumer.has(Extra::Budgets) {
+        names.extend(BUDGET_VARIABLES);
     }
+    if consumer.calls_llm {
+        names.extend(LLM_VARIABLES);
+    }
+    if consumer.has(Extra::ApprovalGate) {
+        names.extend(GATE_VARIABLES);
+    }
+    if consumer.has(Extra::SourceArns) {
+        names.extend([SNAPSHOT_QUEUE_ARN, FITNESS_QUEUE_ARN]);
+    }
+    names
 }
 
 /// Reads `names` from the process environment; unset ones are simply absent.
@@ -583,7 +465,7 @@ impl<'a> Vars<'a> {
     }
 }
 
-fn common(vars: &Vars<'_>, routes: &Routes) -> Result<Common, ConfigError> {
+fn common(vars: &Vars<'_>, routes: &Consumer) -> Result<Common, ConfigError> {
     let table_name = vars.required(TABLE_NAME)?.to_owned();
     let bucket_name = vars.required(BUCKET_NAME)?.to_owned();
     let mut destinations = Destinations::default();

@@ -95,6 +95,22 @@ pub fn render(function: &str, at: DateTime<Utc>, metrics: &[Metric]) -> Option<S
     if metrics.is_empty() {
         return None;
     }
+    Some(emf_line(
+        at,
+        &json!([[DIMENSION]]),
+        &[(DIMENSION, function)],
+        &metrics,
+    ))
+}
+
+/// One EMF line: `metrics` declared under each of `dimension_sets`, with the dimensions' values
+/// and the metrics' values.
+fn emf_line(
+    at: DateTime<Utc>,
+    dimension_sets: &Value,
+    dimensions: &[(&str, &str)],
+    metrics: &[&Metric],
+) -> String {
     let definitions: Vec<Value> = metrics
         .iter()
         .map(|m| json!({ "Name": m.name, "Unit": m.unit.as_str() }))
@@ -106,16 +122,18 @@ pub fn render(function: &str, at: DateTime<Utc>, metrics: &[Metric]) -> Option<S
             "Timestamp": at.timestamp_millis(),
             "CloudWatchMetrics": [{
                 "Namespace": NAMESPACE,
-                "Dimensions": [[DIMENSION]],
+                "Dimensions": dimension_sets,
                 "Metrics": definitions,
             }],
         }),
     );
-    line.insert(DIMENSION.into(), Value::from(function));
+    for (name, value) in dimensions {
+        line.insert((*name).into(), Value::from(*value));
+    }
     for m in metrics {
         line.insert(m.name.into(), json!(m.value));
     }
-    Some(Value::Object(line).to_string())
+    Value::Object(line).to_string()
 }
 
 /// The lines for what a batch changed: the head's generation, the fitness of the evaluations
@@ -153,28 +171,13 @@ pub fn render_observed(
             Metric::gauge(LLM_COST_NANO_USD, cost as f64),
             Metric::count(FALLBACKS, fallbacks),
         ];
-        let definitions: Vec<Value> = metrics
-            .iter()
-            .map(|m| json!({ "Name": m.name, "Unit": m.unit.as_str() }))
-            .collect();
-        let mut line = Map::new();
-        line.insert(
-            "_aws".into(),
-            json!({
-                "Timestamp": at.timestamp_millis(),
-                "CloudWatchMetrics": [{
-                    "Namespace": NAMESPACE,
-                    "Dimensions": [[DIMENSION], [DIMENSION, MODEL_DIMENSION]],
-                    "Metrics": definitions,
-                }],
-            }),
-        );
-        line.insert(DIMENSION.into(), Value::from(function));
-        line.insert(MODEL_DIMENSION.into(), Value::from(model));
-        for m in metrics {
-            line.insert(m.name.into(), json!(m.value));
-        }
-        lines.push(Value::Object(line).to_string());
+        let metrics: Vec<&Metric> = metrics.iter().collect();
+        lines.push(emf_line(
+            at,
+            &json!([[DIMENSION], [DIMENSION, MODEL_DIMENSION]]),
+            &[(DIMENSION, function), (MODEL_DIMENSION, model)],
+            &metrics,
+        ));
     }
     lines
 }

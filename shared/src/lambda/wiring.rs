@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::config::Common;
+use super::config::{Common, ConfigError, FunctionConfig};
 use super::{FunctionDeps, QueueSources};
 use crate::bus::aws::AwsBus;
 use crate::clock::SystemClock;
@@ -70,7 +70,7 @@ where
 {
     use super::config::{ConfigError, LlmEngine, MODEL_CATALOG};
     use crate::clock::SeededRandom;
-    use crate::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings};
+    use crate::llm::bedrock::{BedrockModel, BedrockPorts, BedrockSettings, SdkConverse};
     use crate::llm::catalog::ModelCatalog;
     let local = LocalEngine::new(LOCAL_ENGINE_SEED);
     if settings.engine == LlmEngine::Local {
@@ -97,7 +97,7 @@ where
         model_settings.response_cache_ttl = chrono::Duration::seconds(i64::from(seconds));
     }
     Ok(Arc::new(BedrockModel::new(
-        aws_sdk_bedrockruntime::Client::from_conf(bedrock),
+        SdkConverse::new(aws_sdk_bedrockruntime::Client::from_conf(bedrock)),
         model_settings,
         ports,
         local,
@@ -121,4 +121,39 @@ pub fn function(
         sources,
         function: name,
     }
+}
+
+/// A pipeline function wired from its environment at cold start: its configuration, the SDK
+/// clients, the DynamoDB/S3 store, the engine (Bedrock or local for a stage that calls an LLM,
+/// the local engine otherwise), its bus and its dead-letter queues. Every function binary and
+/// nothing else differs but for the configuration type.
+pub async fn from_env<C: FunctionConfig>() -> Result<FunctionDeps, ConfigError> {
+    let config = C::from_env()?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let dynamo = aws_sdk_dynamodb::Client::new(&sdk);
+    let store = dynamo_store(config.common(), dynamo, aws_sdk_s3::Client::new(&sdk));
+    let llm = match config.llm() {
+        None => no_llm(),
+        #[cfg(feature = "bedrock")]
+        Some((settings, budgets)) => {
+            let bedrock = aws_sdk_bedrockruntime::config::Builder::from(&sdk);
+            language_model(settings, budgets, bedrock, store.clone())?
+        }
+        #[cfg(not(feature = "bedrock"))]
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                name: super::config::LLM,
+                reason: "this function is built without the Bedrock adapter".into(),
+            });
+        }
+    };
+    let pipeline = deps(store, llm, config.pipeline());
+    Ok(function(
+        C::consumer().function,
+        config.common(),
+        config.sources(),
+        pipeline,
+        aws_sdk_sqs::Client::new(&sdk),
+        aws_sdk_sns::Client::new(&sdk),
+    ))
 }

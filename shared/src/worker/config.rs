@@ -9,34 +9,12 @@ use std::time::Duration;
 use crate::bus::aws::Destinations;
 use crate::cost::Budgets;
 use crate::domain::{Queue, Topic};
-use crate::lambda::config::{ApprovalGate, Common, LlmSettings, consumer_routes};
+use crate::lambda::config::{ApprovalGate, Common, LlmSettings};
 use crate::stages::PipelineConfig;
+use crate::topology::consumer_of;
 
-pub const TABLE_NAME: &str = "EVOLVE_TABLE_NAME";
-pub const BUCKET_NAME: &str = "EVOLVE_BUCKET_NAME";
-pub const ANALYZE_QUEUE_URL: &str = "EVOLVE_ANALYZE_QUEUE_URL";
-pub const STRATEGIZE_QUEUE_URL: &str = "EVOLVE_STRATEGIZE_QUEUE_URL";
-pub const DECIDE_QUEUE_URL: &str = "EVOLVE_DECIDE_QUEUE_URL";
-pub const SNAPSHOT_QUEUE_URL: &str = "EVOLVE_SNAPSHOT_QUEUE_URL";
-pub const FITNESS_QUEUE_URL: &str = "EVOLVE_FITNESS_QUEUE_URL";
-pub const COST_GUARD_QUEUE_URL: &str = "EVOLVE_COST_GUARD_QUEUE_URL";
-pub const ANALYZE_DLQ_URL: &str = "EVOLVE_ANALYZE_DLQ_URL";
-pub const STRATEGIZE_DLQ_URL: &str = "EVOLVE_STRATEGIZE_DLQ_URL";
-pub const DECIDE_DLQ_URL: &str = "EVOLVE_DECIDE_DLQ_URL";
-pub const SNAPSHOT_DLQ_URL: &str = "EVOLVE_SNAPSHOT_DLQ_URL";
-pub const FITNESS_DLQ_URL: &str = "EVOLVE_FITNESS_DLQ_URL";
-pub const COST_GUARD_DLQ_URL: &str = "EVOLVE_COST_GUARD_DLQ_URL";
-pub const EVENTS_TOPIC_ARN: &str = "EVOLVE_EVENTS_TOPIC_ARN";
-pub const ALERTS_TOPIC_ARN: &str = "EVOLVE_ALERTS_TOPIC_ARN";
-pub const LLM: &str = "EVOLVE_LLM";
-pub const MODEL_CATALOG: &str = "EVOLVE_MODEL_CATALOG";
-/// Budgets in integer nano-USD, like the stack's `DailyBudgetNanoUsd` parameter.
-pub const DAILY_BUDGET_NANO_USD: &str = "EVOLVE_DAILY_BUDGET_NANO_USD";
-pub const MONTHLY_BUDGET_NANO_USD: &str = "EVOLVE_MONTHLY_BUDGET_NANO_USD";
-/// decide's approval gate and the response cache, named as for the CLI's local runs.
-pub const APPROVAL_RISK_THRESHOLD: &str = "EVOLVE_APPROVAL_RISK_THRESHOLD";
-pub const APPROVAL_TTL_SECONDS: &str = "EVOLVE_APPROVAL_TTL_SECONDS";
-pub const RESPONSE_CACHE_TTL_SECONDS: &str = "EVOLVE_RESPONSE_CACHE_TTL_SECONDS";
+crate::deployment_variables!("EVOLVE_");
+
 pub const QUEUES: &str = "EVOLVE_WORKER_QUEUES";
 pub const CONCURRENCY: &str = "EVOLVE_WORKER_CONCURRENCY";
 pub const VISIBILITY_TIMEOUT: &str = "EVOLVE_WORKER_VISIBILITY_TIMEOUT";
@@ -74,38 +52,6 @@ pub const VARIABLES: &[&str] = &[
     MESSAGE_TIMEOUT,
     DRAIN_TIMEOUT,
 ];
-
-/// The variable holding the URL of `queue`.
-pub const fn queue_url_variable(queue: Queue) -> &'static str {
-    match queue {
-        Queue::Analyze => ANALYZE_QUEUE_URL,
-        Queue::Strategize => STRATEGIZE_QUEUE_URL,
-        Queue::Decide => DECIDE_QUEUE_URL,
-        Queue::Snapshot => SNAPSHOT_QUEUE_URL,
-        Queue::Fitness => FITNESS_QUEUE_URL,
-        Queue::CostGuard => COST_GUARD_QUEUE_URL,
-    }
-}
-
-/// The variable holding the URL of `queue`'s dead-letter queue.
-pub const fn dlq_url_variable(queue: Queue) -> &'static str {
-    match queue {
-        Queue::Analyze => ANALYZE_DLQ_URL,
-        Queue::Strategize => STRATEGIZE_DLQ_URL,
-        Queue::Decide => DECIDE_DLQ_URL,
-        Queue::Snapshot => SNAPSHOT_DLQ_URL,
-        Queue::Fitness => FITNESS_DLQ_URL,
-        Queue::CostGuard => COST_GUARD_DLQ_URL,
-    }
-}
-
-/// The variable holding the ARN of `topic`.
-pub const fn topic_arn_variable(topic: Topic) -> &'static str {
-    match topic {
-        Topic::EvolutionEvents => EVENTS_TOPIC_ARN,
-        Topic::Alerts => ALERTS_TOPIC_ARN,
-    }
-}
 
 /// How the worker paces itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,7 +200,8 @@ impl WorkerConfig {
                     dlq_url_variable(queue),
                 ));
             }
-            let (sends, publishes) = consumer_routes(queue);
+            let consumer = consumer_of(queue);
+            let (sends, publishes) = (consumer.sends, consumer.publishes);
             for &to in sends {
                 if !self.queue_urls.contains_key(&to) {
                     return Err(missing(

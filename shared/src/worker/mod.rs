@@ -39,8 +39,8 @@ use self::sqs::{Inbox, Received, SqsInbox};
 use crate::bus::BusError;
 use crate::clock::{Clock, Sleeper, SystemClock};
 use crate::domain::Queue;
-use crate::lambda::config::consumer_function;
 use crate::lambda::{FunctionDeps, QueueSources, wiring};
+use crate::topology::consumer_of;
 
 /// Why the worker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +92,6 @@ pub struct Clients {
     pub bedrock: aws_sdk_bedrockruntime::config::Builder,
 }
 
-/// Whether the stage consuming `queue` calls an LLM (it gets the configured engine; the others
-/// get the local engine, as their Lambdas do).
-fn calls_llm(queue: Queue) -> bool {
-    matches!(queue, Queue::Analyze | Queue::Strategize | Queue::Decide)
-}
-
 /// Everything a worker needs, shared by its queue loops and message tasks.
 #[derive(Debug)]
 struct Context {
@@ -142,7 +136,7 @@ impl Worker {
         config.check()?;
         let common = config.common();
         let store = wiring::dynamo_store(&common, clients.dynamo, clients.s3);
-        let engine = if config.consumes.iter().copied().any(calls_llm) {
+        let engine = if config.consumes.iter().any(|&q| consumer_of(q).calls_llm) {
             wiring::language_model(&config.llm, config.budgets, clients.bedrock, store.clone())
                 .map_err(|e| WorkerConfigError::Invalid(e.to_string()))?
         } else {
@@ -153,13 +147,15 @@ impl Worker {
         let mut consumers = BTreeMap::new();
         let mut urls = BTreeMap::new();
         for &queue in &config.consumes {
-            let pipeline = if calls_llm(queue) {
+            // The stages that call an LLM get the configured engine; the others the local
+            // engine, as their Lambdas do.
+            let pipeline = if consumer_of(queue).calls_llm {
                 with_llm.clone()
             } else {
                 without_llm.clone()
             };
             let deps = wiring::function(
-                consumer_function(queue),
+                consumer_of(queue).function,
                 &common,
                 QueueSources::Only(queue),
                 pipeline,

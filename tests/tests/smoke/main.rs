@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 use shared::consumer::dead_letters::REASON_ATTRIBUTE;
 use shared::domain::Queue;
-use shared::lambda::config::FUNCTIONS;
+use shared::lambda::config::functions;
 
 use lambda::{Running, build_functions, cargo_lambda, repo_root};
 use world::{World, attribute};
@@ -62,12 +62,12 @@ async fn start(
     package: &str,
     logs: &std::path::Path,
 ) -> Running {
-    let packages: Vec<&str> = FUNCTIONS.iter().map(|(p, _)| *p).collect();
+    let functions = functions();
+    let packages: Vec<&str> = functions.iter().map(|(p, _)| *p).collect();
     let binaries = build_functions(&packages).await;
-    let variables = FUNCTIONS
+    let (_, variables) = functions
         .iter()
         .find(|(p, _)| *p == package)
-        .map(|(_, v)| *v)
         .expect("a function package");
     Running::start(tool, &binaries[package], &world.env(variables), logs).await
 }

@@ -20,7 +20,8 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use shared::domain::{Queue, Topic};
-use shared::lambda::config::{self, FUNCTIONS};
+use shared::lambda::config;
+use shared::topology;
 
 use cfn::{
     Template, actions, alternatives, policy_documents, resources_of, statements, target, text,
@@ -28,29 +29,29 @@ use cfn::{
 
 /// The function resources by package name: `(package, logical id, resource)`.
 fn functions(t: &Template) -> Vec<(&'static str, &str, &Value)> {
-    FUNCTIONS
-        .iter()
+    config::functions()
+        .into_iter()
         .map(|(package, _)| {
             let code_uri = format!("../functions/{package}");
             let (id, resource) = t
                 .of_type("AWS::Serverless::Function")
                 .find(|(_, r)| r["Properties"]["CodeUri"] == code_uri.as_str())
                 .unwrap_or_else(|| panic!("no function with CodeUri {code_uri}"));
-            (*package, id, resource)
+            (package, id, resource)
         })
         .collect()
 }
 
-fn variables_of(package: &str) -> &'static [&'static str] {
-    let Some((_, variables)) = FUNCTIONS.iter().find(|(p, _)| *p == package) else {
+fn variables_of(package: &str) -> Vec<&'static str> {
+    let Some((_, variables)) = config::functions().into_iter().find(|(p, _)| *p == package) else {
         panic!("no function {package}")
     };
     variables
 }
 
-/// Whether a function calls Bedrock: its config reads the LLM engine.
+/// Whether a function calls Bedrock, as the topology says.
 fn calls_llm(package: &str) -> bool {
-    variables_of(package).contains(&config::LLM)
+    topology::consumer(package).is_some_and(|c| c.calls_llm)
 }
 
 /// The logical id of a function's role.

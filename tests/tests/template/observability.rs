@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use serde_json::Value;
 use shared::domain::Topic;
-use shared::lambda::config::FUNCTIONS;
+use shared::lambda::config;
 use shared::lambda::metrics;
 
 use super::cfn::{alternatives, target, template, text};
@@ -73,7 +73,10 @@ fn dashboard_metrics(body: &str) -> BTreeSet<String> {
                 if let Some(dimension) = resolved.get(2) {
                     assert_eq!(dimension, metrics::DIMENSION, "dimension of {resolved:?}");
                     let function = resolved[3].as_str().expect("dimension value");
-                    assert!(FUNCTIONS.iter().any(|(p, _)| *p == function), "{function}");
+                    assert!(
+                        config::functions().iter().any(|(p, _)| *p == function),
+                        "{function}"
+                    );
                 }
             }
             previous = resolved;

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::Value;
 use shared::domain::{Queue, Topic};
-use shared::lambda::config;
 use shared::worker::config as w;
 
 use super::cfn::{Template, actions, alternatives, resources_of, target, template};
@@ -50,9 +49,9 @@ pub(super) fn worker_destinations(t: &Template) -> (BTreeSet<String>, BTreeSet<S
     let mut sends = BTreeSet::new();
     let mut publishes = BTreeSet::new();
     for queue in Queue::ALL {
-        let (to_queues, to_topics) = config::consumer_routes(queue);
-        sends.extend(to_queues.iter().map(|q| queue_id(t, *q)));
-        publishes.extend(to_topics.iter().map(|topic| topic_id(t, *topic)));
+        let consumer = shared::topology::consumer_of(queue);
+        sends.extend(consumer.sends.iter().map(|q| queue_id(t, *q)));
+        publishes.extend(consumer.publishes.iter().map(|topic| topic_id(t, *topic)));
         sends.insert(dead_letter_queue(t, &queue_id(t, queue)).to_owned());
     }
     (sends, publishes)

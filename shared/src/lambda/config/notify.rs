@@ -33,6 +33,10 @@ impl NotifyConfig {
         WEBHOOK_TIMEOUT_MS,
     ];
 
+    pub fn variables() -> Vec<&'static str> {
+        Self::VARIABLES.to_vec()
+    }
+
     pub(super) fn read(vars: &Vars<'_>) -> Result<Self, ConfigError> {
         use crate::domain::AlertLevel;
         let min_level = match vars.optional(NOTIFY_MIN_LEVEL) {

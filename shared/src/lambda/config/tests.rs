@@ -1,4 +1,5 @@
 use super::*;
+use crate::domain::Topic;
 
 /// A complete environment: every variable any function reads, with plausible values.
 fn full() -> HashMap<String, String> {
@@ -80,31 +81,31 @@ fn names_read<T>(read: impl Fn(&Vars<'_>) -> Result<T, ConfigError>) -> BTreeSet
 fn each_function_reads_exactly_the_variables_it_declares() {
     assert_eq!(
         names_read(AnalyzeConfig::read),
-        sorted(AnalyzeConfig::VARIABLES)
+        sorted(&AnalyzeConfig::variables())
     );
     assert_eq!(
         names_read(StrategizeConfig::read),
-        sorted(StrategizeConfig::VARIABLES)
+        sorted(&StrategizeConfig::variables())
     );
     assert_eq!(
         names_read(DecideConfig::read),
-        sorted(DecideConfig::VARIABLES)
+        sorted(&DecideConfig::variables())
     );
     assert_eq!(
         names_read(SnapshotConfig::read),
-        sorted(SnapshotConfig::VARIABLES)
+        sorted(&SnapshotConfig::variables())
     );
     assert_eq!(
         names_read(CostGuardConfig::read),
-        sorted(CostGuardConfig::VARIABLES)
+        sorted(&CostGuardConfig::variables())
     );
     assert_eq!(
         names_read(NotifyConfig::read),
-        sorted(NotifyConfig::VARIABLES)
+        sorted(&NotifyConfig::variables())
     );
-    for (function, variables) in FUNCTIONS {
+    for (function, variables) in functions() {
         assert_eq!(
-            sorted(variables).len(),
+            sorted(&variables).len(),
             variables.len(),
             "{function} lists a variable twice"
         );
@@ -113,12 +114,12 @@ fn each_function_reads_exactly_the_variables_it_declares() {
 
 #[test]
 fn a_function_starts_with_only_its_own_variables_set() {
-    AnalyzeConfig::from_map(&only(AnalyzeConfig::VARIABLES)).expect("analyze");
-    StrategizeConfig::from_map(&only(StrategizeConfig::VARIABLES)).expect("strategize");
-    DecideConfig::from_map(&only(DecideConfig::VARIABLES)).expect("decide");
-    SnapshotConfig::from_map(&only(SnapshotConfig::VARIABLES)).expect("snapshot");
-    CostGuardConfig::from_map(&only(CostGuardConfig::VARIABLES)).expect("cost-guard");
-    NotifyConfig::from_map(&only(NotifyConfig::VARIABLES)).expect("notify");
+    AnalyzeConfig::from_map(&only(&AnalyzeConfig::variables())).expect("analyze");
+    StrategizeConfig::from_map(&only(&StrategizeConfig::variables())).expect("strategize");
+    DecideConfig::from_map(&only(&DecideConfig::variables())).expect("decide");
+    SnapshotConfig::from_map(&only(&SnapshotConfig::variables())).expect("snapshot");
+    CostGuardConfig::from_map(&only(&CostGuardConfig::variables())).expect("cost-guard");
+    NotifyConfig::from_map(&only(&NotifyConfig::variables())).expect("notify");
 }
 
 #[test]
@@ -134,7 +135,7 @@ fn notify_posts_warnings_of_every_kind_unless_told_otherwise() {
     );
     assert_eq!(c.secret_ttl, chrono::Duration::seconds(60));
     assert_eq!(c.post_timeout, std::time::Duration::from_millis(2500));
-    let mut map = only(NotifyConfig::VARIABLES);
+    let mut map = only(&NotifyConfig::variables());
     for name in [
         NOTIFY_MIN_LEVEL,
         NOTIFY_KINDS,
@@ -148,7 +149,7 @@ fn notify_posts_warnings_of_every_kind_unless_told_otherwise() {
     assert_eq!(c.secret_ttl, chrono::Duration::seconds(300));
     assert_eq!(c.post_timeout, std::time::Duration::from_secs(5));
     for (name, value) in [(NOTIFY_MIN_LEVEL, "loud"), (WEBHOOK_TIMEOUT_MS, "0")] {
-        let mut map = only(NotifyConfig::VARIABLES);
+        let mut map = only(&NotifyConfig::variables());
         map.insert(name.into(), value.into());
         assert!(matches!(
             NotifyConfig::from_map(&map),
@@ -183,14 +184,14 @@ fn every_destination_a_stage_sends_to_is_configured() {
 #[test]
 fn a_missing_variable_is_named() {
     for required in [TABLE_NAME, BUCKET_NAME, ANALYZE_DLQ_URL, DECIDE_QUEUE_URL] {
-        let mut map = only(AnalyzeConfig::VARIABLES);
+        let mut map = only(&AnalyzeConfig::variables());
         map.remove(required);
         assert_eq!(
             AnalyzeConfig::from_map(&map),
             Err(ConfigError::Missing(required))
         );
     }
-    let mut map = only(CostGuardConfig::VARIABLES);
+    let mut map = only(&CostGuardConfig::variables());
     map.insert(ALERTS_TOPIC_ARN.into(), "   ".into());
     assert_eq!(
         CostGuardConfig::from_map(&map),
@@ -208,7 +209,7 @@ fn an_invalid_variable_is_named_without_its_value() {
         (RESPONSE_CACHE_TTL_SECONDS, "15m"),
     ];
     for (name, value) in cases {
-        let mut map = only(AnalyzeConfig::VARIABLES);
+        let mut map = only(&AnalyzeConfig::variables());
         map.insert(name.into(), value.into());
         let err = AnalyzeConfig::from_map(&map).expect_err(name);
         assert!(
@@ -217,7 +218,7 @@ fn an_invalid_variable_is_named_without_its_value() {
         );
         assert!(!err.to_string().contains(value), "{err}");
     }
-    let mut map = only(SnapshotConfig::VARIABLES);
+    let mut map = only(&SnapshotConfig::variables());
     map.insert(EVENTS_TOPIC_ARN.into(), "evolution-events".into());
     assert!(matches!(
         SnapshotConfig::from_map(&map),
@@ -230,7 +231,7 @@ fn an_invalid_variable_is_named_without_its_value() {
 
 #[test]
 fn optional_variables_default_to_bedrock_without_budgets() {
-    let mut map = only(StrategizeConfig::VARIABLES);
+    let mut map = only(&StrategizeConfig::variables());
     for name in [
         LLM,
         MODEL_CATALOG,
