@@ -215,7 +215,20 @@ mod tests {
     }
 
     #[test]
-    fn every_queue_something_sends_to_is_consumed_and_the_llm_stages_are_the_first_three() {
+    fn every_queue_a_function_sends_to_is_one_a_function_consumes() {
+        for consumer in CONSUMERS {
+            for queue in consumer.sends {
+                assert!(
+                    CONSUMERS.iter().any(|c| c.consumes.contains(queue)),
+                    "{} sends to {queue:?}, which nothing consumes",
+                    consumer.function
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_llm_stages_are_analyze_strategize_and_decide_and_notify_is_no_queue_consumer() {
         let llm: Vec<_> = CONSUMERS
             .iter()
             .filter(|c| c.calls_llm)

@@ -326,7 +326,7 @@ impl CostGuardConfig {
     }
 
     pub fn sources(&self) -> QueueSources {
-        QueueSources::Only(Queue::CostGuard)
+        QueueSources::Only(Self::CONSUMER.consumes[0])
     }
 
     pub fn pipeline(&self) -> PipelineConfig {

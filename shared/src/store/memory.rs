@@ -434,7 +434,19 @@ impl EvolutionStore for MemoryStore {
         ))
     }
 
-    async fn claim_key(&self, request: &ClaimRequest<'_>) -> StoreResult<Claim> {
+    async fn claim(
+        &self,
+        key: &str,
+        payload_hash: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+    ) -> StoreResult<Claim> {
+        let request = &ClaimRequest {
+            key,
+            payload_hash,
+            now,
+            in_progress_until,
+        };
         let mut state = self.lock();
         let outcome = request.outcome(state.idempotency.get(request.key));
         if outcome == Claim::Claimed {

@@ -315,8 +315,8 @@ pub enum Claim {
     PayloadMismatch,
 }
 
-/// The arguments of [`EvolutionStore::claim`] as one value: what each store implements the claim
-/// on, with the decision and the in-progress record every store derives from it in one place.
+/// The arguments of [`EvolutionStore::claim`] as one value, with the decision and the
+/// in-progress record every store derives from them in one place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClaimRequest<'a> {
     pub key: &'a str,
@@ -436,17 +436,7 @@ pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
         payload_hash: &str,
         now: DateTime<Utc>,
         in_progress_until: DateTime<Utc>,
-    ) -> StoreResult<Claim> {
-        let request = ClaimRequest {
-            key,
-            payload_hash,
-            now,
-            in_progress_until,
-        };
-        self.claim_key(&request).await
-    }
-    /// [`EvolutionStore::claim`] as each store implements it.
-    async fn claim_key(&self, request: &ClaimRequest<'_>) -> StoreResult<Claim>;
+    ) -> StoreResult<Claim>;
     /// Drops an in-progress claim after a failure so the redelivery can claim it at once.
     async fn release(&self, key: &str) -> StoreResult<()>;
     /// Records that a completed record's outgoing messages were sent, so a later duplicate is

@@ -168,7 +168,19 @@ impl EvolutionStore for DynamoStore {
         self.query_records(&query).await
     }
 
-    async fn claim_key(&self, request: &ClaimRequest<'_>) -> StoreResult<Claim> {
+    async fn claim(
+        &self,
+        key: &str,
+        payload_hash: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+    ) -> StoreResult<Claim> {
+        let request = &ClaimRequest {
+            key,
+            payload_hash,
+            now,
+            in_progress_until,
+        };
         let (key, held_until) = (request.key, request.in_progress_until);
         let pk = keys::idempotency(key);
         let mut item = item::record(&pk, keys::RECORD, &request.in_progress())?;

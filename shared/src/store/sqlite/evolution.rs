@@ -217,7 +217,19 @@ impl EvolutionStore for SqliteStore {
         )
     }
 
-    async fn claim_key(&self, request: &ClaimRequest<'_>) -> StoreResult<Claim> {
+    async fn claim(
+        &self,
+        key: &str,
+        payload_hash: &str,
+        now: DateTime<Utc>,
+        in_progress_until: DateTime<Utc>,
+    ) -> StoreResult<Claim> {
+        let request = &ClaimRequest {
+            key,
+            payload_hash,
+            now,
+            in_progress_until,
+        };
         let mut conn = self.conn();
         let db = immediate(&mut conn)?;
         let outcome = request.outcome(read_idempotency(&db, request.key)?.as_ref());
