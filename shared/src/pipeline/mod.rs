@@ -156,7 +156,7 @@ pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handle
         &sha256_hex(&payload),
         // On the heap: the stages' futures are large, and a function's whole handler future
         // would otherwise carry the largest of them on its stack.
-        Box::pin(run_stage(deps, env)),
+        || Box::pin(run_stage(deps, env)),
     )
     .instrument(span)
     .await
@@ -170,27 +170,46 @@ pub async fn tick(
 ) -> Result<Handled, PipelineError> {
     let id = stages::tick::tick_id(scheduled_at);
     let hash = sha256_hex(id.as_bytes());
-    exactly_once(
-        deps,
-        bus,
-        &id,
-        None,
-        &hash,
-        stages::tick::run(deps, scheduled_at),
-    )
+    exactly_once(deps, bus, &id, None, &hash, || {
+        stages::tick::run(deps, scheduled_at)
+    })
     .await
+}
+
+/// Runs an operator's action (`evolve init`) under the key `key` with the discipline of every
+/// message: its writes commit with the idempotency record, its messages are kept in the outbox
+/// until sent, and running it again re-sends what was never sent.
+pub async fn run_once<F>(
+    deps: &Deps,
+    bus: &dyn Bus,
+    key: &str,
+    hash: &str,
+    stage: impl Fn() -> F,
+) -> Result<Handled, PipelineError>
+where
+    F: std::future::Future<Output = Result<StageOutput, StageError>>,
+{
+    exactly_once(deps, bus, key, None, hash, stage).await
 }
 
 /// Claims `key`, runs `stage`, commits its writes with the outbox, then sends; a completed key
 /// re-sends its outbox only if it was never sent. The one path every message and tick takes.
-async fn exactly_once(
+///
+/// A commit whose condition fails (another message changed the head first) runs the stage
+/// once more at once, from a fresh read: the stage then sees what the other writer did, and a
+/// message the other one made stale (a window it already closed) ends as a no-op instead of
+/// waiting a visibility timeout to learn the same thing. A second failure is retryable.
+async fn exactly_once<F>(
     deps: &Deps,
     bus: &dyn Bus,
     key: &str,
     env: Option<&Envelope>,
     hash: &str,
-    stage: impl std::future::Future<Output = Result<StageOutput, StageError>>,
-) -> Result<Handled, PipelineError> {
+    stage: impl Fn() -> F,
+) -> Result<Handled, PipelineError>
+where
+    F: std::future::Future<Output = Result<StageOutput, StageError>>,
+{
     let result = exactly_once_inner(deps, bus, key, hash, stage).await;
     if let Err(Failed::Security(_, event)) = &result {
         raise_security_alert(deps, bus, key, env, event).await;
@@ -202,12 +221,14 @@ async fn exactly_once(
 enum Failed {
     Security(PipelineError, crate::security::SecurityEvent),
     Other(PipelineError),
+    /// The commit's condition failed and the claim is still held: read again and retry.
+    Conflict(PipelineError),
 }
 
 impl Failed {
     fn into_pipeline(self) -> PipelineError {
         match self {
-            Self::Security(e, _) | Self::Other(e) => e,
+            Self::Security(e, _) | Self::Other(e) | Self::Conflict(e) => e,
         }
     }
 }
@@ -261,13 +282,16 @@ async fn raise_security_alert(
     }
 }
 
-async fn exactly_once_inner(
+async fn exactly_once_inner<F>(
     deps: &Deps,
     bus: &dyn Bus,
     key: &str,
     hash: &str,
-    stage: impl std::future::Future<Output = Result<StageOutput, StageError>>,
-) -> Result<Handled, Failed> {
+    stage: impl Fn() -> F,
+) -> Result<Handled, Failed>
+where
+    F: std::future::Future<Output = Result<StageOutput, StageError>>,
+{
     let now = deps.clock.now();
     let claimed = deps
         .store
@@ -301,8 +325,27 @@ async fn exactly_once_inner(
             .into());
         }
     }
-    let output = match stage.await {
-        Ok(output) => output,
+    let mut last_try = false;
+    loop {
+        let output = run_claimed(deps, key, stage()).await?;
+        match commit_and_send(deps, bus, key, hash, output, last_try).await {
+            Err(Failed::Conflict(e)) => {
+                debug!(error = %e, "the head moved during the stage; reading again");
+                last_try = true;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Runs the stage under the held claim; a failure releases the claim.
+async fn run_claimed(
+    deps: &Deps,
+    key: &str,
+    stage: impl std::future::Future<Output = Result<StageOutput, StageError>>,
+) -> Result<StageOutput, Failed> {
+    match stage.await {
+        Ok(output) => Ok(output),
         Err(e) => {
             release(deps, key).await;
             if !e.is_retryable() {
@@ -314,10 +357,9 @@ async fn exactly_once_inner(
                     return Err(Failed::Security(e.into(), event));
                 }
             }
-            return Err(e.into());
+            Err(e.into())
         }
-    };
-    commit_and_send(deps, bus, key, hash, output).await
+    }
 }
 
 fn store_denied(e: StoreError) -> Failed {
@@ -440,6 +482,7 @@ async fn commit_and_send(
     key: &str,
     hash: &str,
     output: StageOutput,
+    last_try: bool,
 ) -> Result<Handled, Failed> {
     let now = deps.clock.now();
     let observed = Observed::of(&output.writes);
@@ -469,6 +512,9 @@ async fn commit_and_send(
         }),
     };
     if let Err(e) = deps.store.commit(tx).await {
+        if matches!(e, StoreError::ConditionFailed(_)) && !last_try {
+            return Err(Failed::Conflict(e.into()));
+        }
         release(deps, key).await;
         return Err(store_denied(e));
     }
@@ -585,7 +631,7 @@ mod tests {
                 reason: CycleReason::Scheduled,
             },
         );
-        let stage = async { Err(StageError::Store(StoreError::Denied(Box::new(denied())))) };
+        let stage = || async { Err(StageError::Store(StoreError::Denied(Box::new(denied())))) };
         let err = exactly_once(
             &home.deps,
             home.bus.as_ref(),

@@ -30,6 +30,9 @@ use crate::store::{
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Another writer's transaction that commits just before the next commit, as when a
+    /// concurrent message wins the race between a stage's read and its commit.
+    cut_in: Mutex<Option<Transaction>>,
 }
 
 #[derive(Debug, Default)]
@@ -61,6 +64,13 @@ struct State {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Commits `tx` just before the next commit, as another writer would between that
+    /// commit's reads and its write (for tests of lost races).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn cut_in_before_next_commit(&self, tx: Transaction) {
+        *self.cut_in.lock().unwrap_or_else(PoisonError::into_inner) = Some(tx);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -469,6 +479,14 @@ impl EvolutionStore for MemoryStore {
     }
 
     async fn commit(&self, tx: Transaction) -> StoreResult<()> {
+        let cut_in = self
+            .cut_in
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(other) = cut_in {
+            Box::pin(self.commit(other)).await?;
+        }
         rules::check_shape(&tx)?;
         let mut state = self.lock();
         rules::check_conditions(&tx, &*state)?;

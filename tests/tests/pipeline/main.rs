@@ -838,6 +838,50 @@ async fn two_reports_read_together_count_each_other() {
     assert_eq!(closed.status, HeadStatus::Stable, "{closed:?}");
 }
 
+/// A fitness report and the tick's `EvaluationDue` both close the same window. The one whose
+/// commit loses reads again at once, finds the window closed and is acknowledged as a no-op;
+/// before, it failed its condition and waited a visibility timeout to learn the same thing.
+#[tokio::test]
+async fn the_loser_of_two_closers_of_a_window_is_acknowledged_as_stale() {
+    use shared::lambda::QueueSources;
+    use shared::lambda::testing::TestFunction;
+    use shared::store::Transaction;
+
+    let t = TestFunction::new("snapshot", QueueSources::Only(Queue::Snapshot))
+        .await
+        .expect("world");
+    let id = TestFunction::system_id();
+    t.clock.advance_to(t.clock.now_plus(Duration::days(2)));
+    let report = t.baseline_report(0.5).await.expect("report");
+    let deps = &t.deps.pipeline;
+    let closing = fitness(deps, &report).await.expect("the report closes");
+    // The report commits between the due message's reads and its commit.
+    t.store.cut_in_before_next_commit(Transaction {
+        writes: closing.writes,
+        completion: None,
+    });
+    let due = Envelope {
+        id: "msg-due".into(),
+        causation_id: "tick".into(),
+        system_id: id.clone(),
+        base_generation: 0,
+        sent_at: t.clock.now_plus(Duration::zero()),
+        body: Body::EvaluationDue { generation: 0 },
+    };
+    let handled = pipeline::handle(deps, t.bus.as_ref(), &due)
+        .await
+        .expect("acknowledged, not left for a retry");
+    assert!(
+        matches!(&handled, Handled::Processed { sent: 0, summary, .. }
+            if summary.contains("not under evaluation")),
+        "{handled:?}"
+    );
+    let history = t.store.list_history(&id, 10).await.expect("history");
+    assert_eq!(history.len(), 1, "the window closed once: {history:?}");
+    let head = t.store.get_head(&id).await.expect("head").expect("exists");
+    assert_eq!(head.status, HeadStatus::Stable);
+}
+
 /// Runs snapshot's fitness stage on a report, without committing what it returns.
 async fn fitness(
     deps: &shared::stages::Deps,
