@@ -86,6 +86,18 @@ fn normal_mode() -> BudgetMode {
 impl SystemRecord {
     /// The cycle interval the budget mode allows: the configured one in Normal, longer in
     /// Economy; `None` in Paused, where scheduled cycles stop.
+    /// A cycle was just requested for a reason of its own (a window closed): the scheduled
+    /// cycle moves an interval on from now, so the tick does not request a second cycle for
+    /// the same moment while this one is in flight. One reason, one cycle.
+    pub fn cycle_requested(&mut self, now: DateTime<Utc>) {
+        if let Some(interval) = self.effective_cycle_interval(self.cost_mode) {
+            let next = now + chrono::Duration::seconds(i64::from(interval));
+            if self.next_cycle_at < next {
+                self.next_cycle_at = next;
+            }
+        }
+    }
+
     pub fn effective_cycle_interval(&self, mode: BudgetMode) -> Option<u32> {
         let base = self.settings.cycle_interval_seconds;
         match mode {

@@ -882,6 +882,50 @@ async fn the_loser_of_two_closers_of_a_window_is_acknowledged_as_stale() {
     assert_eq!(head.status, HeadStatus::Stable);
 }
 
+/// Closing a window asks for the next cycle at once and moves the scheduled one an interval on,
+/// so the ticks that follow while that cycle is in flight ask for no second one. Before, the
+/// close left the schedule as it was and the next tick asked again: two cycles per window.
+#[tokio::test]
+async fn a_closed_window_asks_for_one_cycle_not_two() {
+    use shared::lambda::QueueSources;
+    use shared::lambda::testing::TestFunction;
+
+    let t = TestFunction::new("snapshot", QueueSources::Only(Queue::Snapshot))
+        .await
+        .expect("world");
+    let deps = &t.deps.pipeline;
+    t.drain();
+    let report = t.baseline_report(0.5).await.expect("report");
+    pipeline::handle(deps, t.bus.as_ref(), &report)
+        .await
+        .expect("the report closes the baseline");
+    let mut cycles = 0;
+    for minute in 1..=5 {
+        let at = t.clock.now_plus(Duration::minutes(1));
+        t.clock.advance_to(at);
+        pipeline::tick(deps, t.bus.as_ref(), at)
+            .await
+            .unwrap_or_else(|e| panic!("tick {minute}: {e}"));
+        for sent in t.drain() {
+            match &sent.envelope.body {
+                Body::CycleRequested { .. } => cycles += 1,
+                Body::SystemTick { .. } => {
+                    pipeline::handle(deps, t.bus.as_ref(), &sent.envelope)
+                        .await
+                        .expect("the system's tick");
+                    cycles += t
+                        .drain()
+                        .iter()
+                        .filter(|o| matches!(o.envelope.body, Body::CycleRequested { .. }))
+                        .count();
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(cycles, 1, "one close, one cycle");
+}
+
 /// Runs snapshot's fitness stage on a report, without committing what it returns.
 async fn fitness(
     deps: &shared::stages::Deps,

@@ -67,6 +67,8 @@ pub(super) async fn close_window(
         },
     });
     system.evaluation_deadline = None;
+    // Every close asks for the next cycle at once (see `Closing::settle`).
+    system.cycle_requested(now);
     let closing = Closing {
         env,
         head,
