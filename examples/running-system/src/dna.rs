@@ -1,0 +1,82 @@
+//! The DNA messages the events topic delivers, and the checksum that proves their genes arrived
+//! as committed.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// Gene values as delivered: name to value (a number, a bool or a string).
+pub type Genes = Map<String, Value>;
+
+/// An envelope from the events topic, reduced to what a running system acts on. With raw
+/// message delivery the SQS message body is this envelope's JSON.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct DnaMessage {
+    pub id: String,
+    pub system_id: String,
+    #[serde(flatten)]
+    pub change: DnaChange,
+}
+
+/// What the envelope says about the system's genes, by its `type`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type")]
+pub enum DnaChange {
+    /// A new generation to run and measure (generation 0 when the system is created).
+    DnaUpdated {
+        generation: u64,
+        genes: Genes,
+        checksum: String,
+    },
+    /// A new generation whose genes are those of `restored_generation`: its measurements are
+    /// already known, so it is run but not measured.
+    DnaRolledBack {
+        generation: u64,
+        restored_generation: u64,
+        genes: Genes,
+        checksum: String,
+    },
+    /// Any other type. The subscription's filter policy keeps them away; one that slips through
+    /// (a subscription without a filter) is acknowledged and dropped.
+    #[serde(other)]
+    Other,
+}
+
+impl DnaChange {
+    /// The generation, genes and checksum the change carries, if it is a DNA change at all.
+    pub fn dna(&self) -> Option<(u64, &Genes, &str)> {
+        match self {
+            Self::DnaUpdated {
+                generation,
+                genes,
+                checksum,
+            }
+            | Self::DnaRolledBack {
+                generation,
+                genes,
+                checksum,
+                ..
+            } => Some((*generation, genes, checksum)),
+            Self::Other => None,
+        }
+    }
+
+    /// The generation whose genes a rollback restores.
+    pub fn restored_generation(&self) -> Option<u64> {
+        match self {
+            Self::DnaRolledBack {
+                restored_generation,
+                ..
+            } => Some(*restored_generation),
+            _ => None,
+        }
+    }
+}
+
+/// SHA-256, as lowercase hex, of the RFC 8785 canonical JSON of the genes: sorted keys, no
+/// whitespace, numbers in their shortest form, so any JSON encoder's output of the same values
+/// hashes the same.
+pub fn checksum(genes: &Genes) -> Result<String, serde_json::Error> {
+    let canonical = serde_json_canonicalizer::to_vec(genes)?;
+    Ok(hex::encode(Sha256::digest(&canonical)))
+}

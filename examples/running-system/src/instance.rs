@@ -1,0 +1,208 @@
+//! One instance of the service and the contract it keeps with evolve: which DNA messages it
+//! applies, and the fitness reports it makes of what it runs.
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+
+use crate::dna::{DnaChange, DnaMessage, Genes, checksum};
+use crate::report::{FitnessReport, ReportKind, report_id};
+use crate::service::{SimulatedService, measurement_seed};
+
+/// How many applied changes an instance remembers, for its logs and its tests.
+const RECENT: usize = 256;
+
+/// Who this instance is and how much it measures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceConfig {
+    pub system_id: String,
+    /// Tells this instance's reports apart from the other instances' of the same system.
+    pub instance_id: String,
+    /// Reports sent per generation applied by a `DnaUpdated`.
+    pub measurements_per_generation: u32,
+}
+
+/// The DNA the instance runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Running {
+    pub generation: u64,
+    pub checksum: String,
+    pub genes: Genes,
+    /// Set when this generation restores an earlier one's genes.
+    pub restored: Option<u64>,
+}
+
+/// A DNA change the instance applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub generation: u64,
+    pub checksum: String,
+    /// The generation whose genes a rollback restored; `None` for an update.
+    pub restored: Option<u64>,
+}
+
+impl Applied {
+    /// Updates are measured; rollbacks are not (the product ignores reports for them: their
+    /// genes are the parent's, measured already).
+    pub fn to_measure(&self) -> bool {
+        self.restored.is_none()
+    }
+}
+
+/// What became of one message from the subscription queue. Every outcome acknowledges it: a
+/// message refused now is refused again on redelivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Handled {
+    Applied(Applied),
+    /// The envelope is for another system (a subscription without a `system_id` filter).
+    OtherSystem(String),
+    /// Not a DNA change (a subscription without a `type` filter).
+    OtherType,
+    /// Not newer than what runs: an old message delivered late or again.
+    Stale {
+        generation: u64,
+        running: u64,
+    },
+    Refused(Refusal),
+}
+
+/// Why a message was not applied although it was meant for this system.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error(
+        "checksum mismatch on generation {generation}: the message says {claimed}, its genes hash \
+         to {actual}"
+    )]
+    ChecksumMismatch {
+        generation: u64,
+        claimed: String,
+        actual: String,
+    },
+}
+
+/// One instance: the configuration it runs and the service that runs it.
+#[derive(Debug, Clone)]
+pub struct Instance {
+    config: InstanceConfig,
+    service: SimulatedService,
+    running: Option<Running>,
+    applied: VecDeque<Applied>,
+}
+
+impl Instance {
+    /// A fresh instance runs nothing yet: the first valid DNA message for its system, generation
+    /// 0 included, is applied.
+    pub fn new(config: InstanceConfig, service: SimulatedService) -> Self {
+        Self {
+            config,
+            service,
+            running: None,
+            applied: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &InstanceConfig {
+        &self.config
+    }
+
+    pub fn running(&self) -> Option<&Running> {
+        self.running.as_ref()
+    }
+
+    /// The changes applied, oldest first (the most recent few hundred).
+    pub fn applied(&self) -> impl Iterator<Item = &Applied> {
+        self.applied.iter()
+    }
+
+    /// Applies the message if it is a valid, newer DNA change for this system.
+    pub fn handle(&mut self, body: &str) -> Handled {
+        let message: DnaMessage = match serde_json::from_str(body) {
+            Ok(message) => message,
+            Err(e) => return Handled::Refused(Refusal::Malformed(e.to_string())),
+        };
+        if message.system_id != self.config.system_id {
+            return Handled::OtherSystem(message.system_id);
+        }
+        let Some((generation, genes, claimed)) = message.change.dna() else {
+            return Handled::OtherType;
+        };
+        if let Err(refusal) = verify(generation, genes, claimed) {
+            return Handled::Refused(refusal);
+        }
+        if let Some(running) = self.running.as_ref().map(|r| r.generation) {
+            if generation <= running {
+                return Handled::Stale {
+                    generation,
+                    running,
+                };
+            }
+        }
+        Handled::Applied(self.apply(&message.change, generation, genes, claimed))
+    }
+
+    fn apply(&mut self, change: &DnaChange, generation: u64, genes: &Genes, sum: &str) -> Applied {
+        let restored = change.restored_generation();
+        self.running = Some(Running {
+            generation,
+            checksum: sum.to_owned(),
+            genes: genes.clone(),
+            restored,
+        });
+        let applied = Applied {
+            generation,
+            checksum: sum.to_owned(),
+            restored,
+        };
+        if self.applied.len() == RECENT {
+            self.applied.pop_front();
+        }
+        self.applied.push_back(applied.clone());
+        applied
+    }
+
+    /// Measurement `measurement` (from 1) of the generation running, as a report; `None` when
+    /// nothing runs or what runs is a rollback, which is not measured.
+    pub fn measure(&self, measurement: u32, now: DateTime<Utc>) -> Option<FitnessReport> {
+        let running = self.running.as_ref().filter(|r| r.restored.is_none())?;
+        let (system, instance) = (&self.config.system_id, &self.config.instance_id);
+        let generation = running.generation.to_string();
+        let seed = measurement_seed(&[
+            system,
+            instance,
+            &generation,
+            &running.checksum,
+            &measurement.to_string(),
+        ]);
+        let (score, metrics, error) = match self.service.measure(&running.genes, seed) {
+            Ok(measured) => (Some(measured.score), measured.metrics, None),
+            Err(failed) => (None, failed.metrics, Some(failed.error)),
+        };
+        Some(FitnessReport {
+            id: report_id(system, running.generation, instance, measurement),
+            system_id: system.clone(),
+            sent_at: now,
+            kind: ReportKind::FitnessReported,
+            generation: running.generation,
+            checksum: running.checksum.clone(),
+            score,
+            metrics,
+            error,
+        })
+    }
+}
+
+/// The genes must hash to the checksum the message carries.
+fn verify(generation: u64, genes: &Genes, claimed: &str) -> Result<(), Refusal> {
+    let actual = checksum(genes).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    if actual == claimed {
+        Ok(())
+    } else {
+        Err(Refusal::ChecksumMismatch {
+            generation,
+            claimed: claimed.to_owned(),
+            actual,
+        })
+    }
+}
