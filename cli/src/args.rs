@@ -41,6 +41,10 @@ pub struct Cli {
     /// `DecideQueueUrl`).
     #[arg(long, global = true, env = "EVOLVE_DECIDE_QUEUE_URL")]
     pub decide_queue_url: Option<String>,
+    /// With `--store aws`: the events topic `init` publishes generation 0 on (output
+    /// `EvolutionEventsTopicArn`).
+    #[arg(long, global = true, env = "EVOLVE_EVENTS_TOPIC_ARN")]
+    pub events_topic_arn: Option<String>,
     /// More logging on stderr (-v info, -vv debug). `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -60,8 +64,11 @@ pub enum StoreKind {
 pub enum Command {
     /// Re-create the built-in simulated system and evolve it (init + run with a built-in evaluator).
     Demo(DemoArgs),
-    /// Create a system from a DNA file; generation 0 is measured first by `run`.
+    /// Create a system from a DNA file and publish generation 0 (`DnaUpdated`); generation 0 is
+    /// measured first.
     Init(InitArgs),
+    /// Show a system's settings, or change them (audited): samples, window, cycle interval.
+    Settings(SettingsArgs),
     /// Evolve a system, measuring each generation with an evaluator command.
     Run(RunArgs),
     /// At a glance: generation and status, fitness and trend, budget mode and spend against
@@ -223,6 +230,25 @@ pub struct InitArgs {
     /// Seconds an evaluation window stays open before it closes with what it has.
     #[arg(long, default_value_t = 600)]
     pub window: u32,
+    /// Seconds between the cycles the tick schedules for an idle system (at least 60).
+    #[arg(long, default_value_t = 900)]
+    pub interval: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// Valid fitness samples per generation.
+    #[arg(long)]
+    pub samples: Option<u32>,
+    /// Seconds an evaluation window stays open (windows opened from now on).
+    #[arg(long)]
+    pub window: Option<u32>,
+    /// Seconds between scheduled cycles (at least 60); a shorter one takes effect at once.
+    #[arg(long)]
+    pub interval: Option<u32>,
+    /// Print the settings as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -38,9 +38,16 @@ where
         start(),
         PipelineConfig::default(),
     );
-    init_system(&home.deps, &id, schema, genes, SystemSettings::default())
-        .await
-        .expect("init");
+    init_system(
+        &home.deps,
+        home.bus.as_ref(),
+        &id,
+        schema,
+        genes,
+        SystemSettings::default(),
+    )
+    .await
+    .expect("init");
     let opts = RunOptions {
         generations: GENERATIONS,
         ..RunOptions::default()

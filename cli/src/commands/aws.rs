@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use aws_config::{BehaviorVersion, SdkConfig};
 use shared::bus::Bus;
 use shared::bus::aws::{AwsBus, Destinations};
-use shared::domain::{Destination, Outgoing, Queue};
+use shared::domain::{Destination, Outgoing, Queue, Topic};
 use shared::store::dynamo::DynamoStore;
 
 use crate::args::Cli;
@@ -51,6 +51,24 @@ pub async fn caller_identity() -> anyhow::Result<String> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot read the caller's AWS identity: {e}"))?;
     Ok(identity.arn().unwrap_or("unknown AWS principal").to_owned())
+}
+
+/// The events topic as a bus, for `init`'s generation 0.
+pub async fn events_bus(cli: &Cli) -> anyhow::Result<AwsBus> {
+    let topic = required(
+        cli.events_topic_arn.as_ref(),
+        "--events-topic-arn",
+        "EVOLVE_EVENTS_TOPIC_ARN",
+    )?;
+    let sdk = sdk().await;
+    Ok(AwsBus::new(
+        aws_sdk_sqs::Client::new(&sdk),
+        aws_sdk_sns::Client::new(&sdk),
+        Destinations {
+            queues: BTreeMap::new(),
+            topics: BTreeMap::from([(Topic::EvolutionEvents, topic.to_owned())]),
+        },
+    ))
 }
 
 /// Sends an operator message to its queue: rollbacks to snapshot, approvals and resumes to

@@ -6,11 +6,16 @@ use chrono::{DateTime, Utc};
 use shared::domain::{DnaFile, HeadStatus, SystemId};
 use shared::evaluator::Evaluator;
 use shared::evaluator::command::CommandEvaluator;
-use shared::local::{InitError, LocalHome, PendingPolicy, RunOptions, init_system};
+use shared::local::{
+    InitError, LocalHome, PendingPolicy, RunOptions, SettingsChange, SettingsError,
+    change_settings, init_system,
+};
 use shared::store::{EvolutionStore, SystemSettings, Transaction, Write};
 
 use super::{llm, local_only, open_existing, open_store, report, resolve_system};
-use crate::args::{Cli, DemoArgs, EngineArgs, InitArgs, PendingArgs, RunArgs};
+use crate::args::{
+    Cli, DemoArgs, EngineArgs, InitArgs, PendingArgs, RunArgs, SettingsArgs, StoreKind,
+};
 use crate::output::{Progress, bad_input, print_json, print_summary};
 
 /// Simulated time of a demo's start: fixed, so two demos with one seed are identical.
@@ -36,7 +41,7 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     let daily_budget = config.budgets.global_daily;
     let home = llm::home(&args.engine, store.clone(), start, config).await?;
     if !args.resume {
-        demo.init_in(&home.deps).await?;
+        demo.init_in(&home.deps, home.bus.as_ref()).await?;
     }
     let continue_with = "evolve demo --continue";
     evolve(
@@ -65,26 +70,86 @@ pub async fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
         .map_err(|e| bad_input(format!("cannot read DNA file {}: {e}", args.dna.display())))?;
     let (system_id, schema, genes) = DnaFile::parse(&text)
         .map_err(|e| bad_input(format!("invalid DNA file {}: {e}", args.dna.display())))?;
-    if args.samples == 0 {
-        return Err(bad_input("--samples must be at least 1"));
-    }
-    let store = open_store(cli).await?;
-    let home = LocalHome::for_operator_action(store, Utc::now());
+    let change = SettingsChange {
+        samples_required: Some(args.samples),
+        evaluation_window_seconds: Some(args.window),
+        cycle_interval_seconds: Some(args.interval),
+    };
+    change
+        .validate()
+        .map_err(|e| bad_input(format!("{e} (--samples, --window, --interval)")))?;
     let settings = SystemSettings {
         samples_required: args.samples,
         evaluation_window_seconds: args.window,
-        ..SystemSettings::default()
+        cycle_interval_seconds: args.interval,
     };
-    match init_system(&home.deps, &system_id, schema, genes, settings).await {
+    let store = open_store(cli).await?;
+    let home = LocalHome::for_operator_action(store, Utc::now());
+    // On AWS generation 0 goes to the stack's events topic, where running systems listen;
+    // locally the runner measures it from the store.
+    let aws_bus = match cli.store {
+        StoreKind::Aws => Some(super::aws::events_bus(cli).await?),
+        StoreKind::Local => None,
+    };
+    let bus: &dyn shared::bus::Bus = match &aws_bus {
+        Some(bus) => bus,
+        None => home.bus.as_ref(),
+    };
+    match init_system(&home.deps, bus, &system_id, schema, genes, settings).await {
         Ok(()) => {
-            eprintln!(
-                "created system {system_id} at generation 0; `evolve run --evaluator CMD` measures it first"
-            );
+            let next = match cli.store {
+                StoreKind::Aws => {
+                    "generation 0 is published on the events topic: report its fitness"
+                }
+                StoreKind::Local => "`evolve run --evaluator CMD` measures it first",
+            };
+            eprintln!("created system {system_id} at generation 0; {next}");
             Ok(())
         }
-        Err(InitError::Exists(id)) => Err(bad_input(format!("system {id} already exists"))),
+        Err(InitError::Exists(id)) => Err(bad_input(format!(
+            "system {id} already exists (its generation 0 was published again if it had never \
+             gone out); `evolve settings` changes its settings"
+        ))),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Shows a system's settings, or changes them in the operator's name.
+pub async fn settings(cli: &Cli, args: &SettingsArgs) -> anyhow::Result<()> {
+    let store = open_existing(cli).await?;
+    let system_id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
+    let change = SettingsChange {
+        samples_required: args.samples,
+        evaluation_window_seconds: args.window,
+        cycle_interval_seconds: args.interval,
+    };
+    let settings = if change == SettingsChange::default() {
+        store
+            .get_system(&system_id)
+            .await?
+            .ok_or_else(|| bad_input(format!("unknown system {system_id}")))?
+            .settings
+    } else {
+        let operator = super::operator(cli).await?;
+        let home = LocalHome::for_operator_action(store, Utc::now());
+        change_settings(&home.deps, &system_id, change, &operator)
+            .await
+            .map_err(|e| match e {
+                SettingsError::Store(e) => anyhow::Error::from(e),
+                other => bad_input(other.to_string()),
+            })?
+    };
+    if args.json {
+        return print_json(&settings);
+    }
+    println!("system               {system_id}");
+    println!("samples              {}", settings.samples_required);
+    println!(
+        "window_seconds       {}",
+        settings.evaluation_window_seconds
+    );
+    println!("interval_seconds     {}", settings.cycle_interval_seconds);
+    Ok(())
 }
 
 pub async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<()> {

@@ -27,6 +27,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Demo(args) => evolve::demo(&cli, args).await,
         Command::Init(args) => evolve::init(&cli, args).await,
+        Command::Settings(args) => evolve::settings(&cli, args).await,
         Command::Run(args) => evolve::run(&cli, args).await,
         Command::Status(args) => views::status(&cli, args).await,
         Command::History(args) => views::history(&cli, args).await,

@@ -21,6 +21,9 @@ pub enum EventType {
     CostActionApplied,
     /// An operator resumed a paused head (`evolve resume`): who, why it was paused, the note.
     OperatorResume,
+    /// An operator changed a system's settings (`evolve settings`): who, and each old and new
+    /// value.
+    SettingsChanged,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -77,12 +77,17 @@ impl TestFunction {
         let (system_id, schema, genes) = DnaFile::parse(DNA)?;
         init_system(
             &home.deps,
+            home.bus.as_ref(),
             &system_id,
             schema,
             genes,
             SystemSettings::default(),
         )
         .await?;
+        // Generation 0's `DnaUpdated` is the running system's: each test looks at what its
+        // own messages send.
+        let far = start + Duration::days(365);
+        while home.bus.pop_due(far).is_some() {}
         let dead_letters = Arc::new(RecordingDeadLetters::new());
         Ok(Self {
             deps: FunctionDeps {

@@ -22,10 +22,12 @@ use crate::store::StoreError;
 
 mod init;
 mod report;
+mod settings;
 
 pub use init::{InitError, init_system};
 use report::report;
 pub use report::{DecisionCounts, RoleCounts, RunReport};
+pub use settings::{MIN_CYCLE_INTERVAL_SECONDS, SettingsChange, SettingsError, change_settings};
 
 /// How far ahead [`LocalRunner::settle`] follows delayed messages.
 pub const SETTLE_HORIZON: Duration = Duration::minutes(5);
@@ -99,6 +101,10 @@ pub struct LocalRunner<'a> {
     pub bus: &'a LocalBus,
     pub clock: &'a SimClock,
     pub evaluator: &'a dyn Evaluator,
+    /// The generations this run measured: like a running system that applies a generation
+    /// once, a later `DnaUpdated` for one of them (generation 0's, published at `init`, after
+    /// the start-up measurement) costs no second measurement.
+    measured: std::sync::Mutex<std::collections::BTreeSet<(SystemId, u64)>>,
 }
 
 /// Where a run stands between deliveries.
@@ -437,6 +443,14 @@ impl LocalRunner<'_> {
         }) else {
             return Ok(());
         };
+        let first = self
+            .measured
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((system_id.clone(), eval.generation));
+        if !first {
+            return Ok(());
+        }
         let generation = store
             .get_generation(system_id, eval.generation)
             .await?
@@ -631,6 +645,7 @@ impl LocalHome {
             bus: &self.bus,
             clock: &self.clock,
             evaluator,
+            measured: std::sync::Mutex::default(),
         }
     }
 }

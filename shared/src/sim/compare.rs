@@ -175,7 +175,10 @@ pub async fn run_pipeline(
         start,
         PipelineConfig::default(),
     );
-    system.init_in(&home.deps).await.map_err(pipeline_error)?;
+    system
+        .init_in(&home.deps, home.bus.as_ref())
+        .await
+        .map_err(pipeline_error)?;
     let counting = Counting {
         system,
         calls: AtomicUsize::new(0),

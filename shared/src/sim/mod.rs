@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::bus::Bus;
 use crate::domain::{
     DnaFile, FitnessScore, GeneSchema, GeneSpec, GeneValue, Genes, MetricName, SystemId,
 };
@@ -212,13 +213,13 @@ impl SimSystem {
     /// Creates this system at generation 0 in the store behind `deps`, measured once per
     /// generation: a simulated measurement is exact or carries seeded noise, so further samples
     /// would add cost and no information.
-    pub async fn init_in(&self, deps: &Deps) -> Result<(), InitError> {
+    pub async fn init_in(&self, deps: &Deps, bus: &dyn Bus) -> Result<(), InitError> {
         let (system_id, schema, genes) = self.dna();
         let settings = SystemSettings {
             samples_required: 1,
             ..SystemSettings::default()
         };
-        init_system(deps, &system_id, schema, genes, settings).await
+        init_system(deps, bus, &system_id, schema, genes, settings).await
     }
 
     /// The DNA as a DNA file, as `evolve init --dna FILE` reads it.

@@ -291,10 +291,24 @@ impl World {
     /// `evolve init` for each system (the one direct write), `CONCURRENCY` at a time.
     async fn register(&mut self, count: usize) {
         let gate = Arc::new(Semaphore::new(CONCURRENCY));
+        // `init` publishes generation 0 on the events topic, as `evolve --store aws init` does.
+        let aws = sdk_config(self.moto.url()).await;
+        let events: Arc<dyn Bus> = Arc::new(shared::bus::aws::AwsBus::new(
+            self.sqs.clone(),
+            aws_sdk_sns::Client::new(&aws),
+            shared::bus::aws::Destinations {
+                queues: BTreeMap::new(),
+                topics: BTreeMap::from([(
+                    Topic::EvolutionEvents,
+                    self.topics[&Topic::EvolutionEvents].clone(),
+                )]),
+            },
+        ));
         let mut tasks = JoinSet::new();
         for i in 0..count {
             let store = Arc::clone(&self.store);
             let gate = Arc::clone(&gate);
+            let events = Arc::clone(&events);
             tasks.spawn(async move {
                 let _permit = gate.acquire().await.expect("gate");
                 let (id, schema, genes) = DnaFile::parse(&dna(i)).expect("DNA");
@@ -311,7 +325,7 @@ impl World {
                     // Short, so the tick requests cycles of its own that race the pipeline's.
                     cycle_interval_seconds: 20,
                 };
-                init_system(&home.deps, &id, schema, genes, settings)
+                init_system(&home.deps, events.as_ref(), &id, schema, genes, settings)
                     .await
                     .expect("init");
                 id

@@ -11,6 +11,7 @@ use shared::engine::LocalEngine;
 use shared::evaluator::{EvalError, Evaluator};
 use shared::local::{LocalHome, RunOptions, Silent};
 use shared::stages::PipelineConfig;
+use shared::store::EvolutionStore;
 use shared::store::dynamo::DynamoStore;
 use tests::moto::{MotoServer, unique_name};
 
@@ -42,6 +43,10 @@ struct Stack {
     table: String,
     bucket: String,
     queue_url: String,
+    /// The events topic, and a queue subscribed to it with raw delivery: what a running
+    /// system receives.
+    events_topic: String,
+    subscriber: String,
     sqs: aws_sdk_sqs::Client,
     store: Arc<DynamoStore>,
 }
@@ -61,11 +66,25 @@ async fn stack() -> Stack {
     store.create_resources().await.expect("table and bucket");
     let sqs = aws_sdk_sqs::Client::new(&sdk);
     let (queue_url, _) = tests::moto::queue(&sqs, "cli-snapshot").await;
+    let sns = aws_sdk_sns::Client::new(&sdk);
+    let events_topic =
+        tests::moto::topics(&sns).await[&shared::domain::Topic::EvolutionEvents].clone();
+    let (subscriber, subscriber_arn) = tests::moto::queue(&sqs, "cli-running-system").await;
+    sns.subscribe()
+        .topic_arn(&events_topic)
+        .protocol("sqs")
+        .endpoint(subscriber_arn)
+        .attributes("RawMessageDelivery", "true")
+        .send()
+        .await
+        .expect("subscribe");
     Stack {
         moto,
         table,
         bucket,
         queue_url,
+        events_topic,
+        subscriber,
         sqs,
         store: Arc::new(store),
     }
@@ -84,6 +103,7 @@ fn evolve_aws_with(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> Output
         .env("EVOLVE_TABLE_NAME", &stack.table)
         .env("EVOLVE_BUCKET_NAME", &stack.bucket)
         .env("EVOLVE_SNAPSHOT_QUEUE_URL", &stack.queue_url)
+        .env("EVOLVE_EVENTS_TOPIC_ARN", &stack.events_topic)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
@@ -119,6 +139,58 @@ fn operator_commands_work_against_a_deployed_stack() {
     ));
     let again = evolve_aws(&stack, &["init", "--dna", &dna.display().to_string()]);
     assert_eq!(again.status.code(), Some(2), "a second init is refused");
+    // Generation 0 reached the running system's queue once, with the checksum of the head.
+    let published = runtime.block_on(tests::moto::receive(&stack.sqs, &stack.subscriber));
+    assert_eq!(published.len(), 1, "{published:?}");
+    let dna_updated: Value =
+        serde_json::from_str(published[0].body().expect("body")).expect("envelope");
+    assert_eq!(dna_updated["type"], "DnaUpdated");
+    assert_eq!(dna_updated["generation"], 0);
+    let generation_0 = runtime
+        .block_on(
+            stack
+                .store
+                .get_generation(&SystemId::parse("svc-aws").expect("id"), 0),
+        )
+        .expect("read")
+        .expect("generation 0");
+    assert_eq!(dna_updated["checksum"], generation_0.checksum.as_str());
+    assert_eq!(dna_updated["genes"]["x"], 5);
+
+    // The settings: shown, changed in the caller's name, audited.
+    let shown = evolve_aws(&stack, &["settings", "--json"]);
+    ok(&shown);
+    let shown: Value = serde_json::from_slice(&shown.stdout).expect("JSON");
+    assert_eq!(shown["cycle_interval_seconds"], 900, "{shown}");
+    ok(&evolve_aws(&stack, &["settings", "--interval", "300"]));
+    let changed = runtime
+        .block_on(
+            stack
+                .store
+                .get_system(&SystemId::parse("svc-aws").expect("id")),
+        )
+        .expect("read")
+        .expect("system");
+    assert_eq!(changed.settings.cycle_interval_seconds, 300);
+    let events = runtime
+        .block_on(stack.store.list_events(&changed.system_id, None, 10))
+        .expect("events");
+    assert!(
+        events.iter().any(
+            |e| e.event_type == shared::domain::EventType::SettingsChanged
+                && e.detail
+                    .as_deref()
+                    .is_some_and(|d| d.contains("interval_s 900 -> 300") && d.contains("arn:aws:"))
+        ),
+        "{events:?}"
+    );
+    assert_eq!(
+        evolve_aws(&stack, &["settings", "--interval", "5"])
+            .status
+            .code(),
+        Some(2),
+        "an interval under a minute is refused"
+    );
     assert_eq!(
         evolve_aws(&stack, &["demo"]).status.code(),
         Some(2),

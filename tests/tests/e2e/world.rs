@@ -201,9 +201,16 @@ impl World {
             chrono::Utc::now(),
             PipelineConfig::default(),
         );
-        init_system(&home.deps, &id, schema, genes, SystemSettings::default())
-            .await
-            .expect("init");
+        init_system(
+            &home.deps,
+            home.bus.as_ref(),
+            &id,
+            schema,
+            genes,
+            SystemSettings::default(),
+        )
+        .await
+        .expect("init");
     }
 
     pub fn function(&self, name: &str) -> &FunctionDeps {

@@ -251,6 +251,7 @@ async fn the_decide_stage_decides_a_plans_three_proposals_with_one_request() {
     let (schema, genes) = crate::requests::schema_and_genes();
     init_system(
         &home.deps,
+        home.bus.as_ref(),
         &system_id(),
         schema,
         genes,

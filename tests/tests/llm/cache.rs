@@ -233,6 +233,7 @@ async fn demo_run(cache_ttl: Duration, generations: u32) -> (usize, usize, usize
     let (schema, genes) = crate::requests::schema_and_genes();
     init_system(
         &home.deps,
+        home.bus.as_ref(),
         &system_id(),
         schema,
         genes,

@@ -167,6 +167,7 @@ async fn an_incoherent_approval_is_never_applied_and_the_audit_record_says_why()
     let (schema, genes) = schema_and_genes();
     init_system(
         &deps,
+        &shared::bus::local::LocalBus::new(clock.clone()),
         &system_id(),
         schema,
         genes,

@@ -221,6 +221,7 @@ async fn a_pipeline_cycle_completes_on_the_local_engine_when_bedrock_throttles_e
     let (schema, genes) = crate::requests::schema_and_genes();
     init_system(
         &home.deps,
+        home.bus.as_ref(),
         &system_id(),
         schema,
         genes,
@@ -320,8 +321,10 @@ async fn a_cycle_whose_bedrock_answers_outlast_each_invocation_commits_every_mes
         },
     };
     let (schema, genes) = crate::requests::schema_and_genes();
+    let init = deps(Utc::now() + budget);
     init_system(
-        &deps(Utc::now() + budget),
+        &init,
+        &shared::bus::local::LocalBus::new(init.clock.clone()),
         &system_id(),
         schema,
         genes,

@@ -71,6 +71,7 @@ async fn a_stage_whose_call_was_denied_raises_a_critical_security_alert() {
     let (schema, genes) = crate::requests::schema_and_genes();
     init_system(
         &home.deps,
+        home.bus.as_ref(),
         &system_id(),
         schema,
         genes,

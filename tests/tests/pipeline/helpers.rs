@@ -254,6 +254,7 @@ pub async fn harness(llm: Arc<Scripted>, config: PipelineConfig) -> Harness {
     let (schema, genes) = dna();
     init_system(
         &home.deps,
+        home.bus.as_ref(),
         &system_id(),
         schema,
         genes,

@@ -205,8 +205,12 @@ impl World {
     /// baseline evaluation.
     pub async fn init_system(&self) {
         let (system_id, schema, genes) = DnaFile::parse(testing::DNA).expect("test DNA");
+        // Generation 0's `DnaUpdated` stays on a local bus: the smoke tests look at their own.
+        let deps = self.deps();
+        let bus = shared::bus::local::LocalBus::new(deps.clock.clone());
         init_system(
-            &self.deps(),
+            &deps,
+            &bus,
             &system_id,
             schema,
             genes,
