@@ -1,14 +1,17 @@
 //! The analyze function: consumes the `analyze` queue and runs the scheduler's one-minute tick.
 //! Sample payloads: `infra/events/sqs-analyze.json`, `tick.json`, `scheduled-event.json`.
 
-use lambda_runtime::{Error, LambdaEvent};
+use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
 pub use shared::lambda::FunctionDeps;
 use shared::lambda::{Invocation, Response, ScheduleKind};
 
 /// One function, two triggers told apart by the payload's shape: an SQS batch from the
 /// `analyze` queue (answered with its batch item failures), or the tick.
-pub async fn handler(deps: &FunctionDeps, event: LambdaEvent<Value>) -> Result<Response, Error> {
+pub async fn handler(
+    deps: &FunctionDeps,
+    event: LambdaEvent<Value>,
+) -> Result<Response, Diagnostic> {
     let deps = &deps.until(event.context.deadline);
     match Invocation::parse(event.payload)? {
         Invocation::Sqs(batch) => Ok(Response::Batch(deps.sqs(&batch).await)),

@@ -2,14 +2,17 @@
 //! ledger) and runs its own one-minute budget sweep; sets the budget mode and publishes alerts.
 //! Sample payloads: `infra/events/sqs-cost-guard.json`, `sweep.json`, `scheduled-event.json`.
 
-use lambda_runtime::{Error, LambdaEvent};
+use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::Value;
 pub use shared::lambda::FunctionDeps;
 use shared::lambda::{Invocation, Response, ScheduleKind};
 
 /// One function, two triggers told apart by the payload's shape: an SQS batch from the
 /// `cost-guard` queue (answered with its batch item failures), or the sweep.
-pub async fn handler(deps: &FunctionDeps, event: LambdaEvent<Value>) -> Result<Response, Error> {
+pub async fn handler(
+    deps: &FunctionDeps,
+    event: LambdaEvent<Value>,
+) -> Result<Response, Diagnostic> {
     let deps = &deps.until(event.context.deadline);
     match Invocation::parse(event.payload)? {
         Invocation::Sqs(batch) => Ok(Response::Batch(deps.sqs(&batch).await)),
@@ -84,6 +87,17 @@ mod tests {
         let err = handler(&t.deps, event(TICK))
             .await
             .expect_err("wrong schedule");
-        assert!(err.to_string().contains("Sweep"), "{err}");
+        // Lambda reports the error by a name of ours, not by a Rust type.
+        assert_eq!(err.error_type, "WrongSchedule");
+        assert!(err.error_message.contains("Sweep"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn an_event_it_cannot_read_is_reported_as_malformed_by_name() {
+        let t = world().await;
+        let garbage = LambdaEvent::new(serde_json::json!({"kind": 7}), Context::default());
+        let err = handler(&t.deps, garbage).await.expect_err("unreadable");
+        assert_eq!(err.error_type, "MalformedEvent", "{err:?}");
+        assert!(!err.error_type.contains("::"), "{err:?}");
     }
 }

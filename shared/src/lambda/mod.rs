@@ -123,7 +123,7 @@ async fn handle_record(
             consumer::Handled::Retry
         }
         Err(PipelineError::Permanent(reason)) => {
-            dead_letter(dlq, queue.as_str(), body, &reason).await
+            dead_letter(dlq, queue.as_str(), body, &reason.text).await
         }
     }
 }
@@ -187,6 +187,9 @@ pub enum Invocation {
     Schedule(Schedule),
 }
 
+/// Why an invocation failed. Its [`InvocationError::kind`] is the `errorType` Lambda reports
+/// for a failed scheduled run (`StoreUnavailable`, `MalformedEvent`, ...), so the console, the
+/// scheduler's dead-letter queue and the logs name the error, not a Rust type.
 #[derive(Debug, thiserror::Error)]
 pub enum InvocationError {
     #[error("unrecognised event: {0}")]
@@ -204,6 +207,27 @@ pub enum InvocationError {
     },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+}
+
+impl InvocationError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unrecognised(_) => "UnrecognisedEvent",
+            Self::Malformed { .. } => "MalformedEvent",
+            Self::WrongSchedule { .. } => "WrongSchedule",
+            Self::Pipeline(e) => e.kind(),
+        }
+    }
+}
+
+#[cfg(feature = "runtime")]
+impl From<InvocationError> for lambda_runtime::Diagnostic {
+    fn from(e: InvocationError) -> Self {
+        Self {
+            error_type: e.kind().to_owned(),
+            error_message: crate::pipeline::error_chain(&e),
+        }
+    }
 }
 
 #[derive(Deserialize)]

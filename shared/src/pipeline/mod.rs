@@ -64,25 +64,72 @@ pub enum Handled {
 pub enum PipelineError {
     /// Leave it on the queue (a batch item failure): a redelivery can succeed.
     #[error("retryable: {0}")]
-    Retryable(String),
+    Retryable(Reason),
     /// Never retry blindly: move it to the dead-letter queue with this reason.
     #[error("permanent: {0}")]
-    Permanent(String),
+    Permanent(Reason),
+}
+
+/// A failure's kind and its account. The kind is a stable name (`ConditionFailed`,
+/// `StoreUnavailable`, `MalformedMessage`, ...) for the `errorType` a failed invocation reports
+/// and for alarms and log queries; the text is the error with its sources, for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reason {
+    pub kind: &'static str,
+    pub text: String,
+}
+
+impl Reason {
+    pub fn new(kind: &'static str, text: impl Into<String>) -> Self {
+        Self {
+            kind,
+            text: text.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::ops::Deref for Reason {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.text
+    }
 }
 
 impl PipelineError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Retryable(_))
     }
+
+    /// The failure's stable name (see [`Reason`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Retryable(r) | Self::Permanent(r) => r.kind,
+        }
+    }
+
+    fn retryable(kind: &'static str, text: impl Into<String>) -> Self {
+        Self::Retryable(Reason::new(kind, text))
+    }
+
+    fn permanent(kind: &'static str, text: impl Into<String>) -> Self {
+        Self::Permanent(Reason::new(kind, text))
+    }
 }
 
 impl From<StageError> for PipelineError {
     fn from(e: StageError) -> Self {
-        let text = error_chain(&e);
+        let reason = Reason::new(e.kind(), error_chain(&e));
         if e.is_retryable() {
-            Self::Retryable(text)
+            Self::Retryable(reason)
         } else {
-            Self::Permanent(text)
+            Self::Permanent(reason)
         }
     }
 }
@@ -116,19 +163,25 @@ pub async fn handle_raw(
     raw: &str,
 ) -> Result<Handled, PipelineError> {
     let env: Envelope = serde_json::from_str(raw).map_err(|e| {
-        PipelineError::Permanent(format!(
-            "malformed message ({} bytes, sha256 {}): {e}",
-            raw.len(),
-            &sha256_hex(raw.as_bytes())[..16]
-        ))
+        PipelineError::permanent(
+            "MalformedMessage",
+            format!(
+                "malformed message ({} bytes, sha256 {}): {e}",
+                raw.len(),
+                &sha256_hex(raw.as_bytes())[..16]
+            ),
+        )
     })?;
     let expected = Destination::Queue(queue);
     if env.body.destination() != expected && !accepts(queue, &env.body) {
-        return Err(PipelineError::Permanent(format!(
-            "{} does not belong on the {} queue",
-            env.body.type_name(),
-            queue.as_str()
-        )));
+        return Err(PipelineError::permanent(
+            "WrongQueue",
+            format!(
+                "{} does not belong on the {} queue",
+                env.body.type_name(),
+                queue.as_str()
+            ),
+        ));
     }
     handle(deps, bus, &env).await
 }
@@ -313,15 +366,17 @@ where
             });
         }
         Claim::InProgress { until } => {
-            return Err(PipelineError::Retryable(format!(
-                "{key} is being processed elsewhere until {until}"
-            ))
+            return Err(PipelineError::retryable(
+                "InProgress",
+                format!("{key} is being processed elsewhere until {until}"),
+            )
             .into());
         }
         Claim::PayloadMismatch => {
-            return Err(PipelineError::Permanent(format!(
-                "id {key} was already used for a different payload"
-            ))
+            return Err(PipelineError::permanent(
+                "PayloadMismatch",
+                format!("id {key} was already used for a different payload"),
+            )
             .into());
         }
     }
@@ -371,7 +426,10 @@ fn store_denied(e: StoreError) -> Failed {
 
 fn bus_denied(e: &BusError) -> Failed {
     match e.security_event().cloned() {
-        Some(event) => Failed::Security(PipelineError::Permanent(e.to_string()), event),
+        Some(event) => Failed::Security(
+            PipelineError::permanent("AccessDenied", e.to_string()),
+            event,
+        ),
         None => Failed::Other(bus_error(e)),
     }
 }
@@ -543,8 +601,9 @@ async fn send(bus: &dyn Bus, messages: &[crate::domain::Outgoing]) -> Result<(),
 
 fn bus_error(e: &BusError) -> PipelineError {
     match e {
-        BusError::Unavailable(_) => PipelineError::Retryable(e.to_string()),
-        BusError::Refused(_) | BusError::Denied(_) => PipelineError::Permanent(e.to_string()),
+        BusError::Unavailable(_) => PipelineError::retryable("BusUnavailable", e.to_string()),
+        BusError::Refused(_) => PipelineError::permanent("MessageRefused", e.to_string()),
+        BusError::Denied(_) => PipelineError::permanent("AccessDenied", e.to_string()),
     }
 }
 
@@ -554,9 +613,10 @@ fn bus_error(e: &BusError) -> PipelineError {
 /// itself, and a redrive re-sends from the outbox, which is kept longer than that queue keeps
 /// messages). An authorization failure still raises its security alert.
 fn committed_send_failed(e: &BusError) -> Failed {
-    let retry = PipelineError::Retryable(format!(
-        "committed, not yet sent (a redelivery re-sends from the outbox): {e}"
-    ));
+    let retry = PipelineError::retryable(
+        "CommittedNotSent",
+        format!("committed, not yet sent (a redelivery re-sends from the outbox): {e}"),
+    );
     warn!(error = %e, "committed messages not sent");
     match e.security_event().cloned() {
         Some(event) => Failed::Security(retry, event),
@@ -610,6 +670,41 @@ mod tests {
         // Throttling stays retryable.
         let throttled: PipelineError = StoreError::Unavailable("throttled".into()).into();
         assert!(throttled.is_retryable());
+    }
+
+    /// A failed scheduled run reports its error to Lambda by name (`errorType`), with the
+    /// error and its sources as the message; before, the type was a boxed Rust trait object's.
+    #[test]
+    fn every_failure_has_a_stable_name_for_lambdas_error_type() {
+        use crate::lambda::InvocationError;
+        let cases: [(PipelineError, &str); 5] = [
+            (
+                StoreError::Unavailable("throttled".into()).into(),
+                "StoreUnavailable",
+            ),
+            (
+                StoreError::ConditionFailed("head moved".into()).into(),
+                "ConditionFailed",
+            ),
+            (
+                StoreError::Denied(Box::new(denied())).into(),
+                "AccessDenied",
+            ),
+            (
+                StageError::UnknownSystem(SystemId::parse("svc").expect("id")).into(),
+                "UnknownSystem",
+            ),
+            (
+                bus_error(&BusError::Unavailable("down".into())),
+                "BusUnavailable",
+            ),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(error.kind(), kind, "{error}");
+            let diagnostic = lambda_runtime::Diagnostic::from(InvocationError::Pipeline(error));
+            assert_eq!(diagnostic.error_type, kind);
+            assert!(!diagnostic.error_message.is_empty());
+        }
     }
 
     #[tokio::test]

@@ -195,6 +195,18 @@ pub enum StageError {
 }
 
 impl StageError {
+    /// A stable name for the failure (see `pipeline::Reason`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Store(e) => e.kind(),
+            Self::Llm(crate::llm::LlmError::Unavailable(_)) => "LlmUnavailable",
+            Self::Llm(crate::llm::LlmError::Invalid(_)) => "LlmRequestInvalid",
+            Self::UnknownSystem(_) => "UnknownSystem",
+            Self::Inconsistent(_) => "InconsistentMessage",
+            Self::WrongStage(_) => "WrongStage",
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Store(e) => e.is_retryable(),

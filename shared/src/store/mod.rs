@@ -358,6 +358,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A stable name for the failure (see `pipeline::Reason`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ConditionFailed(_) => "ConditionFailed",
+            Self::Unavailable(_) => "StoreUnavailable",
+            Self::Corrupt(_) => "CorruptRecord",
+            Self::Invalid(_) => "InvalidStoreRequest",
+            Self::Denied(_) => "AccessDenied",
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::ConditionFailed(_) | Self::Unavailable(_))
     }
