@@ -231,16 +231,17 @@ pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
         return print_json(&history);
     }
     println!(
-        "{:>5}  {:<12}  {:>12}  {:>12}  changes",
-        "gen", "outcome", "fitness", "parent"
+        "{:>5}  {:<12}  {:>12}  {:>12}  {:<14}  changes",
+        "gen", "outcome", "fitness", "parent", "reports"
     );
     for h in history {
         println!(
-            "{:>5}  {:<12}  {:>12}  {:>12}  {}",
+            "{:>5}  {:<12}  {:>12}  {:>12}  {:<14}  {}",
             h.generation,
             format!("{:?}", h.outcome).to_lowercase(),
             fmt_fitness(h.fitness),
             fmt_fitness(h.baseline_fitness),
+            reports(h),
             if h.changes.is_empty() {
                 "(baseline)".to_owned()
             } else {
@@ -249,6 +250,16 @@ pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The reports a window heard: `3`, or `2 (1 failed)`, or `none` when the running system
+/// said nothing before the deadline.
+pub(crate) fn reports(h: &shared::domain::HistoryEntry) -> String {
+    match (h.reports, h.failed) {
+        (0, _) => "none".to_owned(),
+        (n, 0) => n.to_string(),
+        (n, failed) => format!("{n} ({failed} failed)"),
+    }
 }
 
 pub async fn decisions(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {

@@ -78,6 +78,13 @@ pub struct HistoryEntry {
     /// The plan step that proposed this generation's mutation, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_step: Option<super::mutation::PlanStepRef>,
+    /// Reports received for the generation, and how many of them were failed measurements
+    /// (an `error` and no score): a window that closed on failures reads differently from one
+    /// that heard nothing.
+    #[serde(default)]
+    pub reports: u32,
+    #[serde(default)]
+    pub failed: u32,
     pub closed_at: DateTime<Utc>,
 }
 

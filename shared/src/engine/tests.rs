@@ -129,6 +129,8 @@ fn entry(
             .collect(),
         predicted_impact: 0.0,
         plan_step: None,
+        reports: 1,
+        failed: 0,
         closed_at: at(generation),
     }
 }
@@ -142,6 +144,8 @@ fn baseline_entry(fitness: f64) -> HistoryEntry {
         changes: Vec::new(),
         predicted_impact: 0.0,
         plan_step: None,
+        reports: 1,
+        failed: 0,
         closed_at: at(0),
     }
 }
@@ -748,6 +752,8 @@ fn world() -> impl Strategy<Value = (GeneSchema, Genes, Vec<HistoryEntry>)> {
                         changes,
                         predicted_impact: 0.0,
                         plan_step: None,
+                        reports: 1,
+                        failed: 0,
                         closed_at: at(n as u64 + 1),
                     });
                 }

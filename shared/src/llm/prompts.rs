@@ -329,6 +329,8 @@ mod tests {
                 changes: vec![change.clone()],
                 predicted_impact: 0.0,
                 plan_step: None,
+                reports: 1,
+                failed: 0,
                 closed_at: Utc::now(),
             }],
             mutation: Mutation {

@@ -228,8 +228,25 @@ fn failing_evaluator_generations_are_inconclusive_and_rolled_back() {
             .as_array()
             .expect("array")
             .iter()
-            .any(|h| h["outcome"] == "inconclusive"),
-        "{history}"
+            .any(|h| h["outcome"] == "inconclusive" && h["failed"].as_u64() >= Some(1)),
+        "a window closed on failed measurements says so: {history}"
+    );
+    let table = evolve(dir.path(), &["history"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("(1 failed)"), "{table}");
+    let events = evolve(
+        dir.path(),
+        &[
+            "report",
+            "--out",
+            &dir.path().join("r.html").display().to_string(),
+        ],
+    );
+    assert!(events.status.success(), "{}", stderr(&events));
+    let html = std::fs::read_to_string(dir.path().join("r.html")).expect("report");
+    assert!(
+        html.contains("data-failed=\"1\""),
+        "the report marks the failed window"
     );
 }
 

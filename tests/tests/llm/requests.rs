@@ -100,6 +100,8 @@ pub fn history(n: usize) -> Vec<HistoryEntry> {
                 }],
                 predicted_impact: 0.5,
                 plan_step: None,
+                reports: 1,
+                failed: 0,
                 closed_at: start() - Duration::hours(n as i64 - i as i64),
             }
         })

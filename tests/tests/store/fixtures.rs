@@ -214,6 +214,8 @@ pub fn history(n: u64, fitness: f64) -> HistoryEntry {
         changes: Vec::new(),
         predicted_impact: 0.0,
         plan_step: None,
+        reports: 1,
+        failed: 0,
         closed_at: t(n as i64),
     }
 }

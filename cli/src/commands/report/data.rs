@@ -75,6 +75,9 @@ pub struct EvaluationPoint {
     pub kind: PointKind,
     pub outcome: EvaluationOutcome,
     pub changes: String,
+    /// The reports the window heard, failures named (see `views::reports`).
+    pub reports: String,
+    pub failed: u32,
     pub closed_at: DateTime<Utc>,
 }
 
@@ -397,6 +400,8 @@ fn evaluation_point(h: &HistoryEntry) -> EvaluationPoint {
         kind,
         outcome: h.outcome,
         changes: describe_changes(&h.changes),
+        reports: crate::commands::views::reports(h),
+        failed: h.failed,
         closed_at: h.closed_at,
     }
 }

@@ -169,20 +169,23 @@ fn fitness(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
     html.push_str(
         "<details><summary>Closed evaluations</summary>\n<div class=\"scroll\"><table>\n\
          <tr><th>generation</th><th>outcome</th><th>fitness</th><th>parent fitness</th>\
-         <th>changes</th><th>closed</th></tr>\n",
+         <th>reports</th><th>changes</th><th>closed</th></tr>\n",
     );
     for e in &data.evaluations {
         let _ = writeln!(
             html,
-            "<tr data-generation=\"{}\" data-fitness=\"{}\" data-kind=\"{}\"><td class=\"num\">{}</td>\
-             <td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr data-generation=\"{}\" data-fitness=\"{}\" data-kind=\"{}\" data-failed=\"{}\">\
+             <td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>",
             e.generation,
             raw(e.fitness),
             esc(e.kind.as_str()),
+            e.failed,
             e.generation,
             esc(&format!("{:?}", e.outcome).to_lowercase()),
             fmt_opt(e.fitness),
             fmt_opt(e.baseline_fitness),
+            esc(&e.reports),
             esc(if e.changes.is_empty() {
                 "(baseline)"
             } else {
@@ -519,6 +522,8 @@ mod tests {
             kind: PointKind::Kept,
             outcome: EvaluationOutcome::Keep,
             changes: hostile.into(),
+            reports: hostile.into(),
+            failed: 0,
             closed_at: at(1),
         });
         data.budget_now.reason = hostile.into();

@@ -63,6 +63,8 @@ pub(super) async fn close_window(
             changes,
             predicted_impact: eval.predicted_impact,
             plan_step: eval.plan_step.clone(),
+            reports: summary.reports,
+            failed: summary.reports - summary.valid,
             closed_at: now,
         },
     });
@@ -265,8 +267,10 @@ impl Closing<'_> {
     fn rollback_reason(&self) -> String {
         if self.outcome == EvaluationOutcome::Inconclusive {
             format!(
-                "inconclusive: {} valid of {} required samples",
-                self.summary.valid, self.eval.samples_required
+                "inconclusive: {} valid of {} required samples ({} failed measurement(s))",
+                self.summary.valid,
+                self.eval.samples_required,
+                self.summary.reports - self.summary.valid
             )
         } else {
             format!(
