@@ -28,13 +28,16 @@ pub enum DnaChange {
         genes: Genes,
         checksum: String,
     },
-    /// A new generation whose genes are those of `restored_generation`: its measurements are
-    /// already known, so it is run but not measured.
+    /// A new generation whose genes are those of `restored_generation`. The product's own
+    /// rollback of a worse generation (`measure: false`) is run but not measured: the restored
+    /// genes' fitness is known. An operator's rollback (`measure: true`) is measured afresh.
     DnaRolledBack {
         generation: u64,
         restored_generation: u64,
         genes: Genes,
         checksum: String,
+        #[serde(default)]
+        measure: bool,
     },
     /// Any other type. The subscription's filter policy keeps them away; one that slips through
     /// (a subscription without a filter) is acknowledged and dropped.
@@ -61,11 +64,13 @@ impl DnaChange {
         }
     }
 
-    /// The generation whose genes a rollback restores.
+    /// The generation whose genes a rollback restores, when nothing waits for a measurement
+    /// of the rollback (`measure: false`).
     pub fn restored_generation(&self) -> Option<u64> {
         match self {
             Self::DnaRolledBack {
                 restored_generation,
+                measure: false,
                 ..
             } => Some(*restored_generation),
             _ => None,

@@ -60,6 +60,15 @@ fn updated(generation: u64, genes: &ProductGenes) -> String {
 }
 
 fn rolled_back(generation: u64, restored_generation: u64, genes: &ProductGenes) -> String {
+    rollback(generation, restored_generation, genes, false)
+}
+
+fn rollback(
+    generation: u64,
+    restored_generation: u64,
+    genes: &ProductGenes,
+    measure: bool,
+) -> String {
     wire(
         SYSTEM,
         Body::DnaRolledBack {
@@ -67,6 +76,7 @@ fn rolled_back(generation: u64, restored_generation: u64, genes: &ProductGenes) 
             restored_generation,
             genes: serde_json::to_value(genes).expect("genes"),
             checksum: shared::domain::checksum(genes),
+            measure,
         },
     )
 }
@@ -206,6 +216,19 @@ fn messages_for_another_system_or_of_another_type_or_malformed_are_not_applied()
         Handled::Refused(Refusal::Malformed(_))
     ));
     assert!(instance.running().is_none());
+}
+
+/// An operator's rollback opens a window of its own: it says `measure: true` and is measured.
+#[test]
+fn an_operators_rollback_is_measured() {
+    let mut instance = instance(1024.0);
+    let parent = start_genes();
+    instance.handle(&updated(0, &parent));
+    let Handled::Applied(applied) = instance.handle(&rollback(1, 0, &parent, true)) else {
+        panic!("not applied");
+    };
+    assert!(applied.to_measure());
+    assert!(instance.measure(1, Utc::now()).is_some());
 }
 
 #[test]

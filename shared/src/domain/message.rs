@@ -208,6 +208,11 @@ pub enum Body {
         restored_generation: u64,
         genes: Value,
         checksum: String,
+        /// Whether a window waits for reports on this generation: true for an operator's
+        /// rollback (measured afresh), false for the Rollback Manager's (the genes are the
+        /// parent's, whose fitness is known).
+        #[serde(default)]
+        measure: bool,
     },
     BudgetThresholdCrossed {
         scope: BudgetScope,

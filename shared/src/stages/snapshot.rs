@@ -188,6 +188,7 @@ fn dna_rolled_back(
     index: usize,
     generation: &Generation,
     restored: u64,
+    measure: bool,
     now: DateTime<Utc>,
 ) -> Outgoing {
     reply(
@@ -201,6 +202,7 @@ fn dna_rolled_back(
             restored_generation: restored,
             genes: serde_json::to_value(&generation.genes).unwrap_or_default(),
             checksum: generation.checksum.clone(),
+            measure,
         },
     )
 }

@@ -373,6 +373,7 @@ fn every_message_body_round_trips_through_json() {
             restored_generation: 4,
             genes: serde_json::json!({}),
             checksum: "c".into(),
+            measure: true,
         },
         Body::BudgetThresholdCrossed {
             scope: BudgetScope::Global,

@@ -104,6 +104,8 @@ async fn a_cycle_keeps_an_improvement_and_rolls_back_a_regression() {
         .find(|m| m["type"] == "DnaRolledBack")
         .expect("rollback message");
     assert_eq!(rolled["restored_generation"], 1);
+    // The Rollback Manager's rollback restores measured genes: nothing waits for a report.
+    assert_eq!(rolled["measure"], false, "{rolled}");
 
     let head = store.get_head(&id).await.expect("head").expect("exists");
     assert_eq!(head.status, HeadStatus::Stable);

@@ -481,6 +481,17 @@ async fn operator_rollback_during_a_plan_is_divergence() {
     pipeline::handle(&h.home.deps, h.home.bus.as_ref(), &rollback)
         .await
         .expect("rollback");
+    // An operator's rollback is measured afresh: its `DnaRolledBack` says so.
+    let far = h.home.clock.now_plus(Duration::days(1));
+    let sent: Vec<Outgoing> = std::iter::from_fn(|| h.home.bus.pop_due(far))
+        .map(|d| d.outgoing)
+        .collect();
+    assert!(
+        sent.iter()
+            .any(|o| matches!(o.envelope.body, Body::DnaRolledBack { measure: true, .. })),
+        "{sent:?}"
+    );
+    h.home.bus.send(&sent).await.expect("back on the bus");
     run(&h, &eval, 1).await;
     let cursor = h
         .store

@@ -239,8 +239,14 @@ impl Closing<'_> {
             EventType::MutationRolledBack
         };
         self.push_event(out, event_type, Some(reason));
-        out.messages
-            .push(dna_rolled_back(self.env, 1, &generation, restored_gen, now));
+        out.messages.push(dna_rolled_back(
+            self.env,
+            1,
+            &generation,
+            restored_gen,
+            false,
+            now,
+        ));
         out.writes.push(Write::PutGeneration { generation });
         self.settle(out, new_head, next, StepOutcome::RolledBack);
         let threshold = deps.config.rollback_streak_conflict;

@@ -66,7 +66,7 @@ pub async fn handle_rollback(
         ),
     });
     out.messages
-        .push(dna_rolled_back(env, 0, &generation, target, now));
+        .push(dna_rolled_back(env, 0, &generation, target, true, now));
     out.raise(
         env,
         "snapshot",
