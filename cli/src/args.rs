@@ -75,7 +75,10 @@ pub enum Command {
     /// budget, pending approvals, the last decision.
     Status(StatusArgs),
     /// Closed evaluations, newest last.
-    History(ListArgs),
+    ///
+    /// With `--type`, `--id` or `--events`: the evolution events instead (the seed's history
+    /// query), by type, id and time range, each with where it is stored.
+    History(HistoryArgs),
     /// The decision audit trail.
     Decisions(ListArgs),
     /// LLM spend: today, this month, by model, and the budget mode.
@@ -150,15 +153,72 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// Show at most this many rows (the newest).
-    #[arg(long, default_value_t = 20)]
-    pub limit: usize,
+    /// Show at most this many rows (the newest); 20 by default, every row with `--format jsonl`
+    /// (an export).
+    #[arg(long)]
+    pub limit: Option<usize>,
     /// Only rows at or after this time: RFC 3339 (`2026-11-27T09:00:00Z`), a date
     /// (`2026-11-27`), or an age (`90m`, `6h`, `2d`).
     #[arg(long, value_parser = parse_since)]
     pub since: Option<chrono::DateTime<chrono::Utc>>,
-    #[arg(long)]
+    /// Only rows before this time (same forms as `--since`).
+    #[arg(long, value_parser = parse_since)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Same as `--format json`.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// `table` for people, `json` (one array) or `jsonl` (one object per line, for exports
+    /// and log pipelines).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+}
+
+impl ListArgs {
+    pub fn format(&self) -> Format {
+        match (self.json, self.format) {
+            (true, _) => Format::Json,
+            (false, format) => format.unwrap_or(Format::Table),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(match self.format() {
+            Format::Jsonl => usize::MAX,
+            Format::Table | Format::Json => 20,
+        })
+    }
+
+    /// Whether `at` falls in `[since, until)`.
+    pub fn covers(&self, at: chrono::DateTime<chrono::Utc>) -> bool {
+        self.since.is_none_or(|s| at >= s) && self.until.is_none_or(|u| at < u)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Jsonl,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub list: ListArgs,
+    /// Events of this type (`mutation_applied`, `mutation_rolled_back`, ...; repeatable).
+    #[arg(long = "type", value_parser = parse_event_type)]
+    pub types: Vec<shared::domain::EventType>,
+    /// The event with this id.
+    #[arg(long)]
+    pub id: Option<String>,
+    /// List evolution events rather than closed evaluations.
+    #[arg(long)]
+    pub events: bool,
+}
+
+fn parse_event_type(text: &str) -> Result<shared::domain::EventType, String> {
+    shared::domain::EventType::parse(text)
+        .ok_or_else(|| format!("unknown event type {text:?} (e.g. mutation_applied)"))
 }
 
 /// Which engine plays the LLM roles.

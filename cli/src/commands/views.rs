@@ -12,7 +12,7 @@ use shared::store::BudgetState;
 use std::collections::BTreeMap;
 
 use super::{open_existing, resolve_system};
-use crate::args::{Cli, ListArgs, RollbackArgs, StatusArgs};
+use crate::args::{Cli, Format, HistoryArgs, ListArgs, RollbackArgs, StatusArgs};
 use crate::output::{bad_input, fmt_fitness, print_json};
 
 /// Direction of the last few kept fitness values: the mean step between them.
@@ -219,16 +219,18 @@ impl Status {
     }
 }
 
-pub async fn history(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
+pub async fn history(cli: &Cli, history_args: &HistoryArgs) -> anyhow::Result<()> {
     let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
-    let mut history = store.list_history(&id, usize::MAX).await?;
-    if let Some(since) = args.since {
-        history.retain(|h| h.closed_at >= since);
+    let args = &history_args.list;
+    if history_args.events || history_args.id.is_some() || !history_args.types.is_empty() {
+        return events(store.as_ref(), &id, history_args).await;
     }
-    let history = &history[history.len().saturating_sub(args.limit)..];
-    if args.json {
-        return print_json(&history);
+    let mut history = store.list_history(&id, usize::MAX).await?;
+    history.retain(|h| args.covers(h.closed_at));
+    let history = &history[history.len().saturating_sub(args.limit())..];
+    if args.format() != Format::Table {
+        return print_rows(args.format(), history);
     }
     println!(
         "{:>5}  {:<12}  {:>12}  {:>12}  {:<14}  changes",
@@ -262,13 +264,67 @@ pub(crate) fn reports(h: &shared::domain::HistoryEntry) -> String {
     }
 }
 
+/// The seed's history query: evolution events by type, id and time range, newest `limit`.
+async fn events(
+    store: &dyn shared::store::EvolutionStore,
+    id: &shared::domain::SystemId,
+    args: &HistoryArgs,
+) -> anyhow::Result<()> {
+    let list = &args.list;
+    let query = shared::domain::EventQuery {
+        id: args.id.clone(),
+        types: args.types.clone(),
+        since: list.since,
+        until: list.until,
+        limit: usize::MAX,
+    };
+    let all = store.query_events(id, &query).await?;
+    let shown = &all[all.len().saturating_sub(list.limit())..];
+    if list.format() != Format::Table {
+        return print_rows(list.format(), shown);
+    }
+    println!(
+        "{:<19}  {:<24}  {:>5}  {:<28}  {:>7}  detail",
+        "time", "type", "gen", "id", "bytes"
+    );
+    for e in shown {
+        let event_type = serde_json::to_value(e.event_type)?;
+        println!(
+            "{:<19}  {:<24}  {:>5}  {:<28}  {:>7}  {}",
+            e.timestamp.format("%Y-%m-%d %H:%M:%S"),
+            event_type.as_str().unwrap_or_default(),
+            e.generation,
+            e.id,
+            e.storage_metadata
+                .as_ref()
+                .map_or_else(String::new, |m| m.size_bytes.to_string()),
+            e.detail.as_deref().unwrap_or_default(),
+        );
+    }
+    Ok(())
+}
+
+/// Rows as one JSON array or as JSON lines.
+fn print_rows<T: Serialize>(format: Format, rows: &[T]) -> anyhow::Result<()> {
+    match format {
+        Format::Jsonl => {
+            for row in rows {
+                println!("{}", serde_json::to_string(row)?);
+            }
+            Ok(())
+        }
+        Format::Json | Format::Table => print_json(&rows),
+    }
+}
+
 pub async fn decisions(cli: &Cli, args: &ListArgs) -> anyhow::Result<()> {
     let store = open_existing(cli).await?;
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
-    let all = store.list_decisions(&id, args.since, usize::MAX).await?;
-    let shown = &all[all.len().saturating_sub(args.limit)..];
-    if args.json {
-        return print_json(&shown);
+    let mut all = store.list_decisions(&id, args.since, usize::MAX).await?;
+    all.retain(|d| args.covers(d.timestamp));
+    let shown = &all[all.len().saturating_sub(args.limit())..];
+    if args.format() != Format::Table {
+        return print_rows(args.format(), shown);
     }
     println!(
         "{:<19}  {:<16}  {:>5}  {:>5}  {:<18}  mutation / reasoning",

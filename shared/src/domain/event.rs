@@ -50,6 +50,51 @@ pub struct StorageMetadata {
     pub storage_class: String,
 }
 
+impl StorageMetadata {
+    /// Where and how `event` is stored: `location` is its object's address (`s3://bucket/key`,
+    /// or the embedded store's), and the size is that of its stored body, the compact JSON of
+    /// the event as committed (without this field, which is filled in when it is read back).
+    pub fn of(event: &EvolutionEvent, location: String, storage_class: &str) -> Self {
+        let stored = EvolutionEvent {
+            storage_metadata: None,
+            ..event.clone()
+        };
+        Self {
+            s3_location: location,
+            size_bytes: serde_json::to_vec(&stored).map_or(0, |b| b.len() as u64),
+            storage_class: storage_class.to_owned(),
+        }
+    }
+}
+
+/// The seed's `query_evolution_history`: a system's events by id, by type and by time range.
+/// Empty fields do not filter; `types` matches any of its types.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventQuery {
+    pub id: Option<String>,
+    pub types: Vec<EventType>,
+    pub since: Option<DateTime<Utc>>,
+    /// Exclusive: events strictly before this time.
+    pub until: Option<DateTime<Utc>>,
+    pub limit: usize,
+}
+
+impl EventQuery {
+    pub fn matches(&self, event: &EvolutionEvent) -> bool {
+        self.id.as_ref().is_none_or(|id| *id == event.id)
+            && (self.types.is_empty() || self.types.contains(&event.event_type))
+            && self.since.is_none_or(|s| event.timestamp >= s)
+            && self.until.is_none_or(|u| event.timestamp < u)
+    }
+}
+
+impl EventType {
+    /// The wire name (`mutation_applied`), as the seed's schema and `--type` spell it.
+    pub fn parse(name: &str) -> Option<Self> {
+        serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
+    }
+}
+
 /// An evolution event. The seed's fields come first and keep their names; our additions are
 /// optional and omitted when absent, so the seed fixture round-trips unchanged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -310,13 +310,20 @@ impl EvolutionStore for MemoryStore {
             .iter()
             .filter(|((system, _), _)| system == id)
             .map(|(_, e)| e);
-        Ok(in_time_order(
+        let mut events = in_time_order(
             of_system,
             |e| e.timestamp,
             |e| (e.timestamp, e.id.clone()),
             since,
             limit,
-        ))
+        );
+        for event in &mut events {
+            let location = format!("memory://events/{id}/{}", event.id);
+            event.storage_metadata = Some(crate::domain::StorageMetadata::of(
+                event, location, "MEMORY",
+            ));
+        }
+        Ok(events)
     }
 
     async fn get_decision(

@@ -24,8 +24,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Alert, AnalysisRecord, BudgetMode, DecisionRecord, EvolutionEvent, FitnessSample, GeneSchema,
-    Generation, Head, HeadStatus, HistoryEntry, Outgoing, Plan, PlanCursor, Role, SystemId,
+    Alert, AnalysisRecord, BudgetMode, DecisionRecord, EventQuery, EvolutionEvent, FitnessSample,
+    GeneSchema, Generation, Head, HeadStatus, HistoryEntry, Outgoing, Plan, PlanCursor, Role,
+    SystemId,
 };
 use crate::store::performance::PerformanceSnapshot;
 
@@ -409,13 +410,28 @@ pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
         after: Option<u64>,
         limit: usize,
     ) -> StoreResult<Vec<Generation>>;
-    /// Events in ascending time order at or after `since`, at most `limit`.
+    /// Events in ascending time order at or after `since`, at most `limit`, each with its
+    /// `storage_metadata` (where its body is stored, its size and storage class).
     async fn list_events(
         &self,
         id: &SystemId,
         since: Option<DateTime<Utc>>,
         limit: usize,
     ) -> StoreResult<Vec<EvolutionEvent>>;
+    /// The seed's history query: the events of `id` that match `query` (by id, by type, in a
+    /// time range), in time order, at most `query.limit`. Reads from `since` on through
+    /// [`EvolutionStore::list_events`], so old events come from wherever the store keeps them
+    /// (DynamoDB's recent window, then the S3 archive).
+    async fn query_events(
+        &self,
+        id: &SystemId,
+        query: &EventQuery,
+    ) -> StoreResult<Vec<EvolutionEvent>> {
+        let mut events = self.list_events(id, query.since, usize::MAX).await?;
+        events.retain(|e| query.matches(e));
+        events.truncate(query.limit);
+        Ok(events)
+    }
     async fn get_decision(
         &self,
         id: &SystemId,

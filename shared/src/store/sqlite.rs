@@ -181,6 +181,15 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The database's address for `storage_metadata`: `sqlite:///abs/path/evolution.db`, or
+    /// `sqlite::memory:`.
+    pub(crate) fn location(&self) -> String {
+        self.path.as_ref().map_or_else(
+            || "sqlite::memory:".to_owned(),
+            |p| format!("sqlite://{}", p.display()),
+        )
+    }
+
     /// Opens (creating if needed) `<state_dir>/evolution.db` and brings its schema up to date.
     pub fn open(state_dir: &Path) -> StoreResult<Self> {
         std::fs::create_dir_all(state_dir).map_err(|e| {

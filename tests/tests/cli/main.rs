@@ -145,6 +145,59 @@ fn init_refuses_a_dna_over_a_limit_naming_the_gene_and_the_limit() {
     assert!(!state.exists(), "wrote {}", state.display());
 }
 
+/// The seed's history query from the command line (events by type, id and time range, with
+/// where each is stored) and the decision audit exported as JSON lines.
+#[test]
+fn history_queries_events_and_decisions_export_as_json_lines() {
+    let dir = tempfile::tempdir().expect("dir");
+    let demo = evolve(dir.path(), &["demo", "--generations", "3"]);
+    assert!(demo.status.success(), "{}", stderr(&demo));
+    let lines = |args: &[&str]| -> Vec<Value> {
+        let out = evolve(dir.path(), args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    };
+    let all = lines(&["history", "--events", "--format", "jsonl"]);
+    assert!(all.len() > 3, "{all:?}");
+    assert!(
+        all.iter()
+            .all(|e| e["storage_metadata"]["size_bytes"].as_u64() > Some(0)),
+        "{all:?}"
+    );
+    let applied = lines(&["history", "--type", "mutation_applied", "--format", "jsonl"]);
+    assert!(!applied.is_empty());
+    assert!(
+        applied.iter().all(|e| e["type"] == "mutation_applied"),
+        "{applied:?}"
+    );
+    let first = all[1]["id"].as_str().expect("id");
+    let one = lines(&["history", "--id", first, "--format", "jsonl"]);
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["id"], first);
+    let until = all[1]["timestamp"].as_str().expect("time");
+    let before = lines(&["history", "--events", "--until", until, "--format", "jsonl"]);
+    assert!(
+        before.iter().all(|e| e["timestamp"].as_str() < Some(until)),
+        "{before:?}"
+    );
+    assert!(before.len() < all.len());
+
+    let decisions = lines(&["decisions", "--since", "2000-01-01", "--format", "jsonl"]);
+    let all_decisions = evolve(dir.path(), &["decisions", "--json", "--limit", "100000"]);
+    let all_decisions: Value = serde_json::from_slice(&all_decisions.stdout).expect("JSON");
+    assert_eq!(
+        decisions.len(),
+        all_decisions.as_array().expect("array").len()
+    );
+    assert!(
+        decisions.iter().all(|d| d["decision_id"].is_string()),
+        "{decisions:?}"
+    );
+}
+
 #[test]
 fn unknown_system_in_an_existing_store_exits_2() {
     let dir = tempfile::tempdir().expect("dir");

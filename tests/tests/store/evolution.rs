@@ -569,6 +569,74 @@ pub async fn generations_list_in_ascending_order_after_the_given_one(h: &Harness
     );
 }
 
+/// The seed's `query_evolution_history`: by event id, by type, by time range (since inclusive,
+/// until exclusive), and every event says where its body is stored and how large it is.
+pub async fn events_are_queried_by_id_type_and_time_range_with_their_storage_metadata(h: &Harness) {
+    use shared::domain::{EventQuery, EventType};
+    let id = created(h, "alpha").await;
+    let mut kept = event(&id, "e2", 20);
+    kept.event_type = EventType::MutationKept;
+    let mut rolled = event(&id, "e4", 40);
+    rolled.event_type = EventType::MutationRolledBack;
+    let writes = [event(&id, "e1", 10), kept, event(&id, "e3", 30), rolled]
+        .into_iter()
+        .map(|event| Write::PutEvent { event })
+        .collect();
+    h.store.commit(tx(writes)).await.expect("events");
+    let system = &id;
+    let query = |q: EventQuery| async move {
+        h.store
+            .query_events(system, &EventQuery { limit: 10, ..q })
+            .await
+            .expect("query")
+            .into_iter()
+            .map(|e| e.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        query(EventQuery {
+            id: Some("e3".into()),
+            ..EventQuery::default()
+        })
+        .await,
+        ["e3"]
+    );
+    assert_eq!(
+        query(EventQuery {
+            types: vec![EventType::MutationKept, EventType::MutationRolledBack],
+            ..EventQuery::default()
+        })
+        .await,
+        ["e2", "e4"]
+    );
+    assert_eq!(
+        query(EventQuery {
+            since: Some(t(20)),
+            until: Some(t(40)),
+            ..EventQuery::default()
+        })
+        .await,
+        ["e2", "e3"]
+    );
+    let all = h.store.list_events(&id, None, 10).await.expect("list");
+    assert_eq!(all.len(), 4);
+    for e in &all {
+        let meta = e.storage_metadata.as_ref().expect("storage metadata");
+        let stored = shared::domain::EvolutionEvent {
+            storage_metadata: None,
+            ..e.clone()
+        };
+        let size = serde_json::to_vec(&stored).expect("json").len() as u64;
+        assert_eq!(meta.size_bytes, size, "{meta:?}");
+        assert!(
+            meta.s3_location.ends_with(&format!("{}.json", e.id))
+                || meta.s3_location.ends_with(&format!("/{}", e.id)),
+            "{meta:?}"
+        );
+        assert!(!meta.storage_class.is_empty());
+    }
+}
+
 pub async fn events_list_in_time_order_with_inclusive_since_and_limit(h: &Harness) {
     let id = created(h, "alpha").await;
     let other = created(h, "bravo").await;

@@ -66,6 +66,7 @@ conformance! {
     evolution::upserts_rewrite_the_same_record,
     evolution::generations_list_in_ascending_order_after_the_given_one,
     evolution::events_list_in_time_order_with_inclusive_since_and_limit,
+    evolution::events_are_queried_by_id_type_and_time_range_with_their_storage_metadata,
     evolution::decisions_list_in_time_order_with_inclusive_since_and_limit,
     evolution::history_lists_the_latest_entries_in_ascending_generation_order,
     evolution::fitness_lists_the_samples_of_one_generation,

@@ -85,7 +85,17 @@ impl EvolutionStore for DynamoStore {
         since: Option<DateTime<Utc>>,
         limit: usize,
     ) -> StoreResult<Vec<EvolutionEvent>> {
-        self.events(id, since, limit).await
+        let mut events = self.events(id, since, limit).await?;
+        for event in &mut events {
+            let object = super::item::event_object(id, event.timestamp, &event.id);
+            // The bucket has no storage-class transition (see the template's lifecycle rule).
+            event.storage_metadata = Some(crate::domain::StorageMetadata::of(
+                event,
+                format!("s3://{}/{object}", self.bucket),
+                "STANDARD",
+            ));
+        }
+        Ok(events)
     }
 
     async fn get_decision(

@@ -99,13 +99,21 @@ impl EvolutionStore for SqliteStore {
         since: Option<DateTime<Utc>>,
         limit: usize,
     ) -> StoreResult<Vec<EvolutionEvent>> {
-        many(
+        let mut events: Vec<EvolutionEvent> = many(
             &self.conn(),
             "events",
             "SELECT body FROM events WHERE system_id = ?1 AND at >= ?2 \
              ORDER BY at, event_id LIMIT ?3",
             params![id.as_str(), since_key(since), sql_limit(limit)],
-        )
+        )?;
+        let database = self.location();
+        for event in &mut events {
+            let location = format!("{database}#events/{id}/{}", event.id);
+            event.storage_metadata = Some(crate::domain::StorageMetadata::of(
+                event, location, "SQLITE",
+            ));
+        }
+        Ok(events)
     }
 
     async fn get_decision(
