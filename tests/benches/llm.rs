@@ -77,6 +77,7 @@ fn request(envelope: &str) -> DecideRequest {
             schema,
             genes,
             stable_fitness: Some(100.0),
+            constraints: Default::default(),
         },
         history: vec![],
         mutation: Mutation {

@@ -191,6 +191,71 @@ pub const MAX_GENES: usize = 64;
 pub struct DnaFile {
     pub system_id: String,
     pub genes: BTreeMap<String, GeneEntry>,
+    /// What the system must keep meeting (`{"p99_latency_ms": "<= 250"}`): shown to the models
+    /// that analyse, plan and decide.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub performance_requirements: BTreeMap<String, Value>,
+    /// Rules of the business the changes must respect, in words.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub business_constraints: Vec<String>,
+}
+
+/// The DNA file's requirements and constraints, kept with the system's settings and put
+/// before the models (the seed's decision criteria).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Constraints {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub performance_requirements: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub business_constraints: Vec<String>,
+}
+
+/// Most requirements and most constraints a DNA file may give.
+pub const MAX_CONSTRAINTS: usize = 16;
+/// Longest requirement name, requirement text and constraint, in characters: they go into
+/// every prompt, so they are short by rule.
+pub const MAX_CONSTRAINT_CHARS: usize = 200;
+
+impl Constraints {
+    pub fn is_empty(&self) -> bool {
+        self.performance_requirements.is_empty() && self.business_constraints.is_empty()
+    }
+
+    fn validate(&self) -> Result<(), DnaFileError> {
+        let bad = |what: String| Err(DnaFileError::Constraint(what));
+        if self.performance_requirements.len() > MAX_CONSTRAINTS
+            || self.business_constraints.len() > MAX_CONSTRAINTS
+        {
+            return bad(format!(
+                "at most {MAX_CONSTRAINTS} requirements and {MAX_CONSTRAINTS} constraints"
+            ));
+        }
+        for (name, value) in &self.performance_requirements {
+            let text_ok = match value {
+                Value::String(s) => s.chars().count() <= MAX_CONSTRAINT_CHARS,
+                Value::Number(_) | Value::Bool(_) => true,
+                _ => false,
+            };
+            if name.is_empty() || name.chars().count() > 64 || !text_ok {
+                return bad(format!(
+                    "performance requirement {}: a name of 1..64 characters and a number, a \
+                     bool or a text of at most {MAX_CONSTRAINT_CHARS} characters",
+                    json_quote(name)
+                ));
+            }
+        }
+        if let Some(c) = self
+            .business_constraints
+            .iter()
+            .find(|c| c.is_empty() || c.chars().count() > MAX_CONSTRAINT_CHARS)
+        {
+            return bad(format!(
+                "business constraint {}: 1..{MAX_CONSTRAINT_CHARS} characters",
+                json_quote(c)
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Why a DNA file was refused: every variant names what to fix.
@@ -207,6 +272,8 @@ pub enum DnaFileError {
     Gene(#[from] GeneDefError),
     #[error("the DNA has no genes")]
     NoGenes,
+    #[error("{0}")]
+    Constraint(String),
     #[error("the DNA has {0} genes; at most {MAX_GENES} are allowed")]
     TooManyGenes(usize),
     #[error(
@@ -221,6 +288,19 @@ pub enum DnaFileError {
 }
 
 impl DnaFile {
+    /// The file's `performance_requirements` and `business_constraints`, checked against their
+    /// limits.
+    pub fn parse_constraints(text: &str) -> Result<Constraints, DnaFileError> {
+        let file: DnaFile =
+            serde_json::from_str(text).map_err(|e| DnaFileError::Json(e.to_string()))?;
+        let constraints = Constraints {
+            performance_requirements: file.performance_requirements,
+            business_constraints: file.business_constraints,
+        };
+        constraints.validate()?;
+        Ok(constraints)
+    }
+
     pub fn parse(text: &str) -> Result<(SystemId, GeneSchema, Genes), DnaFileError> {
         let file: DnaFile =
             serde_json::from_str(text).map_err(|e| DnaFileError::Json(e.to_string()))?;
@@ -286,6 +366,8 @@ impl DnaFile {
         Self {
             system_id: system_id.to_string(),
             genes,
+            performance_requirements: BTreeMap::new(),
+            business_constraints: Vec::new(),
         }
     }
 }

@@ -43,6 +43,41 @@ pub struct SystemContext {
     pub recent_errors: u64,
 }
 
+impl SystemContext {
+    /// The running system's state from the metrics it reported for a window: `cpu_usage`,
+    /// `memory_usage` (fractions), `active_processes` and `recent_errors` by those names, plus
+    /// the window's failed measurements as errors. `None` when it reported none of them and
+    /// nothing failed: an event then claims no state it did not see.
+    pub fn from_metrics(
+        metrics: &std::collections::BTreeMap<super::ids::MetricName, f64>,
+        failed_reports: u32,
+    ) -> Option<Self> {
+        let get = |name: &str| {
+            metrics
+                .iter()
+                .find(|(k, _)| k.as_str() == name)
+                .map(|(_, v)| *v)
+        };
+        let names = [
+            "cpu_usage",
+            "memory_usage",
+            "active_processes",
+            "recent_errors",
+        ];
+        if failed_reports == 0 && names.iter().all(|n| get(n).is_none()) {
+            return None;
+        }
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let count = |name: &str| get(name).map_or(0, |v| v.max(0.0).round() as u64);
+        Some(Self {
+            cpu_usage: get("cpu_usage").unwrap_or_default(),
+            memory_usage: get("memory_usage").unwrap_or_default(),
+            active_processes: count("active_processes"),
+            recent_errors: count("recent_errors") + u64::from(failed_reports),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StorageMetadata {
     pub s3_location: String,

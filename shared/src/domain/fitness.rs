@@ -85,6 +85,10 @@ pub struct HistoryEntry {
     pub reports: u32,
     #[serde(default)]
     pub failed: u32,
+    /// The mean of each metric the running system reported for this generation (valid
+    /// reports only).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metrics: std::collections::BTreeMap<MetricName, f64>,
     pub closed_at: DateTime<Utc>,
 }
 

@@ -101,6 +101,7 @@ fn view(schema: &GeneSchema, genes: &Genes) -> DnaView {
         schema: schema.clone(),
         genes: genes.clone(),
         stable_fitness: Some(10.0),
+        constraints: Default::default(),
     }
 }
 
@@ -131,6 +132,7 @@ fn entry(
         plan_step: None,
         reports: 1,
         failed: 0,
+        metrics: std::collections::BTreeMap::new(),
         closed_at: at(generation),
     }
 }
@@ -146,6 +148,7 @@ fn baseline_entry(fitness: f64) -> HistoryEntry {
         plan_step: None,
         reports: 1,
         failed: 0,
+        metrics: std::collections::BTreeMap::new(),
         closed_at: at(0),
     }
 }
@@ -754,6 +757,7 @@ fn world() -> impl Strategy<Value = (GeneSchema, Genes, Vec<HistoryEntry>)> {
                         plan_step: None,
                         reports: 1,
                         failed: 0,
+                        metrics: std::collections::BTreeMap::new(),
                         closed_at: at(n as u64 + 1),
                     });
                 }

@@ -4,6 +4,7 @@
 #[cfg(feature = "bedrock")]
 pub mod bedrock;
 pub mod catalog;
+pub mod context;
 pub mod document;
 pub mod healing;
 pub mod pricing;
@@ -48,6 +49,9 @@ pub struct DnaView {
     pub schema: GeneSchema,
     pub genes: Genes,
     pub stable_fitness: Option<f64>,
+    /// The DNA file's requirements and constraints (the seed's decision criteria).
+    #[serde(default)]
+    pub constraints: crate::domain::Constraints,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 
 use serde_json::{Value, json};
 
+use super::context::{constraints_json, fit_to_budget, load_json, metrics_json, trend_json};
 use super::{AnalyzeRequest, DecideRequest, DnaView, ResolveRequest, StrategizeRequest};
 use crate::domain::{
     GeneChange, GeneSpec, GeneValue, HistoryEntry, MAX_CHOICE_BYTES, MetricName, Role,
@@ -151,11 +152,15 @@ fn dna_json(dna: &DnaView) -> Value {
             (name.to_string(), g)
         })
         .collect();
-    json!({
+    let mut view = json!({
         "generation": dna.generation,
         "stable_fitness": dna.stable_fitness,
         "genes": genes,
-    })
+    });
+    if !dna.constraints.is_empty() {
+        view["constraints"] = constraints_json(&dna.constraints, quoted);
+    }
+    view
 }
 
 /// History as numbers and enums only, newest last, at most `limit` entries.
@@ -172,6 +177,8 @@ fn history_json(history: &[HistoryEntry], limit: usize) -> Value {
                     "outcome": h.outcome,
                     "changes": changes_json(&h.changes),
                     "predicted_impact": h.predicted_impact,
+                    "metrics": metrics_json(&h.metrics),
+                    "failed_reports": h.failed,
                 })
             })
             .collect(),
@@ -179,6 +186,8 @@ fn history_json(history: &[HistoryEntry], limit: usize) -> Value {
 }
 
 fn prompt(role: Role, data: &Value) -> Prompt {
+    let mut data = data.clone();
+    fit_to_budget(&mut data);
     Prompt {
         role,
         system: system_prompt(role),
@@ -195,6 +204,8 @@ pub fn analyze(req: &AnalyzeRequest, history_limit: usize) -> Prompt {
             "role": "analyze",
             "dna": dna_json(&req.dna),
             "history": history_json(&req.history, history_limit),
+            "trend": trend_json(&req.history),
+            "system_load": load_json(&req.history),
         }),
     )
 }
@@ -215,6 +226,7 @@ pub fn strategize(req: &StrategizeRequest, history_limit: usize) -> Prompt {
             "role": "strategize",
             "dna": dna_json(&req.dna),
             "history": history_json(&req.history, history_limit),
+            "trend": trend_json(&req.history),
             "focus_genes": focus,
             "analysis_confidence": req.analysis.confidence_score,
             "max_steps": req.max_steps,
@@ -227,7 +239,11 @@ pub fn decide(req: &DecideRequest, history_limit: usize) -> Prompt {
         "role": "decide",
         "dna": dna_json(&req.dna),
         "history": history_json(&req.history, history_limit),
+        "system_load": load_json(&req.history),
+        "trend": trend_json(&req.history),
         "mutation": {
+            "type": mutation_type(&req.dna, &req.mutation.changes),
+            "description": quoted(&req.mutation.description, 300),
             "changes": changes_json(&req.mutation.changes),
             "predicted_impact": req.mutation.predicted_impact,
         },
@@ -253,10 +269,27 @@ pub fn resolve(req: &ResolveRequest) -> Prompt {
                 "description": quoted(&c.description, 300),
                 "affected_components": c.affected_components.iter().map(|a| quoted(a, 64)).collect::<Vec<_>>(),
                 "current_impact": quoted(&c.current_impact, 200),
+                "available_resources": c.available_resources.iter().map(|a| quoted(a, 200)).collect::<Vec<_>>(),
                 "active_processes": c.active_processes,
+                "recent_changes": c.recent_changes.iter().map(|a| quoted(a, 200)).collect::<Vec<_>>(),
             },
         }),
     )
+}
+
+/// The seed's mutation type, from the kinds of genes it changes: `tune` (numbers only),
+/// `switch` (choices and flags only) or `mixed`.
+fn mutation_type(dna: &DnaView, changes: &[GeneChange]) -> &'static str {
+    let numeric = |c: &GeneChange| {
+        dna.schema
+            .get(&c.gene)
+            .is_some_and(|d| matches!(d.spec, GeneSpec::Int { .. } | GeneSpec::Float { .. }))
+    };
+    match (changes.iter().all(numeric), changes.iter().any(numeric)) {
+        (true, _) => "tune",
+        (false, false) => "switch",
+        (false, true) => "mixed",
+    }
 }
 
 /// True when a metric name may appear in a prompt.
@@ -320,6 +353,7 @@ mod tests {
                 schema,
                 genes: Genes::from([(gene, GeneValue::Choice(hostile()))]),
                 stable_fitness: None,
+                constraints: Default::default(),
             },
             history: vec![HistoryEntry {
                 generation: 1,
@@ -331,6 +365,7 @@ mod tests {
                 plan_step: None,
                 reports: 1,
                 failed: 0,
+                metrics: std::collections::BTreeMap::new(),
                 closed_at: Utc::now(),
             }],
             mutation: Mutation {
@@ -366,5 +401,76 @@ mod tests {
         ] {
             assert_eq!(value, listed, "the {place} differs from the listed choice");
         }
+    }
+
+    /// What the decision model sees besides the genes (the seed's decision context): the
+    /// latest load, the trend, the mutation's type and description, and the DNA file's
+    /// requirements and constraints, all as quoted data.
+    #[test]
+    fn the_decision_sees_load_trend_mutation_and_constraints() {
+        let mut req = decide_request();
+        req.history[0].metrics = std::collections::BTreeMap::from([(
+            MetricName::parse("p99_latency_ms").expect("name"),
+            41.5,
+        )]);
+        req.mutation.description = "switch the codec to cut CPU".into();
+        req.dna.constraints = crate::domain::Constraints {
+            performance_requirements: std::collections::BTreeMap::from([(
+                "p99_latency_ms".to_owned(),
+                json!("<= 250"),
+            )]),
+            business_constraints: vec!["never drop an order".into()],
+        };
+        let data: Value = serde_json::from_str(&decide(&req, 10).user).expect("a JSON document");
+        assert_eq!(data["system_load"]["metrics"]["p99_latency_ms"], 41.5);
+        assert_eq!(data["history"][0]["metrics"]["p99_latency_ms"], 41.5);
+        assert_eq!(data["trend"]["direction"], "unknown");
+        assert_eq!(data["mutation"]["type"], "switch");
+        assert_eq!(
+            data["mutation"]["description"],
+            "switch the codec to cut CPU"
+        );
+        let constraints = &data["dna"]["constraints"];
+        assert_eq!(
+            constraints["performance_requirements"]["p99_latency_ms"],
+            "<= 250"
+        );
+        assert_eq!(
+            constraints["business_constraints"][0],
+            "never drop an order"
+        );
+    }
+
+    #[test]
+    fn the_conflict_resolver_sees_resources_processes_and_recent_changes() {
+        let req = decide_request();
+        let conflict = crate::domain::SystemConflict {
+            kind: crate::domain::ConflictKind::RollbackStreak,
+            description: "three rollbacks".into(),
+            affected_components: vec!["svc".into()],
+            severity: crate::domain::Severity::Medium,
+            current_impact: "no progress".into(),
+            available_resources: vec![
+                "stable generation 4 (fitness 0.9000) to roll back to".into(),
+            ],
+            active_processes: 12,
+            recent_changes: vec!["generation 5: codec=lz4 (rollback)".into()],
+        };
+        let data: Value = serde_json::from_str(
+            &resolve(&ResolveRequest {
+                ctx: req.ctx,
+                dna: req.dna,
+                conflict,
+            })
+            .user,
+        )
+        .expect("a JSON document");
+        let c = &data["conflict"];
+        assert_eq!(
+            c["available_resources"][0],
+            "stable generation 4 (fitness 0.9000) to roll back to"
+        );
+        assert_eq!(c["active_processes"], 12);
+        assert_eq!(c["recent_changes"][0], "generation 5: codec=lz4 (rollback)");
     }
 }

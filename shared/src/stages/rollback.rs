@@ -1,7 +1,9 @@
 //! The Fitness Monitor (what the samples of a window say) and the Rollback Manager (what to do
 //! when the window closes).
 
-use crate::domain::{EvaluationOutcome, FitnessSample};
+use std::collections::BTreeMap;
+
+use crate::domain::{EvaluationOutcome, FitnessSample, MetricName};
 
 /// The samples of one evaluation window, summarised.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,6 +34,29 @@ pub fn summarize(samples: &[FitnessSample], generation: u64, checksum: &str) -> 
         valid,
         mean: (valid > 0).then(|| sum / f64::from(valid)),
     }
+}
+
+/// The mean of each metric over the window's valid reports: what the running system measured of
+/// this generation besides its score, for the history, the prompts and the events.
+pub fn mean_metrics(
+    samples: &[FitnessSample],
+    generation: u64,
+    checksum: &str,
+) -> BTreeMap<MetricName, f64> {
+    let mut sums: BTreeMap<MetricName, (f64, u32)> = BTreeMap::new();
+    for s in samples
+        .iter()
+        .filter(|s| s.is_valid_for(generation, checksum))
+    {
+        for (name, value) in &s.metrics {
+            let entry = sums.entry(name.clone()).or_insert((0.0, 0));
+            entry.0 += value;
+            entry.1 += 1;
+        }
+    }
+    sums.into_iter()
+        .map(|(name, (sum, n))| (name, sum / f64::from(n)))
+        .collect()
 }
 
 /// Keep, roll back, or inconclusive (which rolls back by default).

@@ -256,6 +256,31 @@ pub async fn handle_fitness(
     if current.checksum != checksum {
         out.summary
             .push_str(" and ignored: checksum differs from the committed genes");
+        // The running system runs other genes than the ones committed: a conflict, raised
+        // once per generation (at its first mismatching report).
+        let earlier = deps.store.list_fitness(&env.system_id, generation).await?;
+        if !earlier
+            .iter()
+            .any(|s| s.id != sample.id && s.checksum != current.checksum)
+        {
+            let context = conflict_context(deps, &env.system_id, &head).await?;
+            raise_conflict(
+                env,
+                &mut out,
+                &context,
+                generation,
+                now,
+                ConflictKind::ChecksumMismatch,
+                Severity::Medium,
+                format!(
+                    "a fitness report for generation {generation} carries checksum {} but the \
+                     committed genes' checksum is {}: the running system does not run the \
+                     DNA it was sent",
+                    cap(checksum, 64),
+                    current.checksum
+                ),
+            );
+        }
         out.writes.push(Write::PutFitnessSample { sample });
         return Ok(out);
     }
@@ -264,6 +289,7 @@ pub async fn handle_fitness(
     samples.push(sample.clone());
     out.writes.push(Write::PutFitnessSample { sample });
     let summary = rollback::summarize(&samples, generation, &current.checksum);
+    let metrics = rollback::mean_metrics(&samples, generation, &current.checksum);
     if summary.reports < eval.samples_required {
         // Counted on the head under a condition on the count read: a report committed
         // meanwhile makes this one read again and see both.
@@ -279,7 +305,7 @@ pub async fn handle_fitness(
         return Ok(out);
     }
     close_window(
-        deps, env, system, head, eval, current, summary, now, &mut out,
+        deps, env, system, head, eval, current, summary, metrics, now, &mut out,
     )
     .await?;
     Ok(out)
@@ -303,17 +329,79 @@ pub async fn handle_due(deps: &Deps, env: &Envelope, generation: u64) -> StageRe
     let current = load_generation(deps, &env.system_id, generation).await?;
     let samples = deps.store.list_fitness(&env.system_id, generation).await?;
     let summary = rollback::summarize(&samples, generation, &current.checksum);
+    let metrics = rollback::mean_metrics(&samples, generation, &current.checksum);
     let mut out = StageOutput::default();
     close_window(
-        deps, env, system, head, eval, current, summary, now, &mut out,
+        deps, env, system, head, eval, current, summary, metrics, now, &mut out,
     )
     .await?;
     Ok(out)
 }
 
+/// What a conflict's resolver sees of the system besides the conflict: the resources it can
+/// fall back on, the processes the running system reported, and the latest changes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ConflictContext {
+    resources: Vec<String>,
+    processes: u64,
+    changes: Vec<String>,
+}
+
+/// How many closed windows a conflict's context lists as recent changes.
+const RECENT_CHANGES: usize = 5;
+
+/// The conflict context of `system` now, from its head, its recent history and the budget.
+pub(crate) async fn conflict_context(
+    deps: &Deps,
+    system: &crate::domain::SystemId,
+    head: &Head,
+) -> Result<ConflictContext, StageError> {
+    let history = deps.store.list_history(system, RECENT_CHANGES).await?;
+    let mode = deps.control.budget_state().await?.mode;
+    let changes = history
+        .iter()
+        .map(|h| {
+            let what = if h.changes.is_empty() {
+                "baseline".to_owned()
+            } else {
+                crate::domain::describe_changes(&h.changes)
+            };
+            format!("generation {}: {what} ({:?})", h.generation, h.outcome).to_lowercase()
+        })
+        .collect();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let processes = history
+        .iter()
+        .rev()
+        .find_map(|h| {
+            h.metrics
+                .iter()
+                .find(|(k, _)| k.as_str() == "active_processes")
+                .map(|(_, v)| v.max(0.0).round() as u64)
+        })
+        .unwrap_or(0);
+    let stable = head
+        .stable_fitness
+        .map_or_else(|| "unmeasured".to_owned(), |f| format!("{f:.4}"));
+    let resources = vec![
+        format!(
+            "stable generation {} (fitness {stable}) to roll back to",
+            head.stable_generation
+        ),
+        format!("LLM budget mode {}", mode.as_str()),
+        format!("{} consecutive rollback(s)", head.rollback_streak),
+    ];
+    Ok(ConflictContext {
+        resources,
+        processes,
+        changes,
+    })
+}
+
 fn raise_conflict(
     env: &Envelope,
     out: &mut StageOutput,
+    context: &ConflictContext,
     generation: u64,
     now: DateTime<Utc>,
     kind: ConflictKind,
@@ -333,9 +421,9 @@ fn raise_conflict(
                 affected_components: vec![env.system_id.to_string()],
                 severity,
                 current_impact: "evolution of this system is not making progress".into(),
-                available_resources: vec![],
-                active_processes: 0,
-                recent_changes: vec![],
+                available_resources: context.resources.clone(),
+                active_processes: context.processes,
+                recent_changes: context.changes.clone(),
             },
         },
     ));

@@ -39,6 +39,9 @@ pub struct SystemSettings {
     pub evaluation_window_seconds: u32,
     /// How often the tick requests a cycle for an idle system.
     pub cycle_interval_seconds: u32,
+    /// The DNA file's requirements and constraints, for the prompts.
+    #[serde(default, skip_serializing_if = "crate::domain::Constraints::is_empty")]
+    pub constraints: crate::domain::Constraints,
 }
 
 impl Default for SystemSettings {
@@ -47,6 +50,7 @@ impl Default for SystemSettings {
             samples_required: 1,
             evaluation_window_seconds: 600,
             cycle_interval_seconds: 900,
+            constraints: crate::domain::Constraints::default(),
         }
     }
 }

@@ -324,6 +324,7 @@ impl World {
                     evaluation_window_seconds: 3_600,
                     // Short, so the tick requests cycles of its own that race the pipeline's.
                     cycle_interval_seconds: 20,
+                    ..SystemSettings::default()
                 };
                 init_system(&home.deps, events.as_ref(), &id, schema, genes, settings)
                     .await

@@ -198,6 +198,45 @@ fn history_queries_events_and_decisions_export_as_json_lines() {
     );
 }
 
+/// The DNA file's requirements and constraints are kept with the system's settings (the
+/// prompts read them from there), and ones over their limits are refused at `init`.
+#[test]
+fn init_keeps_the_dna_files_requirements_and_constraints() {
+    let dir = tempfile::tempdir().expect("dir");
+    let dna = dir.path().join("dna.json");
+    let file = |constraint: &str| {
+        serde_json::json!({
+            "system_id": "svc",
+            "genes": {"x": {"type": "int", "value": 5, "min": 0, "max": 10}},
+            "performance_requirements": {"p99_latency_ms": "<= 250", "availability": 0.999},
+            "business_constraints": [constraint],
+        })
+        .to_string()
+    };
+    std::fs::write(&dna, file(&"y".repeat(201))).expect("write");
+    let refused = evolve(dir.path(), &["init", "--dna", &dna.display().to_string()]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("business constraint"),
+        "{}",
+        stderr(&refused)
+    );
+    std::fs::write(&dna, file("never drop an order")).expect("write");
+    let ok = evolve(dir.path(), &["init", "--dna", &dna.display().to_string()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let shown = evolve(dir.path(), &["settings", "--json"]);
+    let shown = last_json(&shown);
+    let constraints = &shown["constraints"];
+    assert_eq!(
+        constraints["performance_requirements"]["p99_latency_ms"],
+        "<= 250"
+    );
+    assert_eq!(
+        constraints["business_constraints"][0],
+        "never drop an order"
+    );
+}
+
 #[test]
 fn unknown_system_in_an_existing_store_exits_2() {
     let dir = tempfile::tempdir().expect("dir");

@@ -76,6 +76,7 @@ pub fn dna() -> DnaView {
         schema,
         genes,
         stable_fitness: Some(41.5),
+        constraints: Default::default(),
     }
 }
 
@@ -102,6 +103,7 @@ pub fn history(n: usize) -> Vec<HistoryEntry> {
                 plan_step: None,
                 reports: 1,
                 failed: 0,
+                metrics: std::collections::BTreeMap::new(),
                 closed_at: start() - Duration::hours(n as i64 - i as i64),
             }
         })

@@ -937,6 +937,69 @@ async fn a_closed_window_asks_for_one_cycle_not_two() {
     assert_eq!(cycles, 1, "one close, one cycle");
 }
 
+/// A report for the generation under evaluation with another checksum means the running
+/// system runs other genes than the committed ones: a `ChecksumMismatch` conflict, raised once
+/// per generation; the window then closes on the reports that match, and what the running
+/// system measured (its metrics, and its state on the close's event) is kept.
+#[tokio::test]
+async fn a_checksum_mismatch_is_raised_once_and_the_windows_metrics_are_kept() {
+    use shared::domain::{ConflictKind, EventType, MetricName};
+    use shared::lambda::QueueSources;
+    use shared::lambda::testing::TestFunction;
+
+    let t = TestFunction::new("snapshot", QueueSources::Only(Queue::Snapshot))
+        .await
+        .expect("world");
+    let id = TestFunction::system_id();
+    let deps = &t.deps.pipeline;
+    let mut conflicts = 0;
+    for n in 0..2 {
+        let mut wrong = t.baseline_report(0.5).await.expect("report");
+        wrong.id = format!("msg-wrong-{n}");
+        if let Body::FitnessReported { checksum, .. } = &mut wrong.body {
+            *checksum = "0".repeat(64);
+        }
+        pipeline::handle(deps, t.bus.as_ref(), &wrong)
+            .await
+            .expect("recorded and ignored");
+        conflicts += t
+            .drain()
+            .iter()
+            .filter(|o| matches!(&o.envelope.body,
+                Body::ConflictDetected { conflict } if conflict.kind == ConflictKind::ChecksumMismatch))
+            .count();
+    }
+    assert_eq!(conflicts, 1, "raised at the first mismatching report only");
+
+    let mut report = t.baseline_report(0.5).await.expect("report");
+    if let Body::FitnessReported { metrics, .. } = &mut report.body {
+        for (name, value) in [
+            ("cpu_usage", 0.25),
+            ("active_processes", 7.0),
+            ("p99_latency_ms", 41.5),
+        ] {
+            metrics.insert(MetricName::parse(name).expect("name"), value);
+        }
+    }
+    pipeline::handle(deps, t.bus.as_ref(), &report)
+        .await
+        .expect("the report closes the baseline");
+    let history = t.store.list_history(&id, 10).await.expect("history");
+    assert_eq!(
+        history[0]
+            .metrics
+            .get(&MetricName::parse("p99_latency_ms").expect("name")),
+        Some(&41.5)
+    );
+    let events = t.store.list_events(&id, None, 20).await.expect("events");
+    let closed = events
+        .iter()
+        .find(|e| e.event_type == EventType::MutationKept)
+        .expect("the close's event");
+    let context = closed.system_context.as_ref().expect("system context");
+    assert_eq!((context.cpu_usage, context.active_processes), (0.25, 7));
+}
+
 /// Runs snapshot's fitness stage on a report, without committing what it returns.
 async fn fitness(
     deps: &shared::stages::Deps,

@@ -216,6 +216,7 @@ pub fn history(n: u64, fitness: f64) -> HistoryEntry {
         plan_step: None,
         reports: 1,
         failed: 0,
+        metrics: std::collections::BTreeMap::new(),
         closed_at: t(n as i64),
     }
 }

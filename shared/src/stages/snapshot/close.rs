@@ -4,10 +4,13 @@
 
 use chrono::{DateTime, Utc};
 
-use super::{dna_rolled_back, event, raise_conflict, restoring};
+use std::collections::BTreeMap;
+
+use super::{ConflictContext, dna_rolled_back, event, raise_conflict, restoring};
 use crate::domain::{
     BedrockAnalysis, Body, ConflictKind, CycleReason, Envelope, Evaluation, EvaluationOutcome,
-    EventType, Generation, Head, HeadStatus, HistoryEntry, Origin, Severity, StepOutcome,
+    EventType, Generation, Head, HeadStatus, HistoryEntry, MetricName, Origin, Severity,
+    StepOutcome, SystemContext,
 };
 use crate::stages::rollback::{self, FitnessSummary};
 use crate::stages::{Deps, StageError, StageOutput, cap, load_generation, reply};
@@ -24,6 +27,7 @@ pub(super) async fn close_window(
     eval: Evaluation,
     current: Generation,
     summary: FitnessSummary,
+    metrics: BTreeMap<MetricName, f64>,
     now: DateTime<Utc>,
     out: &mut StageOutput,
 ) -> Result<(), StageError> {
@@ -65,14 +69,18 @@ pub(super) async fn close_window(
             plan_step: eval.plan_step.clone(),
             reports: summary.reports,
             failed: summary.reports - summary.valid,
+            metrics: metrics.clone(),
             closed_at: now,
         },
     });
     system.evaluation_deadline = None;
     // Every close asks for the next cycle at once (see `Closing::settle`).
     system.cycle_requested(now);
+    let context = super::conflict_context(deps, &env.system_id, &head).await?;
     let closing = Closing {
         env,
+        system_context: SystemContext::from_metrics(&metrics, summary.reports - summary.valid),
+        context,
         head,
         eval,
         summary,
@@ -137,6 +145,10 @@ async fn record_prediction(
 /// A window being closed, with what its two endings (keep, roll back) both report.
 struct Closing<'a> {
     env: &'a Envelope,
+    /// The running system's state as its reports described it, for the close's event.
+    system_context: Option<SystemContext>,
+    /// What a conflict raised by this close tells its resolver.
+    context: ConflictContext,
     head: Head,
     eval: Evaluation,
     summary: FitnessSummary,
@@ -192,6 +204,7 @@ impl Closing<'_> {
             raise_conflict(
                 self.env,
                 out,
+                &self.context,
                 eval.generation,
                 now,
                 ConflictKind::BaselineUnmeasured,
@@ -254,6 +267,7 @@ impl Closing<'_> {
             raise_conflict(
                 self.env,
                 out,
+                &self.context,
                 next,
                 now,
                 ConflictKind::RollbackStreak,
@@ -300,6 +314,7 @@ impl Closing<'_> {
             detail,
         );
         ev.fitness_delta = self.actual_impact;
+        ev.system_context.clone_from(&self.system_context);
         out.writes.push(Write::PutEvent { event: ev });
     }
 
