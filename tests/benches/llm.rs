@@ -77,7 +77,7 @@ fn request(envelope: &str) -> DecideRequest {
             schema,
             genes,
             stable_fitness: Some(100.0),
-            constraints: Default::default(),
+            constraints: shared::domain::Constraints::default(),
         },
         history: vec![],
         mutation: Mutation {

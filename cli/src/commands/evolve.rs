@@ -82,8 +82,10 @@ pub async fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
         samples_required: args.samples,
         evaluation_window_seconds: args.window,
         cycle_interval_seconds: args.interval,
-        constraints: DnaFile::parse_constraints(&text)
-            .map_err(|e| bad_input(format!("invalid DNA file {}: {e}", args.dna.display())))?,
+        constraints: Box::new(
+            DnaFile::parse_constraints(&text)
+                .map_err(|e| bad_input(format!("invalid DNA file {}: {e}", args.dna.display())))?,
+        ),
     };
     let store = open_store(cli).await?;
     let home = LocalHome::for_operator_action(store, Utc::now());

@@ -101,7 +101,7 @@ fn view(schema: &GeneSchema, genes: &Genes) -> DnaView {
         schema: schema.clone(),
         genes: genes.clone(),
         stable_fitness: Some(10.0),
-        constraints: Default::default(),
+        constraints: crate::domain::Constraints::default(),
     }
 }
 

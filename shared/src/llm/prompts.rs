@@ -353,7 +353,7 @@ mod tests {
                 schema,
                 genes: Genes::from([(gene, GeneValue::Choice(hostile()))]),
                 stable_fitness: None,
-                constraints: Default::default(),
+                constraints: crate::domain::Constraints::default(),
             },
             history: vec![HistoryEntry {
                 generation: 1,

@@ -299,7 +299,7 @@ pub(crate) async fn dna_view(
             schema: system.schema.clone(),
             genes: current.genes,
             stable_fitness: head.stable_fitness,
-            constraints: system.settings.constraints.clone(),
+            constraints: (*system.settings.constraints).clone(),
         },
         history,
     ))

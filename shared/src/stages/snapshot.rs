@@ -267,17 +267,19 @@ pub async fn handle_fitness(
             raise_conflict(
                 env,
                 &mut out,
-                &context,
                 generation,
                 now,
-                ConflictKind::ChecksumMismatch,
-                Severity::Medium,
-                format!(
-                    "a fitness report for generation {generation} carries checksum {} but the \
+                context.conflict(
+                    env,
+                    ConflictKind::ChecksumMismatch,
+                    Severity::Medium,
+                    format!(
+                        "a fitness report for generation {generation} carries checksum {} but the \
                      committed genes' checksum is {}: the running system does not run the \
                      DNA it was sent",
-                    cap(checksum, 64),
-                    current.checksum
+                        cap(checksum, 64),
+                        current.checksum
+                    ),
                 ),
             );
         }
@@ -398,15 +400,34 @@ pub(crate) async fn conflict_context(
     })
 }
 
+impl ConflictContext {
+    /// A conflict about `env`'s system, with what this context knows.
+    pub(crate) fn conflict(
+        &self,
+        env: &Envelope,
+        kind: ConflictKind,
+        severity: Severity,
+        description: String,
+    ) -> SystemConflict {
+        SystemConflict {
+            kind,
+            description,
+            affected_components: vec![env.system_id.to_string()],
+            severity,
+            current_impact: "evolution of this system is not making progress".into(),
+            available_resources: self.resources.clone(),
+            active_processes: self.processes,
+            recent_changes: self.changes.clone(),
+        }
+    }
+}
+
 fn raise_conflict(
     env: &Envelope,
     out: &mut StageOutput,
-    context: &ConflictContext,
     generation: u64,
     now: DateTime<Utc>,
-    kind: ConflictKind,
-    severity: Severity,
-    description: String,
+    conflict: SystemConflict,
 ) {
     out.messages.push(reply(
         env,
@@ -414,18 +435,7 @@ fn raise_conflict(
         2,
         generation,
         now,
-        Body::ConflictDetected {
-            conflict: SystemConflict {
-                kind,
-                description,
-                affected_components: vec![env.system_id.to_string()],
-                severity,
-                current_impact: "evolution of this system is not making progress".into(),
-                available_resources: context.resources.clone(),
-                active_processes: context.processes,
-                recent_changes: context.changes.clone(),
-            },
-        },
+        Body::ConflictDetected { conflict },
     ));
 }
 

@@ -39,9 +39,14 @@ pub struct SystemSettings {
     pub evaluation_window_seconds: u32,
     /// How often the tick requests a cycle for an idle system.
     pub cycle_interval_seconds: u32,
-    /// The DNA file's requirements and constraints, for the prompts.
-    #[serde(default, skip_serializing_if = "crate::domain::Constraints::is_empty")]
-    pub constraints: crate::domain::Constraints,
+    /// The DNA file's requirements and constraints, for the prompts (boxed: most systems have
+    /// none, and every registry write carries the settings).
+    #[serde(default, skip_serializing_if = "no_constraints")]
+    pub constraints: Box<crate::domain::Constraints>,
+}
+
+fn no_constraints(c: &crate::domain::Constraints) -> bool {
+    c.is_empty()
 }
 
 impl Default for SystemSettings {
@@ -50,7 +55,7 @@ impl Default for SystemSettings {
             samples_required: 1,
             evaluation_window_seconds: 600,
             cycle_interval_seconds: 900,
-            constraints: crate::domain::Constraints::default(),
+            constraints: Box::default(),
         }
     }
 }

@@ -76,7 +76,7 @@ pub fn dna() -> DnaView {
         schema,
         genes,
         stable_fitness: Some(41.5),
-        constraints: Default::default(),
+        constraints: shared::domain::Constraints::default(),
     }
 }
 

@@ -153,7 +153,7 @@ fn decide_request(local_risk: f64) -> DecideRequest {
             schema,
             genes: Genes::from([(gene.clone(), GeneValue::Int(64))]),
             stable_fitness: Some(10.0),
-            constraints: Default::default(),
+            constraints: crate::domain::Constraints::default(),
         },
         history: Vec::new(),
         mutation: Mutation {

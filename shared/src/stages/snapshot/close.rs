@@ -201,12 +201,8 @@ impl Closing<'_> {
             },
         );
         if self.baseline_unmeasured() {
-            raise_conflict(
+            let conflict = self.context.conflict(
                 self.env,
-                out,
-                &self.context,
-                eval.generation,
-                now,
                 ConflictKind::BaselineUnmeasured,
                 Severity::High,
                 format!(
@@ -214,6 +210,7 @@ impl Closing<'_> {
                     eval.generation
                 ),
             );
+            raise_conflict(self.env, out, eval.generation, now, conflict);
         }
     }
 
@@ -264,22 +261,20 @@ impl Closing<'_> {
         self.settle(out, new_head, next, StepOutcome::RolledBack);
         let threshold = deps.config.rollback_streak_conflict;
         if streak >= threshold {
-            raise_conflict(
+            // Near an optimum most moves regress, so a streak alone is no emergency: only a
+            // long one (three times the threshold) is severe enough to pause for.
+            let severity = if streak >= threshold * 3 {
+                Severity::High
+            } else {
+                Severity::Medium
+            };
+            let conflict = self.context.conflict(
                 self.env,
-                out,
-                &self.context,
-                next,
-                now,
                 ConflictKind::RollbackStreak,
-                // Near an optimum most moves regress, so a streak alone is no emergency: only a
-                // long one (three times the threshold) is severe enough to pause for.
-                if streak >= threshold * 3 {
-                    Severity::High
-                } else {
-                    Severity::Medium
-                },
+                severity,
                 format!("{streak} consecutive rollbacks"),
             );
+            raise_conflict(self.env, out, next, now, conflict);
         }
         Ok(())
     }
