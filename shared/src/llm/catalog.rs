@@ -1,4 +1,5 @@
-//! The model catalog, kept as data (`shared/catalog/models.json`) rather than code.
+//! The model catalog, kept as data (`shared/catalog/models.json`, and the AI21 models in
+//! `catalog/ai21.json` next to this module) rather than code.
 //!
 //! Model ids, inference profiles, lifecycles and prices change far more often than the code that
 //! uses them, and an operator must be able to correct a price or pin a model without a release.
@@ -6,6 +7,13 @@
 //! [`CATALOG_ENV_VAR`] variable) replaces it whole. Either way it is validated before use, so a
 //! typo in a price or a Claude 4.x model configured for on-demand calls is a startup error rather
 //! than a wrong bill or a stream of failed calls.
+//!
+//! # Legacy models
+//!
+//! The seed's own models (Claude 3.5 Sonnet, Claude 3 Haiku, Titan Text Premier) are listed with
+//! the lifecycle Bedrock gives them today, legacy or end of life, and are not routed to unless a
+//! catalog pins them (`"pinned": true`); a pinned one is routed like any active model. See
+//! [`ModelEntry::skip_reason`] for why such entries are skipped rather than refused.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -14,8 +22,12 @@ use std::path::Path;
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
 
-/// The catalog shipped with the build.
-const EMBEDDED: &str = include_str!("../../catalog/models.json");
+/// The catalog shipped with the build: the main document, then the AI21 models (the seed's
+/// "Jurassic", which Bedrock serves as Jamba).
+const EMBEDDED: [&str; 2] = [
+    include_str!("../../catalog/models.json"),
+    include_str!("catalog/ai21.json"),
+];
 
 /// The environment variable naming a catalog file that replaces the embedded one.
 pub const CATALOG_ENV_VAR: &str = "EVOLVE_MODEL_CATALOG";
@@ -30,6 +42,7 @@ pub enum Family {
     Claude,
     Nova,
     Titan,
+    Ai21,
 }
 
 /// How Converse reaches a model.
@@ -177,11 +190,43 @@ pub struct ModelEntry {
     pub note: Option<String>,
 }
 
+/// Why the router passes over a listed model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    #[error(
+        "legacy on Bedrock and not pinned: it may be withdrawn or lose access at short notice; \
+         set \"pinned\": true in a catalog file to route to it"
+    )]
+    Legacy,
+    #[error(
+        "end of life on Bedrock and not pinned: calls to it fail; set \"pinned\": true in a \
+         catalog file only if the account still has access"
+    )]
+    EndOfLife,
+}
+
 impl ModelEntry {
     /// Active models are always usable; legacy and end-of-life ones only when pinned, because
     /// they may disappear or degrade without notice.
     pub fn is_usable(&self) -> bool {
-        self.lifecycle == Lifecycle::Active || self.pinned
+        self.skip_reason().is_none()
+    }
+
+    /// Why the router will not choose this entry, if it will not.
+    ///
+    /// An unpinned legacy or end-of-life entry is skipped, not refused: the catalog also prices
+    /// what was already spent (a checkpointed answer read back after a crash, a batched answer,
+    /// a ledger recomputation), so an entry must stay listed after its model stops being routed
+    /// to, and a catalog file copied from the built-in one must load as it is. Loading logs each
+    /// skipped entry with this reason, and a catalog in which nothing is usable is refused
+    /// ([`CatalogError::NoUsableModel`]), so a skipped model never goes unexplained.
+    pub fn skip_reason(&self) -> Option<SkipReason> {
+        match self.lifecycle {
+            _ if self.pinned => None,
+            Lifecycle::Active => None,
+            Lifecycle::Legacy => Some(SkipReason::Legacy),
+            Lifecycle::EndOfLife => Some(SkipReason::EndOfLife),
+        }
     }
 
     /// The endpoint scope this entry's calls are billed at.
@@ -245,6 +290,11 @@ pub enum CatalogError {
     ProfileRequired(String),
     #[error("inference profile {0} lists no regions (IAM needs them)")]
     EmptyRegions(String),
+    #[error(
+        "model catalog has no usable model: every entry is legacy or end of life and none is \
+         pinned, so every call would fall back to the local engine"
+    )]
+    NoUsableModel,
 }
 
 /// The catalog: every model the router may choose from, with its prices.
@@ -256,17 +306,28 @@ pub struct ModelCatalog {
 }
 
 impl ModelCatalog {
-    /// The catalog compiled into the build, validated.
+    /// The catalog compiled into the build, its documents in order, validated as one.
     pub fn embedded() -> Result<Self, CatalogError> {
-        Self::from_json(EMBEDDED)
+        let mut documents = EMBEDDED.iter().map(|json| Self::parse(json));
+        let mut catalog = documents.next().ok_or(CatalogError::Empty)??;
+        for document in documents {
+            let document = document?;
+            catalog.version = catalog.version.max(document.version);
+            catalog.models.extend(document.models);
+        }
+        catalog.validate()?;
+        Ok(catalog)
     }
 
     /// Parses and validates a catalog document.
     pub fn from_json(json: &str) -> Result<Self, CatalogError> {
-        let catalog: Self =
-            serde_json::from_str(json).map_err(|e| CatalogError::Parse(e.to_string()))?;
+        let catalog = Self::parse(json)?;
         catalog.validate()?;
         Ok(catalog)
+    }
+
+    fn parse(json: &str) -> Result<Self, CatalogError> {
+        serde_json::from_str(json).map_err(|e| CatalogError::Parse(e.to_string()))
     }
 
     /// Reads, parses and validates a catalog file.
@@ -281,10 +342,14 @@ impl ModelCatalog {
     /// The catalog to run with: the file when one is given (it replaces the embedded catalog
     /// whole, so an operator sees exactly what is in effect), otherwise the embedded one.
     pub fn load(override_path: Option<&Path>) -> Result<Self, CatalogError> {
-        match override_path {
-            Some(path) => Self::from_file(path),
-            None => Self::embedded(),
+        let catalog = match override_path {
+            Some(path) => Self::from_file(path)?,
+            None => Self::embedded()?,
+        };
+        for (model, reason) in catalog.skipped() {
+            tracing::info!(model = %model.id, %reason, "model catalog: not routed to");
         }
+        Ok(catalog)
     }
 
     pub fn get(&self, id: &str) -> Option<&ModelEntry> {
@@ -294,6 +359,13 @@ impl ModelCatalog {
     /// Entries the router may choose: see [`ModelEntry::is_usable`].
     pub fn usable(&self) -> impl Iterator<Item = &ModelEntry> {
         self.models.iter().filter(|m| m.is_usable())
+    }
+
+    /// Entries the router passes over, each with its reason.
+    pub fn skipped(&self) -> impl Iterator<Item = (&ModelEntry, SkipReason)> {
+        self.models
+            .iter()
+            .filter_map(|m| m.skip_reason().map(|reason| (m, reason)))
     }
 
     /// The standard-tier price of `id` at `endpoint`. Use [`Endpoint::of_model`] for the endpoint
@@ -319,6 +391,9 @@ impl ModelCatalog {
                 return Err(CatalogError::DuplicateId(model.id.clone()));
             }
             validate_entry(model)?;
+        }
+        if self.usable().next().is_none() {
+            return Err(CatalogError::NoUsableModel);
         }
         Ok(())
     }
@@ -403,280 +478,4 @@ fn needs_profile(id: &str) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn embedded() -> ModelCatalog {
-        ModelCatalog::embedded().expect("embedded catalog")
-    }
-
-    fn entry(id: &str) -> ModelEntry {
-        embedded().get(id).expect("model in catalog").clone()
-    }
-
-    fn with_model(model: ModelEntry) -> ModelCatalog {
-        ModelCatalog {
-            version: CATALOG_VERSION,
-            models: vec![model],
-        }
-    }
-
-    const SONNET_45_GLOBAL: &str = "global.anthropic.claude-sonnet-4-5-20250929-v1:0";
-    const SONNET_45_US: &str = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
-
-    #[test]
-    fn embedded_catalog_validates_and_holds_the_required_models() {
-        let catalog = embedded();
-        catalog.validate().expect("valid");
-        for id in [
-            "anthropic.claude-3-5-sonnet-20241022-v2:0",
-            "anthropic.claude-3-haiku-20240307-v1:0",
-            "amazon.titan-text-premier-v1:0",
-            SONNET_45_GLOBAL,
-            SONNET_45_US,
-            "global.anthropic.claude-haiku-4-5-20251001-v1:0",
-            "us.anthropic.claude-haiku-4-5-20251001-v1:0",
-            "us.amazon.nova-micro-v1:0",
-            "us.amazon.nova-lite-v1:0",
-            "us.amazon.nova-pro-v1:0",
-        ] {
-            let model = catalog.get(id).expect(id);
-            assert!(model.price().is_some(), "{id} has a price for its endpoint");
-        }
-        assert!(catalog.usable().all(|m| m.lifecycle == Lifecycle::Active));
-        assert!(catalog.usable().count() >= 7);
-    }
-
-    #[test]
-    fn claude_45_entries_are_profiles_with_native_schema_output() {
-        for model in embedded().models {
-            if needs_profile(&model.id) {
-                assert_eq!(
-                    model.invocation,
-                    Invocation::InferenceProfile,
-                    "{}",
-                    model.id
-                );
-                assert_eq!(model.structured_output, StructuredOutput::JsonSchema);
-            }
-        }
-    }
-
-    #[test]
-    fn global_ids_are_priced_at_the_global_endpoint() {
-        let catalog = embedded();
-        assert_eq!(Endpoint::of_model(SONNET_45_GLOBAL), Endpoint::Global);
-        assert_eq!(Endpoint::of_model(SONNET_45_US), Endpoint::Regional);
-        assert!(
-            catalog
-                .price_for(SONNET_45_GLOBAL, Endpoint::Global)
-                .is_some()
-        );
-        assert!(
-            catalog
-                .price_for(SONNET_45_US, Endpoint::Regional)
-                .is_some()
-        );
-        assert!(
-            catalog
-                .price_for(SONNET_45_GLOBAL, Endpoint::Regional)
-                .is_none()
-        );
-        assert!(
-            catalog
-                .price_for("no-such-model", Endpoint::Global)
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn claude_generation_is_read_from_both_naming_schemes() {
-        assert!(needs_profile("anthropic.claude-sonnet-4-5-20250929-v1:0"));
-        assert!(needs_profile("us.anthropic.claude-opus-4-1-20250805-v1:0"));
-        assert!(needs_profile("anthropic.claude-sonnet-4-20250514-v1:0"));
-        assert!(!needs_profile("anthropic.claude-3-5-sonnet-20241022-v2:0"));
-        assert!(!needs_profile("anthropic.claude-3-haiku-20240307-v1:0"));
-        assert!(!needs_profile("amazon.nova-micro-v1:0"));
-    }
-
-    #[test]
-    fn pinned_legacy_and_end_of_life_models_become_usable() {
-        let mut catalog = embedded();
-        let before = catalog.usable().count();
-        for model in &mut catalog.models {
-            if model.id.starts_with("anthropic.claude-3") {
-                model.pinned = true;
-            }
-        }
-        assert_eq!(catalog.usable().count(), before + 2);
-        assert!(
-            catalog
-                .usable()
-                .all(|m| m.id != "amazon.titan-text-premier-v1:0")
-        );
-    }
-
-    #[test]
-    fn duplicate_ids_are_rejected() {
-        let model = entry(SONNET_45_GLOBAL);
-        let catalog = ModelCatalog {
-            version: CATALOG_VERSION,
-            models: vec![model.clone(), model],
-        };
-        assert_eq!(
-            catalog.validate(),
-            Err(CatalogError::DuplicateId(SONNET_45_GLOBAL.to_owned()))
-        );
-    }
-
-    #[test]
-    fn an_entry_without_a_price_for_its_endpoint_is_rejected() {
-        let mut model = entry(SONNET_45_GLOBAL);
-        model.prices[0].endpoint = Endpoint::Regional;
-        assert_eq!(
-            with_model(model).validate(),
-            Err(CatalogError::MissingPrice {
-                id: SONNET_45_GLOBAL.to_owned(),
-                endpoint: Endpoint::Global,
-            })
-        );
-    }
-
-    #[test]
-    fn zero_input_or_output_prices_are_rejected() {
-        let mut model = entry(SONNET_45_US);
-        model.prices[0].input = 0;
-        assert!(matches!(
-            with_model(model).validate(),
-            Err(CatalogError::ZeroPrice { field: "input", .. })
-        ));
-        let mut model = entry(SONNET_45_US);
-        model.prices[0].output = 0;
-        assert!(matches!(
-            with_model(model).validate(),
-            Err(CatalogError::ZeroPrice {
-                field: "output",
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn a_free_cache_rate_needs_a_note() {
-        let mut model = entry(SONNET_45_GLOBAL);
-        model.prices[0].cache_read = 0;
-        assert!(matches!(
-            with_model(model.clone()).validate(),
-            Err(CatalogError::UnexplainedFreeCache {
-                field: "cache_read",
-                ..
-            })
-        ));
-        model.prices[0].note = Some("the provider does not charge for cache reads".into());
-        with_model(model).validate().expect("explained");
-    }
-
-    #[test]
-    fn malformed_price_dates_are_rejected() {
-        for bad in ["2025-13-01", "2025-1-5", "yesterday", "", "2025-02-30"] {
-            let mut model = entry(SONNET_45_GLOBAL);
-            model.prices[0].as_of = bad.to_owned();
-            assert!(
-                matches!(
-                    with_model(model).validate(),
-                    Err(CatalogError::BadAsOf { .. })
-                ),
-                "{bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn claude_4_configured_on_demand_is_a_configuration_error() {
-        let mut model = entry(SONNET_45_US);
-        model.id = "anthropic.claude-sonnet-4-5-20250929-v1:0".to_owned();
-        model.invocation = Invocation::OnDemand;
-        assert_eq!(
-            with_model(model).validate(),
-            Err(CatalogError::ProfileRequired(
-                "anthropic.claude-sonnet-4-5-20250929-v1:0".to_owned()
-            ))
-        );
-        // The seed's Claude 3.5 model is fine on demand.
-        let seed = entry("anthropic.claude-3-5-sonnet-20241022-v2:0");
-        assert_eq!(seed.invocation, Invocation::OnDemand);
-        with_model(seed).validate().expect("claude 3.5 on demand");
-    }
-
-    #[test]
-    fn a_profile_without_regions_is_rejected() {
-        let mut model = entry("us.amazon.nova-micro-v1:0");
-        model.regions.clear();
-        assert_eq!(
-            with_model(model).validate(),
-            Err(CatalogError::EmptyRegions(
-                "us.amazon.nova-micro-v1:0".to_owned()
-            ))
-        );
-    }
-
-    #[test]
-    fn empty_newer_and_malformed_catalogs_are_rejected() {
-        assert_eq!(
-            ModelCatalog::from_json(r#"{"version": 1, "models": []}"#),
-            Err(CatalogError::Empty)
-        );
-        let mut newer = embedded();
-        newer.version = CATALOG_VERSION + 1;
-        assert!(matches!(
-            newer.validate(),
-            Err(CatalogError::UnsupportedVersion { .. })
-        ));
-        assert!(matches!(
-            ModelCatalog::from_json(r#"{"version": 1, "models": [{"id": "x"}]}"#),
-            Err(CatalogError::Parse(_))
-        ));
-    }
-
-    #[test]
-    fn a_catalog_file_replaces_the_embedded_one() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("models.json");
-        let mut custom = embedded();
-        custom.models.retain(|m| m.id == SONNET_45_GLOBAL);
-        custom.models[0].prices[0].input = 1_234;
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&custom).expect("encode"),
-        )
-        .expect("write");
-
-        let loaded = ModelCatalog::load(Some(&path)).expect("load file");
-        assert_eq!(loaded, custom);
-        assert_eq!(
-            loaded
-                .price_for(SONNET_45_GLOBAL, Endpoint::Global)
-                .map(|p| p.input),
-            Some(1_234)
-        );
-        assert_eq!(ModelCatalog::load(None).expect("embedded"), embedded());
-
-        let missing = dir.path().join("absent.json");
-        assert!(matches!(
-            ModelCatalog::load(Some(&missing)),
-            Err(CatalogError::Io { .. })
-        ));
-        std::fs::write(&path, "{").expect("write");
-        assert!(matches!(
-            ModelCatalog::load(Some(&path)),
-            Err(CatalogError::Parse(_))
-        ));
-    }
-
-    #[test]
-    fn catalog_round_trips_through_json() {
-        let catalog = embedded();
-        let json = serde_json::to_string(&catalog).expect("encode");
-        assert_eq!(ModelCatalog::from_json(&json).expect("decode"), catalog);
-    }
-}
+mod tests;

@@ -19,6 +19,7 @@
 mod batch;
 mod budget;
 mod cache;
+mod catalog;
 mod checkpoint;
 mod circuit;
 mod coherence;
