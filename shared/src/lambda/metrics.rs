@@ -44,6 +44,34 @@ pub const ALERTS_POSTED: &str = "AlertsPosted";
 /// Alerts notify acknowledged without posting (filtered out, or no webhook configured).
 pub const ALERTS_FILTERED: &str = "AlertsFiltered";
 
+/// The metrics stored at one-second resolution (`StorageResolution: 1`), so the dashboard's live
+/// row can draw them in 10-second periods and a cycle, a decision, a rollback, a spend or an
+/// error shows within 30 seconds of happening (standard resolution aggregates to the minute and
+/// shows a point only once that minute closes). The cycle's flow is `MessagesProcessed` per
+/// function (decide's are the decisions) with the generation and fitness it moves; the rollbacks;
+/// the spend in tokens and nano-USD; the errors: retries, dead letters, panics and fallbacks to
+/// the local engine. The rest stay standard: the budget mode and the scheduled runs are written
+/// once a minute, and duplicates, late starts and alerts are counts read over hours. High
+/// resolution costs no more to store; its one-second points are kept three hours, then roll up
+/// to the minute like the others.
+pub const HIGH_RESOLUTION: &[&str] = &[
+    MESSAGES_PROCESSED,
+    GENERATION,
+    FITNESS,
+    ROLLBACKS,
+    LLM_COST_NANO_USD,
+    LLM_TOKENS,
+    MESSAGES_RETRIED,
+    MESSAGES_DEAD_LETTERED,
+    MESSAGES_PANICKED,
+    FALLBACKS,
+];
+
+/// Whether `name` is stored at one-second resolution ([`HIGH_RESOLUTION`]).
+pub fn is_high_resolution(name: &str) -> bool {
+    HIGH_RESOLUTION.contains(&name)
+}
+
 /// CloudWatch units used by the suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -111,10 +139,7 @@ fn emf_line(
     dimensions: &[(&str, &str)],
     metrics: &[&Metric],
 ) -> String {
-    let definitions: Vec<Value> = metrics
-        .iter()
-        .map(|m| json!({ "Name": m.name, "Unit": m.unit.as_str() }))
-        .collect();
+    let definitions: Vec<Value> = metrics.iter().map(|m| definition(m)).collect();
     let mut line = Map::new();
     line.insert(
         "_aws".into(),
@@ -134,6 +159,16 @@ fn emf_line(
         line.insert(m.name.into(), json!(m.value));
     }
     Value::Object(line).to_string()
+}
+
+/// A metric's EMF definition; high-resolution metrics carry `StorageResolution: 1` (absent, the
+/// metric is stored at the standard 60 seconds).
+fn definition(metric: &Metric) -> Value {
+    let mut definition = json!({ "Name": metric.name, "Unit": metric.unit.as_str() });
+    if is_high_resolution(metric.name) {
+        definition["StorageResolution"] = json!(1);
+    }
+    definition
 }
 
 /// The lines for what a batch changed: the head's generation, the fitness of the evaluations
@@ -286,13 +321,81 @@ mod tests {
         assert_eq!(
             cw["Metrics"],
             json!([
-                {"Name": "MessagesProcessed", "Unit": "Count"},
+                {"Name": "MessagesProcessed", "Unit": "Count", "StorageResolution": 1},
                 {"Name": "BudgetMode", "Unit": "None"}
             ])
         );
         assert_eq!(v["Function"], "decide");
         assert_eq!(v["MessagesProcessed"], json!(3.0));
         assert_eq!(v["BudgetMode"], json!(1.0));
+    }
+
+    /// The metric definitions of an EMF line, by name.
+    fn definitions(line: &str) -> Vec<Value> {
+        let v: Value = serde_json::from_str(line).expect("json");
+        v["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .expect("metric definitions")
+            .clone()
+    }
+
+    #[test]
+    fn high_resolution_metrics_carry_storage_resolution_one_and_standard_ones_none() {
+        let at = Utc::now();
+        let line = render(
+            "snapshot",
+            at,
+            &[
+                Metric::count(ROLLBACKS, 1),
+                Metric::count(MESSAGES_PANICKED, 1),
+                Metric::count(DUPLICATES, 1),
+                Metric::gauge(BUDGET_MODE, 0.0),
+            ],
+        )
+        .expect("a line");
+        let definitions = definitions(&line);
+        assert_eq!(definitions[0]["StorageResolution"], json!(1));
+        assert_eq!(definitions[1]["StorageResolution"], json!(1));
+        assert!(definitions[2].get("StorageResolution").is_none());
+        assert!(definitions[3].get("StorageResolution").is_none());
+    }
+
+    #[test]
+    fn the_llm_lines_declare_spend_and_fallbacks_at_high_resolution() {
+        use crate::pipeline::Observed;
+        use crate::store::LlmCallRecord;
+        let at = Utc::now();
+        let call = LlmCallRecord {
+            call_id: "c".into(),
+            system_id: crate::domain::SystemId::parse("s").expect("id"),
+            envelope_id: "e".into(),
+            role: crate::domain::Role::Decide,
+            model_id: "m".into(),
+            usage: crate::store::Usage::default(),
+            cost_nano_usd: 1,
+            latency_ms: 1,
+            bedrock_requests: 1,
+            fallback: None,
+            cache_hit: false,
+            at,
+        };
+        let observed = [Observed {
+            llm_calls: vec![call],
+            ..Observed::default()
+        }];
+        let lines = render_observed("decide", at, &observed);
+        assert_eq!(lines.len(), 1);
+        for definition in definitions(&lines[0]) {
+            assert_eq!(definition["StorageResolution"], json!(1), "{definition}");
+        }
+    }
+
+    #[test]
+    fn the_high_resolution_list_names_distinct_metrics() {
+        let distinct: std::collections::BTreeSet<&str> = HIGH_RESOLUTION.iter().copied().collect();
+        assert_eq!(distinct.len(), HIGH_RESOLUTION.len());
+        assert!(!is_high_resolution(BUDGET_MODE));
+        assert!(!is_high_resolution(SCHEDULED_RUNS));
     }
 
     #[test]

@@ -31,9 +31,12 @@ const METRICS: &[&str] = &[
     metrics::ALERTS_FILTERED,
 ];
 
-/// The metric names of namespace `Evolve` a dashboard body names (JSON inside `Fn::Sub`).
-fn dashboard_metrics(body: &str) -> BTreeSet<String> {
-    // `${...}` substitutions sit inside JSON strings: replace them with a plain word.
+/// The dashboard's body as JSON: its `${...}` substitutions (inside JSON strings) replaced with a
+/// plain word.
+fn dashboard_body() -> Value {
+    let t = template();
+    let (_, dashboard) = first(t, "AWS::CloudWatch::Dashboard", "a dashboard");
+    let body = text(&dashboard["Properties"]["DashboardBody"]).expect("a dashboard body");
     let mut plain = String::with_capacity(body.len());
     let mut rest = body;
     while let Some(start) = rest.find("${") {
@@ -43,46 +46,89 @@ fn dashboard_metrics(body: &str) -> BTreeSet<String> {
         rest = &rest[start + end + 1..];
     }
     plain.push_str(rest);
-    let body: Value = serde_json::from_str(&plain).expect("the dashboard body is JSON");
+    serde_json::from_str(&plain).expect("the dashboard body is JSON")
+}
+
+fn widgets(body: &Value) -> &Vec<Value> {
+    body["widgets"].as_array().expect("widgets")
+}
+
+/// The metric names of namespace `Evolve` the widgets of a dashboard body name.
+fn dashboard_metrics(body: &Value) -> BTreeSet<String> {
+    widgets(body).iter().flat_map(widget_metrics).collect()
+}
+
+/// The `Evolve` metric names one widget names, in metric rows and `SEARCH` expressions.
+fn widget_metrics(widget: &Value) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for widget in body["widgets"].as_array().expect("widgets") {
-        let Some(rows) = widget["properties"]["metrics"].as_array() else {
+    let Some(rows) = widget["properties"]["metrics"].as_array() else {
+        return names;
+    };
+    let mut previous: Vec<Value> = Vec::new();
+    for row in rows {
+        let row = row.as_array().expect("a metric row");
+        if let Some(expression) = row.first().and_then(|v| v["expression"].as_str()) {
+            names.extend(search_metrics(expression));
             continue;
-        };
-        let mut previous: Vec<Value> = Vec::new();
-        for row in rows {
-            let row = row.as_array().expect("a metric row");
-            if let Some(expression) = row.first().and_then(|v| v["expression"].as_str()) {
-                names.extend(search_metrics(expression));
-                continue;
-            }
-            // "." repeats the previous row's value at the same position.
-            let resolved: Vec<Value> = row
-                .iter()
-                .enumerate()
-                .map(|(i, v)| {
-                    if v == "." {
-                        previous.get(i).cloned().unwrap_or(Value::Null)
-                    } else {
-                        v.clone()
-                    }
-                })
-                .collect();
-            if resolved.first().and_then(Value::as_str) == Some(metrics::NAMESPACE) {
-                names.insert(resolved[1].as_str().expect("metric name").to_owned());
-                if let Some(dimension) = resolved.get(2) {
-                    assert_eq!(dimension, metrics::DIMENSION, "dimension of {resolved:?}");
-                    let function = resolved[3].as_str().expect("dimension value");
-                    assert!(
-                        config::functions().iter().any(|(p, _)| *p == function),
-                        "{function}"
-                    );
-                }
-            }
-            previous = resolved;
         }
+        // "." repeats the previous row's value at the same position.
+        let resolved: Vec<Value> = row
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if v == "." {
+                    previous.get(i).cloned().unwrap_or(Value::Null)
+                } else {
+                    v.clone()
+                }
+            })
+            .collect();
+        if resolved.first().and_then(Value::as_str) == Some(metrics::NAMESPACE) {
+            names.insert(resolved[1].as_str().expect("metric name").to_owned());
+            if let Some(dimension) = resolved.get(2) {
+                assert_eq!(dimension, metrics::DIMENSION, "dimension of {resolved:?}");
+                let function = resolved[3].as_str().expect("dimension value");
+                assert!(
+                    config::functions().iter().any(|(p, _)| *p == function),
+                    "{function}"
+                );
+            }
+        }
+        previous = resolved;
     }
     names
+}
+
+/// The namespaces a widget's metric rows name (`SEARCH` expressions by their schema's first
+/// part), so a live widget cannot slip in a standard-resolution AWS metric.
+fn widget_namespaces(widget: &Value) -> BTreeSet<String> {
+    let rows = widget["properties"]["metrics"]
+        .as_array()
+        .expect("a metric widget");
+    let mut namespaces = BTreeSet::new();
+    for row in rows {
+        let first = &row[0];
+        if let Some(expression) = first["expression"].as_str() {
+            let schema = expression.split_once('{').map_or("", |(_, s)| s);
+            namespaces.insert(schema.split([',', '}']).next().unwrap_or("").to_owned());
+        } else if let Some(namespace) = first.as_str().filter(|n| *n != ".") {
+            namespaces.insert(namespace.to_owned());
+        }
+    }
+    namespaces
+}
+
+/// The period (seconds, the last argument) of each `SEARCH(...)` expression of a widget.
+fn search_periods(widget: &Value) -> Vec<u64> {
+    alternatives(&widget["properties"]["metrics"])
+        .into_iter()
+        .filter_map(|m| m["expression"].as_str())
+        .filter(|e| e.starts_with("SEARCH("))
+        .map(|e| {
+            let (_, last) = e.trim_end_matches(')').rsplit_once(',').expect("a period");
+            last.trim().parse().expect("a period in seconds")
+        })
+        .collect()
 }
 
 /// `MetricName="X"` of a `SEARCH('{Evolve,...} ...')` expression in namespace `Evolve`.
@@ -148,9 +194,7 @@ fn alarms_and_the_dashboard_name_only_metrics_the_code_emits() {
         assert!(alarmed.contains(needed), "no alarm on {needed}");
     }
 
-    let (_, dashboard) = first(t, "AWS::CloudWatch::Dashboard", "a dashboard");
-    let body = text(&dashboard["Properties"]["DashboardBody"]).expect("a dashboard body");
-    let shown = dashboard_metrics(body);
+    let shown = dashboard_metrics(&dashboard_body());
     for name in &shown {
         assert!(
             known.contains(name.as_str()),
@@ -200,4 +244,59 @@ fn every_dead_letter_queue_and_function_has_alarms() {
         assert!(watching("AWS/Lambda", "Errors", id), "{id} errors");
         assert!(watching("AWS/Lambda", "Throttles", id), "{id} throttles");
     }
+}
+
+/// The top row is live: every widget in it draws only `Evolve` metrics the code stores at one-second
+/// resolution, in periods of at most 10 s (the high-resolution periods are 1, 5, 10 and 30 s), so
+/// a cycle, decision, rollback, spend or error shows within 30 seconds; together they draw every
+/// high-resolution metric, and no slower widget shares the row.
+#[test]
+fn the_dashboard_has_a_live_row_of_high_resolution_metrics_in_ten_second_periods() {
+    let body = dashboard_body();
+    assert_eq!(
+        body["periodOverride"], "inherit",
+        "the dashboard keeps each widget's period whatever the time range"
+    );
+    let top = widgets(&body)
+        .iter()
+        .filter_map(|w| w["y"].as_u64())
+        .min()
+        .expect("a widget");
+    let live: Vec<&Value> = widgets(&body)
+        .iter()
+        .filter(|w| w["y"].as_u64() == Some(top))
+        .collect();
+    assert!(!live.is_empty(), "a live row at the top");
+    let high: BTreeSet<&str> = metrics::HIGH_RESOLUTION.iter().copied().collect();
+    let mut shown = BTreeSet::new();
+    for widget in live {
+        let title = widget["properties"]["title"].as_str().unwrap_or("");
+        assert_eq!(widget["type"], "metric", "{title}");
+        let period = widget["properties"]["period"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{title}: no period"));
+        assert!([1, 5, 10].contains(&period), "{title}: period {period}");
+        for search in search_periods(widget) {
+            assert!(
+                [1, 5, 10].contains(&search),
+                "{title}: SEARCH period {search}"
+            );
+        }
+        assert_eq!(
+            widget_namespaces(widget),
+            BTreeSet::from([metrics::NAMESPACE.to_owned()]),
+            "{title}: only the suite's own metrics can be high resolution"
+        );
+        let names = widget_metrics(widget);
+        assert!(!names.is_empty(), "{title}: draws no metric");
+        for name in &names {
+            assert!(
+                high.contains(name.as_str()),
+                "{title}: {name} is not emitted at high resolution"
+            );
+        }
+        shown.extend(names);
+    }
+    let missing: Vec<&&str> = high.iter().filter(|m| !shown.contains(**m)).collect();
+    assert!(missing.is_empty(), "the live row does not draw {missing:?}");
 }
