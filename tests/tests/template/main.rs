@@ -5,6 +5,7 @@
 //! everything that stores data uses the stack's KMS key, the Bedrock grants cover the model
 //! catalog, and alarms and the dashboard name only metrics the code emits. `cfn-lint` runs last.
 
+mod audit;
 mod cfn;
 mod functions;
 mod iam;
