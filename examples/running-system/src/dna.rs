@@ -64,16 +64,24 @@ impl DnaChange {
         }
     }
 
-    /// The generation whose genes a rollback restores, when nothing waits for a measurement
-    /// of the rollback (`measure: false`).
+    /// The generation whose genes a rollback restores.
     pub fn restored_generation(&self) -> Option<u64> {
         match self {
             Self::DnaRolledBack {
                 restored_generation,
-                measure: false,
                 ..
             } => Some(*restored_generation),
             _ => None,
+        }
+    }
+
+    /// Whether a window waits for reports on this generation: every update, and an operator's
+    /// rollback; not the product's own rollback of a worse generation.
+    pub fn to_measure(&self) -> bool {
+        match self {
+            Self::DnaUpdated { .. } => true,
+            Self::DnaRolledBack { measure, .. } => *measure,
+            Self::Other => false,
         }
     }
 }

@@ -30,6 +30,8 @@ pub struct Running {
     pub genes: Genes,
     /// Set when this generation restores an earlier one's genes.
     pub restored: Option<u64>,
+    /// Whether a window waits for this generation's reports.
+    pub measured: bool,
 }
 
 /// A DNA change the instance applied.
@@ -39,14 +41,9 @@ pub struct Applied {
     pub checksum: String,
     /// The generation whose genes a rollback restored; `None` for an update.
     pub restored: Option<u64>,
-}
-
-impl Applied {
-    /// Updates are measured; rollbacks are not (the product ignores reports for them: their
-    /// genes are the parent's, measured already).
-    pub fn to_measure(&self) -> bool {
-        self.restored.is_none()
-    }
+    /// Updates and an operator's rollbacks are measured; the product's own rollbacks are not
+    /// (it ignores reports for them: their genes are the parent's, measured already).
+    pub measured: bool,
 }
 
 /// What became of one message from the subscription queue. Every outcome acknowledges it: a
@@ -143,17 +140,19 @@ impl Instance {
     }
 
     fn apply(&mut self, change: &DnaChange, generation: u64, genes: &Genes, sum: &str) -> Applied {
-        let restored = change.restored_generation();
+        let (restored, measured) = (change.restored_generation(), change.to_measure());
         self.running = Some(Running {
             generation,
             checksum: sum.to_owned(),
             genes: genes.clone(),
             restored,
+            measured,
         });
         let applied = Applied {
             generation,
             checksum: sum.to_owned(),
             restored,
+            measured,
         };
         if self.applied.len() == RECENT {
             self.applied.pop_front();
@@ -163,9 +162,9 @@ impl Instance {
     }
 
     /// Measurement `measurement` (from 1) of the generation running, as a report; `None` when
-    /// nothing runs or what runs is a rollback, which is not measured.
+    /// nothing runs or what runs is a rollback nothing waits a measurement of.
     pub fn measure(&self, measurement: u32, now: DateTime<Utc>) -> Option<FitnessReport> {
-        let running = self.running.as_ref().filter(|r| r.restored.is_none())?;
+        let running = self.running.as_ref().filter(|r| r.measured)?;
         let (system, instance) = (&self.config.system_id, &self.config.instance_id);
         let generation = running.generation.to_string();
         let seed = measurement_seed(&[

@@ -5,8 +5,9 @@
 //! to the events topic; applies a `DnaUpdated` only when its genes match its checksum and its
 //! generation is newer than the one running; measures what it applied and sends one
 //! `FitnessReported` per measurement to the fitness queue (a failed measurement as an `error`
-//! without a score); and applies a `DnaRolledBack` without measuring it. It needs no access to
-//! the product's table: the messages carry everything.
+//! without a score); and applies a `DnaRolledBack` the same way, measuring it only when it says
+//! `measure: true` (an operator's rollback; the product's own rollbacks restore genes whose
+//! fitness is known). It needs no access to the product's table: the messages carry everything.
 //!
 //! The contract's logic ([`Instance`], [`dna`], [`report`]) is plain code; the queues are ports
 //! ([`Inbox`], [`FitnessQueue`]) with SQS adapters in [`sqs`].

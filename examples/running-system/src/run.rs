@@ -88,7 +88,7 @@ where
                 warn!(error = %e, "cannot delete a handled DNA message; it will come back");
             }
             if let Handled::Applied(applied) = handled {
-                if applied.to_measure() {
+                if applied.measured {
                     tokio::select! {
                         () = &mut stop => return instance,
                         () = measure(&instance, &applied, fitness, pace) => {}
@@ -131,8 +131,9 @@ fn log(handled: &Handled) {
         Handled::Applied(Applied {
             generation,
             restored: Some(restored),
+            measured,
             ..
-        }) => info!(generation, restored, "rollback applied: not measured"),
+        }) => info!(generation, restored, measured, "rollback applied"),
         Handled::Applied(applied) => info!(generation = applied.generation, "DNA applied"),
         Handled::OtherSystem(system) => debug!(%system, "message for another system ignored"),
         Handled::OtherType => debug!("message of another type ignored"),

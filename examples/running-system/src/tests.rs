@@ -227,7 +227,8 @@ fn an_operators_rollback_is_measured() {
     let Handled::Applied(applied) = instance.handle(&rollback(1, 0, &parent, true)) else {
         panic!("not applied");
     };
-    assert!(applied.to_measure());
+    assert!(applied.measured);
+    assert_eq!(applied.restored, Some(0));
     assert!(instance.measure(1, Utc::now()).is_some());
 }
 
@@ -244,7 +245,7 @@ fn a_rollback_is_applied_but_never_measured() {
         panic!("not applied");
     };
     assert_eq!(applied.restored, Some(0));
-    assert!(!applied.to_measure());
+    assert!(!applied.measured);
     let running = instance.running().expect("running");
     assert_eq!(running.generation, 2);
     assert_eq!(running.checksum, shared::domain::checksum(&parent));
