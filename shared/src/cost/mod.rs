@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{BudgetMode, BudgetPeriod, BudgetScope, SystemId};
 
+pub mod billing;
+pub mod reconcile;
+
 /// Nano-USD per US dollar.
 pub const NANO_PER_USD: u64 = 1_000_000_000;
 
@@ -80,6 +83,10 @@ pub struct Budgets {
     pub system_monthly: Option<u64>,
     /// Spend share (percent of a budget) at which the mode becomes Economy.
     pub economy_percent: u32,
+    /// The daily check of the ledger against the bill; `None` where there is no bill to read
+    /// (local runs), so the sweep leaves it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconcile: Option<reconcile::ReconcileSettings>,
 }
 
 /// One budget that a reservation must fit in.

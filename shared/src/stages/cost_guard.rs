@@ -1,15 +1,19 @@
 //! cost-guard: compares the ledger with the budgets and sets the budget mode (Normal, Economy,
-//! Paused). Every change is an alert. The router and the LLM layer obey the mode.
+//! Paused). Every change is an alert. The router and the LLM layer obey the mode. Once a day it
+//! also compares the ledger with the bill ([`reconcile`]).
 
 use chrono::{DateTime, Utc};
 
 use super::{Deps, RegistryPages, StageOutput, StageResult, load_system};
+use crate::cost::billing::BillingSource;
 use crate::cost::{LedgerScope, PeriodKey, format_usd, mode_for};
 use crate::domain::{
     Alert, AlertLevel, Body, BudgetMode, BudgetPeriod, BudgetScope, Envelope, Outgoing, derive_id,
 };
 use crate::store::{BudgetState, SystemRecord, Write};
 use crate::store::{RESERVATION_HOLD, ReclaimOutcome};
+
+pub mod reconcile;
 
 /// Expired holds one sweep reclaims at most; more wait for the next minute's sweep. Each is a
 /// small transaction of its own, so a crash that left a fleet's calls held is undone in a few
@@ -18,12 +22,79 @@ const RECLAIM_BATCH: usize = 500;
 
 /// Recomputes the mode from the global budgets. Per-system budgets are enforced by the ledger's
 /// reservations (a system over its own budget gets the local engine) and reported here. Holds
-/// whose calls never settled are reclaimed and alerted on.
+/// whose calls never settled are reclaimed and alerted on, and once a day the bill is
+/// reconciled with the ledger, where the budgets ask for it.
 pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
+    let billing = reconcile::process_billing(deps).await;
+    sweep(deps, env, billing.as_deref()).await
+}
+
+/// [`handle`] with the billing source given (`None` leaves the bill alone).
+pub async fn sweep(
+    deps: &Deps,
+    env: &Envelope,
+    billing: Option<&dyn BillingSource>,
+) -> StageResult {
     let now = deps.clock.now();
     let today = deps.money_clock.now();
-    let budgets = deps.config.budgets;
     let current = deps.control.budget_state().await?;
+    let (required, worst) = required_mode(deps, today).await?;
+    let mut out = StageOutput::default();
+    let mut alerts = Vec::new();
+    if required != current.mode {
+        out.writes.push(Write::SetBudgetMode {
+            expected: current.mode,
+            state: BudgetState {
+                mode: required,
+                changed_at: Some(now),
+                reason: worst.clone(),
+            },
+        });
+        alerts.push(mode_alert(env, current.mode, required, &worst, now));
+    }
+    let budgets = deps.config.budgets;
+    let over = if budgets.system_daily.is_some() || budgets.system_monthly.is_some() {
+        systems_over_budget(deps, env, today, now).await?
+    } else {
+        Vec::new()
+    };
+    let flagged = over.len();
+    out.fanout = over;
+    alerts.extend(reclaim_expired_holds(deps, env, now).await?);
+    let bill = match (billing, budgets.reconcile) {
+        (Some(source), Some(settings)) => {
+            reconcile::run(deps, source, reconcile::builtin_models(), settings).await?
+        }
+        _ => reconcile::Reconciled::default(),
+    };
+    out.writes.extend(bill.writes);
+    alerts.extend(bill.alerts);
+    out.summary = if alerts.is_empty() {
+        format!("budget mode stays {}", current.mode.as_str())
+    } else {
+        format!("{} alert(s), mode {}", alerts.len(), required.as_str())
+    };
+    if flagged > 0 {
+        out.summary = format!(
+            "{}, {flagged} system(s) newly over their own budget",
+            out.summary
+        );
+    }
+    if let Some(bill) = bill.summary {
+        out.summary = format!("{}; {bill}", out.summary);
+    }
+    for (i, alert) in alerts.into_iter().enumerate() {
+        out.raise(env, "cost-guard", i, 0, now, alert);
+    }
+    Ok(out)
+}
+
+/// The mode the global budgets call for, with the reason (the budget most spent).
+async fn required_mode(
+    deps: &Deps,
+    today: DateTime<Utc>,
+) -> Result<(BudgetMode, String), super::StageError> {
+    let budgets = deps.config.budgets;
     let mut required = BudgetMode::Normal;
     let mut worst = String::from("within all budgets");
     for limit in budgets
@@ -49,59 +120,32 @@ pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
             );
         }
     }
-    let mut out = StageOutput::default();
-    let mut alerts = Vec::new();
-    if required != current.mode {
-        out.writes.push(Write::SetBudgetMode {
-            expected: current.mode,
-            state: BudgetState {
-                mode: required,
-                changed_at: Some(now),
-                reason: worst.clone(),
-            },
-        });
-        alerts.push(Alert {
-            id: derive_id("alr", &[&env.id, "mode"]),
-            level: match required {
-                BudgetMode::Normal => AlertLevel::Info,
-                BudgetMode::Economy => AlertLevel::Warning,
-                BudgetMode::Paused => AlertLevel::Critical,
-            },
-            kind: "budget_mode".into(),
-            message: format!(
-                "budget mode {} -> {}: {worst}",
-                current.mode.as_str(),
-                required.as_str()
-            ),
-            system_id: None,
-            at: now,
-        });
+    Ok((required, worst))
+}
+
+fn mode_alert(
+    env: &Envelope,
+    current: BudgetMode,
+    required: BudgetMode,
+    worst: &str,
+    now: DateTime<Utc>,
+) -> Alert {
+    Alert {
+        id: derive_id("alr", &[&env.id, "mode"]),
+        level: match required {
+            BudgetMode::Normal => AlertLevel::Info,
+            BudgetMode::Economy => AlertLevel::Warning,
+            BudgetMode::Paused => AlertLevel::Critical,
+        },
+        kind: "budget_mode".into(),
+        message: format!(
+            "budget mode {} -> {}: {worst}",
+            current.as_str(),
+            required.as_str()
+        ),
+        system_id: None,
+        at: now,
     }
-    let over = if budgets.system_daily.is_some() || budgets.system_monthly.is_some() {
-        systems_over_budget(deps, env, today, now).await?
-    } else {
-        Vec::new()
-    };
-    let flagged = over.len();
-    out.fanout = over;
-    if let Some(alert) = reclaim_expired_holds(deps, env, now).await? {
-        alerts.push(alert);
-    }
-    out.summary = if alerts.is_empty() {
-        format!("budget mode stays {}", current.mode.as_str())
-    } else {
-        format!("{} alert(s), mode {}", alerts.len(), required.as_str())
-    };
-    if flagged > 0 {
-        out.summary = format!(
-            "{}, {flagged} system(s) newly over their own budget",
-            out.summary
-        );
-    }
-    for (i, alert) in alerts.into_iter().enumerate() {
-        out.raise(env, "cost-guard", i, 0, now, alert);
-    }
-    Ok(out)
 }
 
 /// Releases every hold past its expiry (its call's process died between reserve and settle, or

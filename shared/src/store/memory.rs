@@ -8,13 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 
 use super::rules::{self, CallCounters, IdempotencyRecord, Lookup};
 use super::{
     BudgetState, CachedAnswer, Checkpoint, CircuitState, Claim, ClaimRequest, ControlState,
     EvolutionStore, LlmCallRecord, StoreResult, SystemRecord, Transaction, Write,
 };
+use crate::cost::reconcile::Reconciliation;
 use crate::cost::{LedgerScope, PeriodKey, Totals};
 use crate::domain::{
     Alert, AnalysisRecord, BudgetMode, DecisionRecord, EvolutionEvent, FitnessSample, Generation,
@@ -59,6 +60,7 @@ struct State {
     ledger: BTreeMap<String, LedgerEntry>,
     holds: BTreeMap<String, Hold>,
     reclaims: Vec<Reclaim>,
+    reconciliations: BTreeMap<NaiveDate, Reconciliation>,
 }
 
 impl MemoryStore {
@@ -109,6 +111,10 @@ impl Lookup for State {
 
     fn budget_mode(&self) -> StoreResult<BudgetMode> {
         Ok(self.budget.as_ref().map_or(BudgetMode::Normal, |b| b.mode))
+    }
+
+    fn reconciliation(&self, day: NaiveDate) -> StoreResult<Option<Reconciliation>> {
+        Ok(self.reconciliations.get(&day).cloned())
     }
 }
 
@@ -185,6 +191,9 @@ impl State {
             }
             Write::SetBudgetMode { state, .. } => {
                 self.budget = Some(state);
+            }
+            Write::PutReconciliation { record } => {
+                self.reconciliations.insert(record.day, record);
             }
             Write::RecordPrediction {
                 model_id,
@@ -434,6 +443,16 @@ impl EvolutionStore for MemoryStore {
             since,
             usize::MAX,
         ))
+    }
+
+    async fn reconciliations(&self, since: Option<NaiveDate>) -> StoreResult<Vec<Reconciliation>> {
+        let state = self.lock();
+        let from = since.unwrap_or(NaiveDate::MIN);
+        Ok(state
+            .reconciliations
+            .range(from..)
+            .map(|(_, r)| r.clone())
+            .collect())
     }
 
     async fn list_alerts(

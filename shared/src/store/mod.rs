@@ -296,6 +296,12 @@ pub enum Write {
         expected: BudgetMode,
         state: BudgetState,
     },
+    /// The bill's reconciliation of a day. Fails when the day is reconciled already, or when
+    /// it was found not billed yet by a run on the same UTC day (see
+    /// [`Reconciliation::refused_over`](crate::cost::reconcile::Reconciliation::refused_over)).
+    PutReconciliation {
+        record: crate::cost::reconcile::Reconciliation,
+    },
     /// Feeds a closed evaluation's prediction error (|predicted - actual| fitness impact) into
     /// the performance record of the model that predicted it. No condition.
     RecordPrediction {
@@ -476,6 +482,12 @@ pub trait EvolutionStore: Send + Sync + std::fmt::Debug {
         since: Option<DateTime<Utc>>,
         limit: usize,
     ) -> StoreResult<Vec<Alert>>;
+
+    /// The bill's reconciliations of the days from `since` on (all when `None`), in day order.
+    async fn reconciliations(
+        &self,
+        since: Option<chrono::NaiveDate>,
+    ) -> StoreResult<Vec<crate::cost::reconcile::Reconciliation>>;
 
     /// Claims `key` for processing until `in_progress_until`; see [`Claim`].
     async fn claim(

@@ -5,9 +5,13 @@
 
 use std::collections::BTreeSet;
 
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
+use chrono::NaiveDate;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+#[cfg(any(feature = "sqlite", feature = "test-support", test))]
+use crate::cost::reconcile::Reconciliation;
 use crate::cost::{BudgetLimit, LedgerScope, PeriodKey, Totals};
 #[cfg(any(feature = "sqlite", feature = "test-support", test))]
 use crate::domain::{BudgetMode, Head, HeadStatus};
@@ -151,6 +155,8 @@ pub(in crate::store) trait Lookup {
     fn cursor_version(&self, id: &SystemId) -> StoreResult<Option<u64>>;
     /// The stored mode, `Normal` when it was never set.
     fn budget_mode(&self) -> StoreResult<BudgetMode>;
+    /// The stored reconciliation of `day`.
+    fn reconciliation(&self, day: NaiveDate) -> StoreResult<Option<Reconciliation>>;
 }
 
 /// Events are stored under their system; the port lets the field be empty for seed fixtures.
@@ -189,7 +195,9 @@ fn owner(write: &Write) -> Option<&SystemId> {
         Write::PutAnalysis { analysis } => Some(&analysis.system_id),
         Write::PutLlmCall { call } => Some(&call.system_id),
         Write::PutAlert { alert } => alert.system_id.as_ref(),
-        Write::SetBudgetMode { .. } | Write::RecordPrediction { .. } => None,
+        Write::SetBudgetMode { .. }
+        | Write::RecordPrediction { .. }
+        | Write::PutReconciliation { .. } => None,
     }
 }
 
@@ -212,6 +220,7 @@ pub(in crate::store) fn op(write: &Write) -> &'static str {
         Write::PutAlert { .. } => "put_alert",
         Write::SetBudgetMode { .. } => "set_budget_mode",
         Write::RecordPrediction { .. } => "record_prediction",
+        Write::PutReconciliation { .. } => "put_reconciliation",
     }
 }
 
@@ -277,6 +286,7 @@ fn item_keys(write: &Write) -> StoreResult<Vec<String>> {
         Write::PutLlmCall { call } => vec![format!("LLM#{}", call.call_id)],
         Write::PutAlert { alert } => vec![format!("ALERT#{}", alert.id)],
         Write::SetBudgetMode { .. } => vec!["CTRL/BUDGET".to_owned()],
+        Write::PutReconciliation { record } => vec![format!("RECONCILE/{}", record.day)],
         // Several predictions may fold into the one record in a transaction.
         Write::RecordPrediction { .. } => vec![],
     };
@@ -472,6 +482,9 @@ fn failed_condition(write: &Write, view: &impl Lookup) -> StoreResult<Option<Str
                     expected.as_str()
                 )
             })
+        }
+        Write::PutReconciliation { record } => {
+            record.refused_over(view.reconciliation(record.day)?.as_ref())
         }
         Write::PutEvent { .. }
         | Write::PutFitnessSample { .. }

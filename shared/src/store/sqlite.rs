@@ -13,13 +13,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Params, TransactionBehavior, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::rules::{IdempotencyRecord, Lookup};
 use super::{BudgetState, StoreError, StoreResult, SystemRecord};
+use crate::cost::reconcile::Reconciliation;
 use crate::cost::{LedgerScope, PeriodKey, Totals};
 use crate::domain::{BudgetMode, Head, PlanCursor, SystemId};
 use crate::store::performance::PerformanceSnapshot;
@@ -31,7 +32,7 @@ pub const DB_FILE: &str = "evolution.db";
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema steps; `PRAGMA user_version` counts how many have been applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
 
 const SCHEMA_V1: &str = "
 CREATE TABLE systems (
@@ -148,6 +149,14 @@ CREATE TABLE reclaims (
     body    TEXT NOT NULL
 );
 CREATE INDEX reclaims_by_time ON reclaims (at, call_id);
+";
+
+/// The bill's reconciliation of each day, keyed by the day (`YYYY-MM-DD` sorts as days do).
+const SCHEMA_V3: &str = "
+CREATE TABLE reconciliations (
+    day  TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
 ";
 
 /// Tables whose rows belong to one system and go when it is purged. The spend audit (ledger,
@@ -417,6 +426,15 @@ impl Lookup for Reader<'_> {
 
     fn budget_mode(&self) -> StoreResult<BudgetMode> {
         Ok(read_budget(self.0)?.mode)
+    }
+
+    fn reconciliation(&self, day: NaiveDate) -> StoreResult<Option<Reconciliation>> {
+        one(
+            self.0,
+            "reconciliations",
+            "SELECT body FROM reconciliations WHERE day = ?1",
+            [day.to_string()],
+        )
     }
 }
 

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::de::DeserializeOwned;
 
 use super::item::{
@@ -13,6 +13,7 @@ use super::{
     CLAIM_ATTEMPTS, CONFLICT_ATTEMPTS, DynamoStore, Query, Range, TransactFailure, backoff, commit,
     idempotency_key, is_condition_failure, since_range, time_range, unless_condition_failed,
 };
+use crate::cost::reconcile::Reconciliation;
 use crate::domain::{
     Alert, AnalysisRecord, DecisionRecord, EvolutionEvent, FitnessSample, Generation, Head,
     HistoryEntry, Plan, PlanCursor, SystemId,
@@ -167,6 +168,14 @@ impl EvolutionStore for DynamoStore {
             return self.records_since(id, keys::CALL, since, usize::MAX).await;
         }
         self.by_day(keys::CALL_DAYS, keys::call_day, since).await
+    }
+
+    async fn reconciliations(&self, since: Option<NaiveDate>) -> StoreResult<Vec<Reconciliation>> {
+        let range = since.map_or(Range::All, |day| {
+            Range::Between(day.to_string(), "~".into())
+        });
+        self.query_records(&Query::new(keys::RECONCILE, range))
+            .await
     }
 
     async fn list_alerts(

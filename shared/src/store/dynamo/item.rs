@@ -72,6 +72,7 @@ pub(super) mod keys {
     pub(in crate::store::dynamo) const CALL_DAYS: &str = "CALLDAYS";
     pub(in crate::store::dynamo) const LEDGER_DAYS: &str = "LEDGERDAYS";
     pub(in crate::store::dynamo) const RECLAIM_DAYS: &str = "RECLAIMDAYS";
+    pub(in crate::store::dynamo) const RECONCILE: &str = "RECONCILE";
     /// Holds are spread over this many partitions, so reserving and settling at fleet scale
     /// does not write one hot partition; the sweep queries them all.
     pub(in crate::store::dynamo) const HOLD_SHARDS: u32 = 8;

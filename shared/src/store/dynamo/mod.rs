@@ -26,6 +26,7 @@
 //! | `LEDGER#<call id>` | `RECORD` | settled call, written once |
 //! | `LEDGERDAY#<yyyy-mm-dd>` | `<ts>#<call id>` | settled calls by day |
 //! | `LEDGERDAYS` | `<yyyy-mm-dd>` | the days with settled calls |
+//! | `RECONCILE` | `<yyyy-mm-dd>` | the bill's reconciliation of the day (`billed`, `checked_on`) |
 //!
 //! `<ts>` is RFC 3339 with nanoseconds and `Z` (fixed width, so key order is time order). The
 //! event index items expire 365 days after the event.

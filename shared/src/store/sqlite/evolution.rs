@@ -2,7 +2,7 @@
 //! inside an immediate transaction after every condition was checked.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use rusqlite::params;
 
 use super::writes::apply;
@@ -10,6 +10,7 @@ use super::{
     Reader, SYSTEM_TABLES, SqlResult, SqliteStore, immediate, many, one, put, read_cursor,
     read_head, read_idempotency, since_key, sql_limit, write_idempotency,
 };
+use crate::cost::reconcile::Reconciliation;
 use crate::domain::{
     Alert, AnalysisRecord, DecisionRecord, EvolutionEvent, FitnessSample, Generation, Head,
     HistoryEntry, Plan, PlanCursor, SystemId,
@@ -209,6 +210,15 @@ impl EvolutionStore for SqliteStore {
             "SELECT body FROM llm_calls WHERE (?1 IS NULL OR system_id = ?1) AND at >= ?2 \
              ORDER BY at, call_id",
             params![id.map(SystemId::as_str), since_key(since)],
+        )
+    }
+
+    async fn reconciliations(&self, since: Option<NaiveDate>) -> StoreResult<Vec<Reconciliation>> {
+        many(
+            &self.conn(),
+            "reconciliations",
+            "SELECT body FROM reconciliations WHERE day >= ?1 ORDER BY day",
+            [since.map(|d| d.to_string()).unwrap_or_default()],
         )
     }
 

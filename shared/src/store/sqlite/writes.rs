@@ -55,6 +55,11 @@ pub(super) fn apply(conn: &Connection, write: &Write) -> StoreResult<()> {
             [alert.id.as_str(), &ts(alert.at), &encode(alert)?],
         ),
         Write::SetBudgetMode { state, .. } => write_control(conn, BUDGET_ROW, state),
+        Write::PutReconciliation { record } => put(
+            conn,
+            "INSERT OR REPLACE INTO reconciliations (day, body) VALUES (?1, ?2)",
+            [record.day.to_string(), encode(record)?],
+        ),
         Write::RecordPrediction {
             model_id,
             role,

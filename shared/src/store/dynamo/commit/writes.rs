@@ -3,11 +3,14 @@
 
 use serde::Serialize;
 
+use aws_sdk_dynamodb::types::AttributeValue;
+
 use super::super::item::{
-    self, APPROVAL, GENERATION, Item, MODE, STATUS, SYSTEM, VERSION, keys, n, s,
+    self, APPROVAL, Expr, GENERATION, Item, MODE, PK, STATUS, SYSTEM, VERSION, keys, n, s,
 };
 use super::items::{event_item, head_item, registry_item};
 use super::{CallArchive, Condition, OnFailure, Owner, Staged, condition, with};
+use crate::cost::reconcile::Reconciliation;
 use crate::domain::{
     BudgetMode, DecisionRecord, EvolutionEvent, Generation, Head, HeadStatus, PlanCursor,
 };
@@ -82,8 +85,14 @@ pub(super) fn stage_write(
             "record_prediction is staged with the performance record".to_owned(),
         )),
         Write::SetBudgetMode { expected, state } => stage.budget_mode(*expected, state),
+        Write::PutReconciliation { record } => stage.reconciliation(record),
     }
 }
+
+/// Condition attributes of a reconciliation: whether it is a comparison (written once), and
+/// the UTC day of the run that wrote it (`YYYY-MM-DD`, so text order is day order).
+const BILLED: &str = "billed";
+const CHECKED_ON: &str = "checked_on";
 
 /// The items of one write, each pushed with that write as its owner, so a cancellation reason at
 /// its position names the write.
@@ -283,6 +292,39 @@ impl Stage<'_> {
         self.upsert_item(format!("{day_pk}/{day_sk}"), item)?;
         self.staged
             .marker(self.table, keys::CALL_DAYS, &item::day(call.at))
+    }
+
+    /// A day's reconciliation: a comparison over nothing or over a day not billed yet; a day not
+    /// billed yet over one an earlier day's run wrote (the rule of
+    /// `Reconciliation::refused_over`).
+    fn reconciliation(&mut self, record: &Reconciliation) -> StoreResult<()> {
+        let sk = record.day.to_string();
+        let checked_on = record.checked_on().to_string();
+        let mut expr = Expr::default();
+        let (pk, billed) = (expr.name(PK), expr.name(BILLED));
+        let pending = format!("{billed} = {}", expr.value(AttributeValue::Bool(false)));
+        // Names and values an expression does not use are refused, so each is added with its use.
+        let expression = if record.is_compared() {
+            format!("attribute_not_exists({pk}) OR {pending}")
+        } else {
+            let (on, today) = (expr.name(CHECKED_ON), expr.value(s(&checked_on)));
+            format!("attribute_not_exists({pk}) OR ({pending} AND {on} < {today})")
+        };
+        let item = with(
+            item::record(keys::RECONCILE, &sk, record)?,
+            [
+                (BILLED, AttributeValue::Bool(record.is_compared())),
+                (CHECKED_ON, s(checked_on)),
+            ],
+        );
+        let expected = format!("{} not reconciled yet", record.day);
+        let key = format!("{}/{sk}", keys::RECONCILE);
+        self.push(
+            key,
+            condition(expected),
+            item,
+            Some(Condition { expression, expr }),
+        )
     }
 
     fn budget_mode(&mut self, expected: BudgetMode, state: &BudgetState) -> StoreResult<()> {
