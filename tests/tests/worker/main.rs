@@ -5,6 +5,7 @@
 //! the process exits 0; and a message whose work outlasts the visibility timeout is kept hidden
 //! from other consumers by the heartbeat.
 
+mod running_system;
 mod stack;
 
 use std::time::Duration;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use shared::bus::aws::Destinations;
 use shared::domain::{DnaFile, Queue, SystemId, Topic};
 use shared::engine::LocalEngine;
 use shared::local::{LocalHome, init_system};
@@ -106,6 +107,15 @@ impl Stack {
         }
     }
 
+    /// The stack's queues and topics, for a bus of the test's own that sends where the
+    /// product does.
+    pub fn destinations(&self) -> Destinations {
+        Destinations {
+            queues: self.queues.clone(),
+            topics: self.topics.clone(),
+        }
+    }
+
     /// `evolve init` against the stack: the one direct write.
     pub async fn init(&self) {
         let (id, schema, genes) = DnaFile::parse(DNA).expect("DNA");
@@ -115,9 +125,16 @@ impl Stack {
             chrono::Utc::now(),
             PipelineConfig::default(),
         );
-        init_system(&home.deps, &id, schema, genes, SystemSettings::default())
-            .await
-            .expect("init");
+        init_system(
+            &home.deps,
+            home.bus.as_ref(),
+            &id,
+            schema,
+            genes,
+            SystemSettings::default(),
+        )
+        .await
+        .expect("init");
     }
 
     /// The running system reports generation 0's fitness: snapshot closes the baseline and
