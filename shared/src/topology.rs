@@ -14,6 +14,8 @@ pub enum Extra {
     ApprovalGate,
     /// snapshot consumes two queues and tells their records apart by source ARN.
     SourceArns,
+    /// cost-guard's daily reconciliation of the ledger against the bill: its threshold and hour.
+    Reconcile,
 }
 
 /// One function of the pipeline: what it consumes, where it sends, and what it needs.
@@ -91,7 +93,7 @@ pub const COST_GUARD: Consumer = Consumer {
     sends: &[],
     publishes: &[Topic::Alerts],
     calls_llm: false,
-    extras: &[Extra::Budgets],
+    extras: &[Extra::Budgets, Extra::Reconcile],
 };
 
 /// The pipeline's five functions. notify consumes the alerts topic, not a queue, and has its

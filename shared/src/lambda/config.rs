@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use super::QueueSources;
 use crate::bus::aws::Destinations;
 use crate::cost::Budgets;
+use crate::cost::reconcile::ReconcileSettings;
 use crate::domain::Queue;
 use crate::stages::PipelineConfig;
 use crate::topology::{self, Consumer, Extra};
@@ -34,6 +35,12 @@ pub const NOTIFY_KINDS: &str = "NOTIFY_KINDS";
 pub const WEBHOOK_SECRET_TTL_SECONDS: &str = "WEBHOOK_SECRET_TTL_SECONDS";
 /// The longest one webhook post may take, in milliseconds (default 5000).
 pub const WEBHOOK_TIMEOUT_MS: &str = "WEBHOOK_TIMEOUT_MS";
+/// cost-guard: the difference between the bill and the ledger that raises an alert, in basis
+/// points of the bill (the template's default is 200, 2%). Unset or blank, the bill is not read:
+/// reading it needs Cost Explorer, which only a deployment grants.
+pub const RECONCILE_THRESHOLD_BP: &str = "RECONCILE_THRESHOLD_BP";
+/// cost-guard: the UTC hour (0-23) from which the day's reconciliation runs (default 6).
+pub const RECONCILE_HOUR_UTC: &str = "RECONCILE_HOUR_UTC";
 
 /// A configuration that cannot run; names the variable, never echoes its value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,11 +170,14 @@ pub struct SnapshotConfig {
     pub fitness_queue_arn: String,
 }
 
-/// The cost-guard function: its queue and its sweep schedule; publishes alerts. No LLM.
+/// The cost-guard function: its queue and its sweep schedule; publishes alerts. No LLM. Its
+/// sweep reconciles the ledger with the bill once a day.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CostGuardConfig {
     pub common: Common,
     pub budgets: Budgets,
+    /// `None` when the deployment does not ask for the bill to be reconciled.
+    pub reconcile: Option<ReconcileSettings>,
 }
 
 /// `from_env` (the process environment, read once at cold start) and `from_map` (tests), the
@@ -322,6 +332,7 @@ impl CostGuardConfig {
         Ok(Self {
             common: common(vars, Self::CONSUMER)?,
             budgets: budgets(vars)?,
+            reconcile: reconcile(vars)?,
         })
     }
 
@@ -329,8 +340,12 @@ impl CostGuardConfig {
         QueueSources::Only(Self::CONSUMER.consumes[0])
     }
 
+    /// The budgets, and the bill's reconciliation in the sweep.
     pub fn pipeline(&self) -> PipelineConfig {
-        pipeline(self.budgets)
+        pipeline(Budgets {
+            reconcile: self.reconcile,
+            ..self.budgets
+        })
     }
 }
 
@@ -365,6 +380,9 @@ pub fn variables(consumer: &Consumer) -> Vec<&'static str> {
     }
     if consumer.has(Extra::SourceArns) {
         names.extend([SNAPSHOT_QUEUE_ARN, FITNESS_QUEUE_ARN]);
+    }
+    if consumer.has(Extra::Reconcile) {
+        names.extend([RECONCILE_THRESHOLD_BP, RECONCILE_HOUR_UTC]);
     }
     names
 }
@@ -497,6 +515,34 @@ fn budgets(vars: &Vars<'_>) -> Result<Budgets, ConfigError> {
         global_monthly: vars.nano_usd(MONTHLY_BUDGET_NANO_USD)?,
         ..PipelineConfig::default().budgets
     })
+}
+
+/// The reconciliation's threshold (any whole number of basis points) and hour (0-23, default 6);
+/// `None` without a threshold, which turns the reconciliation off.
+fn reconcile(vars: &Vars<'_>) -> Result<Option<ReconcileSettings>, ConfigError> {
+    let hour_utc = match vars.optional(RECONCILE_HOUR_UTC) {
+        None => ReconcileSettings::default().hour_utc,
+        Some(v) => v
+            .parse::<u32>()
+            .ok()
+            .filter(|hour| *hour < 24)
+            .ok_or_else(|| ConfigError::Invalid {
+                name: RECONCILE_HOUR_UTC,
+                reason: "expected a UTC hour from 0 to 23".into(),
+            })?,
+    };
+    vars.optional(RECONCILE_THRESHOLD_BP)
+        .map(|v| {
+            let threshold_bp = v.parse::<u32>().map_err(|_| ConfigError::Invalid {
+                name: RECONCILE_THRESHOLD_BP,
+                reason: "expected a whole number of basis points (200 is 2%)".into(),
+            })?;
+            Ok(ReconcileSettings {
+                threshold_bp,
+                hour_utc,
+            })
+        })
+        .transpose()
 }
 
 fn llm(vars: &Vars<'_>) -> Result<LlmSettings, ConfigError> {

@@ -13,6 +13,7 @@ mod lint;
 mod observability;
 mod policies;
 mod queues;
+mod reconcile;
 mod schedule;
 mod storage;
 mod worker;

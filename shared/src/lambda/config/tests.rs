@@ -55,6 +55,8 @@ fn full() -> HashMap<String, String> {
     set(NOTIFY_KINDS, "security, approval".into());
     set(WEBHOOK_SECRET_TTL_SECONDS, "60".into());
     set(WEBHOOK_TIMEOUT_MS, "2500".into());
+    set(RECONCILE_THRESHOLD_BP, "350".into());
+    set(RECONCILE_HOUR_UTC, "9".into());
     map
 }
 
@@ -257,6 +259,46 @@ fn budgets_and_engine_are_parsed() {
     assert_eq!(a.llm.engine, LlmEngine::Local);
     assert_eq!(a.llm.model_catalog, Some(PathBuf::from("catalog.json")));
     assert_eq!(a.llm.response_cache_ttl_seconds, Some(600));
+}
+
+#[test]
+fn cost_guard_reconciles_the_bill_when_given_a_threshold() {
+    let c = CostGuardConfig::from_map(&full()).expect("cost-guard");
+    let settings = ReconcileSettings {
+        threshold_bp: 350,
+        hour_utc: 9,
+    };
+    assert_eq!(c.reconcile, Some(settings));
+    assert_eq!(c.pipeline().budgets.reconcile, Some(settings));
+    let mut default_hour = full();
+    default_hour.insert(RECONCILE_HOUR_UTC.into(), String::new());
+    let c = CostGuardConfig::from_map(&default_hour).expect("default hour");
+    assert_eq!(c.reconcile.map(|s| s.hour_utc), Some(6));
+    for off in ["", "  "] {
+        let mut map = full();
+        map.insert(RECONCILE_THRESHOLD_BP.into(), off.into());
+        let c = CostGuardConfig::from_map(&map).expect("off");
+        assert_eq!(c.reconcile, None, "{off:?} turns the bill off");
+        assert_eq!(c.pipeline().budgets.reconcile, None);
+    }
+    for (name, value) in [
+        (RECONCILE_THRESHOLD_BP, "2%"),
+        (RECONCILE_THRESHOLD_BP, "-1"),
+        (RECONCILE_HOUR_UTC, "24"),
+        (RECONCILE_HOUR_UTC, "6am"),
+    ] {
+        let mut bad = full();
+        bad.insert(name.into(), value.into());
+        let err = CostGuardConfig::from_map(&bad).expect_err(value);
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    let a = AnalyzeConfig::from_map(&full()).expect("analyze");
+    assert_eq!(
+        a.pipeline().budgets.reconcile,
+        None,
+        "only cost-guard reads the bill"
+    );
+    assert!(!AnalyzeConfig::variables().contains(&RECONCILE_THRESHOLD_BP));
 }
 
 #[test]
