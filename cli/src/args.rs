@@ -81,8 +81,9 @@ pub enum Command {
     History(HistoryArgs),
     /// The decision audit trail.
     Decisions(ListArgs),
-    /// LLM spend: today, this month, by model, and the budget mode.
-    Cost(JsonFlag),
+    /// LLM spend: today, this month, by model, and the budget mode. With `--reconcile`: each
+    /// past day's spend as the ledger counted it against what AWS billed for it.
+    Cost(CostArgs),
     /// Roll back to an earlier generation (committed as a new generation, then re-measured).
     Rollback(RollbackArgs),
     /// With `--store aws`: consume the stack's queues and run the pipeline, as the functions do,
@@ -136,6 +137,30 @@ pub struct JsonFlag {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The bill's daily reconciliations (what AWS billed for Bedrock against the ledger, per day
+    /// and model) instead of the spend.
+    #[arg(long)]
+    pub reconcile: bool,
+    /// With `--reconcile --store aws`: reconcile this past UTC day (YYYY-MM-DD) now, from Cost
+    /// Explorer, unless it is reconciled already; prints that day's record.
+    #[arg(long, requires = "reconcile", value_parser = parse_day)]
+    pub day: Option<chrono::NaiveDate>,
+    /// With `--day`: the difference that raises an alert, in basis points of the bill.
+    #[arg(long, env = "EVOLVE_RECONCILE_THRESHOLD_BP", default_value_t = shared::cost::reconcile::DEFAULT_THRESHOLD_BP)]
+    pub threshold_bp: u32,
+}
+
+/// `--day`: a UTC calendar day.
+fn parse_day(text: &str) -> Result<chrono::NaiveDate, String> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .map_err(|_| format!("{text:?} is not a day like 2026-12-04"))
 }
 
 #[derive(Debug, Args)]

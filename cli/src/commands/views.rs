@@ -1,18 +1,25 @@
 //! `status`, `history`, `decisions`, `cost` and `rollback`.
 
-use chrono::Utc;
+use chrono::{NaiveDate, Utc};
 use serde::Serialize;
 use serde_json::json;
+use shared::cost::billing::cost_explorer::CostExplorerBilling;
+use shared::cost::reconcile::{
+    Outcome, Reconciliation, format_billed, format_bp, format_difference, reconcile_days,
+};
 use shared::cost::{LedgerScope, PeriodKey, format_usd};
 use shared::domain::{
     Body, BudgetPeriod, DecisionRecord, Envelope, Head, HeadStatus, HistoryEntry, PendingApproval,
     SystemId, derive_id, describe_changes,
 };
-use shared::store::BudgetState;
+use shared::stages::cost_guard::reconcile::{alert, builtin_models, summary};
+use shared::store::{BudgetState, FullStore, Transaction, Write};
 use std::collections::BTreeMap;
 
 use super::{open_existing, resolve_system};
-use crate::args::{Cli, Format, HistoryArgs, ListArgs, RollbackArgs, StatusArgs};
+use crate::args::{
+    Cli, Command, CostArgs, Format, HistoryArgs, ListArgs, RollbackArgs, StatusArgs, StoreKind,
+};
 use crate::output::{bad_input, fmt_fitness, print_json};
 
 /// Direction of the last few kept fitness values: the mean step between them.
@@ -357,6 +364,11 @@ struct ModelSpend {
 }
 
 pub async fn cost(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    if let Command::Cost(args) = &cli.command {
+        if args.reconcile {
+            return reconciliations(cli, args).await;
+        }
+    }
     let store = open_existing(cli).await?;
     let now = Utc::now();
     let day = store
@@ -435,6 +447,141 @@ pub async fn cost(cli: &Cli, json: bool) -> anyhow::Result<()> {
         reclaims.len()
     );
     Ok(())
+}
+
+/// `evolve cost --reconcile`: every recorded reconciliation, or with `--day` that day's,
+/// reconciled first when it is not yet.
+async fn reconciliations(cli: &Cli, args: &CostArgs) -> anyhow::Result<()> {
+    let store = open_existing(cli).await?;
+    let records = match args.day {
+        Some(day) => vec![reconcile_day(cli, store.as_ref(), day, args.threshold_bp).await?],
+        None => store.reconciliations(None).await?,
+    };
+    if args.json {
+        return match (args.day, records.first()) {
+            (Some(_), Some(record)) => print_json(record),
+            _ => print_json(&records),
+        };
+    }
+    if records.is_empty() {
+        println!(
+            "no reconciliation recorded: cost-guard records one per past day from the first \
+             sweep after its reconcile hour (deployed stacks), or run `evolve cost --reconcile \
+             --store aws --day YYYY-MM-DD`"
+        );
+    }
+    for record in &records {
+        print_reconciliation(record);
+    }
+    Ok(())
+}
+
+/// Reconciles `day` from Cost Explorer unless it is already, records it, and returns the
+/// day's record. Only a deployed stack has a bill: the local store's spend is no account's.
+async fn reconcile_day(
+    cli: &Cli,
+    store: &dyn FullStore,
+    day: NaiveDate,
+    threshold_bp: u32,
+) -> anyhow::Result<Reconciliation> {
+    if cli.store != StoreKind::Aws {
+        return Err(bad_input(
+            "--day reads the bill from Cost Explorer, and only a deployed stack's spend is \
+             billed to an AWS account: use --store aws (a local store has nothing to reconcile)",
+        ));
+    }
+    let now = Utc::now();
+    if day >= now.date_naive() {
+        return Err(bad_input(format!(
+            "{day} is not over yet (UTC): a day is reconciled once it has ended"
+        )));
+    }
+    let stored = store
+        .reconciliations(Some(day))
+        .await?
+        .into_iter()
+        .find(|r| r.day == day);
+    if let Some(stored) = stored.as_ref().filter(|s| s.is_compared()) {
+        eprintln!(
+            "{day} was reconciled on {} (a day is compared once)",
+            stored.checked_at.format("%Y-%m-%d %H:%M UTC")
+        );
+        return Ok(stored.clone());
+    }
+    let source = CostExplorerBilling::from_env().await;
+    let run = reconcile_days(store, &source, builtin_models(), &[day], threshold_bp, now).await?;
+    if let Some(error) = run.error {
+        anyhow::bail!(
+            "{error}: the cost-guard role's ce:GetCostAndUsage permission, or yours, is needed"
+        );
+    }
+    let record = run
+        .records
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no record for {day}"))?;
+    record_reconciliation(store, &record, stored.as_ref()).await?;
+    Ok(record)
+}
+
+/// Stores the record (and its alert) unless the stored one stands: a comparison is written
+/// once, a day not billed yet once per day it was asked for.
+async fn record_reconciliation(
+    store: &dyn FullStore,
+    record: &Reconciliation,
+    stored: Option<&Reconciliation>,
+) -> anyhow::Result<()> {
+    if let Some(why) = record.refused_over(stored) {
+        eprintln!("not recorded: {why}");
+        return Ok(());
+    }
+    let mut writes = vec![Write::PutReconciliation {
+        record: record.clone(),
+    }];
+    if let Some(alert) = alert(record) {
+        eprintln!("alert: {}", alert.message);
+        writes.push(Write::PutAlert { alert });
+    }
+    store
+        .commit(Transaction {
+            writes,
+            completion: None,
+        })
+        .await?;
+    eprintln!("recorded: {}", summary(record));
+    Ok(())
+}
+
+fn print_reconciliation(record: &Reconciliation) {
+    let checked = record.checked_at.format("%Y-%m-%d %H:%M");
+    match &record.outcome {
+        Outcome::NotYetBilled { reason } => println!(
+            "{}  not billed yet  ledger {}  ({reason}; asked {checked} UTC)",
+            record.day,
+            format_usd(record.ledger_nano)
+        ),
+        Outcome::Compared(c) => {
+            println!(
+                "{}  billed {}  ledger {}  difference {} ({}){}{}  (checked {checked} UTC)",
+                record.day,
+                format_billed(c.billed_nano),
+                format_usd(record.ledger_nano),
+                format_difference(c.difference_nano),
+                c.difference_bp.map_or_else(|| "n/a".to_owned(), format_bp),
+                if c.exceeded { "  OVER THRESHOLD" } else { "" },
+                if c.unbilled { "  never billed" } else { "" },
+            );
+            for m in &c.models {
+                println!(
+                    "    {:<44}  billed {:>12}  ledger {:>12}  difference {:>13}",
+                    m.model,
+                    format_billed(m.billed_nano),
+                    format_usd(m.ledger_nano),
+                    format_difference(m.difference_nano)
+                );
+            }
+        }
+    }
 }
 
 /// Bedrock requests per role call: the figure a misbehaving model drives up.

@@ -25,7 +25,15 @@ const RECLAIM_BATCH: usize = 500;
 /// whose calls never settled are reclaimed and alerted on, and once a day the bill is
 /// reconciled with the ledger, where the budgets ask for it.
 pub async fn handle(deps: &Deps, env: &Envelope) -> StageResult {
+    #[cfg(feature = "billing")]
     let billing = reconcile::process_billing(deps).await;
+    #[cfg(not(feature = "billing"))]
+    let billing: Option<std::sync::Arc<dyn BillingSource>> = {
+        if deps.config.budgets.reconcile.is_some() {
+            tracing::debug!("built without a billing source: the bill is not reconciled");
+        }
+        None
+    };
     sweep(deps, env, billing.as_deref()).await
 }
 

@@ -4,6 +4,7 @@
 //! day and conditioned like every other write, so a later sweep, a redelivered one or two
 //! racing ones reconcile a day once.
 
+#[cfg(feature = "billing")]
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Timelike, Utc};
@@ -28,14 +29,20 @@ pub struct Reconciled {
 }
 
 /// This process's billing source, when the pipeline's budgets ask for the bill to be
-/// reconciled (local runs have no bill to read, and never build one).
+/// reconciled (local runs have no bill to read, and never build one): Cost Explorer on the
+/// process's credentials and endpoints, built on first use like its other SDK clients.
+#[cfg(feature = "billing")]
 pub(super) async fn process_billing(deps: &Deps) -> Option<Arc<dyn BillingSource>> {
+    use crate::cost::billing::cost_explorer::CostExplorerBilling;
+    static SOURCE: tokio::sync::OnceCell<Arc<dyn BillingSource>> =
+        tokio::sync::OnceCell::const_new();
     deps.config.budgets.reconcile?;
-    let source = process_source().await;
-    if source.is_none() {
-        tracing::debug!("built without a billing source: the bill is not reconciled");
-    }
-    source
+    let source = SOURCE
+        .get_or_init(|| async {
+            Arc::new(CostExplorerBilling::from_env().await) as Arc<dyn BillingSource>
+        })
+        .await;
+    Some(source.clone())
 }
 
 /// The day's run: nothing before `settings.hour_utc` or once every day of the lookback has its
@@ -178,26 +185,6 @@ fn log(record: &Reconciliation) {
 pub fn builtin_models() -> &'static ModelMap {
     static MODELS: std::sync::OnceLock<ModelMap> = std::sync::OnceLock::new();
     MODELS.get_or_init(ModelMap::builtin)
-}
-
-/// Cost Explorer on this process's credentials and endpoints, built on first use like the
-/// process's other SDK clients (only the cost-guard sweep reads the bill).
-#[cfg(feature = "billing")]
-async fn process_source() -> Option<Arc<dyn BillingSource>> {
-    use crate::cost::billing::cost_explorer::CostExplorerBilling;
-    static SOURCE: tokio::sync::OnceCell<Arc<dyn BillingSource>> =
-        tokio::sync::OnceCell::const_new();
-    let source = SOURCE
-        .get_or_init(|| async {
-            Arc::new(CostExplorerBilling::from_env().await) as Arc<dyn BillingSource>
-        })
-        .await;
-    Some(source.clone())
-}
-
-#[cfg(not(feature = "billing"))]
-async fn process_source() -> Option<Arc<dyn BillingSource>> {
-    None
 }
 
 #[cfg(test)]
