@@ -45,14 +45,11 @@ fn daily(start: &str, groups: &[(&str, &str)]) -> Value {
 
 /// The test clients' configuration in another region than Cost Explorer's.
 async fn elsewhere(url: &str) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("eu-west-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .endpoint_url(url)
-        .load()
+    sdk_config(url)
         .await
+        .to_builder()
+        .region(aws_config::Region::new("eu-west-1"))
+        .build()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

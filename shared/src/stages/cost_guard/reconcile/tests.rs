@@ -88,6 +88,17 @@ impl World {
         self.store.settle(&settlement).await.expect("settle");
     }
 
+    /// A dollar of Haiku spent on 2026-12-04, billed `billed` nano-USD (none when `None`).
+    async fn haiku_day(now: &str, billed: Option<i64>) -> Self {
+        let w = Self::new(now);
+        w.spend("c1", HAIKU, 1_000_000_000, "2026-12-04T10:00:00Z")
+            .await;
+        if let Some(billed) = billed {
+            w.set_bill(4, &[(HAIKU, billed)]);
+        }
+        w
+    }
+
     /// The sweep of the clock's minute, with the in-memory bill.
     async fn sweep(&self) -> StageOutput {
         let env = sweep_envelope(self.clock.now());
@@ -182,10 +193,7 @@ async fn a_difference_under_the_threshold_is_recorded_without_an_alert() {
 
 #[tokio::test]
 async fn a_difference_over_the_threshold_raises_an_alert_with_the_record() {
-    let w = World::new("2026-12-05T09:30:00Z");
-    w.spend("c1", HAIKU, 1_000_000_000, "2026-12-04T10:00:00Z")
-        .await;
-    w.set_bill(4, &[(HAIKU, 1_100_000_000)]);
+    let w = World::haiku_day("2026-12-05T09:30:00Z", Some(1_100_000_000)).await;
     let out = w.sweep().await;
     let alerts = raised(&out, "bill_reconciliation");
     assert_eq!(alerts.len(), 1, "{out:?}");
@@ -207,14 +215,11 @@ async fn a_difference_over_the_threshold_raises_an_alert_with_the_record() {
 
 #[tokio::test]
 async fn the_threshold_comes_from_the_settings() {
-    let mut w = World::new("2026-12-05T09:30:00Z");
+    let mut w = World::haiku_day("2026-12-05T09:30:00Z", Some(1_100_000_000)).await;
     w.settings = Some(ReconcileSettings {
         threshold_bp: 1_000,
         hour_utc: 9,
     });
-    w.spend("c1", HAIKU, 1_000_000_000, "2026-12-04T10:00:00Z")
-        .await;
-    w.set_bill(4, &[(HAIKU, 1_100_000_000)]);
     let out = w.sweep().await;
     assert!(
         raised(&out, "bill_reconciliation").is_empty(),
@@ -236,9 +241,7 @@ async fn nothing_happens_before_the_hour_or_without_settings() {
 
 #[tokio::test]
 async fn a_day_without_billing_data_waits_for_the_next_days_run() {
-    let w = World::new("2026-12-05T06:00:00Z");
-    w.spend("c1", HAIKU, 1_000_000_000, "2026-12-04T10:00:00Z")
-        .await;
+    let w = World::haiku_day("2026-12-05T06:00:00Z", None).await;
     let out = w.sweep().await;
     let records = reconciliations(&out);
     assert!(
@@ -288,10 +291,7 @@ async fn a_day_still_unbilled_at_its_last_run_is_compared_against_nothing() {
 
 #[tokio::test]
 async fn a_day_is_reconciled_once_whatever_sweeps_run() {
-    let w = World::new("2026-12-05T06:00:00Z");
-    w.spend("c1", HAIKU, 1_000_000_000, "2026-12-04T10:00:00Z")
-        .await;
-    w.set_bill(4, &[(HAIKU, 2_000_000_000)]);
+    let w = World::haiku_day("2026-12-05T06:00:00Z", Some(2_000_000_000)).await;
     let first = w.sweep().await;
     let racing = w.sweep().await;
     w.commit(&first).await.expect("first");
