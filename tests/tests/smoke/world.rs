@@ -189,6 +189,9 @@ impl World {
             config::NOTIFY_MIN_LEVEL => "warning".to_owned(),
             config::WEBHOOK_SECRET_TTL_SECONDS => "300".to_owned(),
             config::WEBHOOK_TIMEOUT_MS => "5000".to_owned(),
+            // The template's defaults.
+            config::RECONCILE_THRESHOLD_BP => "200".to_owned(),
+            config::RECONCILE_HOUR_UTC => "6".to_owned(),
             other => panic!("the smoke test does not know how to set {other}"),
         }
     }

@@ -32,17 +32,27 @@ const STAR_RESOURCES: &[(&str, &str, &str)] = &[
     ),
     ("Key", "RunningSystemSendsFitnessThroughSqs", KEY_POLICY),
     ("Key", "OperatorsSendThroughSqs", KEY_POLICY),
+    ("Key", "AuditTrailEncryptsItsLogs", KEY_POLICY),
     ("WorkerExecutionRole", "EcrToken", ECR_TOKEN),
+    ("CostGuardFunctionRole", "ReadsTheBill", COST_EXPLORER),
 ];
+const COST_EXPLORER: &str = "ce:GetCostAndUsage has no resource-level permissions";
 const KEY_POLICY: &str = "a key policy names its own key as '*'";
 const ECR_TOKEN: &str = "ecr:GetAuthorizationToken has no resource-level permissions";
 
 /// The only statements whose actions may hold a wildcard: Denies, which only take away.
-const WILDCARD_DENIES: &[(&str, &str, &str)] = &[(
-    "BucketPolicy",
-    "DenyRequestsWithoutTls",
-    "AWS Config's s3-bucket-ssl-requests-only expects s3:* in the TLS Deny",
-)];
+const WILDCARD_DENIES: &[(&str, &str, &str)] = &[
+    (
+        "BucketPolicy",
+        "DenyRequestsWithoutTls",
+        "AWS Config's s3-bucket-ssl-requests-only expects s3:* in the TLS Deny",
+    ),
+    (
+        "TrailBucketPolicy",
+        "DenyRequestsWithoutTls",
+        "AWS Config's s3-bucket-ssl-requests-only expects s3:* in the TLS Deny",
+    ),
+];
 
 /// `(logical id, Sid)` of each statement an allow-list of `(logical id, Sid, reason)` names.
 fn allow_listed(list: &[(&str, &str, &str)]) -> BTreeSet<(String, String)> {
@@ -117,14 +127,21 @@ fn resource_star_appears_only_where_aws_requires_it_and_says_why() {
         let kind = t.resource(id)["Type"].as_str().unwrap_or("");
         let identity = kind == "AWS::IAM::Role" || kind == "AWS::IAM::ManagedPolicy";
         if identity && names_every_resource(statement) {
-            assert_eq!(
-                (id, statement["Sid"].as_str(), actions(statement)),
-                (
-                    "WorkerExecutionRole",
-                    Some("EcrToken"),
-                    vec!["ecr:GetAuthorizationToken"]
-                ),
-                "{id}"
+            let found = (id, statement["Sid"].as_str(), actions(statement));
+            assert!(
+                found
+                    == (
+                        "WorkerExecutionRole",
+                        Some("EcrToken"),
+                        vec!["ecr:GetAuthorizationToken"]
+                    )
+                    || found
+                        == (
+                            "CostGuardFunctionRole",
+                            Some("ReadsTheBill"),
+                            vec!["ce:GetCostAndUsage"]
+                        ),
+                "{found:?}"
             );
         }
     }

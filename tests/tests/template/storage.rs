@@ -68,9 +68,9 @@ fn every_store_uses_the_stack_key() {
             stores += 1;
         }
     }
-    // 1 table, 1 bucket, 14 queues, 2 topics, 6 + 1 log groups (the functions', the worker's),
-    // 2 schedules, 1 secret.
-    assert_eq!(stores, 1 + 1 + 14 + 2 + 7 + 2 + 1);
+    // 1 table, 2 buckets (the data's, the audit trail's), 14 queues, 2 topics, 6 + 1 log groups
+    // (the functions', the worker's), 2 schedules, 1 secret.
+    assert_eq!(stores, 1 + 2 + 14 + 2 + 7 + 2 + 1);
 }
 
 #[test]
