@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::json;
 use shared::cost::billing::cost_explorer::CostExplorerBilling;
 use shared::cost::reconcile::{
-    Outcome, Reconciliation, format_billed, format_bp, format_difference, reconcile_days,
+    Outcome, Reconciliation, format_billed, format_bp, format_difference,
 };
 use shared::cost::{LedgerScope, PeriodKey, format_usd};
 use shared::domain::{
@@ -509,7 +509,15 @@ async fn reconcile_day(
         return Ok(stored.clone());
     }
     let source = CostExplorerBilling::from_env().await;
-    let run = reconcile_days(store, &source, builtin_models(), &[day], threshold_bp, now).await?;
+    let run = shared::stages::cost_guard::reconcile::reconcile_days(
+        store,
+        &source,
+        builtin_models(),
+        &[day],
+        threshold_bp,
+        now,
+    )
+    .await?;
     if let Some(error) = run.error {
         anyhow::bail!(
             "{error}: the cost-guard role's ce:GetCostAndUsage permission, or yours, is needed"

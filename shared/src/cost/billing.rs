@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use chrono::NaiveDate;
 
-use crate::llm::catalog::ModelCatalog;
-
 #[cfg(feature = "billing")]
 pub mod cost_explorer;
 
@@ -144,46 +142,12 @@ fn shifted(digits: &str, shift: i32) -> Option<u128> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelMap {
     /// Normalized model name to base model id; names two base models share are left out.
-    by_name: BTreeMap<String, String>,
+    pub(crate) by_name: BTreeMap<String, String>,
     /// Every catalog model id to its base model id.
-    bases: BTreeMap<String, String>,
+    pub(crate) bases: BTreeMap<String, String>,
 }
 
 impl ModelMap {
-    pub fn from_catalog(catalog: &ModelCatalog) -> Self {
-        let mut by_name: BTreeMap<String, Option<String>> = BTreeMap::new();
-        let mut bases = BTreeMap::new();
-        for model in &catalog.models {
-            bases.insert(model.id.clone(), model.base_model_id.clone());
-            let name = catalog_name(&model.name);
-            let entry = by_name
-                .entry(name)
-                .or_insert_with(|| Some(model.base_model_id.clone()));
-            if entry.as_deref() != Some(model.base_model_id.as_str()) {
-                *entry = None;
-            }
-        }
-        Self {
-            by_name: by_name
-                .into_iter()
-                .filter_map(|(name, base)| Some((name, base?)))
-                .collect(),
-            bases,
-        }
-    }
-
-    /// The map of the catalog compiled into the build; empty (every cost in [`OTHER`]) if that
-    /// catalog cannot be read, which its own tests rule out.
-    pub fn builtin() -> Self {
-        match ModelCatalog::embedded() {
-            Ok(catalog) => Self::from_catalog(&catalog),
-            Err(error) => {
-                tracing::warn!(%error, "the built-in model catalog cannot be read: bills are not split by model");
-                Self::default()
-            }
-        }
-    }
-
     /// The base model id a usage type names, if it names a known model.
     pub fn model_of_usage_type(&self, usage_type: &str) -> Option<&str> {
         self.by_name
@@ -208,7 +172,7 @@ fn normalize(text: &str) -> String {
 }
 
 /// A catalog name without its geography suffix: `Claude Sonnet 4.5 (US)` is `claudesonnet45`.
-fn catalog_name(name: &str) -> String {
+pub(crate) fn catalog_name(name: &str) -> String {
     let bare = match name.rfind(" (") {
         Some(at) if name.ends_with(')') => &name[..at],
         _ => name,

@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::billing::{BillingError, BillingSource, DailyBill, ModelMap, OTHER};
-use super::{LedgerScope, PeriodKey};
-use crate::store::{CostLedger, StoreResult};
+use super::billing::{BillingError, DailyBill, OTHER};
 
 /// The difference that raises an alert, in basis points of the bill: 2%.
 pub const DEFAULT_THRESHOLD_BP: u32 = 200;
@@ -160,74 +158,6 @@ pub const NOT_BILLED: &str = "no billing data for the day yet";
 pub struct Run {
     pub records: Vec<Reconciliation>,
     pub error: Option<BillingError>,
-}
-
-/// Asks the bill for `days` (ascending, not empty) in one request and records each against the
-/// ledger's spend of it, as a run at `now` does.
-pub async fn reconcile_days(
-    ledger: &dyn CostLedger,
-    source: &dyn BillingSource,
-    models: &ModelMap,
-    days: &[NaiveDate],
-    threshold_bp: u32,
-    now: DateTime<Utc>,
-) -> StoreResult<Run> {
-    let (Some(first), Some(last)) = (days.first(), days.last()) else {
-        return Ok(Run {
-            records: Vec::new(),
-            error: None,
-        });
-    };
-    let bills = source.daily_bills(*first, *last + Duration::days(1)).await;
-    let mut records = Vec::with_capacity(days.len());
-    for &day in days {
-        let spent = ledger_day(ledger, models, day).await?;
-        records.push(match &bills {
-            Ok(bills) => record(
-                day,
-                bills.iter().find(|b| b.day == day),
-                &spent,
-                threshold_bp,
-                now,
-            ),
-            Err(error) => Reconciliation {
-                day,
-                checked_at: now,
-                ledger_nano: spent.total_nano,
-                outcome: Outcome::NotYetBilled {
-                    reason: error.to_string(),
-                },
-            },
-        });
-    }
-    Ok(Run {
-        records,
-        error: bills.err(),
-    })
-}
-
-/// The ledger's spend of `day`: its total, and per base model id the spend of the catalog's
-/// models (one counter read each: the ledger keeps a counter per model and day).
-pub async fn ledger_day(
-    ledger: &dyn CostLedger,
-    models: &ModelMap,
-    day: NaiveDate,
-) -> StoreResult<LedgerDay> {
-    let period = PeriodKey::Day(day);
-    let total_nano = ledger.totals(period, &LedgerScope::Total).await?.spent_nano;
-    let mut by_model = BTreeMap::<String, u64>::new();
-    for (id, base) in models.models() {
-        let scope = LedgerScope::Model(id.to_owned());
-        let spent = ledger.totals(period, &scope).await?.spent_nano;
-        if spent > 0 {
-            let sum = by_model.entry(base.to_owned()).or_default();
-            *sum = sum.saturating_add(spent);
-        }
-    }
-    Ok(LedgerDay {
-        total_nano,
-        by_model,
-    })
 }
 
 /// The record of `day` a run at `now` writes: compared when billed; compared against nothing at

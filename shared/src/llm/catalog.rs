@@ -479,3 +479,45 @@ fn needs_profile(id: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+use std::collections::BTreeMap;
+
+use crate::cost::billing::ModelMap;
+
+/// The bill's model map is built from the catalog here, so that `cost` does not depend on
+/// `llm` (docs/architecture.md, "Layers and ports").
+impl ModelMap {
+    pub fn from_catalog(catalog: &ModelCatalog) -> ModelMap {
+        let mut by_name: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut bases = BTreeMap::new();
+        for model in &catalog.models {
+            bases.insert(model.id.clone(), model.base_model_id.clone());
+            let name = crate::cost::billing::catalog_name(&model.name);
+            let entry = by_name
+                .entry(name)
+                .or_insert_with(|| Some(model.base_model_id.clone()));
+            if entry.as_deref() != Some(model.base_model_id.as_str()) {
+                *entry = None;
+            }
+        }
+        ModelMap {
+            by_name: by_name
+                .into_iter()
+                .filter_map(|(name, base)| Some((name, base?)))
+                .collect(),
+            bases,
+        }
+    }
+
+    /// The map of the catalog compiled into the build; empty (every cost in [`OTHER`]) if that
+    /// catalog cannot be read, which its own tests rule out.
+    pub fn builtin() -> ModelMap {
+        match ModelCatalog::embedded() {
+            Ok(catalog) => ModelMap::from_catalog(&catalog),
+            Err(error) => {
+                tracing::warn!(%error, "the built-in model catalog cannot be read: bills are not split by model");
+                ModelMap::default()
+            }
+        }
+    }
+}

@@ -1,4 +1,5 @@
 use super::*;
+use crate::llm::catalog::ModelCatalog;
 
 #[test]
 fn decimal_dollars_become_nano_usd_exactly() {

@@ -12,12 +12,18 @@ use chrono::{DateTime, Duration, Timelike, Utc};
 use crate::cost::billing::{BillingSource, ModelMap};
 use crate::cost::format_usd;
 use crate::cost::reconcile::{
-    self, LOOKBACK_DAYS, Outcome, ReconcileSettings, Reconciliation, days_due, format_billed,
-    format_bp, format_difference,
+    LOOKBACK_DAYS, Outcome, ReconcileSettings, Reconciliation, days_due, format_billed, format_bp,
+    format_difference,
 };
 use crate::domain::{Alert, AlertLevel, derive_id};
 use crate::stages::{Deps, StageError};
-use crate::store::Write;
+use std::collections::BTreeMap;
+
+use chrono::NaiveDate;
+
+use crate::cost::reconcile::{LedgerDay, Run, record};
+use crate::cost::{LedgerScope, PeriodKey};
+use crate::store::{CostLedger, StoreResult, Write};
 
 /// What the day's run adds to the sweep.
 #[derive(Debug, Default)]
@@ -64,7 +70,7 @@ pub async fn run(
     if due.is_empty() {
         return Ok(Reconciled::default());
     }
-    let run = reconcile::reconcile_days(
+    let run = reconcile_days(
         deps.ledger.as_ref(),
         source,
         models,
@@ -185,6 +191,74 @@ fn log(record: &Reconciliation) {
 pub fn builtin_models() -> &'static ModelMap {
     static MODELS: std::sync::OnceLock<ModelMap> = std::sync::OnceLock::new();
     MODELS.get_or_init(ModelMap::builtin)
+}
+
+/// Asks the bill for `days` (ascending, not empty) in one request and records each against the
+/// ledger's spend of it, as a run at `now` does.
+pub async fn reconcile_days(
+    ledger: &dyn CostLedger,
+    source: &dyn BillingSource,
+    models: &ModelMap,
+    days: &[NaiveDate],
+    threshold_bp: u32,
+    now: DateTime<Utc>,
+) -> StoreResult<Run> {
+    let (Some(first), Some(last)) = (days.first(), days.last()) else {
+        return Ok(Run {
+            records: Vec::new(),
+            error: None,
+        });
+    };
+    let bills = source.daily_bills(*first, *last + Duration::days(1)).await;
+    let mut records = Vec::with_capacity(days.len());
+    for &day in days {
+        let spent = ledger_day(ledger, models, day).await?;
+        records.push(match &bills {
+            Ok(bills) => record(
+                day,
+                bills.iter().find(|b| b.day == day),
+                &spent,
+                threshold_bp,
+                now,
+            ),
+            Err(error) => Reconciliation {
+                day,
+                checked_at: now,
+                ledger_nano: spent.total_nano,
+                outcome: Outcome::NotYetBilled {
+                    reason: error.to_string(),
+                },
+            },
+        });
+    }
+    Ok(Run {
+        records,
+        error: bills.err(),
+    })
+}
+
+/// The ledger's spend of `day`: its total, and per base model id the spend of the catalog's
+/// models (one counter read each: the ledger keeps a counter per model and day).
+pub async fn ledger_day(
+    ledger: &dyn CostLedger,
+    models: &ModelMap,
+    day: NaiveDate,
+) -> StoreResult<LedgerDay> {
+    let period = PeriodKey::Day(day);
+    let total_nano = ledger.totals(period, &LedgerScope::Total).await?.spent_nano;
+    let mut by_model = BTreeMap::<String, u64>::new();
+    for (id, base) in models.models() {
+        let scope = LedgerScope::Model(id.to_owned());
+        let spent = ledger.totals(period, &scope).await?.spent_nano;
+        if spent > 0 {
+            let sum = by_model.entry(base.to_owned()).or_default();
+            *sum = sum.saturating_add(spent);
+        }
+    }
+    Ok(LedgerDay {
+        total_nano,
+        by_model,
+    })
 }
 
 #[cfg(test)]
