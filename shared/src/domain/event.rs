@@ -102,6 +102,14 @@ impl StorageMetadata {
     }
 }
 
+impl EvolutionEvent {
+    /// Records where this event's body is stored (see [`StorageMetadata::of`]), as a store
+    /// does on reading it back.
+    pub fn locate(&mut self, location: String, storage_class: &str) {
+        self.storage_metadata = Some(StorageMetadata::of(self, location, storage_class));
+    }
+}
+
 /// The seed's `query_evolution_history`: a system's events by id, by type and by time range.
 /// Empty fields do not filter; `types` matches any of its types.
 #[derive(Debug, Clone, Default, PartialEq)]

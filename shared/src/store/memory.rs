@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 
-use super::rules::{self, CallCounters, IdempotencyRecord, Lookup};
+use super::rules::{self, IdempotencyRecord, Lookup};
 use super::{
     BudgetState, CachedAnswer, Checkpoint, CircuitState, Claim, ClaimRequest, ControlState,
     EvolutionStore, LlmCallRecord, StoreResult, SystemRecord, Transaction, Write,
@@ -22,10 +22,9 @@ use crate::domain::{
     Head, HistoryEntry, Plan, PlanCursor, SystemId,
 };
 use crate::store::performance::PerformanceSnapshot;
-use crate::store::{
-    CostLedger, Hold, LedgerEntry, Reclaim, ReclaimOutcome, Reservation, ReserveOutcome,
-    SettleOutcome, Settlement,
-};
+
+mod ledger;
+use crate::store::{Hold, LedgerEntry, Reclaim};
 
 /// The evolution store, control state and cost ledger held in process memory.
 #[derive(Debug, Default)]
@@ -328,9 +327,7 @@ impl EvolutionStore for MemoryStore {
         );
         for event in &mut events {
             let location = format!("memory://events/{id}/{}", event.id);
-            event.storage_metadata = Some(crate::domain::StorageMetadata::of(
-                event, location, "MEMORY",
-            ));
+            event.locate(location, "MEMORY");
         }
         Ok(events)
     }
@@ -633,97 +630,5 @@ impl ControlState for MemoryStore {
     async fn put_cached_answer(&self, entry: &CachedAnswer) -> StoreResult<()> {
         self.lock().answers.insert(entry.key.clone(), entry.clone());
         Ok(())
-    }
-}
-
-#[async_trait]
-impl CostLedger for MemoryStore {
-    async fn reserve(&self, reservation: &Reservation) -> StoreResult<ReserveOutcome> {
-        let mut state = self.lock();
-        if let Some(refused) =
-            rules::refusal(reservation, |period, scope| Ok(state.totals(period, scope)))?
-        {
-            return Ok(refused);
-        }
-        state.adjust(reservation.counters(), |totals| {
-            rules::hold(totals, reservation.amount_nano);
-        });
-        state
-            .holds
-            .insert(reservation.call_id.clone(), Hold::of(reservation));
-        Ok(ReserveOutcome::Reserved)
-    }
-
-    async fn settle(&self, settlement: &Settlement) -> StoreResult<SettleOutcome> {
-        let mut state = self.lock();
-        if state.ledger.contains_key(&settlement.call_id) {
-            return Ok(SettleOutcome::AlreadySettled);
-        }
-        let held = state.holds.remove(&settlement.call_id).is_some();
-        state.adjust(settlement.counters(), |totals| {
-            rules::settle(totals, settlement, held);
-        });
-        state
-            .ledger
-            .insert(settlement.call_id.clone(), rules::ledger_entry(settlement));
-        Ok(rules::settled(held))
-    }
-
-    async fn holds(&self, expired_by: DateTime<Utc>, limit: usize) -> StoreResult<Vec<Hold>> {
-        let holds: Vec<Hold> = self
-            .lock()
-            .holds
-            .values()
-            .filter(|h| h.expires_at <= expired_by)
-            .cloned()
-            .collect();
-        Ok(rules::soonest(holds, limit))
-    }
-
-    async fn reclaim(
-        &self,
-        hold: &Hold,
-        by: &str,
-        at: DateTime<Utc>,
-    ) -> StoreResult<ReclaimOutcome> {
-        let mut state = self.lock();
-        if state.holds.remove(&hold.call_id).is_none() {
-            return Ok(ReclaimOutcome::Gone);
-        }
-        state.adjust(hold.counters(), |totals| {
-            rules::release(totals, hold.amount_nano);
-        });
-        state.reclaims.push(Reclaim {
-            hold: hold.clone(),
-            by: by.to_owned(),
-            at,
-        });
-        Ok(ReclaimOutcome::Reclaimed)
-    }
-
-    async fn reclaims(&self, since: Option<DateTime<Utc>>) -> StoreResult<Vec<Reclaim>> {
-        let state = self.lock();
-        Ok(in_time_order(
-            state.reclaims.iter(),
-            |r| r.at,
-            |r| (r.at, r.hold.call_id.clone()),
-            since,
-            usize::MAX,
-        ))
-    }
-
-    async fn totals(&self, period: PeriodKey, scope: &LedgerScope) -> StoreResult<Totals> {
-        Ok(self.lock().totals(&period, scope))
-    }
-
-    async fn entries(&self, since: Option<DateTime<Utc>>) -> StoreResult<Vec<LedgerEntry>> {
-        let state = self.lock();
-        Ok(in_time_order(
-            state.ledger.values(),
-            |e| e.at,
-            |e| (e.at, e.call_id.clone()),
-            since,
-            usize::MAX,
-        ))
     }
 }

@@ -962,12 +962,17 @@ async fn a_checksum_mismatch_is_raised_once_and_the_windows_metrics_are_kept() {
         pipeline::handle(deps, t.bus.as_ref(), &wrong)
             .await
             .expect("recorded and ignored");
-        conflicts += t
-            .drain()
-            .iter()
-            .filter(|o| matches!(&o.envelope.body,
-                Body::ConflictDetected { conflict } if conflict.kind == ConflictKind::ChecksumMismatch))
-            .count();
+        for sent in t.drain() {
+            if let Body::ConflictDetected { conflict } = &sent.envelope.body {
+                assert_eq!(conflict.kind, ConflictKind::ChecksumMismatch);
+                // The resolver is told what it can fall back on.
+                assert!(
+                    conflict.available_resources[0].starts_with("stable generation 0"),
+                    "{conflict:?}"
+                );
+                conflicts += 1;
+            }
+        }
     }
     assert_eq!(conflicts, 1, "raised at the first mismatching report only");
 

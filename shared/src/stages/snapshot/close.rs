@@ -76,11 +76,10 @@ pub(super) async fn close_window(
     system.evaluation_deadline = None;
     // Every close asks for the next cycle at once (see `Closing::settle`).
     system.cycle_requested(now);
-    let context = super::conflict_context(deps, &env.system_id, &head).await?;
-    let closing = Closing {
+    let mut closing = Closing {
         env,
         system_context: SystemContext::from_metrics(&metrics, summary.reports - summary.valid),
-        context,
+        context: ConflictContext::default(),
         head,
         eval,
         summary,
@@ -90,6 +89,10 @@ pub(super) async fn close_window(
         analysis,
         now,
     };
+    // The resolver's context costs reads: only a close that raises a conflict gathers it.
+    if closing.raises_conflict(deps.config.rollback_streak_conflict) {
+        closing.context = super::conflict_context(deps, &env.system_id, &closing.head).await?;
+    }
     if closing.keeps() {
         closing.keep(out);
     } else {
@@ -167,6 +170,16 @@ impl Closing<'_> {
         self.outcome == EvaluationOutcome::Keep
             || self.baseline_unmeasured()
             || self.eval.parent.is_none()
+    }
+
+    /// Whether this close raises a conflict: a baseline nobody measured, or a rollback that
+    /// makes the streak reach `threshold` (see `keep` and `roll_back`).
+    fn raises_conflict(&self, threshold: u32) -> bool {
+        if self.keeps() {
+            self.baseline_unmeasured()
+        } else {
+            self.head.rollback_streak + 1 >= threshold
+        }
     }
 
     fn baseline_unmeasured(&self) -> bool {

@@ -90,11 +90,7 @@ impl EvolutionStore for DynamoStore {
         for event in &mut events {
             let object = super::item::event_object(id, event.timestamp, &event.id);
             // The bucket has no storage-class transition (see the template's lifecycle rule).
-            event.storage_metadata = Some(crate::domain::StorageMetadata::of(
-                event,
-                format!("s3://{}/{object}", self.bucket),
-                "STANDARD",
-            ));
+            event.locate(format!("s3://{}/{object}", self.bucket), "STANDARD");
         }
         Ok(events)
     }

@@ -110,9 +110,7 @@ impl EvolutionStore for SqliteStore {
         let database = self.location();
         for event in &mut events {
             let location = format!("{database}#events/{id}/{}", event.id);
-            event.storage_metadata = Some(crate::domain::StorageMetadata::of(
-                event, location, "SQLITE",
-            ));
+            event.locate(location, "SQLITE");
         }
         Ok(events)
     }
