@@ -371,6 +371,11 @@ pub enum StoreError {
     /// event, and permanent, because a redelivery runs with the same role.
     #[error("store access denied: {}", .0.summary())]
     Denied(Box<crate::security::SecurityEvent>),
+    /// This region is not the writer: the writer moved (or is moving) to another region
+    /// (docs/architecture.md, "Region failover"). Retryable: the message waits in its queue,
+    /// and is taken up again if the writer moves back.
+    #[error("writer fenced: {0}")]
+    Fenced(String),
 }
 
 impl StoreError {
@@ -382,11 +387,15 @@ impl StoreError {
             Self::Corrupt(_) => "CorruptRecord",
             Self::Invalid(_) => "InvalidStoreRequest",
             Self::Denied(_) => "AccessDenied",
+            Self::Fenced(_) => "WriterFenced",
         }
     }
 
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::ConditionFailed(_) | Self::Unavailable(_))
+        matches!(
+            self,
+            Self::ConditionFailed(_) | Self::Unavailable(_) | Self::Fenced(_)
+        )
     }
 
     /// The security event behind an authorization failure.

@@ -5,6 +5,7 @@
 mod control;
 mod dynamo_s3;
 mod evolution;
+mod failover;
 mod fixtures;
 mod harness;
 mod idempotency;

@@ -22,8 +22,8 @@ mod writes;
 use items::stage_completion;
 use writes::stage_write;
 
-/// `TransactWriteItems` takes at most this many items.
-pub(super) const MAX_ITEMS: usize = 100;
+/// `TransactWriteItems` takes at most 100 items; one is the writer's fence check.
+pub(super) const MAX_ITEMS: usize = 99;
 
 /// Event index items expire this long after the event (docs/architecture.md, "Data model").
 pub(super) fn index_retention() -> Duration {
@@ -389,7 +389,8 @@ pub(super) fn stage(
     }
     if staged.items.len() > MAX_ITEMS {
         return Err(StoreError::Invalid(format!(
-            "the transaction needs {} items; DynamoDB takes at most {MAX_ITEMS} in one",
+            "the transaction needs {} items; DynamoDB takes at most 100 in one, and one is \
+             the writer's fence check",
             staged.items.len()
         )));
     }

@@ -42,6 +42,7 @@ mod commit;
 mod control;
 mod events;
 mod evolution;
+mod failover;
 mod item;
 mod ledger;
 
@@ -50,6 +51,9 @@ use std::time::Duration as StdDuration;
 
 pub use aws_sdk_dynamodb;
 pub use aws_sdk_s3;
+pub use failover::{
+    CatchUp, FENCE_SHARDS, FailoverError, Move, Moved, ReplicaView, WriterRecord, move_writer,
+};
 
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
@@ -88,6 +92,9 @@ pub struct DynamoStore {
     s3: aws_sdk_s3::Client,
     table: String,
     bucket: String,
+    /// The region the clients send to: transactions are refused unless it is the writer
+    /// (docs/architecture.md, "Region failover").
+    region: Option<String>,
     /// Decides which events count as recent (read from DynamoDB) and which as history (S3).
     clock: Arc<dyn Clock>,
 }
@@ -189,11 +196,13 @@ impl DynamoStore {
         table: String,
         bucket: String,
     ) -> Self {
+        let region = dynamo.config().region().map(ToString::to_string);
         Self {
             dynamo,
             s3,
             table,
             bucket,
+            region,
             clock: Arc::new(SystemClock),
         }
     }
@@ -364,11 +373,21 @@ impl DynamoStore {
 
     /// One `TransactWriteItems`, tried again while it is cancelled only by conflicts with other
     /// transactions (nothing was written then), with an optional client request token.
+    ///
+    /// Every transaction also checks that this region is the writer (the fence check goes last,
+    /// so the callers' cancellation reasons keep their items' positions).
     async fn transact(
         &self,
-        items: Vec<TransactWriteItem>,
+        mut items: Vec<TransactWriteItem>,
         mut token: Option<String>,
     ) -> Result<(), TransactFailure> {
+        let fenced = match self.fence_check(&items) {
+            Ok(check) => check.is_some_and(|check| {
+                items.push(check);
+                true
+            }),
+            Err(e) => return Err(TransactFailure::Store(e)),
+        };
         let mut attempt = 0;
         loop {
             let result = self
@@ -384,7 +403,7 @@ impl DynamoStore {
             if let Some(TransactWriteItemsError::TransactionCanceledException(cancelled)) =
                 error.as_service_error()
             {
-                let reasons = cancelled.cancellation_reasons().to_vec();
+                let mut reasons = cancelled.cancellation_reasons().to_vec();
                 let conflict_only = reasons
                     .iter()
                     .any(|r| r.code() == Some("TransactionConflict"))
@@ -397,6 +416,17 @@ impl DynamoStore {
                     // A fresh token: the cancelled request's token is not reused.
                     token = token.map(|t| request_token(&[&t, &attempt.to_string()]));
                     continue;
+                }
+                // The fence check's reason is taken off either way: the callers read the
+                // reasons by their own items' positions.
+                if fenced
+                    && let Some(check) = reasons.pop()
+                    && check.code() == Some("ConditionalCheckFailed")
+                {
+                    let region = self.region.as_deref().unwrap_or_default();
+                    return Err(TransactFailure::Store(failover::fenced_error(
+                        region, &check,
+                    )));
                 }
                 return Err(TransactFailure::Cancelled {
                     reasons,
