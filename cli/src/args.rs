@@ -99,6 +99,49 @@ pub enum Command {
     /// Write a self-contained HTML report: fitness, genes, decisions, spend, budget mode and
     /// predictions, with inline charts.
     Report(ReportArgs),
+    /// With `--store aws`: move the writer to a replica region. Fences this region, waits until
+    /// the replica holds every head, its generation and the recent events with their bodies,
+    /// then makes the replica the writer; audited. `--status` only reports.
+    Failover(FailoverArgs),
+    /// With `--store aws`, run against the region that writes now: move the writer back to the
+    /// stack's home region, the same way.
+    Failback(MoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FailoverArgs {
+    /// The replica region to move the writer to.
+    #[arg(long, required_unless_present = "status")]
+    pub to: Option<String>,
+    /// Show who writes, and with `--to`, how far that region's replica is behind; change
+    /// nothing.
+    #[arg(long)]
+    pub status: bool,
+    /// The old writer's region cannot be reached: promote the target without fencing or
+    /// checking (writes that did not replicate are lost; the old region is fenced when
+    /// replication reaches it again).
+    #[arg(long, conflicts_with = "status")]
+    pub force: bool,
+    #[command(flatten)]
+    pub moving: MoveArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MoveArgs {
+    /// The target region's bucket (the replication destination; for `failback`, the home
+    /// bucket).
+    #[arg(long, env = "EVOLVE_TARGET_BUCKET_NAME")]
+    pub to_bucket: Option<String>,
+    /// Event index items from this time on must have arrived with their bodies: RFC 3339, a
+    /// date, or an age (`6h`, `2d`).
+    #[arg(long, value_parser = parse_since, default_value = "1d")]
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Seconds to wait for the target to catch up before lifting the fence again.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

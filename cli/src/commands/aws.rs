@@ -27,19 +27,33 @@ fn required<'a>(value: Option<&'a String>, flag: &str, var: &str) -> anyhow::Res
 pub async fn store(cli: &Cli) -> anyhow::Result<DynamoStore> {
     let table = required(cli.table.as_ref(), "--table", "EVOLVE_TABLE_NAME")?;
     let bucket = required(cli.bucket.as_ref(), "--bucket", "EVOLVE_BUCKET_NAME")?;
-    let sdk = sdk().await;
+    Ok(dynamo_store(&sdk().await, table, bucket))
+}
+
+/// The stack's table as `region`'s replica holds it, with the bucket there.
+pub async fn store_in(cli: &Cli, region: &str, bucket: &str) -> anyhow::Result<DynamoStore> {
+    let table = required(cli.table.as_ref(), "--table", "EVOLVE_TABLE_NAME")?;
+    let sdk = sdk()
+        .await
+        .into_builder()
+        .region(aws_config::Region::new(region.to_owned()))
+        .build();
+    Ok(dynamo_store(&sdk, table, bucket))
+}
+
+fn dynamo_store(sdk: &SdkConfig, table: &str, bucket: &str) -> DynamoStore {
     // Path-style addressing works with every S3 endpoint, local stand-ins included.
     let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
+        aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(true)
             .build(),
     );
-    Ok(DynamoStore::new(
-        aws_sdk_dynamodb::Client::new(&sdk),
+    DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(sdk),
         s3,
         table.to_owned(),
         bucket.to_owned(),
-    ))
+    )
 }
 
 /// The caller's AWS identity, recorded with every operator action.

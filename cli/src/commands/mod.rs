@@ -4,6 +4,7 @@
 mod approval;
 mod aws;
 mod evolve;
+mod failover;
 mod llm;
 mod report;
 mod resume;
@@ -39,6 +40,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reject(args) => approval::resolve(&cli, args, false).await,
         Command::Resume(args) => resume::resume(&cli, args).await,
         Command::Report(args) => report::report(&cli, args).await,
+        Command::Failover(args) => failover::failover(&cli, args).await,
+        Command::Failback(args) => failover::failback(&cli, args).await,
     }
 }
 

@@ -53,7 +53,9 @@ pub async fn status(cli: &Cli, args: &StatusArgs) -> anyhow::Result<()> {
         system(BudgetPeriod::Day).await?,
         system(BudgetPeriod::Month).await?,
     );
+    let replica = super::failover::Replica::read(cli, &id).await?;
     let status = Status {
+        replica,
         last_decision: store.list_decisions(&id, None, usize::MAX).await?.pop(),
         trend: trend(&history),
         id,
@@ -91,6 +93,8 @@ struct Status {
     budget: BudgetState,
     spend: Spend,
     last_decision: Option<DecisionRecord>,
+    /// With `--store aws`: the replica read, who writes, and whether it lags.
+    replica: Option<super::failover::Replica>,
 }
 
 /// Spend in nano-USD, all systems and this one, today and this month, with the budgets given.
@@ -167,6 +171,7 @@ impl Status {
                 "model_used": d.model_used, "timestamp": d.timestamp, "decided_by": d.decided_by,
                 "approver": d.approver,
             })),
+            "replica": self.replica.as_ref().map(super::failover::Replica::to_json),
         })
     }
 
@@ -192,6 +197,9 @@ impl Status {
             against(spend.day, spend.daily_budget),
             against(spend.month, spend.monthly_budget)
         );
+        if let Some(replica) = &self.replica {
+            replica.print(head.generation);
+        }
         self.print_approvals_and_last();
     }
 

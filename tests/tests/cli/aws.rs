@@ -38,20 +38,20 @@ impl Evaluator for Rising {
     }
 }
 
-struct Stack {
-    moto: MotoServer,
-    table: String,
-    bucket: String,
+pub(crate) struct Stack {
+    pub(crate) moto: MotoServer,
+    pub(crate) table: String,
+    pub(crate) bucket: String,
     queue_url: String,
     /// The events topic, and a queue subscribed to it with raw delivery: what a running
     /// system receives.
     events_topic: String,
     subscriber: String,
     sqs: aws_sdk_sqs::Client,
-    store: Arc<DynamoStore>,
+    pub(crate) store: Arc<DynamoStore>,
 }
 
-async fn stack() -> Stack {
+pub(crate) async fn stack() -> Stack {
     let moto = MotoServer::start();
     let sdk = tests::moto::sdk_config(moto.url()).await;
     let s3 = tests::moto::s3_client(&sdk);
@@ -95,10 +95,9 @@ fn evolve_aws(stack: &Stack, args: &[&str]) -> Output {
 }
 
 /// `evolve --store aws` with the stack's settings plus `env`.
-fn evolve_aws_with(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn evolve_aws_with(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin("evolve"))
         .args(args)
-        .envs(env.iter().copied())
         .env("EVOLVE_STORE", "aws")
         .env("EVOLVE_TABLE_NAME", &stack.table)
         .env("EVOLVE_BUCKET_NAME", &stack.bucket)
@@ -110,6 +109,8 @@ fn evolve_aws_with(stack: &Stack, args: &[&str], env: &[(&str, &str)]) -> Output
         .env("AWS_ENDPOINT_URL", stack.moto.url())
         .env_remove("AWS_PROFILE")
         .env_remove("EVOLVE_SYSTEM")
+        // Last, so a test's own settings win over the stack's.
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .output()
         .expect("evolve runs")

@@ -9,6 +9,7 @@ pub(crate) use tests::bins::workspace_bin as bin;
 
 mod aws;
 mod crash;
+mod failover;
 
 fn evolve(state: &Path, args: &[&str]) -> Output {
     Command::new(bin("evolve"))
