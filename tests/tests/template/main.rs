@@ -14,6 +14,7 @@ mod observability;
 mod policies;
 mod queues;
 mod reconcile;
+mod replication;
 mod schedule;
 mod storage;
 mod worker;
