@@ -162,13 +162,21 @@ fn notify_hears_only_alerts_from_the_alerts_topic_and_alone_reads_the_webhook_se
             assert!(readers.is_empty(), "{id} reads no secret");
         }
     }
-    // Its table access is confined to its own idempotency records.
+    // Its table access is confined to its own idempotency records, and to checking (not
+    // writing) the writer's fence copies, which every transaction checks.
     let table_statements: Vec<&Value> = role_statements(t, notify_role)
         .into_iter()
         .filter(|s| actions(s).iter().any(|a| a.starts_with("dynamodb:")))
         .collect();
     assert!(!table_statements.is_empty());
     for statement in table_statements {
+        if actions(statement) == ["dynamodb:ConditionCheckItem"] {
+            assert_eq!(
+                statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:LeadingKeys"],
+                serde_json::json!(["FENCE"])
+            );
+            continue;
+        }
         assert_eq!(
             statement["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"],
             serde_json::json!(["IDEMP#notify:*"])

@@ -21,6 +21,8 @@
 //! | `IDEMP#<key>` | `RECORD` | claim or outbox (`state`, `until`, `expires_at`, `sent`, `ttl`) |
 //! | `CTRL` | `BUDGET`, `PERFORMANCE` | budget mode (`mode`), model performance (`revision`) |
 //! | `CTRL` | `CIRCUIT#<model>`, `CKPT#<key>` | circuit breaker, answer checkpoint (`ttl`) |
+//! | `CTRL` | `WRITER` | the region that writes (`epoch`); absent until the writer first moves |
+//! | `FENCE` | `<nn>` | copies of the writer (`writer`, `epoch`) that transactions check |
 //! | `CACHE#<key hash>` | `RECORD` | response-cache entry (`ttl`, `expires_at`) |
 //! | `COST#<yyyy-mm-dd>`, `COST#<yyyy-mm>` | `TOTAL`, `SYS#<id>`, `MODEL#<id>` | counters |
 //! | `LEDGER#<call id>` | `RECORD` | settled call, written once |
