@@ -34,10 +34,14 @@ fn authorization_failures_of_the_store_and_the_bus_are_permanent() {
 #[test]
 fn every_failure_has_a_stable_name_for_lambdas_error_type() {
     use crate::lambda::InvocationError;
-    let cases: [(PipelineError, &str); 5] = [
+    let cases: [(PipelineError, &str); 6] = [
         (
             StoreError::Unavailable("throttled".into()).into(),
             "StoreUnavailable",
+        ),
+        (
+            StoreError::Fenced("eu-west-1 writes".into()).into(),
+            "WriterFenced",
         ),
         (
             StoreError::ConditionFailed("head moved".into()).into(),
