@@ -16,6 +16,7 @@ pub mod security;
 #[cfg(feature = "sqlite")]
 pub mod sim;
 pub mod stages;
+pub mod stats;
 pub mod store;
 pub mod topology;
 #[cfg(feature = "bedrock")]
