@@ -153,7 +153,8 @@ lint: lint-tools ## rustfmt check, clippy with warnings denied, cfn-lint and sam
 	$(call timed,cfn-lint,.venv/bin/cfn-lint infra/template.yaml)
 	$(call timed,sam-validate,$(SAM_ENV) AWS_REGION=$${AWS_REGION:-us-east-1} AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(SAM) validate --lint --template-file infra/template.yaml)
 
-bench: ## Engine vs random search, stage throughput, LLM-layer overhead, the tick with a fleet, two workers' cycles/minute, Lambda init and RSS
+bench: ## Wrong keeps and rollbacks of the mean rule and the significance judge, engine vs random search, stage throughput, LLM-layer overhead, the tick with a fleet, two workers' cycles/minute, Lambda init and RSS
+	$(call timed,bench-judge,$(CARGO) bench -p shared --bench judge)
 	$(call timed,bench-pipeline,$(CARGO) bench -p shared --bench pipeline)
 	$(call timed,bench-llm,$(CARGO) bench -p tests --bench llm)
 	$(call timed,bench-fleet,$(CARGO) bench -p tests --bench fleet)

@@ -66,23 +66,43 @@ pub fn mann_whitney(candidate: &[f64], parent: &[f64]) -> Option<RankTest> {
     })
 }
 
-/// The rank of each value in the pooled sample, 1-based, ties at the mean of their ranks.
-fn mid_ranks(values: &[f64]) -> Vec<f64> {
+/// The runs of equal values in `order` (indices into `values`, sorted by value), as inclusive
+/// position ranges: a tie is a run longer than one.
+fn runs(values: &[f64], order: &[usize]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start;
+        while end + 1 < order.len()
+            && values[order[end + 1]]
+                .total_cmp(&values[order[start]])
+                .is_eq()
+        {
+            end += 1;
+        }
+        out.push((start, end));
+        start = end + 1;
+    }
+    out
+}
+
+/// `values`' indices in increasing order of value.
+fn sorted_order(values: &[f64]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..values.len()).collect();
     order.sort_by(|a, b| values[*a].total_cmp(&values[*b]));
+    order
+}
+
+/// The rank of each value in the pooled sample, 1-based, ties at the mean of their ranks.
+fn mid_ranks(values: &[f64]) -> Vec<f64> {
+    let order = sorted_order(values);
     let mut ranks = vec![0.0; values.len()];
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && values[order[j + 1]] == values[order[i]] {
-            j += 1;
+    for (first, last) in runs(values, &order) {
+        // Positions first..=last share the mean of ranks first+1..=last+1.
+        let mid = (first + last) as f64 / 2.0 + 1.0;
+        for index in &order[first..=last] {
+            ranks[*index] = mid;
         }
-        // Positions i..=j share the mean of ranks i+1..=j+1.
-        let mid = (i + j) as f64 / 2.0 + 1.0;
-        for k in &order[i..=j] {
-            ranks[*k] = mid;
-        }
-        i = j + 1;
     }
     ranks
 }
@@ -127,22 +147,16 @@ fn exact_tails(ranks: &[f64], n1: usize, u: f64) -> (f64, f64) {
 
 /// The normal approximation, with the variance corrected for ties and a continuity correction.
 fn normal_tails(pooled: &[f64], n1: usize, n2: usize, u: f64) -> (f64, f64) {
-    let (n1f, n2f, n) = (n1 as f64, n2 as f64, (n1 + n2) as f64);
-    let mut sorted = pooled.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mut ties = 0.0;
-    let mut i = 0;
-    while i < sorted.len() {
-        let mut j = i;
-        while j + 1 < sorted.len() && sorted[j + 1] == sorted[i] {
-            j += 1;
-        }
-        let t = (j - i + 1) as f64;
-        ties += t * t * t - t;
-        i = j + 1;
-    }
+    let (n1f, n2f, total) = (n1 as f64, n2 as f64, (n1 + n2) as f64);
+    let ties: f64 = runs(pooled, &sorted_order(pooled))
+        .into_iter()
+        .map(|(first, last)| {
+            let size = (last - first + 1) as f64;
+            size * size * size - size
+        })
+        .sum();
     let mean = n1f * n2f / 2.0;
-    let variance = n1f * n2f / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    let variance = n1f * n2f / 12.0 * ((total + 1.0) - ties / (total * (total - 1.0)));
     if variance <= 0.0 {
         // Every value equal: no evidence either way.
         return (1.0, 1.0);

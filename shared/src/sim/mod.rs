@@ -6,6 +6,7 @@
 
 mod baseline;
 mod compare;
+pub mod noisy;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::{RankTest, mann_whitney};
 
-/// The confidence a verdict needs when the system's settings name none.
-pub const DEFAULT_CONFIDENCE: f64 = 0.95;
+/// The confidence a verdict needs when the system's settings name none. Windows hold 3 to 10
+/// reports, where 0.95 is rarely reached and good mutations are rolled back more often than
+/// under the mean rule; at 0.8 the judge makes fewer wrong verdicts of both kinds than the mean
+/// rule on the noisy service (`make bench` prints the rates for 0.8, 0.9 and 0.95).
+pub const DEFAULT_CONFIDENCE: f64 = 0.8;
 
 /// What a significance test says of a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
