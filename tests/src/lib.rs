@@ -2,5 +2,6 @@
 
 pub mod bedrock_stub;
 pub mod bins;
+pub mod evaluators;
 pub mod fault_proxy;
 pub mod moto;

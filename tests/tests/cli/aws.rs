@@ -8,35 +8,14 @@ use std::sync::Arc;
 use serde_json::Value;
 use shared::domain::SystemId;
 use shared::engine::LocalEngine;
-use shared::evaluator::{EvalError, Evaluator};
 use shared::local::{LocalHome, RunOptions, Silent};
 use shared::stages::PipelineConfig;
 use shared::store::EvolutionStore;
 use shared::store::dynamo::DynamoStore;
+use tests::evaluators::Rising;
 use tests::moto::{MotoServer, unique_name};
 
 use crate::bin;
-
-#[derive(Debug)]
-struct Rising;
-
-#[async_trait::async_trait]
-impl Evaluator for Rising {
-    async fn evaluate(
-        &self,
-        genes: &shared::domain::Genes,
-    ) -> Result<shared::domain::FitnessScore, EvalError> {
-        let x = genes
-            .values()
-            .next()
-            .and_then(shared::domain::GeneValue::as_f64)
-            .unwrap_or_default();
-        Ok(shared::domain::FitnessScore {
-            score: x,
-            metrics: std::collections::BTreeMap::default(),
-        })
-    }
-}
 
 pub(crate) struct Stack {
     pub(crate) moto: MotoServer,

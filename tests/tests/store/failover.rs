@@ -13,7 +13,6 @@ use std::time::Duration;
 use chrono::Utc;
 use shared::domain::{Alert, AlertLevel, DnaFile, SystemId};
 use shared::engine::LocalEngine;
-use shared::evaluator::{EvalError, Evaluator};
 use shared::local::{LocalHome, RunOptions, Silent, init_system};
 use shared::stages::PipelineConfig;
 use shared::store::dynamo::aws_sdk_dynamodb::types::AttributeValue;
@@ -22,34 +21,13 @@ use shared::store::dynamo::{
     DynamoStore, FailoverError, Move, ReplicaView, aws_sdk_dynamodb, aws_sdk_s3, move_writer,
 };
 use shared::store::{EvolutionStore, StoreError, SystemSettings, Transaction, Write};
+use tests::evaluators::Rising;
 use tests::moto::{MotoServer, unique_name};
 
 type Item = HashMap<String, AttributeValue>;
 
 const DNA: &str = r#"{"system_id": "svc-failover", "genes": {
   "x": {"type": "int", "value": 5, "min": 0, "max": 100, "risk_weight": 0.1}}}"#;
-
-/// Fitness rises with `x`, so mutations are kept and generations accumulate.
-#[derive(Debug)]
-struct Rising;
-
-#[async_trait::async_trait]
-impl Evaluator for Rising {
-    async fn evaluate(
-        &self,
-        genes: &shared::domain::Genes,
-    ) -> Result<shared::domain::FitnessScore, EvalError> {
-        let x = genes
-            .values()
-            .next()
-            .and_then(shared::domain::GeneValue::as_f64)
-            .unwrap_or_default();
-        Ok(shared::domain::FitnessScore {
-            score: x,
-            metrics: std::collections::BTreeMap::default(),
-        })
-    }
-}
 
 /// One region's replica of the table and its bucket.
 #[derive(Debug, Clone)]

@@ -24,8 +24,9 @@ use aws_sdk_dynamodb::types::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::DynamoStore;
-use super::item::{self, BODY, Expr, Item, PK, build_error, keys, n, s, sdk_error};
+use super::item::{self, BODY, Conditioned, Expr, Item, PK, build_error, keys, n, s, sdk_error};
+use super::ledger::put;
+use super::{DynamoStore, Query, Range};
 use crate::domain::{Alert, AlertLevel};
 use crate::store::{EvolutionStore, StoreError, StoreResult, Transaction, Write};
 
@@ -123,9 +124,10 @@ impl DynamoStore {
         let check = ConditionCheck::builder()
             .table_name(&self.table)
             .set_key(Some(item::key(FENCE, shard_key(shard))))
-            .condition_expression(format!("attribute_not_exists({pk}) OR {writer} = {mine}"))
-            .set_expression_attribute_names(expr.names())
-            .set_expression_attribute_values(expr.values())
+            .conditioned(
+                format!("attribute_not_exists({pk}) OR {writer} = {mine}"),
+                &expr,
+            )
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .build()
             .map_err(|e| build_error(&e))?;
@@ -146,19 +148,20 @@ impl DynamoStore {
 
     /// Each fence copy in this replica, as (writer, epoch); `None` for a copy not written here.
     pub async fn fence_copies(&self) -> StoreResult<Vec<Option<(String, u64)>>> {
-        let mut copies = Vec::new();
-        for shard in 0..FENCE_SHARDS {
-            let found = self.get(FENCE, shard_key(shard)).await?;
-            copies.push(match found {
-                None => None,
-                Some(copy) => Some((
+        let mut copies = vec![None; FENCE_SHARDS as usize];
+        for copy in self.query(&Query::new(FENCE, Range::All)).await? {
+            let slot = item::text(&copy, item::SK)
+                .and_then(|sk| sk.parse::<usize>().ok())
+                .and_then(|shard| copies.get_mut(shard));
+            if let Some(slot) = slot {
+                *slot = Some((
                     item::text(&copy, WRITER_ATTR)
                         .unwrap_or_default()
                         .to_owned(),
                     u64::try_from(item::number(&copy, EPOCH)?.unwrap_or_default())
                         .unwrap_or_default(),
-                )),
-            });
+                ));
+            }
         }
         Ok(copies)
     }
@@ -178,15 +181,16 @@ impl DynamoStore {
         };
         let mut head = item::record(keys::CTRL, WRITER, record)?;
         head.insert(EPOCH.to_owned(), n(record.epoch));
-        let mut items = vec![put(&self.table, head, Some((condition, &expr)))?];
+        let mut items = vec![put(&self.table, head, Some((condition, expr)))?];
         let writer = record.writer.clone().unwrap_or_default();
+        let body = item::encode(record)?;
         for shard in 0..FENCE_SHARDS {
             let copy: Item = HashMap::from([
                 (PK.to_owned(), s(FENCE)),
                 (item::SK.to_owned(), s(shard_key(shard))),
                 (WRITER_ATTR.to_owned(), s(&writer)),
                 (EPOCH.to_owned(), n(record.epoch)),
-                (BODY.to_owned(), s(item::encode(record)?)),
+                (BODY.to_owned(), s(&body)),
             ]);
             items.push(put(&self.table, copy, None)?);
         }
@@ -213,22 +217,6 @@ impl DynamoStore {
             Err(e) => Err(sdk_error("TransactWriteItems (writer)", &e)),
         }
     }
-}
-
-fn put(
-    table: &str,
-    item: Item,
-    condition: Option<(String, &Expr)>,
-) -> StoreResult<TransactWriteItem> {
-    let mut put = Put::builder().table_name(table).set_item(Some(item));
-    if let Some((expression, expr)) = condition {
-        put = put
-            .condition_expression(expression)
-            .set_expression_attribute_names(expr.names())
-            .set_expression_attribute_values(expr.values());
-    }
-    let put = put.build().map_err(|e| build_error(&e))?;
-    Ok(TransactWriteItem::builder().put(put).build())
 }
 
 /// A move of the writer, as an operator asks for it.
@@ -302,6 +290,7 @@ pub async fn move_writer(
         return force(to, &source, &target, plan).await;
     }
     let current = from.writer().await?;
+    let home = current.as_ref().map_or(source.clone(), |r| r.home.clone());
     let fence_epoch = match &current {
         // Resuming a move to the same region that was interrupted after its fence.
         Some(r) if r.writer.is_none() && r.moving_to.as_deref() == Some(target.as_str()) => r.epoch,
@@ -315,7 +304,7 @@ pub async fn move_writer(
         _ => {
             let fenced = WriterRecord {
                 writer: None,
-                home: current.as_ref().map_or(source.clone(), |r| r.home.clone()),
+                home: home.clone(),
                 epoch: current.as_ref().map_or(0, |r| r.epoch) + 1,
                 moving_to: Some(target.clone()),
                 changed_at: plan.now,
@@ -326,7 +315,6 @@ pub async fn move_writer(
             fenced.epoch
         }
     };
-    let home = current.as_ref().map_or(source.clone(), |r| r.home.clone());
     let started = tokio::time::Instant::now();
     let mut checks = 0;
     let catch_up = loop {

@@ -350,6 +350,7 @@ conditioned!(
     aws_sdk_dynamodb::operation::delete_item::builders::DeleteItemFluentBuilder,
     aws_sdk_dynamodb::types::builders::PutBuilder,
     aws_sdk_dynamodb::types::builders::DeleteBuilder,
+    aws_sdk_dynamodb::types::builders::ConditionCheckBuilder,
 );
 
 /// Error codes that mean the request itself is wrong: retrying it cannot help.

@@ -251,7 +251,7 @@ fn hold_delete(table: &str, hold: &Hold) -> StoreResult<TransactWriteItem> {
     Ok(TransactWriteItem::builder().delete(delete).build())
 }
 
-fn put(
+pub(super) fn put(
     table: &str,
     item: item::Item,
     condition: Option<(String, Expr)>,

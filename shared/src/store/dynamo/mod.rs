@@ -383,7 +383,7 @@ impl DynamoStore {
         mut items: Vec<TransactWriteItem>,
         mut token: Option<String>,
     ) -> Result<(), TransactFailure> {
-        let fenced = match self.fence_check(&items) {
+        let checked = match self.fence_check(&items) {
             Ok(check) => check.is_some_and(|check| {
                 items.push(check);
                 true
@@ -421,7 +421,7 @@ impl DynamoStore {
                 }
                 // The fence check's reason is taken off either way: the callers read the
                 // reasons by their own items' positions.
-                if fenced
+                if checked
                     && let Some(check) = reasons.pop()
                     && check.code() == Some("ConditionalCheckFailed")
                 {

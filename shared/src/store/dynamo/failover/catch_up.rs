@@ -62,6 +62,11 @@ impl CatchUp {
     }
 }
 
+/// A record's JSON, to compare two replicas' copies.
+fn body_of(item: Option<&item::Item>) -> Option<&str> {
+    item.and_then(|i| item::text(i, BODY))
+}
+
 /// Event index attributes the comparison reads.
 const EVENT_ATTRIBUTES: &[&str] = &[PK, SK, S3_KEY];
 
@@ -110,17 +115,14 @@ impl DynamoStore {
             };
             report.systems += 1;
             let pk = keys::system(&id);
-            for (partition, sort) in [
-                (keys::SYSTEMS.to_owned(), id.to_string()),
-                (pk.clone(), keys::HEAD.to_owned()),
+            // The registry entry is the one just listed; the head is read.
+            let head = self.get(pk.clone(), keys::HEAD).await?;
+            for (partition, sort, ours) in [
+                (keys::SYSTEMS.to_owned(), id.to_string(), Some(entry)),
+                (pk.clone(), keys::HEAD.to_owned(), head.as_ref()),
             ] {
-                let ours = self.get(partition.clone(), sort.clone()).await?;
                 let theirs = replica.get(partition.clone(), sort.clone()).await?;
-                let body = |i: &Option<item::Item>| {
-                    i.as_ref()
-                        .and_then(|i| item::text(i, BODY).map(ToOwned::to_owned))
-                };
-                if body(&ours) != body(&theirs) {
+                if body_of(ours) != body_of(theirs.as_ref()) {
                     report.lagging.push(format!("{partition}/{sort} differs"));
                 }
             }
