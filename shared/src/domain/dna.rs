@@ -128,6 +128,10 @@ pub struct Evaluation {
     /// it read, so two reports arriving together never each count only themselves.
     #[serde(default)]
     pub samples_seen: u32,
+    /// The window was inconclusive once and was extended: the next inconclusive close keeps
+    /// the parent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub extended: bool,
 }
 
 /// The head pointer: which generation is current and what state it is in.
@@ -198,6 +202,12 @@ pub struct DnaFile {
     /// Rules of the business the changes must respect, in words.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub business_constraints: Vec<String>,
+    /// Bounds a generation must stay inside whatever its score (`"error_rate <= 0.01"`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<super::Guardrail>,
+    /// The metrics the fitness is computed from, when the system has several objectives.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objectives: Vec<super::Objective>,
 }
 
 /// The DNA file's requirements and constraints, kept with the system's settings and put
@@ -208,6 +218,10 @@ pub struct Constraints {
     pub performance_requirements: BTreeMap<String, Value>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub business_constraints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guardrails: Vec<super::Guardrail>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objectives: Vec<super::Objective>,
 }
 
 /// Most requirements and most constraints a DNA file may give.
@@ -218,7 +232,10 @@ pub const MAX_CONSTRAINT_CHARS: usize = 200;
 
 impl Constraints {
     pub fn is_empty(&self) -> bool {
-        self.performance_requirements.is_empty() && self.business_constraints.is_empty()
+        self.performance_requirements.is_empty()
+            && self.business_constraints.is_empty()
+            && self.guardrails.is_empty()
+            && self.objectives.is_empty()
     }
 
     fn validate(&self) -> Result<(), DnaFileError> {
@@ -253,6 +270,18 @@ impl Constraints {
                 "business constraint {}: 1..{MAX_CONSTRAINT_CHARS} characters",
                 json_quote(c)
             ));
+        }
+        let most = super::judging::MAX_JUDGING_RULES;
+        if self.guardrails.len() > most || self.objectives.len() > most {
+            return bad(format!("at most {most} guardrails and {most} objectives"));
+        }
+        for objective in &self.objectives {
+            objective.validate().map_err(DnaFileError::Constraint)?;
+        }
+        let mut names: Vec<_> = self.objectives.iter().map(|o| &o.metric).collect();
+        names.sort();
+        if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+            return bad(format!("objective {} is given twice", twice[0]));
         }
         Ok(())
     }
@@ -296,6 +325,8 @@ impl DnaFile {
         let constraints = Constraints {
             performance_requirements: file.performance_requirements,
             business_constraints: file.business_constraints,
+            guardrails: file.guardrails,
+            objectives: file.objectives,
         };
         constraints.validate()?;
         Ok(constraints)
@@ -368,6 +399,8 @@ impl DnaFile {
             genes,
             performance_requirements: BTreeMap::new(),
             business_constraints: Vec::new(),
+            guardrails: Vec::new(),
+            objectives: Vec::new(),
         }
     }
 }

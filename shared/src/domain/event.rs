@@ -24,6 +24,10 @@ pub enum EventType {
     /// An operator changed a system's settings (`evolve settings`): who, and each old and new
     /// value.
     SettingsChanged,
+    /// A window too close to call was extended once, with the test's p-value and effect size.
+    EvaluationExtended,
+    /// A generation broke a guardrail and was rolled back whatever its score.
+    GuardrailBreached,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -89,6 +89,12 @@ pub struct HistoryEntry {
     /// reports only).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub metrics: std::collections::BTreeMap<MetricName, f64>,
+    /// The guardrails the window's metrics broke (a breach rolls back whatever the score).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub breaches: Vec<super::Breach>,
+    /// The significance test behind the verdict, when the window was judged by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub significance: Option<super::judging::Significance>,
     pub closed_at: DateTime<Utc>,
 }
 

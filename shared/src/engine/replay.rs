@@ -394,7 +394,9 @@ impl Replay {
                 state.insert(change.gene.clone(), Some(change.value.clone()));
             }
         } else {
-            if entry.outcome == EvaluationOutcome::Inconclusive {
+            // A failed measurement and a broken guardrail are both barriers: the region is
+            // off limits, not merely worse.
+            if entry.outcome == EvaluationOutcome::Inconclusive || !entry.breaches.is_empty() {
                 self.failures
                     .push(failure_of(entry.generation, &changes, &moves));
             }

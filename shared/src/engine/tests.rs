@@ -133,6 +133,8 @@ fn entry(
         reports: 1,
         failed: 0,
         metrics: std::collections::BTreeMap::new(),
+        breaches: Vec::new(),
+        significance: None,
         closed_at: at(generation),
     }
 }
@@ -149,6 +151,8 @@ fn baseline_entry(fitness: f64) -> HistoryEntry {
         reports: 1,
         failed: 0,
         metrics: std::collections::BTreeMap::new(),
+        breaches: Vec::new(),
+        significance: None,
         closed_at: at(0),
     }
 }
@@ -502,6 +506,51 @@ fn a_value_that_failed_is_neither_planned_nor_approved_again() {
 }
 
 #[test]
+fn a_guardrail_breach_is_a_barrier_not_just_a_worse_score() {
+    let (schema, genes) = sample();
+    // cache 256 -> 320 scored higher but broke a latency guardrail, and was rolled back.
+    let mut breached = entry(
+        1,
+        EvaluationOutcome::Rollback,
+        Some(12.0),
+        10.0,
+        vec![("cache", GeneValue::Int(320))],
+    );
+    let plain = breached.clone();
+    breached.breaches.push(crate::domain::Breach {
+        guardrail: "p99_latency_ms <= 250".into(),
+        value: 300.0,
+        limit: 250.0,
+    });
+    let engine = LocalEngine::new(1);
+    let beyond = |history: Vec<HistoryEntry>| {
+        engine.decision(&decide_request(
+            &schema,
+            &genes,
+            history,
+            vec![("cache", GeneValue::Int(320))],
+            0.4,
+            0.8,
+        ))
+    };
+    // The breached value is a failed region (so later plans stay below it); a mere
+    // rollback only refuses the same move from the same genes.
+    let after_breach = beyond(vec![baseline_entry(10.0), breached]);
+    let after_rollback = beyond(vec![baseline_entry(10.0), plain]);
+    assert_eq!(after_breach.recommendation, Recommendation::Reject);
+    assert!(
+        after_breach.reasoning.contains("failed"),
+        "{}",
+        after_breach.reasoning
+    );
+    assert!(
+        !after_rollback.reasoning.contains("failed"),
+        "{}",
+        after_rollback.reasoning
+    );
+}
+
+#[test]
 fn invalid_and_repeated_mutations_are_rejected() {
     let (schema, genes) = sample();
     let engine = LocalEngine::new(1);
@@ -758,6 +807,8 @@ fn world() -> impl Strategy<Value = (GeneSchema, Genes, Vec<HistoryEntry>)> {
                         reports: 1,
                         failed: 0,
                         metrics: std::collections::BTreeMap::new(),
+                        breaches: Vec::new(),
+                        significance: None,
                         closed_at: at(n as u64 + 1),
                     });
                 }

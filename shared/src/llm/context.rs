@@ -107,6 +107,9 @@ pub fn constraints_json(c: &Constraints, quote: impl Fn(&str, usize) -> String) 
     json!({
         "performance_requirements": requirements,
         "business_constraints": c.business_constraints.iter().map(|b| quote(b, 200)).collect::<Vec<_>>(),
+        // Parsed on the way in (metric names and numbers only), so they go as written.
+        "guardrails": c.guardrails.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "objectives": c.objectives,
     })
 }
 
@@ -150,6 +153,8 @@ mod tests {
                 MetricName::parse("p99_latency_ms").expect("name"),
                 40.0 + f64::from(u32::try_from(generation).expect("small")),
             )]),
+            breaches: Vec::new(),
+            significance: None,
             closed_at: Utc::now(),
         }
     }

@@ -179,6 +179,8 @@ fn history_json(history: &[HistoryEntry], limit: usize) -> Value {
                     "predicted_impact": h.predicted_impact,
                     "metrics": metrics_json(&h.metrics),
                     "failed_reports": h.failed,
+                    // A breach is a barrier, not a worse score: the models see which one.
+                    "guardrails_breached": h.breaches.iter().map(|b| &b.guardrail).collect::<Vec<_>>(),
                 })
             })
             .collect(),
@@ -366,6 +368,8 @@ mod tests {
                 reports: 1,
                 failed: 0,
                 metrics: std::collections::BTreeMap::new(),
+                breaches: Vec::new(),
+                significance: None,
                 closed_at: Utc::now(),
             }],
             mutation: Mutation {
@@ -420,6 +424,8 @@ mod tests {
                 json!("<= 250"),
             )]),
             business_constraints: vec!["never drop an order".into()],
+            guardrails: vec![crate::domain::Guardrail::parse("error_rate <= 0.01").expect("rail")],
+            objectives: Vec::new(),
         };
         let data: Value = serde_json::from_str(&decide(&req, 10).user).expect("a JSON document");
         assert_eq!(data["system_load"]["metrics"]["p99_latency_ms"], 41.5);

@@ -86,6 +86,7 @@ fn creation(
             plan_step: None,
             predicted_impact: 0.0,
             samples_seen: 0,
+            extended: false,
         }),
         rollback_streak: 0,
         updated_at: now,

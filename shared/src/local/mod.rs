@@ -104,7 +104,9 @@ pub struct LocalRunner<'a> {
     /// The generations this run measured: like a running system that applies a generation
     /// once, a later `DnaUpdated` for one of them (generation 0's, published at `init`, after
     /// the start-up measurement) costs no second measurement.
-    measured: std::sync::Mutex<std::collections::BTreeSet<(SystemId, u64)>>,
+    /// Keyed by the samples the window asks for too: an extended window asks for more, and
+    /// its generation is announced again for them.
+    measured: std::sync::Mutex<std::collections::BTreeSet<(SystemId, u64, u32)>>,
 }
 
 /// Where a run stands between deliveries.
@@ -447,7 +449,7 @@ impl LocalRunner<'_> {
             .measured
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((system_id.clone(), eval.generation));
+            .insert((system_id.clone(), eval.generation, eval.samples_required));
         if !first {
             return Ok(());
         }

@@ -3,8 +3,7 @@
 //! roll it back when lower; an inconclusive window is extended once, and a window still
 //! inconclusive keeps the parent.
 
-use serde::{Deserialize, Serialize};
-
+pub use crate::domain::judging::{Finding, Significance};
 use crate::stats::{RankTest, mann_whitney};
 
 /// The confidence a verdict needs when the system's settings name none. Windows hold 3 to 10
@@ -12,33 +11,11 @@ use crate::stats::{RankTest, mann_whitney};
 /// under the mean rule; at 0.8 the judge makes fewer wrong verdicts of both kinds than the mean
 /// rule on the noisy service (`make bench` prints the rates for 0.8, 0.9 and 0.95).
 pub const DEFAULT_CONFIDENCE: f64 = 0.8;
-
-/// What a significance test says of a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Finding {
-    /// Higher than the parent beyond chance: keep.
-    Better,
-    /// Lower than the parent beyond chance: roll back.
-    Worse,
-    /// Neither, with the window already extended once: the parent is kept.
-    Inconclusive,
-    /// Neither, on the first window: measure as long again.
-    Extend,
-}
-
-/// A finding with the test behind it, recorded with the verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Significance {
-    pub finding: Finding,
-    /// The one-sided p-value of the direction found (the smaller of the two).
-    pub p_value: f64,
-    /// Cliff's delta of the candidate against the parent, in [-1, 1].
-    pub effect_size: f64,
-    pub confidence: f64,
-    pub candidate_samples: u32,
-    pub parent_samples: u32,
-}
+/// [`DEFAULT_CONFIDENCE`] as the settings keep it.
+pub const DEFAULT_CONFIDENCE_PERCENT: u32 = 80;
+/// The confidences a system may ask for, in percent: below 51 a verdict is a coin toss, and at
+/// 100 nothing is ever significant.
+pub const CONFIDENCE_PERCENT_RANGE: std::ops::RangeInclusive<u32> = 51..=99;
 
 /// Judges `candidate` against `parent` at `confidence` (0.5 to 1, exclusive); `extended` says
 /// the window was extended once already. `None` when either side has no usable sample.

@@ -16,6 +16,7 @@ use crate::store::{SystemRecord, Write};
 
 mod close;
 mod operator_rollback;
+mod verdict;
 use close::close_window;
 pub use operator_rollback::handle_rollback;
 
@@ -155,6 +156,7 @@ fn open_window(system: &mut SystemRecord, generation: u64, now: DateTime<Utc>) -
         plan_step: None,
         predicted_impact: 0.0,
         samples_seen: 0,
+        extended: false,
     }
 }
 
@@ -219,8 +221,20 @@ pub async fn handle_fitness(
 ) -> StageResult {
     let (system, head) = load_system(deps, &env.system_id).await?;
     let now = deps.clock.now();
+    // With objectives the fitness is computed from the metrics; a reported score is kept
+    // only for systems that have none.
+    let objectives = &system.settings.constraints.objectives;
+    let (score, objective_error) = if objectives.is_empty() || error.is_some() {
+        (score, None)
+    } else {
+        match crate::domain::judging::objective_fitness(objectives, metrics) {
+            Ok(fitness) => (Some(fitness), None),
+            Err(e) => (None, Some(e)),
+        }
+    };
     let error = match (score, error) {
         (_, Some(e)) => Some(cap(e, 500)),
+        (_, None) if objective_error.is_some() => objective_error,
         (Some(s), None) if !s.is_finite() => Some("score is not a finite number".into()),
         (None, None) => Some("no score reported".into()),
         (Some(_), None) => metrics
@@ -291,7 +305,6 @@ pub async fn handle_fitness(
     samples.push(sample.clone());
     out.writes.push(Write::PutFitnessSample { sample });
     let summary = rollback::summarize(&samples, generation, &current.checksum);
-    let metrics = rollback::mean_metrics(&samples, generation, &current.checksum);
     if summary.reports < eval.samples_required {
         // Counted on the head under a condition on the count read: a report committed
         // meanwhile makes this one read again and see both.
@@ -307,7 +320,7 @@ pub async fn handle_fitness(
         return Ok(out);
     }
     close_window(
-        deps, env, system, head, eval, current, summary, metrics, now, &mut out,
+        deps, env, system, head, eval, current, &samples, now, &mut out,
     )
     .await?;
     Ok(out)
@@ -330,11 +343,9 @@ pub async fn handle_due(deps: &Deps, env: &Envelope, generation: u64) -> StageRe
     }
     let current = load_generation(deps, &env.system_id, generation).await?;
     let samples = deps.store.list_fitness(&env.system_id, generation).await?;
-    let summary = rollback::summarize(&samples, generation, &current.checksum);
-    let metrics = rollback::mean_metrics(&samples, generation, &current.checksum);
     let mut out = StageOutput::default();
     close_window(
-        deps, env, system, head, eval, current, summary, metrics, now, &mut out,
+        deps, env, system, head, eval, current, &samples, now, &mut out,
     )
     .await?;
     Ok(out)

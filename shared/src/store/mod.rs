@@ -39,10 +39,18 @@ pub struct SystemSettings {
     pub evaluation_window_seconds: u32,
     /// How often the tick requests a cycle for an idle system.
     pub cycle_interval_seconds: u32,
+    /// The confidence, in percent, a significance verdict needs when `samples_required` is 2
+    /// or more (see `stages::judge`).
+    #[serde(default = "default_confidence")]
+    pub confidence_percent: u32,
     /// The DNA file's requirements and constraints, for the prompts (boxed: most systems have
     /// none, and every registry write carries the settings).
     #[serde(default, skip_serializing_if = "no_constraints")]
     pub constraints: Box<crate::domain::Constraints>,
+}
+
+fn default_confidence() -> u32 {
+    crate::stages::judge::DEFAULT_CONFIDENCE_PERCENT
 }
 
 fn no_constraints(c: &crate::domain::Constraints) -> bool {
@@ -55,6 +63,7 @@ impl Default for SystemSettings {
             samples_required: 1,
             evaluation_window_seconds: 600,
             cycle_interval_seconds: 900,
+            confidence_percent: default_confidence(),
             constraints: Box::default(),
         }
     }

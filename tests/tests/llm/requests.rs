@@ -104,6 +104,8 @@ pub fn history(n: usize) -> Vec<HistoryEntry> {
                 reports: 1,
                 failed: 0,
                 metrics: std::collections::BTreeMap::new(),
+                breaches: Vec::new(),
+                significance: None,
                 closed_at: start() - Duration::hours(n as i64 - i as i64),
             }
         })

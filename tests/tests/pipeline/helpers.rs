@@ -249,6 +249,15 @@ pub fn permissive() -> PipelineConfig {
 }
 
 pub async fn harness(llm: Arc<Scripted>, config: PipelineConfig) -> Harness {
+    harness_with(llm, config, SystemSettings::default()).await
+}
+
+/// A harness whose system starts with `settings` (guardrails, objectives, samples).
+pub async fn harness_with(
+    llm: Arc<Scripted>,
+    config: PipelineConfig,
+    settings: SystemSettings,
+) -> Harness {
     let store = Arc::new(MemoryStore::new());
     let home = LocalHome::new(store.clone(), llm.clone(), start(), config);
     let (schema, genes) = dna();
@@ -258,7 +267,7 @@ pub async fn harness(llm: Arc<Scripted>, config: PipelineConfig) -> Harness {
         &system_id(),
         schema,
         genes,
-        SystemSettings::default(),
+        settings,
     )
     .await
     .expect("init");

@@ -4,6 +4,7 @@
 mod approval;
 mod cost_actions;
 mod helpers;
+mod judging;
 mod resume;
 
 use chrono::Duration;

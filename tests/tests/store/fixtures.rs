@@ -217,6 +217,8 @@ pub fn history(n: u64, fitness: f64) -> HistoryEntry {
         reports: 1,
         failed: 0,
         metrics: std::collections::BTreeMap::new(),
+        breaches: Vec::new(),
+        significance: None,
         closed_at: t(n as i64),
     }
 }

@@ -4,13 +4,13 @@
 
 use chrono::{DateTime, Utc};
 
-use std::collections::BTreeMap;
-
+use super::verdict::{Judged, Judgement, Window, extend, judge_window};
 use super::{ConflictContext, dna_rolled_back, event, raise_conflict, restoring};
+use crate::domain::judging::{Finding, Significance};
 use crate::domain::{
-    BedrockAnalysis, Body, ConflictKind, CycleReason, Envelope, Evaluation, EvaluationOutcome,
-    EventType, Generation, Head, HeadStatus, HistoryEntry, MetricName, Origin, Severity,
-    StepOutcome, SystemContext,
+    Alert, AlertLevel, BedrockAnalysis, Body, ConflictKind, CycleReason, Envelope, Evaluation,
+    EvaluationOutcome, EventType, FitnessSample, Generation, Head, HeadStatus, HistoryEntry,
+    Origin, Severity, StepOutcome, SystemContext, derive_id,
 };
 use crate::stages::rollback::{self, FitnessSummary};
 use crate::stages::{Deps, StageError, StageOutput, cap, load_generation, reply};
@@ -26,17 +26,27 @@ pub(super) async fn close_window(
     head: Head,
     eval: Evaluation,
     current: Generation,
-    summary: FitnessSummary,
-    metrics: BTreeMap<MetricName, f64>,
+    samples: &[FitnessSample],
     now: DateTime<Utc>,
     out: &mut StageOutput,
 ) -> Result<(), StageError> {
-    let outcome = rollback::verdict(
+    let summary = rollback::summarize(samples, eval.generation, &current.checksum);
+    let metrics = rollback::mean_metrics(samples, eval.generation, &current.checksum);
+    let window = Window {
+        eval: &eval,
+        current: &current,
+        samples,
         summary,
-        eval.samples_required,
-        eval.baseline_fitness,
-        deps.config.keep_tolerance,
-    );
+        metrics: &metrics,
+    };
+    let judged = match judge_window(deps, &system, &window).await? {
+        Judgement::Close(judged) => judged,
+        Judgement::Extend(significance) => {
+            extend(env, system, &head, &eval, &current, significance, now, out);
+            return Ok(());
+        }
+    };
+    let outcome = judged.outcome;
     let (changes, decision_id, mutation_id) = match &current.origin {
         Origin::Mutation {
             decision_id,
@@ -70,6 +80,8 @@ pub(super) async fn close_window(
             reports: summary.reports,
             failed: summary.reports - summary.valid,
             metrics: metrics.clone(),
+            breaches: judged.breaches.clone(),
+            significance: judged.significance,
             closed_at: now,
         },
     });
@@ -84,6 +96,7 @@ pub(super) async fn close_window(
         eval,
         summary,
         outcome,
+        judged,
         actual_impact,
         mutation_id,
         analysis,
@@ -156,6 +169,8 @@ struct Closing<'a> {
     eval: Evaluation,
     summary: FitnessSummary,
     outcome: EvaluationOutcome,
+    /// The guardrails broken and the significance test behind the outcome.
+    judged: Judged,
     /// The mean fitness less the baseline, when both were measured.
     actual_impact: Option<f64>,
     mutation_id: Option<String>,
@@ -204,7 +219,14 @@ impl Closing<'_> {
                 .mean
                 .map_or("unmeasured".into(), |m| format!("{m:.4}"))
         );
-        self.push_event(out, EventType::MutationKept, None);
+        let detail = self
+            .judged
+            .significance
+            .as_ref()
+            .map(|s| format!("above the parent: {}", significance_text(s)));
+        self.push_event(out, EventType::MutationKept, detail);
+        // Only a baseline is kept with a breach: there is nothing before it to restore.
+        self.alert_breaches(out, "nothing before it to restore");
         self.settle(
             out,
             new_head,
@@ -256,12 +278,20 @@ impl Closing<'_> {
             "generation {} rolled back ({reason}); generation {next} restores {restored_gen}",
             eval.generation
         );
-        let event_type = if self.outcome == EvaluationOutcome::Inconclusive {
+        let inconclusive = self.outcome == EvaluationOutcome::Inconclusive
+            || self
+                .judged
+                .significance
+                .is_some_and(|s| s.finding == Finding::Inconclusive);
+        let event_type = if !self.judged.breaches.is_empty() {
+            EventType::GuardrailBreached
+        } else if inconclusive {
             EventType::EvaluationInconclusive
         } else {
             EventType::MutationRolledBack
         };
-        self.push_event(out, event_type, Some(reason));
+        self.push_event(out, event_type, Some(reason.clone()));
+        self.alert_breaches(out, &format!("generation {next} restores {restored_gen}"));
         out.messages.push(dna_rolled_back(
             self.env,
             1,
@@ -293,7 +323,18 @@ impl Closing<'_> {
     }
 
     fn rollback_reason(&self) -> String {
-        if self.outcome == EvaluationOutcome::Inconclusive {
+        if !self.judged.breaches.is_empty() {
+            let breaches: Vec<String> =
+                self.judged.breaches.iter().map(|b| b.to_string()).collect();
+            breaches.join("; ")
+        } else if let Some(s) = &self.judged.significance {
+            let found = if s.finding == Finding::Worse {
+                "below the parent"
+            } else {
+                "no better than the parent, after an extension"
+            };
+            format!("{found}: {}", significance_text(s))
+        } else if self.outcome == EvaluationOutcome::Inconclusive {
             format!(
                 "inconclusive: {} valid of {} required samples ({} failed measurement(s))",
                 self.summary.valid,
@@ -307,6 +348,35 @@ impl Closing<'_> {
                 self.eval.baseline_fitness.unwrap_or(f64::NAN)
             )
         }
+    }
+
+    /// A warning naming every guardrail the window broke, and what was done about it.
+    fn alert_breaches(&self, out: &mut StageOutput, action: &str) {
+        if self.judged.breaches.is_empty() {
+            return;
+        }
+        let breaches: Vec<String> = self.judged.breaches.iter().map(|b| b.to_string()).collect();
+        let alert = Alert {
+            id: derive_id("alr", &[&self.env.id, "guardrail"]),
+            level: AlertLevel::Warning,
+            kind: "guardrail_breached".into(),
+            message: format!(
+                "{}: generation {} {}; {action}",
+                self.env.system_id,
+                self.eval.generation,
+                breaches.join("; ")
+            ),
+            system_id: Some(self.env.system_id.clone()),
+            at: self.now,
+        };
+        out.raise(
+            self.env,
+            "snapshot",
+            3,
+            self.eval.generation,
+            self.now,
+            alert,
+        );
     }
 
     /// The audit event of the window's close, with the fitness it moved by.
@@ -350,4 +420,12 @@ impl Closing<'_> {
             Body::CycleRequested { reason },
         ));
     }
+}
+
+/// A significance test in words, for events and reasons.
+fn significance_text(s: &Significance) -> String {
+    format!(
+        "p = {:.3}, effect size {:.2}, {} against {} samples at confidence {:.2}",
+        s.p_value, s.effect_size, s.candidate_samples, s.parent_samples, s.confidence
+    )
 }
