@@ -352,9 +352,13 @@ pub struct InitArgs {
     /// The DNA file (JSON; see the README).
     #[arg(long)]
     pub dna: PathBuf,
-    /// Valid fitness samples per generation.
+    /// Valid fitness samples per generation; with 2 or more a window is judged by a rank
+    /// test against the parent's samples.
     #[arg(long, default_value_t = 1)]
     pub samples: u32,
+    /// Confidence in percent (51 to 99) a significance verdict needs.
+    #[arg(long, default_value_t = shared::stages::judge::DEFAULT_CONFIDENCE_PERCENT)]
+    pub confidence: u32,
     /// Seconds an evaluation window stays open before it closes with what it has.
     #[arg(long, default_value_t = 600)]
     pub window: u32,
@@ -365,9 +369,13 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct SettingsArgs {
-    /// Valid fitness samples per generation.
+    /// Valid fitness samples per generation; with 2 or more a window is judged by a rank
+    /// test against the parent's samples.
     #[arg(long)]
     pub samples: Option<u32>,
+    /// Confidence in percent (51 to 99) a significance verdict needs.
+    #[arg(long)]
+    pub confidence: Option<u32>,
     /// Seconds an evaluation window stays open (windows opened from now on).
     #[arg(long)]
     pub window: Option<u32>,
@@ -499,6 +507,10 @@ pub struct ReportArgs {
     /// The global daily LLM budget in US dollars, drawn on the spend chart.
     #[arg(long, env = "EVOLVE_DAILY_BUDGET_USD")]
     pub daily_budget_usd: Option<String>,
+    /// The two objectives (metric names, `A,B`) to draw the Pareto front of kept generations
+    /// for; the DNA file's first two by default.
+    #[arg(long, value_delimiter = ',')]
+    pub pareto: Vec<String>,
 }
 
 /// `--since`: an instant, a day (UTC midnight) or an age before now.

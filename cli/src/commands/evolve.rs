@@ -74,14 +74,18 @@ pub async fn init(cli: &Cli, args: &InitArgs) -> anyhow::Result<()> {
         samples_required: Some(args.samples),
         evaluation_window_seconds: Some(args.window),
         cycle_interval_seconds: Some(args.interval),
+        confidence_percent: Some(args.confidence),
     };
-    change
-        .validate()
-        .map_err(|e| bad_input(format!("{e} (--samples, --window, --interval)")))?;
+    change.validate().map_err(|e| {
+        bad_input(format!(
+            "{e} (--samples, --window, --interval, --confidence)"
+        ))
+    })?;
     let settings = SystemSettings {
         samples_required: args.samples,
         evaluation_window_seconds: args.window,
         cycle_interval_seconds: args.interval,
+        confidence_percent: args.confidence,
         constraints: Box::new(
             DnaFile::parse_constraints(&text)
                 .map_err(|e| bad_input(format!("invalid DNA file {}: {e}", args.dna.display())))?,
@@ -126,6 +130,7 @@ pub async fn settings(cli: &Cli, args: &SettingsArgs) -> anyhow::Result<()> {
         samples_required: args.samples,
         evaluation_window_seconds: args.window,
         cycle_interval_seconds: args.interval,
+        confidence_percent: args.confidence,
     };
     let settings = if change == SettingsChange::default() {
         store
@@ -153,6 +158,31 @@ pub async fn settings(cli: &Cli, args: &SettingsArgs) -> anyhow::Result<()> {
         settings.evaluation_window_seconds
     );
     println!("interval_seconds     {}", settings.cycle_interval_seconds);
+    println!("confidence_percent   {}", settings.confidence_percent);
+    let rails: Vec<String> = settings
+        .constraints
+        .guardrails
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    if !rails.is_empty() {
+        println!("guardrails           {}", rails.join("; "));
+    }
+    let objectives: Vec<String> = settings
+        .constraints
+        .objectives
+        .iter()
+        .map(|o| {
+            let way = match o.direction {
+                shared::domain::Direction::Maximize => "maximize",
+                shared::domain::Direction::Minimize => "minimize",
+            };
+            format!("{} {way} x{}", o.metric, o.weight)
+        })
+        .collect();
+    if !objectives.is_empty() {
+        println!("objectives           {}", objectives.join("; "));
+    }
     Ok(())
 }
 

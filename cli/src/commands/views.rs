@@ -263,10 +263,27 @@ pub async fn history(cli: &Cli, history_args: &HistoryArgs) -> anyhow::Result<()
                 "(baseline)".to_owned()
             } else {
                 describe_changes(&h.changes)
-            }
+            } + &judged_by(h)
         );
     }
     Ok(())
+}
+
+/// What beyond the mean a verdict rested on: the guardrails broken, the test's p-value.
+fn judged_by(h: &shared::domain::HistoryEntry) -> String {
+    let mut notes = Vec::new();
+    if !h.breaches.is_empty() {
+        let rails: Vec<&str> = h.breaches.iter().map(|b| b.guardrail.as_str()).collect();
+        notes.push(format!("breached {}", rails.join("; ")));
+    }
+    if let Some(s) = h.significance {
+        notes.push(format!("p = {:.3}", s.p_value));
+    }
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!("  [{}]", notes.join(", "))
+    }
 }
 
 /// The reports a window heard: `3`, or `2 (1 failed)`, or `none` when the running system

@@ -13,6 +13,7 @@ pub struct SettingsChange {
     pub samples_required: Option<u32>,
     pub evaluation_window_seconds: Option<u32>,
     pub cycle_interval_seconds: Option<u32>,
+    pub confidence_percent: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,14 @@ impl SettingsChange {
     pub fn validate(&self) -> Result<(), SettingsError> {
         if self.samples_required == Some(0) {
             return Err(SettingsError::Invalid("samples must be at least 1".into()));
+        }
+        let range = crate::stages::judge::CONFIDENCE_PERCENT_RANGE;
+        if self.confidence_percent.is_some_and(|c| !range.contains(&c)) {
+            return Err(SettingsError::Invalid(format!(
+                "the confidence must be {} to {} percent",
+                range.start(),
+                range.end()
+            )));
         }
         if self.evaluation_window_seconds == Some(0) {
             return Err(SettingsError::Invalid(
@@ -73,6 +82,11 @@ impl SettingsChange {
             "interval_s",
             &mut settings.cycle_interval_seconds,
             self.cycle_interval_seconds,
+        );
+        set(
+            "confidence_pct",
+            &mut settings.confidence_percent,
+            self.confidence_percent,
         );
         changed
     }
@@ -188,6 +202,7 @@ mod tests {
         let change = SettingsChange {
             cycle_interval_seconds: Some(120),
             samples_required: Some(3),
+            confidence_percent: Some(90),
             ..SettingsChange::default()
         };
         let now = change_settings(&home.deps, &id, change, "alice")
@@ -211,6 +226,8 @@ mod tests {
         assert!(detail.contains("by alice"), "{detail}");
         assert!(detail.contains("interval_s 900 -> 120"), "{detail}");
         assert!(detail.contains("samples 1 -> 3"), "{detail}");
+        assert!(detail.contains("confidence_pct 80 -> 90"), "{detail}");
+        assert_eq!(now.confidence_percent, 90);
     }
 
     #[tokio::test]
@@ -231,6 +248,14 @@ mod tests {
             },
             SettingsChange {
                 samples_required: Some(0),
+                ..SettingsChange::default()
+            },
+            SettingsChange {
+                confidence_percent: Some(100),
+                ..SettingsChange::default()
+            },
+            SettingsChange {
+                confidence_percent: Some(50),
                 ..SettingsChange::default()
             },
         ] {

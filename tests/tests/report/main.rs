@@ -362,3 +362,111 @@ fn a_headless_browser_renders_the_demo_report_with_charts() {
         colours.len()
     );
 }
+
+/// A system with a guardrail and two objectives: the report's judging section counts the
+/// breaches the history holds, and its Pareto front is the kept generations no other kept
+/// generation dominates, computed here from `evolve history --json`.
+#[test]
+fn the_report_shows_guardrails_objectives_and_the_pareto_front_of_kept_generations() {
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("state");
+    let dna = dir.path().join("dna.json");
+    std::fs::write(
+        &dna,
+        r#"{"system_id": "judged",
+            "genes": {"x": {"type": "int", "min": 0, "max": 100, "max_step": 10, "value": 50},
+                      "y": {"type": "int", "min": 0, "max": 100, "max_step": 10, "value": 50}},
+            "guardrails": ["p99_latency_ms <= 240"],
+            "objectives": [
+              {"metric": "throughput", "direction": "maximize"},
+              {"metric": "p99_latency_ms", "direction": "minimize", "weight": 0.5}]}"#,
+    )
+    .expect("dna");
+    // Throughput grows with x and y; latency with x much faster than with y, so raising x
+    // soon breaks the guardrail and the kept generations trade one objective for the other.
+    let measure = dir.path().join("measure.py");
+    std::fs::write(
+        &measure,
+        "import json, sys\ng = json.load(sys.stdin)\n\
+         print(json.dumps({'score': 0, 'metrics': {\
+         'throughput': 8 * g['x'] + 3 * g['y'], \
+         'p99_latency_ms': 100 + 2 * g['x'] + 0.5 * g['y']}}))\n",
+    )
+    .expect("evaluator");
+    ok(&evolve(
+        &state,
+        &["init", "--dna", dna.to_str().expect("utf-8")],
+    ));
+    ok(&evolve(
+        &state,
+        &[
+            "run",
+            "--evaluator",
+            &format!("python3 {}", measure.display()),
+            "--generations",
+            "9",
+        ],
+    ));
+    let out = dir.path().join("judged.html");
+    ok(&evolve(
+        &state,
+        &[
+            "report",
+            "--out",
+            out.to_str().expect("utf-8"),
+            "--pareto",
+            "throughput,p99_latency_ms",
+        ],
+    ));
+    let page = std::fs::read_to_string(&out).expect("page");
+    let history = json(&evolve(&state, &["history", "--limit", "1000", "--json"]));
+    let entries = history.as_array().expect("history rows");
+    let breached = entries
+        .iter()
+        .filter(|e| e["breaches"].as_array().is_some_and(|b| !b.is_empty()))
+        .count();
+    assert!(
+        breached >= 1,
+        "the engine never crossed the guardrail: {history:#}"
+    );
+    let section = &tags(&page, "section", "data-guardrails")[0];
+    assert_eq!(num::<usize>(section, "data-guardrails"), 1);
+    assert_eq!(num::<usize>(section, "data-breaches"), breached);
+    let rail = &tags(&page, "tr", "data-guardrail")[0];
+    assert_eq!(rail["data-guardrail"], "p99_latency_ms &lt;= 240");
+    assert_eq!(num::<usize>(rail, "data-breaches"), breached);
+
+    // The kept generations on both objectives, and the front by hand.
+    let kept: Vec<(u64, f64, f64)> = entries
+        .iter()
+        .filter(|e| e["outcome"] == "keep")
+        .map(|e| {
+            (
+                e["generation"].as_u64().expect("generation"),
+                e["metrics"]["throughput"].as_f64().expect("throughput"),
+                e["metrics"]["p99_latency_ms"].as_f64().expect("latency"),
+            )
+        })
+        .collect();
+    assert!(kept.len() >= 2, "{history:#}");
+    let beaten = |&(_, t, l): &(u64, f64, f64)| {
+        kept.iter()
+            .any(|&(_, t2, l2)| t2 >= t && l2 <= l && (t2 > t || l2 < l))
+    };
+    let rows = tags(&page, "tr", "data-dominated");
+    assert_eq!(rows.len(), kept.len());
+    for point in &kept {
+        let row = rows
+            .iter()
+            .find(|r| num::<u64>(r, "data-generation") == point.0)
+            .expect("a row per kept generation");
+        assert_eq!(
+            row["data-dominated"],
+            beaten(point).to_string(),
+            "{point:?}"
+        );
+    }
+    let figure = &tags(&page, "figure", "data-front")[0];
+    assert_eq!(figure["data-chart"], "pareto");
+    assert_eq!(num::<usize>(figure, "data-points"), kept.len());
+}

@@ -415,3 +415,59 @@ pub fn predictions(data: &ReportData, models: &[String]) -> Result<String> {
         Ok(())
     })
 }
+
+/// One kept generation on two objectives, and whether another kept generation dominates it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParetoPoint {
+    pub generation: u64,
+    pub x: f64,
+    pub y: f64,
+    pub dominated: bool,
+}
+
+/// The kept generations on two objectives: the front filled, the dominated ones hollow, each
+/// labelled with its generation.
+pub fn pareto(points: &[ParetoPoint], x_name: &str, y_name: &str) -> Result<String> {
+    let (x_lo, x_hi) = bounds(points.iter().map(|p| p.x));
+    let (y_lo, y_hi) = bounds(points.iter().map(|p| p.y));
+    svg((640, 420), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .margin(14)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(padded(x_lo, x_hi), padded(y_lo, y_hi))?;
+        chart
+            .configure_mesh()
+            .light_line_style(GRID)
+            .x_desc(x_name)
+            .y_desc(y_name)
+            .draw()?;
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .filter(|p| !p.dominated)
+                    .map(|p| Circle::new((p.x, p.y), 6, KEPT.filled())),
+            )?
+            .label("on the front")
+            .legend(|(x, y)| Circle::new((x + 8, y), 6, KEPT.filled()));
+        chart
+            .draw_series(
+                points
+                    .iter()
+                    .filter(|p| p.dominated)
+                    .map(|p| Circle::new((p.x, p.y), 6, BASELINE.stroke_width(2))),
+            )?
+            .label("dominated")
+            .legend(|(x, y)| Circle::new((x + 8, y), 6, BASELINE.stroke_width(2)));
+        chart.draw_series(points.iter().map(|p| {
+            Text::new(
+                format!("{}", p.generation),
+                (p.x, p.y),
+                ("sans-serif", 12).into_font(),
+            )
+        }))?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+        Ok(())
+    })
+}

@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
+use shared::domain::judging::Finding;
 use shared::domain::{
     AlertLevel, BudgetMode, DecisionRecord, EvaluationOutcome, EventType, EvolutionEvent,
-    GeneSchema, GeneSpec, GeneValue, Generation, HistoryEntry, Origin, Role, SystemId,
-    describe_changes,
+    GeneSchema, GeneSpec, GeneValue, Generation, HistoryEntry, MetricName, Objective, Origin, Role,
+    SystemId, describe_changes,
 };
 use shared::store::performance::PerformanceSnapshot;
 use shared::store::{BudgetState, FullStore, LlmCallRecord, StoreError};
@@ -43,6 +44,12 @@ pub struct ReportData {
     pub predictions: Vec<PredictionPoint>,
     /// The stored performance record's prediction error, per model and role.
     pub model_errors: Vec<ModelError>,
+    /// The system's guardrails as written, and its objectives.
+    pub guardrails: Vec<String>,
+    pub objectives: Vec<Objective>,
+    /// The two objectives the Pareto front is drawn for (the first two by default).
+    pub pareto_axes: Option<(Objective, Objective)>,
+    pub confidence_percent: u32,
 }
 
 /// How a closed evaluation is marked on the fitness chart.
@@ -78,6 +85,13 @@ pub struct EvaluationPoint {
     /// The reports the window heard, failures named (see `views::reports`).
     pub reports: String,
     pub failed: u32,
+    /// What the verdict rested on: the significance test, the guardrails broken, or the
+    /// mean rule.
+    pub verdict: String,
+    pub breaches: Vec<String>,
+    pub p_value: Option<f64>,
+    /// The window's mean of each reported metric, for the Pareto front.
+    pub metrics: BTreeMap<MetricName, f64>,
     pub closed_at: DateTime<Utc>,
 }
 
@@ -239,6 +253,7 @@ pub async fn gather(
     .flatten()
     .fold(start, DateTime::max);
     let predictions = prediction_points(store, system_id, &history).await?;
+    let constraints = &system.settings.constraints;
 
     Ok(ReportData {
         system_id: system_id.clone(),
@@ -258,6 +273,17 @@ pub async fn gather(
         cost_actions: cost_actions(&events),
         predictions,
         model_errors: model_errors(&performance),
+        guardrails: constraints
+            .guardrails
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        pareto_axes: match constraints.objectives.as_slice() {
+            [x, y, ..] => Some((x.clone(), y.clone())),
+            _ => None,
+        },
+        objectives: constraints.objectives.clone(),
+        confidence_percent: system.settings.confidence_percent,
     })
 }
 
@@ -402,7 +428,35 @@ fn evaluation_point(h: &HistoryEntry) -> EvaluationPoint {
         changes: describe_changes(&h.changes),
         reports: crate::commands::views::reports(h),
         failed: h.failed,
+        verdict: verdict_basis(h),
+        breaches: h.breaches.iter().map(|b| b.to_string()).collect(),
+        p_value: h.significance.map(|s| s.p_value),
+        metrics: h.metrics.clone(),
         closed_at: h.closed_at,
+    }
+}
+
+/// What a closed window's verdict rested on, in a few words.
+fn verdict_basis(h: &HistoryEntry) -> String {
+    if !h.breaches.is_empty() {
+        let rails: Vec<&str> = h.breaches.iter().map(|b| b.guardrail.as_str()).collect();
+        return format!("guardrail breached: {}", rails.join("; "));
+    }
+    match h.significance {
+        Some(s) => format!(
+            "{} at p = {:.3}, effect {:+.2} ({} vs {} samples)",
+            match s.finding {
+                Finding::Better => "better",
+                Finding::Worse => "worse",
+                Finding::Inconclusive | Finding::Extend => "inconclusive after extension",
+            },
+            s.p_value,
+            s.effect_size,
+            s.candidate_samples,
+            s.parent_samples
+        ),
+        None if h.baseline_fitness.is_none() => "baseline".to_owned(),
+        None => "mean against the parent".to_owned(),
     }
 }
 

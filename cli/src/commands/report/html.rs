@@ -89,6 +89,7 @@ pub fn render(data: &ReportData) -> Result<String, ChartError> {
     );
     summary(&mut html, data);
     fitness(&mut html, data)?;
+    super::judging::section(&mut html, data)?;
     genes(&mut html, data)?;
     decisions(&mut html, data);
     spend(&mut html, data)?;
@@ -169,23 +170,27 @@ fn fitness(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
     html.push_str(
         "<details><summary>Closed evaluations</summary>\n<div class=\"scroll\"><table>\n\
          <tr><th>generation</th><th>outcome</th><th>fitness</th><th>parent fitness</th>\
-         <th>reports</th><th>changes</th><th>closed</th></tr>\n",
+         <th>reports</th><th>verdict</th><th>changes</th><th>closed</th></tr>\n",
     );
     for e in &data.evaluations {
         let _ = writeln!(
             html,
-            "<tr data-generation=\"{}\" data-fitness=\"{}\" data-kind=\"{}\" data-failed=\"{}\">\
+            "<tr data-generation=\"{}\" data-fitness=\"{}\" data-kind=\"{}\" data-failed=\"{}\" \
+             data-p-value=\"{}\" data-breaches=\"{}\">\
              <td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td></tr>",
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             e.generation,
             raw(e.fitness),
             esc(e.kind.as_str()),
             e.failed,
+            raw(e.p_value),
+            e.breaches.len(),
             e.generation,
             esc(&format!("{:?}", e.outcome).to_lowercase()),
             fmt_opt(e.fitness),
             fmt_opt(e.baseline_fitness),
             esc(&e.reports),
+            esc(&e.verdict),
             esc(if e.changes.is_empty() {
                 "(baseline)"
             } else {
@@ -479,6 +484,10 @@ mod tests {
             cost_actions: vec![],
             predictions: vec![],
             model_errors: vec![],
+            guardrails: vec![],
+            objectives: vec![],
+            pareto_axes: None,
+            confidence_percent: 80,
         }
     }
 
@@ -524,6 +533,10 @@ mod tests {
             changes: hostile.into(),
             reports: hostile.into(),
             failed: 0,
+            verdict: hostile.into(),
+            breaches: vec![hostile.into()],
+            p_value: Some(0.01),
+            metrics: std::collections::BTreeMap::new(),
             closed_at: at(1),
         });
         data.budget_now.reason = hostile.into();

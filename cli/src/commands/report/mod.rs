@@ -5,6 +5,7 @@
 pub mod charts;
 pub mod data;
 pub mod html;
+pub mod judging;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -37,7 +38,12 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {
     let id = resolve_system(store.as_ref(), cli.system.as_deref()).await?;
     let path = args.out.clone().unwrap_or_else(|| default_path(cli, &id));
     let started = Instant::now();
-    let bytes = write(store.as_ref(), &id, daily_budget, &path).await?;
+    let pareto = match args.pareto.as_slice() {
+        [x, y] => Some((x.clone(), y.clone())),
+        [] => None,
+        _ => return Err(bad_input("--pareto takes two objectives: A,B")),
+    };
+    let bytes = write(store.as_ref(), &id, daily_budget, pareto, &path).await?;
     eprintln!(
         "report: {} KiB in {} ms",
         bytes.div_ceil(1024),
@@ -52,9 +58,24 @@ pub async fn write(
     store: &dyn FullStore,
     system_id: &SystemId,
     daily_budget_nano: Option<u64>,
+    pareto: Option<(String, String)>,
     path: &Path,
 ) -> anyhow::Result<usize> {
-    let data = data::gather(store, system_id, daily_budget_nano).await?;
+    let mut data = data::gather(store, system_id, daily_budget_nano).await?;
+    if let Some((x, y)) = pareto {
+        let find = |name: &str| {
+            data.objectives
+                .iter()
+                .find(|o| o.metric.as_str() == name)
+                .cloned()
+                .ok_or_else(|| {
+                    bad_input(format!(
+                        "--pareto: {name} is not an objective of {system_id}"
+                    ))
+                })
+        };
+        data.pareto_axes = Some((find(&x)?, find(&y)?));
+    }
     let page = html::render(&data)?;
     std::fs::write(path, &page)
         .with_context(|| format!("writing the report to {}", path.display()))?;
@@ -70,7 +91,7 @@ pub async fn after_run(
     daily_budget_nano: Option<u64>,
 ) {
     let path = default_path(cli, system_id);
-    match write(store, system_id, daily_budget_nano, &path).await {
+    match write(store, system_id, daily_budget_nano, None, &path).await {
         Ok(_) => eprintln!("report in {}", path.display()),
         Err(e) => eprintln!("warning: no report: {e:#}"),
     }

@@ -87,7 +87,9 @@ pub(super) async fn judge_window(
         None
     };
     let outcome = match significance.map(|s| s.finding) {
-        _ if !breaches.is_empty() => EvaluationOutcome::Rollback,
+        // A baseline that breaks a guardrail has nothing before it to restore: it is kept
+        // (and the breach recorded and alerted).
+        _ if !breaches.is_empty() && comparable => EvaluationOutcome::Rollback,
         Some(Finding::Extend) => {
             return Ok(Judgement::Extend(significance.expect("a finding")));
         }
