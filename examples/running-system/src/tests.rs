@@ -55,6 +55,7 @@ fn updated(generation: u64, genes: &ProductGenes) -> String {
             generation,
             genes: serde_json::to_value(genes).expect("genes"),
             checksum: shared::domain::checksum(genes),
+            canary: None,
         },
     )
 }
@@ -203,6 +204,7 @@ fn messages_for_another_system_or_of_another_type_or_malformed_are_not_applied()
             generation: 0,
             genes: serde_json::to_value(&genes).expect("genes"),
             checksum: shared::domain::checksum(&genes),
+            canary: None,
         },
     );
     assert_eq!(

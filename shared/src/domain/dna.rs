@@ -132,6 +132,9 @@ pub struct Evaluation {
     /// the parent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub extended: bool,
+    /// Set when the candidate runs as a canary beside a control on the parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::CanaryWindow>,
 }
 
 /// The head pointer: which generation is current and what state it is in.
@@ -208,6 +211,12 @@ pub struct DnaFile {
     /// The metrics the fitness is computed from, when the system has several objectives.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objectives: Vec<super::Objective>,
+    /// The share of instances a mutation first runs on, beside a control on the parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_share: Option<f64>,
+    /// How long a promoted canary bakes on every instance before it is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_bake_seconds: Option<u32>,
 }
 
 /// The DNA file's requirements and constraints, kept with the system's settings and put
@@ -222,6 +231,10 @@ pub struct Constraints {
     pub guardrails: Vec<super::Guardrail>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objectives: Vec<super::Objective>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_share: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_bake_seconds: Option<u32>,
 }
 
 /// Most requirements and most constraints a DNA file may give.
@@ -236,6 +249,8 @@ impl Constraints {
             && self.business_constraints.is_empty()
             && self.guardrails.is_empty()
             && self.objectives.is_empty()
+            && self.canary_share.is_none()
+            && self.canary_bake_seconds.is_none()
     }
 
     fn validate(&self) -> Result<(), DnaFileError> {
@@ -277,6 +292,12 @@ impl Constraints {
         }
         for objective in &self.objectives {
             objective.validate().map_err(DnaFileError::Constraint)?;
+        }
+        if let Some(share) = self.canary_share {
+            super::canary::validate_share(share).map_err(DnaFileError::Constraint)?;
+        }
+        if self.canary_bake_seconds.is_some() && self.canary_share.is_none() {
+            return bad("canary_bake_seconds needs a canary_share".into());
         }
         let mut names: Vec<_> = self.objectives.iter().map(|o| &o.metric).collect();
         names.sort();
@@ -327,6 +348,8 @@ impl DnaFile {
             business_constraints: file.business_constraints,
             guardrails: file.guardrails,
             objectives: file.objectives,
+            canary_share: file.canary_share,
+            canary_bake_seconds: file.canary_bake_seconds,
         };
         constraints.validate()?;
         Ok(constraints)
@@ -401,6 +424,8 @@ impl DnaFile {
             business_constraints: Vec::new(),
             guardrails: Vec::new(),
             objectives: Vec::new(),
+            canary_share: None,
+            canary_bake_seconds: None,
         }
     }
 }

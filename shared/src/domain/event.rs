@@ -28,6 +28,8 @@ pub enum EventType {
     EvaluationExtended,
     /// A generation broke a guardrail and was rolled back whatever its score.
     GuardrailBreached,
+    /// A canary beat its concurrent control and was promoted to every instance, to bake.
+    CanaryPromoted,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -47,6 +47,8 @@ pub struct FitnessSample {
     pub metrics: BTreeMap<MetricName, f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<super::Cohort>,
     pub received_at: DateTime<Utc>,
 }
 
@@ -95,6 +97,9 @@ pub struct HistoryEntry {
     /// The significance test behind the verdict, when the window was judged by one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub significance: Option<super::judging::Significance>,
+    /// The canary's comparison with its concurrent control, when the generation ran as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::CanaryVerdict>,
     pub closed_at: DateTime<Utc>,
 }
 

@@ -194,6 +194,9 @@ pub enum Body {
         metrics: BTreeMap<MetricName, f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
+        /// The side of a canary the report measured; absent outside canaries.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cohort: Option<super::Cohort>,
     },
     ConflictDetected {
         conflict: SystemConflict,
@@ -202,6 +205,11 @@ pub enum Body {
         generation: u64,
         genes: Value,
         checksum: String,
+        /// Present while the generation runs as a canary: which instances run it and what the
+        /// others keep running. A `DnaUpdated` for the same generation without it promotes
+        /// the canary to every instance.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        canary: Option<super::CanaryRollout>,
     },
     DnaRolledBack {
         generation: u64,

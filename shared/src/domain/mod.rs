@@ -1,6 +1,7 @@
 //! Types and rules of the evolution domain. No I/O here.
 
 pub mod analysis;
+pub mod canary;
 pub mod conflict;
 pub mod decision;
 pub mod dna;
@@ -15,6 +16,7 @@ pub mod risk;
 pub mod task;
 
 pub use analysis::*;
+pub use canary::{CanaryRollout, CanaryVerdict, CanaryWindow, Cohort};
 pub use conflict::*;
 pub use decision::*;
 pub use dna::*;

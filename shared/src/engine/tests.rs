@@ -135,6 +135,7 @@ fn entry(
         metrics: std::collections::BTreeMap::new(),
         breaches: Vec::new(),
         significance: None,
+        canary: None,
         closed_at: at(generation),
     }
 }
@@ -153,6 +154,7 @@ fn baseline_entry(fitness: f64) -> HistoryEntry {
         metrics: std::collections::BTreeMap::new(),
         breaches: Vec::new(),
         significance: None,
+        canary: None,
         closed_at: at(0),
     }
 }
@@ -809,6 +811,7 @@ fn world() -> impl Strategy<Value = (GeneSchema, Genes, Vec<HistoryEntry>)> {
                         metrics: std::collections::BTreeMap::new(),
                         breaches: Vec::new(),
                         significance: None,
+                        canary: None,
                         closed_at: at(n as u64 + 1),
                     });
                 }

@@ -136,6 +136,7 @@ impl TestFunction {
                 score: Some(score),
                 metrics: std::collections::BTreeMap::new(),
                 error: None,
+                cohort: None,
             },
         })
     }

@@ -69,6 +69,7 @@ async fn baseline_report(t: &TestFunction) -> String {
             score: Some(0.5),
             metrics: BTreeMap::new(),
             error: None,
+            cohort: None,
         },
     )
 }

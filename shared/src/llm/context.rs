@@ -155,6 +155,7 @@ mod tests {
             )]),
             breaches: Vec::new(),
             significance: None,
+            canary: None,
             closed_at: Utc::now(),
         }
     }

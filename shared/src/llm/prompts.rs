@@ -370,6 +370,7 @@ mod tests {
                 metrics: std::collections::BTreeMap::new(),
                 breaches: Vec::new(),
                 significance: None,
+                canary: None,
                 closed_at: Utc::now(),
             }],
             mutation: Mutation {
@@ -426,6 +427,8 @@ mod tests {
             business_constraints: vec!["never drop an order".into()],
             guardrails: vec![crate::domain::Guardrail::parse("error_rate <= 0.01").expect("rail")],
             objectives: Vec::new(),
+            canary_share: None,
+            canary_bake_seconds: None,
         };
         let data: Value = serde_json::from_str(&decide(&req, 10).user).expect("a JSON document");
         assert_eq!(data["system_load"]["metrics"]["p99_latency_ms"], 41.5);

@@ -87,6 +87,7 @@ fn creation(
             predicted_impact: 0.0,
             samples_seen: 0,
             extended: false,
+            canary: None,
         }),
         rollback_streak: 0,
         updated_at: now,
@@ -127,6 +128,7 @@ fn creation(
             generation: 0,
             genes: serde_json::to_value(&generation.genes).unwrap_or_default(),
             checksum: generation.checksum.clone(),
+            canary: None,
         },
     });
     StageOutput {

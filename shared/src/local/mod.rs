@@ -2,6 +2,7 @@
 //! simulated clock, with an [`Evaluator`] playing the running system. This is what `evolve
 //! demo` and `evolve run` drive; nothing here exists only for the demo.
 
+use crate::domain::Cohort;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -104,9 +105,10 @@ pub struct LocalRunner<'a> {
     /// The generations this run measured: like a running system that applies a generation
     /// once, a later `DnaUpdated` for one of them (generation 0's, published at `init`, after
     /// the start-up measurement) costs no second measurement.
-    /// Keyed by the samples the window asks for too: an extended window asks for more, and
-    /// its generation is announced again for them.
-    measured: std::sync::Mutex<std::collections::BTreeSet<(SystemId, u64, u32)>>,
+    /// Keyed by the samples the window asks for and whether a canary was promoted too: an
+    /// extended window asks for more, and a promoted canary is measured on every instance, and
+    /// its generation is announced again for each.
+    measured: std::sync::Mutex<std::collections::BTreeSet<(SystemId, u64, u32, bool)>>,
 }
 
 /// Where a run stands between deliveries.
@@ -449,7 +451,12 @@ impl LocalRunner<'_> {
             .measured
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((system_id.clone(), eval.generation, eval.samples_required));
+            .insert((
+                system_id.clone(),
+                eval.generation,
+                eval.samples_required,
+                eval.canary.as_ref().is_some_and(|c| !c.beside_control()),
+            ));
         if !first {
             return Ok(());
         }
@@ -480,43 +487,129 @@ impl LocalRunner<'_> {
             }
             _ => generation.genes.clone(),
         };
-        let reported = store.list_fitness(system_id, eval.generation).await?.len() as u32;
         let cause_id = cause.map_or_else(
             || format!("startup:{}:{}", system_id, eval.generation),
             |c| c.id.clone(),
         );
+        let sides = self.sides(system_id, &eval, generation, genes).await?;
         let mut out = Vec::new();
-        for i in reported..eval.samples_required {
-            let body = match self.evaluator.evaluate(&genes).await {
-                Ok(score) => Body::FitnessReported {
-                    generation: eval.generation,
-                    checksum: generation.checksum.clone(),
-                    score: Some(score.score),
-                    metrics: score.metrics,
-                    error: None,
-                },
-                Err(e) => Body::FitnessReported {
-                    generation: eval.generation,
-                    checksum: generation.checksum.clone(),
-                    score: None,
-                    metrics: BTreeMap::new(),
-                    error: Some(e.to_string()),
-                },
-            };
-            out.push(Outgoing::new(Envelope::caused_by(
-                &cause_id,
-                "running-system",
-                i as usize,
-                system_id.clone(),
-                eval.generation,
-                self.clock.now(),
-                body,
-            )));
+        // The sides are measured in turn, so a drift in the service's load reaches both alike
+        // (the point of a concurrent control).
+        for i in 0..eval.samples_required {
+            for (index, side) in sides.iter().enumerate() {
+                if i < side.reported {
+                    continue;
+                }
+                let body = match self.evaluator.evaluate(&side.genes).await {
+                    Ok(score) => Body::FitnessReported {
+                        generation: side.generation,
+                        checksum: side.checksum.clone(),
+                        score: Some(score.score),
+                        metrics: score.metrics,
+                        error: None,
+                        cohort: side.cohort,
+                    },
+                    Err(e) => Body::FitnessReported {
+                        generation: side.generation,
+                        checksum: side.checksum.clone(),
+                        score: None,
+                        metrics: BTreeMap::new(),
+                        error: Some(e.to_string()),
+                        cohort: side.cohort,
+                    },
+                };
+                out.push(Outgoing::new(Envelope::caused_by(
+                    &cause_id,
+                    "running-system",
+                    i as usize * sides.len() + index,
+                    system_id.clone(),
+                    eval.generation,
+                    self.clock.now(),
+                    body,
+                )));
+            }
         }
         if let Err(e) = self.bus.send(&out).await {
             warn!(error = %e, "could not report fitness");
         }
         Ok(())
+    }
+}
+
+/// One side of what the running system measures for a window: the candidate (as a canary, or
+/// on every instance) and, beside a canary, the control on the parent's genes.
+struct Side {
+    generation: u64,
+    checksum: String,
+    genes: Genes,
+    cohort: Option<Cohort>,
+    /// Reports of this side the window already holds.
+    reported: u32,
+}
+
+impl LocalRunner<'_> {
+    async fn sides(
+        &self,
+        system_id: &SystemId,
+        eval: &crate::domain::Evaluation,
+        generation: crate::domain::Generation,
+        genes: Genes,
+    ) -> Result<Vec<Side>, RunError> {
+        let store = &self.deps.store;
+        let count = |samples: Vec<crate::domain::FitnessSample>,
+                     cohort: Option<Cohort>,
+                     since: chrono::DateTime<chrono::Utc>| {
+            u32::try_from(
+                samples
+                    .iter()
+                    .filter(|s| s.cohort == cohort && s.received_at >= since)
+                    .count(),
+            )
+            .unwrap_or(u32::MAX)
+        };
+        let own = store.list_fitness(system_id, eval.generation).await?;
+        let Some(canary) = &eval.canary else {
+            return Ok(vec![Side {
+                reported: u32::try_from(own.len()).unwrap_or(u32::MAX),
+                generation: generation.generation,
+                checksum: generation.checksum,
+                genes,
+                cohort: None,
+            }]);
+        };
+        if let Some(promoted) = canary.promoted_at {
+            return Ok(vec![Side {
+                reported: count(own, None, promoted),
+                generation: generation.generation,
+                checksum: generation.checksum,
+                genes,
+                cohort: None,
+            }]);
+        }
+        let control_generation = canary.rollout.control_generation;
+        let control = store
+            .get_generation(system_id, control_generation)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Corrupt(format!("generation {control_generation} missing"))
+            })?;
+        let controls = store.list_fitness(system_id, control_generation).await?;
+        Ok(vec![
+            Side {
+                reported: count(own, Some(Cohort::Canary), eval.started_at),
+                generation: generation.generation,
+                checksum: generation.checksum,
+                genes,
+                cohort: Some(Cohort::Canary),
+            },
+            Side {
+                reported: count(controls, Some(Cohort::Control), eval.started_at),
+                generation: control.generation,
+                checksum: control.checksum,
+                genes: control.genes,
+                cohort: Some(Cohort::Control),
+            },
+        ])
     }
 }
 

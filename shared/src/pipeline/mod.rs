@@ -490,6 +490,7 @@ async fn run_stage(deps: &Deps, env: &Envelope) -> Result<StageOutput, StageErro
             score,
             metrics,
             error,
+            cohort,
         } => {
             snapshot::handle_fitness(
                 deps,
@@ -499,6 +500,7 @@ async fn run_stage(deps: &Deps, env: &Envelope) -> Result<StageOutput, StageErro
                 *score,
                 metrics,
                 error.as_deref(),
+                *cohort,
             )
             .await
         }

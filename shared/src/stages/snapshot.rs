@@ -8,9 +8,9 @@ use super::{
     Deps, StageError, StageOutput, StageResult, cap, load_generation, load_system, reply, rollback,
 };
 use crate::domain::{
-    BedrockAnalysis, Body, ConflictKind, Envelope, Evaluation, EventType, EvolutionEvent,
-    FitnessSample, Generation, Head, HeadStatus, MetricName, Mutation, Origin, Outgoing,
-    Recommendation, Severity, SystemConflict, apply_mutation, derive_id,
+    BedrockAnalysis, Body, CanaryRollout, CanaryWindow, Cohort, ConflictKind, Envelope, Evaluation,
+    EventType, EvolutionEvent, FitnessSample, Generation, Head, HeadStatus, MetricName, Mutation,
+    Origin, Outgoing, Recommendation, Severity, SystemConflict, apply_mutation, derive_id,
 };
 use crate::store::{SystemRecord, Write};
 
@@ -48,11 +48,23 @@ pub async fn handle_approved(
         },
         now,
     );
+    // With a canary share the candidate runs beside a control that keeps the parent's genes.
+    let constraints = &system.settings.constraints;
+    let canary = constraints.canary_share.map(|share| CanaryWindow {
+        rollout: CanaryRollout::new(share, parent.generation, parent.checksum.clone()),
+        bake_seconds: constraints
+            .canary_bake_seconds
+            .unwrap_or(system.settings.evaluation_window_seconds),
+        promoted_at: None,
+        verdict: None,
+        significance: None,
+    });
     let evaluation = Evaluation {
         parent: Some(head.stable_generation),
         baseline_fitness: head.stable_fitness,
         plan_step: mutation.plan_step.clone(),
         predicted_impact: mutation.predicted_impact,
+        canary: canary.clone(),
         ..open_window(&mut system, next, now)
     };
     let deadline = evaluation.deadline;
@@ -77,6 +89,7 @@ pub async fn handle_approved(
             generation: next,
             genes: serde_json::to_value(&generation.genes).unwrap_or_default(),
             checksum: generation.checksum.clone(),
+            canary: canary.map(|c| c.rollout),
         },
     ));
     out.writes.push(Write::PutEvent {
@@ -157,6 +170,7 @@ fn open_window(system: &mut SystemRecord, generation: u64, now: DateTime<Utc>) -
         predicted_impact: 0.0,
         samples_seen: 0,
         extended: false,
+        canary: None,
     }
 }
 
@@ -218,6 +232,7 @@ pub async fn handle_fitness(
     score: Option<f64>,
     metrics: &std::collections::BTreeMap<MetricName, f64>,
     error: Option<&str>,
+    cohort: Option<Cohort>,
 ) -> StageResult {
     let (system, head) = load_system(deps, &env.system_id).await?;
     let now = deps.clock.now();
@@ -250,17 +265,33 @@ pub async fn handle_fitness(
         score: if error.is_none() { score } else { None },
         metrics: metrics.clone(),
         error,
+        cohort,
         received_at: now,
     };
     let mut out = StageOutput {
         summary: format!("fitness for generation {generation} recorded"),
         ..StageOutput::default()
     };
-    let Some(eval) = head
+    let open = head
         .evaluation
         .clone()
-        .filter(|e| head.status == HeadStatus::Evaluating && e.generation == generation)
-    else {
+        .filter(|_| head.status == HeadStatus::Evaluating);
+    // A canary's control reports name the parent generation its instances keep running.
+    if let Some(eval) = open.clone().filter(|e| {
+        cohort == Some(Cohort::Control)
+            && e.canary
+                .as_ref()
+                .is_some_and(|c| c.beside_control() && c.rollout.control_generation == generation)
+    }) {
+        let window = Open {
+            system,
+            head,
+            eval,
+            now,
+        };
+        return control_report(deps, env, window, sample, out).await;
+    }
+    let Some(eval) = open.filter(|e| e.generation == generation) else {
         out.summary
             .push_str(" and ignored: not the generation under evaluation");
         out.writes.push(Write::PutFitnessSample { sample });
@@ -305,7 +336,18 @@ pub async fn handle_fitness(
     samples.push(sample.clone());
     out.writes.push(Write::PutFitnessSample { sample });
     let summary = rollback::summarize(&samples, generation, &current.checksum);
-    if summary.reports < eval.samples_required {
+    let waiting = summary.reports < eval.samples_required
+        || match &eval.canary {
+            // A promoted canary bakes until its deadline, whatever it hears.
+            Some(c) if !c.beside_control() => true,
+            Some(c) => {
+                let control =
+                    verdict::control_samples(deps, &env.system_id, c, eval.started_at).await?;
+                control.len() < eval.samples_required as usize
+            }
+            None => false,
+        };
+    if waiting {
         // Counted on the head under a condition on the count read: a report committed
         // meanwhile makes this one read again and see both.
         let mut counted = head.clone();
@@ -320,7 +362,76 @@ pub async fn handle_fitness(
         return Ok(out);
     }
     close_window(
-        deps, env, system, head, eval, current, &samples, now, &mut out,
+        deps, env, system, head, eval, current, &samples, None, now, &mut out,
+    )
+    .await?;
+    Ok(out)
+}
+
+/// An open window as a report found it.
+struct Open {
+    system: SystemRecord,
+    head: Head,
+    eval: Evaluation,
+    now: DateTime<Utc>,
+}
+
+/// A control report of a running canary: kept with the parent generation's samples, and
+/// closing the window once both sides have their samples.
+async fn control_report(
+    deps: &Deps,
+    env: &Envelope,
+    window: Open,
+    sample: FitnessSample,
+    mut out: StageOutput,
+) -> StageResult {
+    let Open {
+        system,
+        head,
+        eval,
+        now,
+    } = window;
+    let Some(canary) = eval.canary.as_ref() else {
+        return Ok(out);
+    };
+    if sample.checksum != canary.rollout.control_checksum {
+        out.summary
+            .push_str(" and ignored: a control report with other genes than the parent's");
+        out.writes.push(Write::PutFitnessSample { sample });
+        return Ok(out);
+    }
+    out.summary = format!(
+        "control report for generation {}'s canary recorded",
+        eval.generation
+    );
+    let mut control =
+        verdict::control_samples(deps, &env.system_id, canary, eval.started_at).await?;
+    control.retain(|s| s.id != sample.id);
+    let controls = control.len() + 1;
+    out.writes.push(Write::PutFitnessSample {
+        sample: sample.clone(),
+    });
+    let current = load_generation(deps, &env.system_id, eval.generation).await?;
+    let samples = deps
+        .store
+        .list_fitness(&env.system_id, eval.generation)
+        .await?;
+    let canaries = rollback::summarize(&samples, eval.generation, &current.checksum).reports;
+    let required = eval.samples_required as usize;
+    if controls < required || (canaries as usize) < required {
+        return Ok(out);
+    }
+    close_window(
+        deps,
+        env,
+        system,
+        head,
+        eval,
+        current,
+        &samples,
+        Some(&sample),
+        now,
+        &mut out,
     )
     .await?;
     Ok(out)
@@ -345,7 +456,7 @@ pub async fn handle_due(deps: &Deps, env: &Envelope, generation: u64) -> StageRe
     let samples = deps.store.list_fitness(&env.system_id, generation).await?;
     let mut out = StageOutput::default();
     close_window(
-        deps, env, system, head, eval, current, &samples, now, &mut out,
+        deps, env, system, head, eval, current, &samples, None, now, &mut out,
     )
     .await?;
     Ok(out)

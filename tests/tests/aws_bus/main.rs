@@ -243,6 +243,7 @@ async fn topic_messages_reach_a_raw_subscription_with_their_attributes_and_filte
             generation: 5,
             genes: serde_json::json!({"cache_size_mb": 512}),
             checksum: "0".repeat(64),
+            canary: None,
         },
     ));
     let alert = Outgoing::new(envelope(

@@ -343,6 +343,7 @@ fn every_message_body_round_trips_through_json() {
             score: Some(1.0),
             metrics: [(shared::domain::MetricName::parse("p99").expect("name"), 2.0)].into(),
             error: None,
+            cohort: Some(shared::domain::Cohort::Control),
         },
         Body::FitnessReported {
             generation: 4,
@@ -350,6 +351,7 @@ fn every_message_body_round_trips_through_json() {
             score: None,
             metrics: std::collections::BTreeMap::default(),
             error: Some("exit 3".into()),
+            cohort: None,
         },
         Body::ConflictDetected {
             conflict: SystemConflict {
@@ -367,6 +369,7 @@ fn every_message_body_round_trips_through_json() {
             generation: 5,
             genes: serde_json::json!({"x": 1}),
             checksum: "c".into(),
+            canary: Some(shared::domain::CanaryRollout::new(0.1, 4, "p".into())),
         },
         Body::DnaRolledBack {
             generation: 6,
@@ -520,6 +523,7 @@ fn a_dna_at_every_limit_fits_a_dynamodb_item_and_an_sns_message_with_room_to_spa
             generation: 9_999_999_999,
             genes: serde_json::to_value(&next).expect("json"),
             checksum: generation.checksum.clone(),
+            canary: None,
         },
     );
     let message = serde_json::to_vec(&updated).expect("json").len();

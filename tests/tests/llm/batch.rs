@@ -278,6 +278,7 @@ async fn the_decide_stage_decides_a_plans_three_proposals_with_one_request() {
             score: Some(1.0),
             metrics: BTreeMap::default(),
             error: None,
+            cohort: None,
         },
     );
     let handled = shared::pipeline::handle(&home.deps, home.bus.as_ref(), &report)

@@ -106,6 +106,7 @@ pub fn history(n: usize) -> Vec<HistoryEntry> {
                 metrics: std::collections::BTreeMap::new(),
                 breaches: Vec::new(),
                 significance: None,
+                canary: None,
                 closed_at: start() - Duration::hours(n as i64 - i as i64),
             }
         })

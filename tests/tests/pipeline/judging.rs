@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use async_trait::async_trait;
 use shared::domain::judging::Finding;
 use shared::domain::{
-    Constraints, EvaluationOutcome, EventType, FitnessScore, Genes, Guardrail, HistoryEntry,
-    MetricName, Objective,
+    Cohort, Constraints, EvaluationOutcome, EventType, FitnessScore, Genes, Guardrail,
+    HistoryEntry, MetricName, Objective,
 };
 use shared::evaluator::{EvalError, Evaluator};
 use shared::local::{RunOptions, Silent};
@@ -23,6 +23,8 @@ struct Metered {
     score: fn(&Genes) -> f64,
     metrics: fn(&Genes) -> Vec<(&'static str, f64)>,
     noise: Vec<f64>,
+    /// Added per evaluation made: the service's load drifting while it is measured.
+    drift: f64,
     next: AtomicUsize,
 }
 
@@ -42,7 +44,7 @@ impl Evaluator for Metered {
             self.noise[i % self.noise.len()]
         };
         Ok(FitnessScore {
-            score: (self.score)(genes) + noise,
+            score: (self.score)(genes) + noise + self.drift * i as f64,
             metrics: (self.metrics)(genes)
                 .into_iter()
                 .map(|(k, v)| (MetricName::parse(k).expect("name"), v))
@@ -60,6 +62,7 @@ fn metered(
         score,
         metrics,
         noise,
+        drift: 0.0,
         next: AtomicUsize::new(0),
     }
 }
@@ -271,5 +274,147 @@ async fn significance_keeps_a_clear_gain_and_extends_then_refuses_a_change_that_
     assert_eq!(
         (int(&current.genes, "x"), int(&current.genes, "y")),
         (60, 50)
+    );
+}
+
+/// A canary judged against its concurrent control, under a load that drifts while it is
+/// measured. The running system measures canary and control in turn, three samples each.
+async fn canary_under_drift(to: i64, drift: f64) -> (Harness, Vec<HistoryEntry>) {
+    let h = harness_with(
+        Scripted::with(vec![strategy(vec![step("a", "x", to)])]),
+        permissive(),
+        settings(
+            3,
+            Constraints {
+                canary_share: Some(0.1),
+                canary_bake_seconds: Some(300),
+                ..Constraints::default()
+            },
+        ),
+    )
+    .await;
+    let mut evaluator = metered(|g| int(g, "x") as f64, |_| Vec::new(), Vec::new());
+    evaluator.drift = drift;
+    let history = evolve(&h, &evaluator, 1).await;
+    (h, history)
+}
+
+/// Falling load (scores drift down 3 per measurement): the parent measured 50, 47, 44 before
+/// the change; the canary (x = 60) measures 51, 45, 39 beside its control's 38, 32, 26. Against
+/// the past the better mutation looks worse (mean 45 < 47) and the before/after rule would roll
+/// it back; against its concurrent control it is better on every pair, promoted to every
+/// instance, baked, and kept.
+#[tokio::test]
+async fn a_canary_beats_its_concurrent_control_under_a_drift_that_fools_the_before_after_rule() {
+    let (h, history) = canary_under_drift(60, -3.0).await;
+    let parent = history[0].fitness.expect("baseline");
+    let kept = &history[1];
+    assert!((parent - 47.0).abs() < 1e-9, "{history:?}");
+    let canary = kept.canary.expect("judged as a canary");
+    assert_eq!((canary.canary_samples, canary.control_samples), (3, 3));
+    assert!(canary.promoted);
+    assert_eq!(canary.control_fitness, Some(32.0));
+    assert_eq!(
+        kept.baseline_fitness,
+        Some(32.0),
+        "held to its control, not the past"
+    );
+    assert_eq!(kept.outcome, EvaluationOutcome::Keep);
+    let s = kept.significance.expect("a rank test");
+    assert!((s.p_value - 0.05).abs() < 1e-9, "{s:?}");
+    // The before/after rule on the canary's own samples would have rolled it back.
+    let canary_mean = (51.0 + 45.0 + 39.0) / 3.0;
+    assert!(canary_mean < parent);
+
+    let events = h
+        .store
+        .list_events(&system_id(), None, 50)
+        .await
+        .expect("events");
+    let types: Vec<EventType> = events.iter().map(|e| e.event_type).collect();
+    let promoted = types
+        .iter()
+        .position(|t| *t == EventType::CanaryPromoted)
+        .expect("promoted");
+    let kept_at = types
+        .iter()
+        .position(|t| *t == EventType::MutationKept && promoted > 0)
+        .expect("kept after the bake");
+    assert!(kept_at != promoted);
+    // The control's reports are the parent generation's, marked as such.
+    let control = h
+        .store
+        .list_fitness(&system_id(), 0)
+        .await
+        .expect("samples");
+    assert_eq!(
+        control
+            .iter()
+            .filter(|s| s.cohort == Some(Cohort::Control))
+            .count(),
+        3
+    );
+    // After the bake every instance reports the candidate, outside any cohort.
+    let baked = h
+        .store
+        .list_fitness(&system_id(), 1)
+        .await
+        .expect("samples");
+    assert_eq!(
+        baked
+            .iter()
+            .filter(|s| s.cohort == Some(Cohort::Canary))
+            .count(),
+        3
+    );
+    assert_eq!(baked.iter().filter(|s| s.cohort.is_none()).count(), 3);
+    let head = h
+        .store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("a head");
+    assert_eq!((head.generation, head.stable_generation), (1, 1));
+}
+
+/// Rising load (scores drift up 3 per measurement): a worse mutation (x = 45) measures 54, 60,
+/// 66 against the parent's past 50, 53, 56, so the before/after rule would keep it; its
+/// concurrent control measures 62, 68, 74, above it on every pair, and it is rolled back.
+#[tokio::test]
+async fn a_worse_canary_is_rolled_back_against_its_control_where_the_past_would_keep_it() {
+    let (h, history) = canary_under_drift(45, 3.0).await;
+    let parent = history[0].fitness.expect("baseline");
+    let refused = &history[1];
+    assert!(refused.fitness.expect("measured") > parent, "{history:?}");
+    assert_eq!(refused.outcome, EvaluationOutcome::Rollback);
+    let canary = refused.canary.expect("judged as a canary");
+    assert!(!canary.promoted);
+    assert_eq!(canary.control_fitness, Some(68.0));
+    assert_eq!(
+        refused.significance.map(|s| s.finding),
+        Some(Finding::Worse)
+    );
+    let head = h
+        .store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("a head");
+    let current = h
+        .store
+        .get_generation(&system_id(), head.generation)
+        .await
+        .expect("read")
+        .expect("generation");
+    assert_eq!(int(&current.genes, "x"), 50);
+    let events = h
+        .store
+        .list_events(&system_id(), None, 50)
+        .await
+        .expect("events");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.event_type != EventType::CanaryPromoted)
     );
 }

@@ -53,6 +53,7 @@ async fn pump(
                     generation,
                     genes,
                     checksum,
+                    ..
                 } = &env.body
                 {
                     report(h, evaluator, &env, *generation, genes, checksum).await;
@@ -88,6 +89,7 @@ async fn report(
             score: score.as_ref().map(|s| s.score),
             metrics: std::collections::BTreeMap::default(),
             error: score.is_none().then(|| "failed".to_owned()),
+            cohort: None,
         },
     );
     h.home.bus.send(&[Outgoing::new(env)]).await.expect("send");
@@ -1017,6 +1019,7 @@ async fn fitness(
         score,
         metrics,
         error,
+        cohort,
     } = &env.body
     else {
         unreachable!("a fitness report")
@@ -1029,6 +1032,7 @@ async fn fitness(
         *score,
         metrics,
         error.as_deref(),
+        *cohort,
     )
     .await
 }

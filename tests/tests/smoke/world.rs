@@ -244,6 +244,7 @@ impl World {
                 score: Some(0.5),
                 metrics: BTreeMap::new(),
                 error: None,
+                cohort: None,
             },
         };
         // The messages it causes stay on a local bus: the smoke tests look at their own.

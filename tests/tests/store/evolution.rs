@@ -1097,6 +1097,8 @@ pub async fn a_report_counts_only_at_the_count_it_read(h: &Harness) {
             plan_step: None,
             predicted_impact: 0.0,
             samples_seen: seen,
+            extended: false,
+            canary: None,
         }),
         ..head(&id, 0, HeadStatus::Evaluating)
     };

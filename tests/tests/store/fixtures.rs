@@ -201,6 +201,7 @@ pub fn fitness(id: &SystemId, n: u64, sample_id: &str, secs: i64, score: f64) ->
         score: Some(score),
         metrics: BTreeMap::new(),
         error: None,
+        cohort: None,
         received_at: t(secs),
     }
 }
@@ -219,6 +220,7 @@ pub fn history(n: u64, fitness: f64) -> HistoryEntry {
         metrics: std::collections::BTreeMap::new(),
         breaches: Vec::new(),
         significance: None,
+        canary: None,
         closed_at: t(n as i64),
     }
 }

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
-use super::verdict::{Judged, Judgement, Window, extend, judge_window};
+use super::verdict::{Judged, Judgement, Window, extend, judge_window, promote};
 use super::{ConflictContext, dna_rolled_back, event, raise_conflict, restoring};
 use crate::domain::judging::{Finding, Significance};
 use crate::domain::{
@@ -27,6 +27,7 @@ pub(super) async fn close_window(
     eval: Evaluation,
     current: Generation,
     samples: &[FitnessSample],
+    pending_control: Option<&FitnessSample>,
     now: DateTime<Utc>,
     out: &mut StageOutput,
 ) -> Result<(), StageError> {
@@ -38,11 +39,16 @@ pub(super) async fn close_window(
         samples,
         summary,
         metrics: &metrics,
+        pending_control,
     };
     let judged = match judge_window(deps, &system, &window).await? {
         Judgement::Close(judged) => judged,
         Judgement::Extend(significance) => {
             extend(env, system, &head, &eval, &current, significance, now, out);
+            return Ok(());
+        }
+        Judgement::Promote(judged) => {
+            promote(env, system, &head, &eval, &current, &judged, now, out);
             return Ok(());
         }
     };
@@ -58,7 +64,7 @@ pub(super) async fn close_window(
         ),
         _ => (Vec::new(), None, None),
     };
-    let actual_impact = match (summary.mean, eval.baseline_fitness) {
+    let actual_impact = match (summary.mean, judged.baseline) {
         (Some(m), Some(b)) => Some(m - b),
         _ => None,
     };
@@ -73,7 +79,7 @@ pub(super) async fn close_window(
             generation: eval.generation,
             fitness: summary.mean,
             outcome,
-            baseline_fitness: eval.baseline_fitness,
+            baseline_fitness: judged.baseline,
             changes,
             predicted_impact: eval.predicted_impact,
             plan_step: eval.plan_step.clone(),
@@ -82,6 +88,7 @@ pub(super) async fn close_window(
             metrics: metrics.clone(),
             breaches: judged.breaches.clone(),
             significance: judged.significance,
+            canary: judged.canary,
             closed_at: now,
         },
     });
