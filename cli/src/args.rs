@@ -341,6 +341,10 @@ pub struct DemoArgs {
     /// instead of re-creating it.
     #[arg(long = "continue")]
     pub resume: bool,
+    /// Run the service with load drift over the day and latency spikes, judged by guardrails,
+    /// a rank test over three samples and a canary on a fifth of the instances.
+    #[arg(long)]
+    pub noisy: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]

@@ -40,8 +40,23 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
     }
     let daily_budget = config.budgets.global_daily;
     let home = llm::home(&args.engine, store.clone(), start, config).await?;
+    let demo = if args.noisy {
+        let noisy = shared::sim::noisy::NoisyService::default();
+        demo.with_service(noisy, home.clock.clone(), args.engine.seed)
+    } else {
+        demo
+    };
     if !args.resume {
-        demo.init_in(&home.deps, home.bus.as_ref()).await?;
+        let settings = if args.noisy {
+            shared::sim::SimSystem::judged_settings()
+        } else {
+            SystemSettings {
+                samples_required: 1,
+                ..SystemSettings::default()
+            }
+        };
+        demo.init_with(&home.deps, home.bus.as_ref(), settings)
+            .await?;
     }
     let continue_with = "evolve demo --continue";
     evolve(

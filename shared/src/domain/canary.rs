@@ -129,7 +129,10 @@ mod tests {
             })
             .count();
         // Independent draws: about 1% of instances are canaries twice (unsalted, all 10% were).
-        assert!((50..150).contains(&same), "{same}: the next canary lands elsewhere");
+        assert!(
+            (50..150).contains(&same),
+            "{same}: the next canary lands elsewhere"
+        );
         // Known vectors, for running systems in other languages: "instance-1/3" sits at
         // 0.5373 and "instance-1/4" at 0.7550 of the range.
         assert_eq!(cohort_of("instance-1", 3, 0.54), Cohort::Canary);

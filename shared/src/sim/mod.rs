@@ -70,6 +70,7 @@ impl Landscape {
             schema,
             start,
             noise: None,
+            service: None,
         }
     }
 }
@@ -183,6 +184,23 @@ pub struct SimSystem {
     schema: GeneSchema,
     start: Genes,
     noise: Option<Noise>,
+    service: Option<Service>,
+}
+
+/// A service whose reports drift with the load of the hour and spike now and then (see
+/// [`noisy::NoisyService`]), read off the clock the run keeps.
+struct Service {
+    noisy: noisy::NoisyService,
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("noisy", &self.noisy)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SimSystem {
@@ -215,11 +233,21 @@ impl SimSystem {
     /// generation: a simulated measurement is exact or carries seeded noise, so further samples
     /// would add cost and no information.
     pub async fn init_in(&self, deps: &Deps, bus: &dyn Bus) -> Result<(), InitError> {
-        let (system_id, schema, genes) = self.dna();
         let settings = SystemSettings {
             samples_required: 1,
             ..SystemSettings::default()
         };
+        self.init_with(deps, bus, settings).await
+    }
+
+    /// Creates this system at generation 0 with `settings`.
+    pub async fn init_with(
+        &self,
+        deps: &Deps,
+        bus: &dyn Bus,
+        settings: SystemSettings,
+    ) -> Result<(), InitError> {
+        let (system_id, schema, genes) = self.dna();
         init_system(deps, bus, &system_id, schema, genes, settings).await
     }
 
@@ -274,14 +302,70 @@ impl SimSystem {
         self
     }
 
+    /// Measures through a noisy service: the score drifts with the time of day on `clock` and
+    /// falls in spikes, when latency (`p99_ms`) multiplies.
+    #[must_use]
+    pub fn with_service(
+        mut self,
+        noisy: noisy::NoisyService,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
+        seed: u64,
+    ) -> Self {
+        self.service = Some(Service {
+            noisy,
+            clock,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
+        });
+        self
+    }
+
+    /// The settings the noisy demo judges by: three samples a window, a canary on a fifth of
+    /// the instances baked for five minutes, and guardrails on latency and errors.
+    pub fn judged_settings() -> SystemSettings {
+        let rails = [
+            "p99_ms <= 90",
+            "p99_ms <= parent * 1.6",
+            "error_rate <= 0.2",
+        ];
+        SystemSettings {
+            samples_required: 3,
+            constraints: Box::new(crate::domain::Constraints {
+                guardrails: rails
+                    .iter()
+                    .filter_map(|r| crate::domain::Guardrail::parse(r).ok())
+                    .collect(),
+                canary_share: Some(0.2),
+                canary_bake_seconds: Some(300),
+                ..crate::domain::Constraints::default()
+            }),
+            ..SystemSettings::default()
+        }
+    }
+
     /// Measures `genes` once.
     pub fn measure(&self, genes: &Genes) -> Result<FitnessScore, EvalError> {
-        let (score, metrics) = match self.landscape {
+        let (mut score, mut metrics) = match self.landscape {
             Landscape::Demo => demo_fitness(genes)?,
             Landscape::Interacting => interacting_fitness(genes)?,
             Landscape::Rosenbrock4 => rosenbrock_fitness(genes)?,
             Landscape::Cliff => cliff_fitness(genes)?,
         };
+        if let Some(service) = &self.service {
+            let mut rng = service
+                .rng
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let at_s = f64::from(chrono::Timelike::num_seconds_from_midnight(
+                &service.clock.now(),
+            ));
+            let (value, spiked) = service.noisy.sample(score, at_s, &mut *rng);
+            score = value;
+            if spiked {
+                if let Some(p99) = metrics.get_mut("p99_ms") {
+                    *p99 *= service.noisy.spike_factor;
+                }
+            }
+        }
         let score = match &self.noise {
             Some(noise) => {
                 let mut rng = noise

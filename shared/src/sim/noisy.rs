@@ -43,12 +43,19 @@ impl Default for NoisyService {
 impl NoisyService {
     /// One report of a generation whose true fitness is `truth`, `at_s` seconds into the day.
     pub fn report(&self, truth: f64, at_s: f64, rng: &mut impl Rng) -> f64 {
+        self.sample(truth, at_s, rng).0
+    }
+
+    /// [`report`](Self::report), and whether the report fell in a spike (when latency is
+    /// `spike_factor` times its usual).
+    pub fn sample(&self, truth: f64, at_s: f64, rng: &mut impl Rng) -> (f64, bool) {
         let load = 1.0 - self.drift * (std::f64::consts::TAU * at_s / DAY_S).sin();
         let mut value = truth * load * (self.scatter * standard_normal(rng)).exp();
-        if rng.random::<f64>() < self.spike_probability {
+        let spiked = rng.random::<f64>() < self.spike_probability;
+        if spiked {
             value /= self.spike_factor;
         }
-        value
+        (value, spiked)
     }
 }
 

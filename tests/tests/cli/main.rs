@@ -616,3 +616,58 @@ fn resume_brings_a_paused_head_back_to_stable_in_the_operators_name() {
     let again = evolve(state, &["resume"]);
     assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
 }
+
+/// `evolve demo --noisy`: a service whose load drifts over the day and whose latency spikes,
+/// judged by guardrails, a rank test over three samples and a canary on a fifth of the
+/// instances. The demo shows each: a guardrail breach, a window extended and then inconclusive,
+/// and canaries promoted after beating their concurrent control; the report lists the canary
+/// verdicts and the guardrails.
+#[test]
+fn the_noisy_demo_shows_a_guardrail_breach_an_inconclusive_window_and_a_canary_promotion() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = evolve(dir.path(), &["demo", "--noisy", "--seed", "7"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let events = evolve(
+        dir.path(),
+        &["history", "--events", "--json", "--limit", "10000"],
+    );
+    assert!(events.status.success(), "{}", stderr(&events));
+    let events: Value = serde_json::from_slice(&events.stdout).expect("JSON");
+    let count = |kind: &str| {
+        events
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["type"] == kind)
+            .count()
+    };
+    for kind in [
+        "guardrail_breached",
+        "evaluation_extended",
+        "evaluation_inconclusive",
+        "canary_promoted",
+    ] {
+        assert!(count(kind) >= 1, "no {kind} in {events:#}");
+    }
+    let history = evolve(dir.path(), &["history", "--json", "--limit", "10000"]);
+    let history: Value = serde_json::from_slice(&history.stdout).expect("JSON");
+    let canaries: Vec<&Value> = history
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|h| h.get("canary").is_some())
+        .collect();
+    assert!(!canaries.is_empty());
+    for h in &canaries {
+        let c = &h["canary"];
+        assert_eq!(c["share"], 0.2);
+        // Promoted canaries that survived the bake are the kept ones.
+        assert_eq!(c["promoted"] == true, h["outcome"] == "keep", "{h:#}");
+    }
+    let page = std::fs::read_to_string(dir.path().join("report.html")).expect("report");
+    assert!(
+        page.contains(&format!("data-canaries=\"{}\"", canaries.len())),
+        "the report lists every canary verdict"
+    );
+    assert!(page.contains("data-guardrails=\"3\""));
+}

@@ -90,6 +90,8 @@ pub struct EvaluationPoint {
     pub verdict: String,
     pub breaches: Vec<String>,
     pub p_value: Option<f64>,
+    /// The canary's comparison with its concurrent control, when it ran as one.
+    pub canary: Option<shared::domain::CanaryVerdict>,
     /// The window's mean of each reported metric, for the Pareto front.
     pub metrics: BTreeMap<MetricName, f64>,
     pub closed_at: DateTime<Utc>,
@@ -431,6 +433,7 @@ fn evaluation_point(h: &HistoryEntry) -> EvaluationPoint {
         verdict: verdict_basis(h),
         breaches: h.breaches.iter().map(|b| b.to_string()).collect(),
         p_value: h.significance.map(|s| s.p_value),
+        canary: h.canary,
         metrics: h.metrics.clone(),
         closed_at: h.closed_at,
     }
@@ -438,6 +441,26 @@ fn evaluation_point(h: &HistoryEntry) -> EvaluationPoint {
 
 /// What a closed window's verdict rested on, in a few words.
 fn verdict_basis(h: &HistoryEntry) -> String {
+    let basis = judged_by(h);
+    match h.canary {
+        Some(c) => format!(
+            "canary on {:.0}% against its control ({} vs {} samples{}): {}; {basis}",
+            c.share * 100.0,
+            c.canary_samples,
+            c.control_samples,
+            c.control_fitness
+                .map_or_else(String::new, |f| format!(", control fitness {f:.4}")),
+            if c.promoted {
+                "promoted"
+            } else {
+                "not promoted"
+            }
+        ),
+        None => basis,
+    }
+}
+
+fn judged_by(h: &HistoryEntry) -> String {
     if !h.breaches.is_empty() {
         let rails: Vec<&str> = h.breaches.iter().map(|b| b.guardrail.as_str()).collect();
         return format!("guardrail breached: {}", rails.join("; "));

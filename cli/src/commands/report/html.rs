@@ -536,6 +536,7 @@ mod tests {
             verdict: hostile.into(),
             breaches: vec![hostile.into()],
             p_value: Some(0.01),
+            canary: None,
             metrics: std::collections::BTreeMap::new(),
             closed_at: at(1),
         });

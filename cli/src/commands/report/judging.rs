@@ -105,6 +105,7 @@ pub fn section(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
         }
         html.push_str("</table>\n");
     }
+    canaries(html, data);
     if let Some((x, y)) = &data.pareto_axes {
         let points = pareto_points(data);
         let svg = charts::pareto(&points, x.metric.as_str(), y.metric.as_str())?;
@@ -142,4 +143,43 @@ pub fn section(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
     }
     html.push_str("</section>\n");
     Ok(())
+}
+
+/// Every canary verdict: the share, both sides' samples, the control's fitness, the outcome.
+fn canaries(html: &mut String, data: &ReportData) {
+    let rows: Vec<_> = data
+        .evaluations
+        .iter()
+        .filter_map(|e| e.canary.map(|c| (e, c)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = write!(
+        html,
+        "<h3>Canary verdicts</h3>\n<table data-canaries=\"{}\">\n<tr><th>generation</th>\
+         <th>share</th><th>canary samples</th><th>control samples</th><th>canary fitness</th>\
+         <th>control fitness</th><th>promoted</th></tr>\n",
+        rows.len()
+    );
+    for (e, c) in rows {
+        let _ = writeln!(
+            html,
+            "<tr data-canary-generation=\"{}\" data-promoted=\"{}\"><td class=\"num\">{}</td>\
+             <td class=\"num\">{:.0}%</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+            e.generation,
+            c.promoted,
+            e.generation,
+            c.share * 100.0,
+            c.canary_samples,
+            c.control_samples,
+            e.fitness
+                .map_or_else(|| "-".to_owned(), |f| format!("{f:.4}")),
+            c.control_fitness
+                .map_or_else(|| "-".to_owned(), |f| format!("{f:.4}")),
+            if c.promoted { "yes" } else { "no" },
+        );
+    }
+    html.push_str("</table>\n");
 }
