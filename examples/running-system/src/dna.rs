@@ -27,6 +27,10 @@ pub enum DnaChange {
         generation: u64,
         genes: Genes,
         checksum: String,
+        /// Present while the generation runs as a canary on a share of the instances; a
+        /// `DnaUpdated` for the same generation without it promotes the canary to all.
+        #[serde(default)]
+        canary: Option<Canary>,
     },
     /// A new generation whose genes are those of `restored_generation`. The product's own
     /// rollback of a worse generation (`measure: false`) is run but not measured: the restored
@@ -53,6 +57,7 @@ impl DnaChange {
                 generation,
                 genes,
                 checksum,
+                ..
             }
             | Self::DnaRolledBack {
                 generation,
@@ -83,6 +88,39 @@ impl DnaChange {
             Self::DnaRolledBack { measure, .. } => *measure,
             Self::Other => false,
         }
+    }
+}
+
+/// A canary rollout: which instances run the candidate, and what the others keep running.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Canary {
+    pub share: f64,
+    pub control_generation: u64,
+    pub control_checksum: String,
+    pub control_genes: Genes,
+}
+
+/// Which side of a canary an instance is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cohort {
+    Canary,
+    Control,
+}
+
+/// The cohort rule: an instance is a canary of `generation` when the first 8 bytes of
+/// SHA-256 of `"<instance id>/<generation>"`, read big-endian and divided by 2^64, are below
+/// the share. Salted with the generation, so each canary lands on other instances.
+pub fn cohort_of(instance_id: &str, generation: u64, share: f64) -> Cohort {
+    let digest = Sha256::digest(format!("{instance_id}/{generation}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    #[allow(clippy::cast_precision_loss)]
+    let position = u64::from_be_bytes(first) as f64 / 18_446_744_073_709_551_616.0;
+    if position < share {
+        Cohort::Canary
+    } else {
+        Cohort::Control
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
 
-use crate::dna::{DnaChange, DnaMessage, Genes, checksum};
+use crate::dna::{Cohort, DnaChange, DnaMessage, Genes, checksum, cohort_of};
 use crate::report::{FitnessReport, ReportKind, report_id};
 use crate::service::{SimulatedService, measurement_seed};
 
@@ -32,6 +32,13 @@ pub struct Running {
     pub restored: Option<u64>,
     /// Whether a window waits for this generation's reports.
     pub measured: bool,
+    /// The side of a canary this instance is on, reported with every measurement.
+    pub cohort: Option<Cohort>,
+    /// How many times this generation was announced again after it was applied (a window
+    /// extended, a canary promoted, a control asked for): each round is measured afresh.
+    pub round: u32,
+    /// The message that started this round: a redelivery of it is not a new round.
+    pub message_id: String,
 }
 
 /// A DNA change the instance applied.
@@ -128,18 +135,72 @@ impl Instance {
         if let Err(refusal) = verify(generation, genes, claimed) {
             return Handled::Refused(refusal);
         }
-        if let Some(running) = self.running.as_ref().map(|r| r.generation) {
-            if generation <= running {
-                return Handled::Stale {
-                    generation,
-                    running,
-                };
-            }
+        let target = Target {
+            id: &message.id,
+            change: &message.change,
+        };
+        // A canary: this instance's cohort says whether it runs the candidate or keeps the
+        // control (whose genes the message carries for instances that never ran them).
+        if let DnaChange::DnaUpdated {
+            canary: Some(canary),
+            ..
+        } = &message.change
+        {
+            return match cohort_of(&self.config.instance_id, generation, canary.share) {
+                Cohort::Canary => {
+                    self.run(target, generation, genes, claimed, Some(Cohort::Canary))
+                }
+                Cohort::Control => {
+                    let (control, sum) = (&canary.control_genes, &canary.control_checksum);
+                    if let Err(refusal) = verify(canary.control_generation, control, sum) {
+                        return Handled::Refused(refusal);
+                    }
+                    let generation = canary.control_generation;
+                    self.run(target, generation, control, sum, Some(Cohort::Control))
+                }
+            };
         }
-        Handled::Applied(self.apply(&message.change, generation, genes, claimed))
+        self.run(target, generation, genes, claimed, None)
     }
 
-    fn apply(&mut self, change: &DnaChange, generation: u64, genes: &Genes, sum: &str) -> Applied {
+    /// Runs `generation` unless it is older than what runs. The same generation announced
+    /// again by another message is a new round of measurements; the same message again (a
+    /// redelivery) is stale.
+    fn run(
+        &mut self,
+        target: Target<'_>,
+        generation: u64,
+        genes: &Genes,
+        sum: &str,
+        cohort: Option<Cohort>,
+    ) -> Handled {
+        let mut round = 0;
+        if let Some(running) = &self.running {
+            let again = generation == running.generation
+                && target.id != running.message_id
+                && target.change.to_measure();
+            if generation < running.generation || (generation == running.generation && !again) {
+                return Handled::Stale {
+                    generation,
+                    running: running.generation,
+                };
+            }
+            if again {
+                round = running.round + 1;
+            }
+        }
+        Handled::Applied(self.apply(target, generation, genes, sum, (cohort, round)))
+    }
+
+    fn apply(
+        &mut self,
+        target: Target<'_>,
+        generation: u64,
+        genes: &Genes,
+        sum: &str,
+        (cohort, round): (Option<Cohort>, u32),
+    ) -> Applied {
+        let change = target.change;
         let (restored, measured) = (change.restored_generation(), change.to_measure());
         self.running = Some(Running {
             generation,
@@ -147,6 +208,9 @@ impl Instance {
             genes: genes.clone(),
             restored,
             measured,
+            cohort,
+            round,
+            message_id: target.id.to_owned(),
         });
         let applied = Applied {
             generation,
@@ -167,19 +231,31 @@ impl Instance {
         let running = self.running.as_ref().filter(|r| r.measured)?;
         let (system, instance) = (&self.config.system_id, &self.config.instance_id);
         let generation = running.generation.to_string();
-        let seed = measurement_seed(&[
-            system,
-            instance,
+        let (measurement_text, round) = (measurement.to_string(), running.round.to_string());
+        let mut parts = vec![
+            system.as_str(),
+            instance.as_str(),
             &generation,
             &running.checksum,
-            &measurement.to_string(),
-        ]);
+            &measurement_text,
+        ];
+        // Later rounds measure afresh; the first keeps the seed it always had.
+        if running.round > 0 {
+            parts.push(&round);
+        }
+        let seed = measurement_seed(&parts);
         let (score, metrics, error) = match self.service.measure(&running.genes, seed) {
             Ok(measured) => (Some(measured.score), measured.metrics, None),
             Err(failed) => (None, failed.metrics, Some(failed.error)),
         };
         Some(FitnessReport {
-            id: report_id(system, running.generation, instance, measurement),
+            id: report_id(
+                system,
+                running.generation,
+                instance,
+                running.round,
+                measurement,
+            ),
             system_id: system.clone(),
             sent_at: now,
             kind: ReportKind::FitnessReported,
@@ -188,8 +264,16 @@ impl Instance {
             score,
             metrics,
             error,
+            cohort: running.cohort,
         })
     }
+}
+
+/// The message a change came in: its id tells a new announcement from a redelivery.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    id: &'a str,
+    change: &'a DnaChange,
 }
 
 /// The genes must hash to the checksum the message carries.

@@ -30,6 +30,9 @@ pub struct FitnessReport {
     pub metrics: BTreeMap<String, f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The side of a canary measured (`canary` or `control`); absent outside canaries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<crate::dna::Cohort>,
 }
 
 /// The one type of message a running system sends.
@@ -38,12 +41,23 @@ pub enum ReportKind {
     FitnessReported,
 }
 
-/// The report id of measurement `measurement` (from 1) of `generation` by `instance`.
+/// The report id of measurement `measurement` (from 1) of round `round` of `generation` by
+/// `instance` (round 0 is the first announcement; later rounds add `-r<round>`).
 ///
 /// Derived, not random: every instance of a system reports under its own ids, and a report
 /// sent again after a lost answer is the same report, which the product records once.
-pub fn report_id(system_id: &str, generation: u64, instance_id: &str, measurement: u32) -> String {
-    format!("fitness-{system_id}-{generation}-{instance_id}-{measurement}")
+pub fn report_id(
+    system_id: &str,
+    generation: u64,
+    instance_id: &str,
+    round: u32,
+    measurement: u32,
+) -> String {
+    if round == 0 {
+        format!("fitness-{system_id}-{generation}-{instance_id}-{measurement}")
+    } else {
+        format!("fitness-{system_id}-{generation}-{instance_id}-r{round}-{measurement}")
+    }
 }
 
 impl FitnessReport {

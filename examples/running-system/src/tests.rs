@@ -447,3 +447,112 @@ async fn the_loop_measures_updates_skips_rollbacks_and_deletes_every_message() {
         .collect();
     assert_eq!(applied, [(0, None), (1, None), (2, Some(0))]);
 }
+
+/// A `DnaUpdated` as the product publishes it for a canary (and, without `canary`, for its
+/// promotion), under an envelope caused by `cause` so each announcement is a message of its own.
+fn canary_updated(
+    cause: &str,
+    generation: u64,
+    genes: &ProductGenes,
+    control: Option<(u64, &ProductGenes)>,
+) -> String {
+    let canary = control.map(|(control_generation, control_genes)| {
+        shared::domain::CanaryRollout::new(
+            0.5,
+            &shared::domain::Generation::new(
+                SystemId::parse(SYSTEM).expect("id"),
+                control_generation,
+                None,
+                control_genes.clone(),
+                shared::domain::Origin::Initial,
+                Utc::now(),
+            ),
+        )
+    });
+    serde_json::to_string(&Envelope::caused_by(
+        cause,
+        "snapshot",
+        0,
+        SystemId::parse(SYSTEM).expect("id"),
+        generation,
+        Utc::now(),
+        Body::DnaUpdated {
+            generation,
+            genes: serde_json::to_value(genes).expect("genes"),
+            checksum: shared::domain::checksum(genes),
+            canary,
+        },
+    ))
+    .expect("JSON")
+}
+
+/// Twenty instances get a canary of generation 1 at a share of one half: each finds its cohort
+/// by the product's own rule; canaries run and report the candidate, controls keep generation
+/// 0 and report it as the control; the promotion moves every instance to the candidate, and a
+/// canary measures it again under new report ids.
+#[test]
+fn a_canary_splits_instances_by_the_products_cohort_rule_and_its_promotion_moves_all() {
+    use shared::domain::canary::{Cohort as ProductCohort, cohort_of};
+    let parent = start_genes();
+    let candidate = product_genes(&[
+        ("workers", GeneValue::Int(8)),
+        ("batch_size", GeneValue::Int(16)),
+        ("cache_mb", GeneValue::Int(64)),
+        ("compression", GeneValue::Choice("none".into())),
+    ]);
+    let (mut canaries, mut controls) = (0, 0);
+    for n in 0..20 {
+        let id = format!("host-{n}");
+        let mut instance = Instance::new(
+            InstanceConfig {
+                system_id: SYSTEM.into(),
+                instance_id: id.clone(),
+                measurements_per_generation: 1,
+            },
+            SimulatedService {
+                memory_limit_mb: 4096.0,
+                timeout_rate: 0.0,
+            },
+        );
+        instance.handle(&canary_updated("init", 0, &parent, None));
+        let handled = instance.handle(&canary_updated(
+            "approve",
+            1,
+            &candidate,
+            Some((0, &parent)),
+        ));
+        let report = instance.measure(1, Utc::now()).expect("a report");
+        match cohort_of(&id, 1, 0.5) {
+            ProductCohort::Canary => {
+                canaries += 1;
+                assert_eq!(applied_generation(&handled), Some(1));
+                assert_eq!(report.generation, 1);
+                assert_eq!(report.cohort, Some(crate::dna::Cohort::Canary));
+            }
+            ProductCohort::Control => {
+                controls += 1;
+                assert_eq!(
+                    applied_generation(&handled),
+                    Some(0),
+                    "the control keeps the parent"
+                );
+                assert_eq!(report.generation, 0);
+                assert_eq!(report.checksum, shared::domain::checksum(&parent));
+                assert_eq!(report.cohort, Some(crate::dna::Cohort::Control));
+            }
+        }
+        let body: Value = serde_json::from_str(&report.body()).expect("JSON");
+        assert!(body["cohort"].is_string(), "{body}");
+        let first_id = report.id.clone();
+        // The promotion: the same generation without a canary, in a message of its own.
+        let promoted = instance.handle(&canary_updated("promote", 1, &candidate, None));
+        assert_eq!(applied_generation(&promoted), Some(1), "{promoted:?}");
+        let after = instance.measure(1, Utc::now()).expect("a report");
+        assert_eq!((after.generation, after.cohort), (1, None));
+        assert_ne!(after.id, first_id, "a new round reports under new ids");
+        // A redelivery of the promotion is not a new round.
+        let again = instance.handle(&canary_updated("promote", 1, &candidate, None));
+        assert!(matches!(again, Handled::Stale { .. }), "{again:?}");
+    }
+    assert!(canaries > 3 && controls > 3, "{canaries} / {controls}");
+}

@@ -28,6 +28,8 @@ pub struct CanaryRollout {
     /// name it, with `cohort: control`.
     pub control_generation: u64,
     pub control_checksum: String,
+    /// The control's genes, so that an instance that joins during a canary can run them.
+    pub control_genes: serde_json::Value,
 }
 
 /// The rule every running system applies, in words: [`cohort_of`] in code.
@@ -35,12 +37,13 @@ pub const COHORT_RULE: &str = "canary when the first 8 bytes of SHA-256(\"<insta
      read as a big-endian unsigned integer and divided by 2^64, are below the share";
 
 impl CanaryRollout {
-    pub fn new(share: f64, control_generation: u64, control_checksum: String) -> Self {
+    pub fn new(share: f64, control: &super::Generation) -> Self {
         Self {
             share,
             rule: COHORT_RULE.to_owned(),
-            control_generation,
-            control_checksum,
+            control_generation: control.generation,
+            control_checksum: control.checksum.clone(),
+            control_genes: serde_json::to_value(&control.genes).unwrap_or_default(),
         }
     }
 }

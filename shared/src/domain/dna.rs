@@ -134,7 +134,8 @@ pub struct Evaluation {
     pub extended: bool,
     /// Set when the candidate runs as a canary beside a control on the parent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub canary: Option<super::CanaryWindow>,
+    /// Boxed: most windows have none, and the head travels in every write.
+    pub canary: Option<Box<super::CanaryWindow>>,
 }
 
 /// The head pointer: which generation is current and what state it is in.
@@ -301,8 +302,8 @@ impl Constraints {
         }
         let mut names: Vec<_> = self.objectives.iter().map(|o| &o.metric).collect();
         names.sort();
-        if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
-            return bad(format!("objective {} is given twice", twice[0]));
+        if let Some([twice, _]) = names.windows(2).find(|w| w[0] == w[1]) {
+            return bad(format!("objective {twice} is given twice"));
         }
         Ok(())
     }

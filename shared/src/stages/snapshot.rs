@@ -51,7 +51,7 @@ pub async fn handle_approved(
     // With a canary share the candidate runs beside a control that keeps the parent's genes.
     let constraints = &system.settings.constraints;
     let canary = constraints.canary_share.map(|share| CanaryWindow {
-        rollout: CanaryRollout::new(share, parent.generation, parent.checksum.clone()),
+        rollout: CanaryRollout::new(share, &parent),
         bake_seconds: constraints
             .canary_bake_seconds
             .unwrap_or(system.settings.evaluation_window_seconds),
@@ -64,7 +64,7 @@ pub async fn handle_approved(
         baseline_fitness: head.stable_fitness,
         plan_step: mutation.plan_step.clone(),
         predicted_impact: mutation.predicted_impact,
-        canary: canary.clone(),
+        canary: canary.clone().map(Box::new),
         ..open_window(&mut system, next, now)
     };
     let deadline = evaluation.deadline;

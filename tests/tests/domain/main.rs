@@ -369,7 +369,13 @@ fn every_message_body_round_trips_through_json() {
             generation: 5,
             genes: serde_json::json!({"x": 1}),
             checksum: "c".into(),
-            canary: Some(shared::domain::CanaryRollout::new(0.1, 4, "p".into())),
+            canary: Some(shared::domain::CanaryRollout {
+                share: 0.1,
+                rule: shared::domain::canary::COHORT_RULE.into(),
+                control_generation: 4,
+                control_checksum: "p".into(),
+                control_genes: serde_json::json!({"x": 0}),
+            }),
         },
         Body::DnaRolledBack {
             generation: 6,

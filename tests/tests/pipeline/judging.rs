@@ -121,7 +121,7 @@ async fn a_guardrail_breach_rolls_back_a_higher_scoring_mutation() {
     assert_eq!(candidate.outcome, EvaluationOutcome::Rollback);
     assert_eq!(candidate.breaches.len(), 1);
     assert_eq!(candidate.breaches[0].guardrail, "p99_latency_ms <= 250");
-    assert_eq!(candidate.breaches[0].value, 300.0);
+    assert!((candidate.breaches[0].value - 300.0).abs() < 1e-9);
 
     let events = h
         .store

@@ -431,7 +431,7 @@ fn evaluation_point(h: &HistoryEntry) -> EvaluationPoint {
         reports: crate::commands::views::reports(h),
         failed: h.failed,
         verdict: verdict_basis(h),
-        breaches: h.breaches.iter().map(|b| b.to_string()).collect(),
+        breaches: h.breaches.iter().map(ToString::to_string).collect(),
         p_value: h.significance.map(|s| s.p_value),
         canary: h.canary,
         metrics: h.metrics.clone(),

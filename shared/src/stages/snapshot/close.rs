@@ -331,8 +331,12 @@ impl Closing<'_> {
 
     fn rollback_reason(&self) -> String {
         if !self.judged.breaches.is_empty() {
-            let breaches: Vec<String> =
-                self.judged.breaches.iter().map(|b| b.to_string()).collect();
+            let breaches: Vec<String> = self
+                .judged
+                .breaches
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             breaches.join("; ")
         } else if let Some(s) = &self.judged.significance {
             let found = if s.finding == Finding::Worse {
@@ -362,7 +366,12 @@ impl Closing<'_> {
         if self.judged.breaches.is_empty() {
             return;
         }
-        let breaches: Vec<String> = self.judged.breaches.iter().map(|b| b.to_string()).collect();
+        let breaches: Vec<String> = self
+            .judged
+            .breaches
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let alert = Alert {
             id: derive_id("alr", &[&self.env.id, "guardrail"]),
             level: AlertLevel::Warning,

@@ -103,7 +103,7 @@ pub(super) async fn judge_window(
             let rails = &system.settings.constraints.guardrails;
             let wanted = eval.parent.is_some()
                 && eval.baseline_fitness.is_some()
-                && (by_significance(window) || rails.iter().any(|g| g.is_relative()));
+                && (by_significance(window) || rails.iter().any(judging::Guardrail::is_relative));
             let parent = match eval.parent {
                 Some(p) if wanted => parent_reports(deps, &system.system_id, p).await?,
                 _ => Vec::new(),
@@ -380,12 +380,12 @@ pub(super) fn promote(
     baking.evaluation = Some(Evaluation {
         deadline,
         samples_seen: eval.samples_seen + 1,
-        canary: Some(CanaryWindow {
+        canary: Some(Box::new(CanaryWindow {
             promoted_at: Some(now),
             verdict: judged.canary,
             significance: judged.significance,
-            ..canary
-        }),
+            ..*canary
+        })),
         ..eval.clone()
     });
     out.writes.push(Write::CountSample {
