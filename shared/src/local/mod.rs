@@ -2,7 +2,6 @@
 //! simulated clock, with an [`Evaluator`] playing the running system. This is what `evolve
 //! demo` and `evolve run` drive; nothing here exists only for the demo.
 
-use crate::domain::Cohort;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -24,6 +23,7 @@ use crate::store::StoreError;
 mod init;
 mod report;
 mod settings;
+mod sides;
 
 pub use init::{InitError, init_system};
 use report::report;
@@ -533,83 +533,6 @@ impl LocalRunner<'_> {
             warn!(error = %e, "could not report fitness");
         }
         Ok(())
-    }
-}
-
-/// One side of what the running system measures for a window: the candidate (as a canary, or
-/// on every instance) and, beside a canary, the control on the parent's genes.
-struct Side {
-    generation: u64,
-    checksum: String,
-    genes: Genes,
-    cohort: Option<Cohort>,
-    /// Reports of this side the window already holds.
-    reported: u32,
-}
-
-impl LocalRunner<'_> {
-    async fn sides(
-        &self,
-        system_id: &SystemId,
-        eval: &crate::domain::Evaluation,
-        generation: crate::domain::Generation,
-        genes: Genes,
-    ) -> Result<Vec<Side>, RunError> {
-        let store = &self.deps.store;
-        let count = |samples: Vec<crate::domain::FitnessSample>,
-                     cohort: Option<Cohort>,
-                     since: chrono::DateTime<chrono::Utc>| {
-            u32::try_from(
-                samples
-                    .iter()
-                    .filter(|s| s.cohort == cohort && s.received_at >= since)
-                    .count(),
-            )
-            .unwrap_or(u32::MAX)
-        };
-        let own = store.list_fitness(system_id, eval.generation).await?;
-        let Some(canary) = &eval.canary else {
-            return Ok(vec![Side {
-                reported: u32::try_from(own.len()).unwrap_or(u32::MAX),
-                generation: generation.generation,
-                checksum: generation.checksum,
-                genes,
-                cohort: None,
-            }]);
-        };
-        if let Some(promoted) = canary.promoted_at {
-            return Ok(vec![Side {
-                reported: count(own, None, promoted),
-                generation: generation.generation,
-                checksum: generation.checksum,
-                genes,
-                cohort: None,
-            }]);
-        }
-        let control_generation = canary.rollout.control_generation;
-        let control = store
-            .get_generation(system_id, control_generation)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("generation {control_generation} missing"))
-            })?;
-        let controls = store.list_fitness(system_id, control_generation).await?;
-        Ok(vec![
-            Side {
-                reported: count(own, Some(Cohort::Canary), eval.started_at),
-                generation: generation.generation,
-                checksum: generation.checksum,
-                genes,
-                cohort: Some(Cohort::Canary),
-            },
-            Side {
-                reported: count(controls, Some(Cohort::Control), eval.started_at),
-                generation: control.generation,
-                checksum: control.checksum,
-                genes: control.genes,
-                cohort: Some(Cohort::Control),
-            },
-        ])
     }
 }
 
