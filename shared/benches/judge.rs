@@ -1,7 +1,8 @@
 //! `make bench`: wrong keeps and wrong rollbacks of the mean rule (keep when the window's mean
-//! is at least the parent's) and of the significance judge (Mann-Whitney U, one extension),
+//! is at least the parent's), of the significance judge (Mann-Whitney U, one extension) against
+//! the parent's earlier window, and of the same judge against a concurrent control (a canary),
 //! side by side on the noisy service, for several `--samples` and confidences, and the time a
-//! verdict takes.
+//! verdict takes. Reports count the candidate's only.
 
 use std::time::Instant;
 
@@ -14,13 +15,16 @@ fn main() {
          reports drift +-5% over the day, scatter 5%, 10% of reports in a spike (1/3 of the truth)"
     );
     println!(
-        "{:>7} {:>10} | {:>16} {:>16} {:>7} | {:>16} {:>16} {:>7}",
+        "{:>7} {:>10} | {:>16} {:>16} {:>7} | {:>16} {:>16} {:>7} | {:>18} {:>16} {:>7}",
         "samples",
         "confidence",
         "mean: wrong keep",
         "wrong rollback",
         "reports",
         "judge: wrong keep",
+        "wrong rollback",
+        "reports",
+        "canary: wrong keep",
         "wrong rollback",
         "reports"
     );
@@ -33,15 +37,18 @@ fn main() {
             });
             let keep = |n| Comparison::rate(n, result.worse) * 100.0;
             let back = |n| Comparison::rate(n, result.better) * 100.0;
-            let (old, new) = (result.mean_rule, result.significance);
+            let (old, new, canary) = (result.mean_rule, result.significance, result.canary);
             println!(
-                "{samples:>7} {confidence:>10} | {:>15.1}% {:>15.1}% {:>7.1} | {:>16.1}% {:>15.1}% {:>7.1}",
+                "{samples:>7} {confidence:>10} | {:>15.1}% {:>15.1}% {:>7.1} | {:>16.1}% {:>15.1}% {:>7.1} | {:>17.1}% {:>15.1}% {:>7.1}",
                 keep(old.wrong_keeps),
                 back(old.wrong_rollbacks),
                 old.mean_samples,
                 keep(new.wrong_keeps),
                 back(new.wrong_rollbacks),
                 new.mean_samples,
+                keep(canary.wrong_keeps),
+                back(canary.wrong_rollbacks),
+                canary.mean_samples,
             );
         }
     }

@@ -117,6 +117,10 @@ pub struct Comparison {
     pub better: u64,
     pub mean_rule: Rates,
     pub significance: Rates,
+    /// The judge against a control measured at the same times as the candidate (a canary),
+    /// instead of against the parent's earlier window. Its reports count the candidate's only:
+    /// the control runs on instances that serve anyway, like the parent's earlier window.
+    pub canary: Rates,
 }
 
 impl Comparison {
@@ -132,7 +136,7 @@ impl Comparison {
 /// Judges `trials.mutations` seeded mutations by both rules.
 pub fn compare_rules(trials: &Trials) -> Comparison {
     let mut out = Comparison::default();
-    let (mut mean_samples, mut judge_samples) = (0usize, 0usize);
+    let (mut mean_samples, mut judge_samples, mut canary_samples) = (0usize, 0usize, 0usize);
     let service = trials.service;
     let k = trials.samples;
     for seed in 0..trials.mutations {
@@ -161,19 +165,47 @@ pub fn compare_rules(trials: &Trials) -> Comparison {
         };
         judge_samples += candidate.len();
         let kept_by_judge = finding == Some(Finding::Better);
+        // The canary: the same candidate reports against a control measured beside them, from
+        // a stream of its own so the other two rules see exactly the reports they always did.
+        let mut control_rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_c0de_0000_0000);
+        let mut control: Vec<f64> = (k..2 * k)
+            .map(|i| service.report(parent_truth, at(i), &mut control_rng))
+            .collect();
+        let first = judge(&candidate[..k], &control, trials.confidence, false).map(|s| s.finding);
+        let canary_finding = if first == Some(Finding::Extend) {
+            control.extend(
+                (2 * k..3 * k).map(|i| service.report(parent_truth, at(i), &mut control_rng)),
+            );
+            let extended = if candidate.len() < 2 * k {
+                let mut more = candidate.clone();
+                more.extend((2 * k..3 * k).map(|i| service.report(truth, at(i), &mut control_rng)));
+                more
+            } else {
+                candidate.clone()
+            };
+            canary_samples += extended.len();
+            judge(&extended, &control, trials.confidence, true).map(|s| s.finding)
+        } else {
+            canary_samples += k;
+            first
+        };
+        let kept_by_canary = canary_finding == Some(Finding::Better);
         if effect <= -trials.meaningful {
             out.worse += 1;
             out.mean_rule.wrong_keeps += u64::from(kept_by_mean);
             out.significance.wrong_keeps += u64::from(kept_by_judge);
+            out.canary.wrong_keeps += u64::from(kept_by_canary);
         } else if effect >= trials.meaningful {
             out.better += 1;
             out.mean_rule.wrong_rollbacks += u64::from(!kept_by_mean);
             out.significance.wrong_rollbacks += u64::from(!kept_by_judge);
+            out.canary.wrong_rollbacks += u64::from(!kept_by_canary);
         }
     }
     let n = trials.mutations.max(1) as f64;
     out.mean_rule.mean_samples = mean_samples as f64 / n;
     out.significance.mean_samples = judge_samples as f64 / n;
+    out.canary.mean_samples = canary_samples as f64 / n;
     out
 }
 
@@ -217,6 +249,11 @@ mod tests {
         let (old, new) = (result.mean_rule, result.significance);
         assert!(new.wrong_keeps < old.wrong_keeps, "{result:?}");
         assert!(new.wrong_rollbacks < old.wrong_rollbacks, "{result:?}");
+        // Against a control measured at the same time the load's drift cancels out: fewer
+        // wrong verdicts again than against the parent's earlier window.
+        let canary = result.canary;
+        assert!(canary.wrong_keeps <= new.wrong_keeps, "{result:?}");
+        assert!(canary.wrong_rollbacks < new.wrong_rollbacks, "{result:?}");
     }
 
     #[test]
