@@ -25,6 +25,8 @@ struct Metered {
     noise: Vec<f64>,
     /// Added per evaluation made: the service's load drifting while it is measured.
     drift: f64,
+    /// From this evaluation on, every metric doubles (a surge the service meets later).
+    surge_from: Option<usize>,
     next: AtomicUsize,
 }
 
@@ -47,7 +49,14 @@ impl Evaluator for Metered {
             score: (self.score)(genes) + noise + self.drift * i as f64,
             metrics: (self.metrics)(genes)
                 .into_iter()
-                .map(|(k, v)| (MetricName::parse(k).expect("name"), v))
+                .map(|(k, v)| {
+                    let surge = if self.surge_from.is_some_and(|from| i >= from) {
+                        2.0
+                    } else {
+                        1.0
+                    };
+                    (MetricName::parse(k).expect("name"), v * surge)
+                })
                 .collect::<BTreeMap<_, _>>(),
         })
     }
@@ -63,6 +72,7 @@ fn metered(
         metrics,
         noise,
         drift: 0.0,
+        surge_from: None,
         next: AtomicUsize::new(0),
     }
 }
@@ -417,4 +427,54 @@ async fn a_worse_canary_is_rolled_back_against_its_control_where_the_past_would_
             .iter()
             .all(|e| e.event_type != EventType::CanaryPromoted)
     );
+}
+
+/// A canary that beats its control is promoted, but the latency of every instance doubles
+/// during the bake: the bake's guardrail check rolls it back after all.
+#[tokio::test]
+async fn a_promoted_canary_that_breaks_a_guardrail_while_baking_is_rolled_back() {
+    let h = harness_with(
+        Scripted::with(vec![strategy(vec![step("a", "x", 60)])]),
+        permissive(),
+        settings(
+            3,
+            Constraints {
+                guardrails: vec![Guardrail::parse("p99_latency_ms <= 250").expect("rail")],
+                canary_share: Some(0.1),
+                canary_bake_seconds: Some(300),
+                ..Constraints::default()
+            },
+        ),
+    )
+    .await;
+    // 3 baseline reports, then 3 canary and 3 control ones; the bake's 3 come after the surge.
+    let mut evaluator = metered(
+        |g| int(g, "x") as f64,
+        |_| vec![("p99_latency_ms", 200.0)],
+        Vec::new(),
+    );
+    evaluator.surge_from = Some(9);
+    let history = evolve(&h, &evaluator, 1).await;
+    let baked = &history[1];
+    assert_eq!(baked.outcome, EvaluationOutcome::Rollback, "{baked:?}");
+    assert_eq!(baked.breaches.len(), 1);
+    assert!((baked.breaches[0].value - 400.0).abs() < 1e-9, "{baked:?}");
+    let canary = baked.canary.expect("a canary");
+    assert!(!canary.promoted, "promoted, then failed the bake");
+    let events = h
+        .store
+        .list_events(&system_id(), None, 50)
+        .await
+        .expect("events");
+    let types: Vec<EventType> = events.iter().map(|e| e.event_type).collect();
+    assert!(types.contains(&EventType::CanaryPromoted), "{types:?}");
+    assert!(types.contains(&EventType::GuardrailBreached), "{types:?}");
+    let head = h.store.get_head(&system_id()).await.expect("head").expect("a head");
+    let current = h
+        .store
+        .get_generation(&system_id(), head.generation)
+        .await
+        .expect("read")
+        .expect("generation");
+    assert_eq!(int(&current.genes, "x"), 50);
 }
