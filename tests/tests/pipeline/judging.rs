@@ -469,7 +469,12 @@ async fn a_promoted_canary_that_breaks_a_guardrail_while_baking_is_rolled_back()
     let types: Vec<EventType> = events.iter().map(|e| e.event_type).collect();
     assert!(types.contains(&EventType::CanaryPromoted), "{types:?}");
     assert!(types.contains(&EventType::GuardrailBreached), "{types:?}");
-    let head = h.store.get_head(&system_id()).await.expect("head").expect("a head");
+    let head = h
+        .store
+        .get_head(&system_id())
+        .await
+        .expect("head")
+        .expect("a head");
     let current = h
         .store
         .get_generation(&system_id(), head.generation)
