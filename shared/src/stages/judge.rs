@@ -6,16 +6,9 @@
 pub use crate::domain::judging::{Finding, Significance};
 use crate::stats::{RankTest, mann_whitney};
 
-/// The confidence a verdict needs when the system's settings name none. Windows hold 3 to 10
-/// reports, where 0.95 is rarely reached and good mutations are rolled back more often than
-/// under the mean rule; at 0.8 the judge makes fewer wrong verdicts of both kinds than the mean
-/// rule on the noisy service (`make bench` prints the rates for 0.8, 0.9 and 0.95).
-pub const DEFAULT_CONFIDENCE: f64 = 0.8;
-/// [`DEFAULT_CONFIDENCE`] as the settings keep it.
-pub const DEFAULT_CONFIDENCE_PERCENT: u32 = 80;
-/// The confidences a system may ask for, in percent: below 51 a verdict is a coin toss, and at
-/// 100 nothing is ever significant.
-pub const CONFIDENCE_PERCENT_RANGE: std::ops::RangeInclusive<u32> = 51..=99;
+pub use crate::domain::judging::{
+    CONFIDENCE_PERCENT_RANGE, DEFAULT_CONFIDENCE, DEFAULT_CONFIDENCE_PERCENT,
+};
 
 /// Judges `candidate` against `parent` at `confidence` (0.5 to 1, exclusive); `extended` says
 /// the window was extended once already. `None` when either side has no usable sample.

@@ -50,7 +50,7 @@ pub struct SystemSettings {
 }
 
 fn default_confidence() -> u32 {
-    crate::stages::judge::DEFAULT_CONFIDENCE_PERCENT
+    crate::domain::judging::DEFAULT_CONFIDENCE_PERCENT
 }
 
 fn no_constraints(c: &crate::domain::Constraints) -> bool {
