@@ -108,6 +108,18 @@ impl Fleet {
         let mut queues = Destinations::default();
         for q in Queue::ALL {
             let (url, _) = tests::moto::queue(&sqs, q.as_str()).await;
+            // A drain handles every message it receives before it receives again; under a
+            // loaded machine a batch can outlast the default 30 s, and a message whose
+            // visibility ran out would come back as a duplicate no redelivery sent.
+            sqs.set_queue_attributes()
+                .queue_url(&url)
+                .attributes(
+                    aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
+                    "900",
+                )
+                .send()
+                .await
+                .expect("visibility timeout");
             queues.queues.insert(q, url);
         }
         queues.topics = tests::moto::topics(&sns).await;
