@@ -419,6 +419,11 @@ mod tests {
             41.5,
         )]);
         req.mutation.description = "switch the codec to cut CPU".into();
+        req.history[0].breaches.push(crate::domain::Breach {
+            guardrail: "error_rate <= 0.01".into(),
+            value: 0.02,
+            limit: 0.01,
+        });
         req.dna.constraints = crate::domain::Constraints {
             performance_requirements: std::collections::BTreeMap::from([(
                 "p99_latency_ms".to_owned(),
@@ -447,6 +452,12 @@ mod tests {
         assert_eq!(
             constraints["business_constraints"][0],
             "never drop an order"
+        );
+        // Guardrails are limits the models see, and a breached one is named on its window.
+        assert_eq!(constraints["guardrails"][0], "error_rate <= 0.01");
+        assert_eq!(
+            data["history"][0]["guardrails_breached"][0],
+            "error_rate <= 0.01"
         );
     }
 
