@@ -187,13 +187,7 @@ pub async fn settings(cli: &Cli, args: &SettingsArgs) -> anyhow::Result<()> {
         .constraints
         .objectives
         .iter()
-        .map(|o| {
-            let way = match o.direction {
-                shared::domain::Direction::Maximize => "maximize",
-                shared::domain::Direction::Minimize => "minimize",
-            };
-            format!("{} {way} x{}", o.metric, o.weight)
-        })
+        .map(|o| format!("{} {} x{}", o.metric, o.direction.as_str(), o.weight))
         .collect();
     if !objectives.is_empty() {
         println!("objectives           {}", objectives.join("; "));

@@ -197,6 +197,16 @@ pub enum Direction {
     Minimize,
 }
 
+impl Direction {
+    /// The wire name, as the DNA file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Maximize => "maximize",
+            Self::Minimize => "minimize",
+        }
+    }
+}
+
 /// One objective: a metric, which way is better, its weight in the fitness, and optionally a
 /// target beyond which it earns nothing more (so a metric that is good enough stops pulling
 /// the search away from the others).

@@ -89,10 +89,7 @@ pub fn section(html: &mut String, data: &ReportData) -> Result<(), ChartError> {
              <th>direction</th><th>weight</th><th>target</th></tr>\n",
         );
         for o in &data.objectives {
-            let way = match o.direction {
-                shared::domain::Direction::Maximize => "maximize",
-                shared::domain::Direction::Minimize => "minimize",
-            };
+            let way = o.direction.as_str();
             let _ = writeln!(
                 html,
                 "<tr data-objective=\"{}\"><td>{}</td><td>{way}</td><td class=\"num\">{}</td>\

@@ -331,13 +331,7 @@ impl Closing<'_> {
 
     fn rollback_reason(&self) -> String {
         if !self.judged.breaches.is_empty() {
-            let breaches: Vec<String> = self
-                .judged
-                .breaches
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            breaches.join("; ")
+            self.breaches()
         } else if let Some(s) = &self.judged.significance {
             let found = if s.finding == Finding::Worse {
                 "below the parent"
@@ -361,26 +355,30 @@ impl Closing<'_> {
         }
     }
 
-    /// A warning naming every guardrail the window broke, and what was done about it.
-    fn alert_breaches(&self, out: &mut StageOutput, action: &str) {
-        if self.judged.breaches.is_empty() {
-            return;
-        }
+    /// The guardrails the window broke, in words.
+    fn breaches(&self) -> String {
         let breaches: Vec<String> = self
             .judged
             .breaches
             .iter()
             .map(ToString::to_string)
             .collect();
+        breaches.join("; ")
+    }
+
+    /// A warning naming every guardrail the window broke, and what was done about it.
+    fn alert_breaches(&self, out: &mut StageOutput, action: &str) {
+        if self.judged.breaches.is_empty() {
+            return;
+        }
+        let breaches = self.breaches();
         let alert = Alert {
             id: derive_id("alr", &[&self.env.id, "guardrail"]),
             level: AlertLevel::Warning,
             kind: "guardrail_breached".into(),
             message: format!(
                 "{}: generation {} {}; {action}",
-                self.env.system_id,
-                self.eval.generation,
-                breaches.join("; ")
+                self.env.system_id, self.eval.generation, breaches
             ),
             system_id: Some(self.env.system_id.clone()),
             at: self.now,

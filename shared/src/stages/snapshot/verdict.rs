@@ -289,7 +289,7 @@ async fn parent_reports(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn extend(
     env: &crate::domain::Envelope,
-    mut system: SystemRecord,
+    system: SystemRecord,
     head: &Head,
     eval: &Evaluation,
     current: &Generation,
@@ -299,20 +299,12 @@ pub(super) fn extend(
 ) {
     let deadline = now + Duration::seconds(i64::from(system.settings.evaluation_window_seconds));
     let samples_required = eval.samples_required.saturating_mul(2);
-    let mut extended = head.clone();
-    extended.updated_at = now;
-    extended.evaluation = Some(Evaluation {
+    let extended = Evaluation {
         deadline,
         samples_required,
-        samples_seen: eval.samples_seen + 1,
         extended: true,
         ..eval.clone()
-    });
-    out.writes.push(Write::CountSample {
-        expected_generation: head.generation,
-        expected_samples: eval.samples_seen,
-        head: extended,
-    });
+    };
     let detail = format!(
         "inconclusive at p = {:.3} (effect size {:.2}, {} against {} samples, confidence {:.2}): \
          measuring until {deadline} for {samples_required} samples",
@@ -323,37 +315,12 @@ pub(super) fn extend(
         significance.confidence,
     );
     out.summary = format!("generation {}'s window extended: {detail}", eval.generation);
-    out.writes.push(Write::PutEvent {
-        event: event(
-            env,
-            1,
-            now,
-            EventType::EvaluationExtended,
-            eval.generation,
-            None,
-            None,
-            Some(detail),
-        ),
-    });
-    out.messages.push(reply(
-        env,
-        "snapshot",
-        1,
-        eval.generation,
-        now,
-        Body::DnaUpdated {
-            generation: current.generation,
-            genes: serde_json::to_value(&current.genes).unwrap_or_default(),
-            checksum: current.checksum.clone(),
-            canary: eval
-                .canary
-                .as_ref()
-                .filter(|c| c.beside_control())
-                .map(|c| c.rollout.clone()),
-        },
-    ));
-    system.evaluation_deadline = Some(deadline);
-    out.writes.push(Write::PutSystem { system });
+    let reopened = Reopened {
+        window: extended,
+        event: EventType::EvaluationExtended,
+        detail,
+    };
+    reopen(env, system, head, eval, current, reopened, now, out);
 }
 
 /// Promotes a canary that beat its control to every instance: the generation is announced
@@ -362,7 +329,7 @@ pub(super) fn extend(
 #[allow(clippy::too_many_arguments)]
 pub(super) fn promote(
     env: &crate::domain::Envelope,
-    mut system: SystemRecord,
+    system: SystemRecord,
     head: &Head,
     eval: &Evaluation,
     current: &Generation,
@@ -375,11 +342,8 @@ pub(super) fn promote(
     };
     let deadline = now + Duration::seconds(i64::from(canary.bake_seconds));
     let share = canary.rollout.share;
-    let mut baking = head.clone();
-    baking.updated_at = now;
-    baking.evaluation = Some(Evaluation {
+    let baking = Evaluation {
         deadline,
-        samples_seen: eval.samples_seen + 1,
         canary: Some(Box::new(CanaryWindow {
             promoted_at: Some(now),
             verdict: judged.canary,
@@ -387,12 +351,7 @@ pub(super) fn promote(
             ..*canary
         })),
         ..eval.clone()
-    });
-    out.writes.push(Write::CountSample {
-        expected_generation: head.generation,
-        expected_samples: eval.samples_seen,
-        head: baking,
-    });
+    };
     let against = judged.significance.map_or_else(
         || "by the mean".to_owned(),
         |s| format!("at p = {:.3}, effect size {:.2}", s.p_value, s.effect_size),
@@ -408,12 +367,63 @@ pub(super) fn promote(
             .map_or_else(|| "unmeasured".to_owned(), |b| format!("{b:.4}")),
     );
     out.summary = format!("generation {} promoted: {detail}", eval.generation);
+    let reopened = Reopened {
+        window: baking,
+        event: EventType::CanaryPromoted,
+        detail,
+    };
+    reopen(env, system, head, eval, current, reopened, now, out);
+}
+
+/// The window a close keeps open, and the event that says why.
+struct Reopened {
+    window: Evaluation,
+    event: EventType,
+    detail: String,
+}
+
+/// Keeps the window open as `reopened.window`, conditioned on the sample count read like a
+/// report's count (so a report counted meanwhile makes this close read again), announces the
+/// generation again (with its canary while one runs beside its control, without once promoted)
+/// so the running system measures afresh, and gives the registry the new deadline.
+#[allow(clippy::too_many_arguments)]
+fn reopen(
+    env: &crate::domain::Envelope,
+    mut system: SystemRecord,
+    head: &Head,
+    eval: &Evaluation,
+    current: &Generation,
+    reopened: Reopened,
+    now: DateTime<Utc>,
+    out: &mut StageOutput,
+) {
+    let Reopened {
+        mut window,
+        event: event_type,
+        detail,
+    } = reopened;
+    window.samples_seen = eval.samples_seen + 1;
+    let deadline = window.deadline;
+    let canary = window
+        .canary
+        .as_ref()
+        .filter(|c| c.beside_control())
+        .map(|c| c.rollout.clone());
+    out.writes.push(Write::CountSample {
+        expected_generation: head.generation,
+        expected_samples: eval.samples_seen,
+        head: Head {
+            updated_at: now,
+            evaluation: Some(window),
+            ..head.clone()
+        },
+    });
     out.writes.push(Write::PutEvent {
         event: event(
             env,
             1,
             now,
-            EventType::CanaryPromoted,
+            event_type,
             eval.generation,
             None,
             None,
@@ -430,7 +440,7 @@ pub(super) fn promote(
             generation: current.generation,
             genes: serde_json::to_value(&current.genes).unwrap_or_default(),
             checksum: current.checksum.clone(),
-            canary: None,
+            canary,
         },
     ));
     system.evaluation_deadline = Some(deadline);
