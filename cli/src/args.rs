@@ -99,6 +99,10 @@ pub enum Command {
     /// Write a self-contained HTML report: fitness, genes, decisions, spend, budget mode and
     /// predictions, with inline charts.
     Report(ReportArgs),
+    /// What if: ask the recorded analyses, plans and decisions again under another engine,
+    /// model catalog, budget or approval gate, against the DNA and history of their time, and
+    /// compare. Reads the store and changes nothing in it; spends a budget of its own.
+    Replay(ReplayArgs),
     /// With `--store aws`: move the writer to a replica region. Fences this region, waits until
     /// the replica holds every head, its generation and the recent events with their bodies,
     /// then makes the replica the writer; audited. `--status` only reports.
@@ -503,6 +507,23 @@ pub struct WorkerArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Replay what was recorded at or after this time: RFC 3339, a date, or an age (`6h`, `7d`).
+    #[arg(long, value_parser = parse_since)]
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Only what was recorded before this time (same forms as `--since`).
+    #[arg(long, value_parser = parse_since)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Replay every system in the store (default: `--system`, or the only one).
+    #[arg(long)]
+    pub all: bool,
+    /// The engine, catalog, budgets and approval gate to replay under (`--json` prints the
+    /// whole comparison as one JSON object, the input of `evolve report --replay`).
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Debug, Args)]
 pub struct ReportArgs {
     /// Where to write the HTML file (default: `<state>/report.html`; with `--store aws`,
     /// `<system>-report.html` in the working directory).
@@ -515,6 +536,10 @@ pub struct ReportArgs {
     /// for; the DNA file's first two by default.
     #[arg(long, value_delimiter = ',')]
     pub pareto: Vec<String>,
+    /// A replay's comparison (`evolve replay --json > FILE`) to add as the report's what-if
+    /// section.
+    #[arg(long)]
+    pub replay: Option<PathBuf>,
 }
 
 /// `--since`: an instant, a day (UTC midnight) or an age before now.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
-use shared::clock::{SeededRandom, SystemClock};
+use shared::clock::{Clock, SeededRandom, SystemClock};
 use shared::cost::{Budgets, NANO_PER_USD};
 use shared::engine::LocalEngine;
 use shared::llm::LanguageModel;
@@ -97,6 +97,17 @@ pub async fn build(
     store: &Arc<dyn FullStore>,
     budgets: Budgets,
 ) -> anyhow::Result<Arc<dyn LanguageModel>> {
+    build_at(args, store, budgets, Arc::new(SystemClock)).await
+}
+
+/// [`build`], with the ledger's days counted by `clock` (a replay counts them by the recorded
+/// times).
+pub async fn build_at(
+    args: &EngineArgs,
+    store: &Arc<dyn FullStore>,
+    budgets: Budgets,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Arc<dyn LanguageModel>> {
     let local = LocalEngine::new(args.seed);
     if args.llm == Llm::Local {
         return Ok(Arc::new(local));
@@ -111,7 +122,7 @@ pub async fn build(
     let ports = BedrockPorts {
         ledger: store.clone(),
         control: store.clone(),
-        clock: Arc::new(SystemClock),
+        clock,
         sleeper: Arc::new(SystemClock),
         random: Arc::new(SeededRandom::from_os()),
     };

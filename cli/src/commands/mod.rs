@@ -6,6 +6,7 @@ mod aws;
 mod evolve;
 mod failover;
 mod llm;
+mod replay;
 mod report;
 mod resume;
 mod views;
@@ -40,6 +41,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reject(args) => approval::resolve(&cli, args, false).await,
         Command::Resume(args) => resume::resume(&cli, args).await,
         Command::Report(args) => report::report(&cli, args).await,
+        Command::Replay(args) => replay::replay(&cli, args).await,
         Command::Failover(args) => failover::failover(&cli, args).await,
         Command::Failback(args) => failover::failback(&cli, args).await,
     }

@@ -98,7 +98,7 @@ pub async fn sweep(
 }
 
 /// The mode the global budgets call for, with the reason (the budget most spent).
-async fn required_mode(
+pub(crate) async fn required_mode(
     deps: &Deps,
     today: DateTime<Utc>,
 ) -> Result<(BudgetMode, String), super::StageError> {

@@ -39,8 +39,42 @@ pub async fn handle_proposal(
     if let Some(stale) = stale_unless_stable(env, &head, "proposal") {
         return Ok(stale);
     }
-    let now = deps.clock.now();
     let (dna, history) = dna_view(deps, &system, &head).await?;
+    let standing = Standing {
+        system,
+        head,
+        dna,
+        history,
+    };
+    decide_on(deps, env, mutation, deferrals, standing).await
+}
+
+/// What a proposal is decided against: the system's registry entry, the head, the DNA and the
+/// closed history.
+#[derive(Debug, Clone)]
+pub(crate) struct Standing {
+    pub system: SystemRecord,
+    pub head: Head,
+    pub dna: DnaView,
+    pub history: Vec<HistoryEntry>,
+}
+
+/// Decides a proposal against `standing`: the system as it stands now, or, for a what-if replay,
+/// as it stood when the recorded decision was made (docs/architecture.md, "What-if replay").
+pub(crate) async fn decide_on(
+    deps: &Deps,
+    env: &Envelope,
+    mutation: &Mutation,
+    deferrals: u32,
+    standing: Standing,
+) -> StageResult {
+    let Standing {
+        system,
+        head,
+        dna,
+        history,
+    } = standing;
+    let now = deps.clock.now();
     let proposal = Proposal {
         deps,
         env,

@@ -9,6 +9,7 @@ pub mod analyze;
 pub mod cost_guard;
 pub mod decide;
 pub mod judge;
+pub mod replay;
 pub mod rollback;
 pub mod snapshot;
 pub mod strategize;

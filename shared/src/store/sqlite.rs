@@ -212,7 +212,41 @@ impl SqliteStore {
         Self::init(conn, Some(path))
     }
 
-    /// A private database that disappears with the store, for tests.
+    /// A private in-memory copy of `<state_dir>/evolution.db`, read through a read-only
+    /// connection: what a what-if replay works on, so that nothing it does can reach the file
+    /// (not even the journal-mode switch or a migration that opening it for writing would make).
+    pub fn open_copy(state_dir: &Path) -> StoreResult<Self> {
+        let path = state_dir.join(DB_FILE);
+        if !path.is_file() {
+            return Err(StoreError::Unavailable(format!(
+                "no store at {}",
+                path.display()
+            )));
+        }
+        // A writer at work keeps a write-ahead log beside the file, and a read must go through
+        // it. Without one, everything is in the file, and reading it as immutable leaves no
+        // journal or shared-memory file behind (a read-only connection cannot remove those).
+        let writer_at_work = state_dir.join(format!("{DB_FILE}-wal")).exists();
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+            | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | rusqlite::OpenFlags::SQLITE_OPEN_URI;
+        let uri = format!(
+            "file:{}?mode=ro{}",
+            uri_path(&path),
+            if writer_at_work { "" } else { "&immutable=1" }
+        );
+        let source = Connection::open_with_flags(uri, flags).sql()?;
+        source.busy_timeout(BUSY_TIMEOUT).sql()?;
+        let mut copy = Connection::open_in_memory().sql()?;
+        rusqlite::backup::Backup::new(&source, &mut copy)
+            .and_then(|b| b.run_to_completion(256, std::time::Duration::ZERO, None))
+            .sql()?;
+        drop(source);
+        Self::init(copy, None)
+    }
+
+    /// A private database that disappears with the store: for tests, and for the ledger and
+    /// budget mode of a what-if replay.
     pub fn open_in_memory() -> StoreResult<Self> {
         Self::init(Connection::open_in_memory().sql()?, None)
     }
@@ -243,6 +277,23 @@ impl SqliteStore {
         // A panic mid-transaction rolls the transaction back on drop, so the connection is sound.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// `path` as the path of a `file:` URI: the characters a URI gives a meaning to are escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' | '?' | '#' | ' ' => {
+                let mut buf = [0u8; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A transaction that takes the write lock before its first read, so what it reads cannot change
