@@ -95,7 +95,11 @@ fn text(report: &ReplayReport) -> String {
         format_usd(report.recorded_nano_usd),
         format_usd(report.replayed_nano_usd)
     );
-    let _ = writeln!(out, "\n{:<22} {:<14} {:<16} {:<16} model (recorded -> replayed)", "decision", "mutation", "recorded", "replayed");
+    let _ = writeln!(
+        out,
+        "\n{:<22} {:<14} {:<16} {:<16} model (recorded -> replayed)",
+        "decision", "mutation", "recorded", "replayed"
+    );
     for d in &report.decisions {
         let _ = writeln!(
             out,
@@ -125,7 +129,11 @@ fn text(report: &ReplayReport) -> String {
             );
         }
     }
-    let _ = writeln!(out, "\n{:<11} {:<44} {:>14} {:>14}", "day", "model", "recorded", "replayed");
+    let _ = writeln!(
+        out,
+        "\n{:<11} {:<44} {:>14} {:>14}",
+        "day", "model", "recorded", "replayed"
+    );
     for row in &report.spend {
         let _ = writeln!(
             out,

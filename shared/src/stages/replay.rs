@@ -239,10 +239,8 @@ impl Recorded {
     fn items(&self, report: &mut ReplayReport) -> Vec<Item> {
         let mut items = Vec::new();
         for (d, deferrals) in &self.decisions {
-            let operator = matches!(
-                d.decided_by,
-                Some(DecidedBy::Operator | DecidedBy::Expiry)
-            ) || d.resolves.is_some();
+            let operator = matches!(d.decided_by, Some(DecidedBy::Operator | DecidedBy::Expiry))
+                || d.resolves.is_some();
             let why = if operator {
                 Some("an operator's verdict or an expired approval, not a model's")
             } else if d.mutation.is_none() {
@@ -415,7 +413,9 @@ impl Recorded {
             skip_call(report, call, "its analysis is not in the store");
             return Ok(());
         };
-        let generation = plan.as_ref().map_or(analysis.generation, |p| p.base_generation);
+        let generation = plan
+            .as_ref()
+            .map_or(analysis.generation, |p| p.base_generation);
         let standing = self.standing(deps, generation, call.at).await?;
         let env = replay_envelope(
             &call.call_id,
@@ -466,7 +466,10 @@ impl Recorded {
                 })
                 .await?;
             record_call(&mut out, &env, call.role, &answer, now);
-            (focus(&analysis), answer.value.recommended_focus_areas.join(", "))
+            (
+                focus(&analysis),
+                answer.value.recommended_focus_areas.join(", "),
+            )
         };
         let replayed = call_of(&out).ok_or_else(|| {
             StageError::Inconsistent(format!("the replay of {} recorded no call", call.call_id))

@@ -44,7 +44,11 @@ fn the_local_engine_replays_the_recorded_decisions_exactly_and_the_store_is_unto
     assert!(out.status.success(), "{}", stderr(&out));
     let before = checksums(dir.path());
     let report = replay(dir.path(), &["--seed", "7"]);
-    assert_eq!(checksums(dir.path()), before, "the replay changed the state directory");
+    assert_eq!(
+        checksums(dir.path()),
+        before,
+        "the replay changed the state directory"
+    );
 
     let recorded = evolve(dir.path(), &["decisions", "--json", "--limit", "1000"]);
     let recorded: Value = serde_json::from_slice(&recorded.stdout).expect("decisions JSON");
@@ -81,6 +85,32 @@ fn the_local_engine_replays_the_recorded_decisions_exactly_and_the_store_is_unto
         Some(decisions.len() as u64 - flips)
     );
     assert_eq!(checksums(dir.path()), before);
+
+    // The report shows the comparison: the flips with both reasonings.
+    let elsewhere = tempfile::tempdir().expect("dir");
+    let saved = elsewhere.path().join("replay.json");
+    std::fs::write(&saved, gated.to_string()).expect("write");
+    let page = elsewhere.path().join("report.html");
+    let out = evolve(
+        dir.path(),
+        &[
+            "report",
+            "--replay",
+            saved.to_str().expect("path"),
+            "--out",
+            page.to_str().expect("path"),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let html = std::fs::read_to_string(&page).expect("report");
+    assert!(
+        html.contains(&format!("data-flips=\"{flips}\"")),
+        "no what-if section"
+    );
+    assert!(
+        html.contains("held for approval: risk"),
+        "the replayed reasoning is shown"
+    );
 }
 
 /// The Bedrock stub binary on a free port; killed when dropped.
@@ -180,13 +210,19 @@ fn replayed_items(report: &Value) -> Vec<(String, u8, u64)> {
             )
         })
         .collect();
-    items.extend(report["decisions"].as_array().expect("decisions").iter().map(|d| {
-        (
-            d["at"].as_str().expect("at").to_owned(),
-            2,
-            d["replayed"]["cost_nano_usd"].as_u64().expect("cost"),
-        )
-    }));
+    items.extend(
+        report["decisions"]
+            .as_array()
+            .expect("decisions")
+            .iter()
+            .map(|d| {
+                (
+                    d["at"].as_str().expect("at").to_owned(),
+                    2,
+                    d["replayed"]["cost_nano_usd"].as_u64().expect("cost"),
+                )
+            }),
+    );
     items.sort();
     items
 }
@@ -203,7 +239,10 @@ fn on_bedrock_a_cheaper_catalog_spends_less_and_a_small_budget_changes_the_mode_
     let full = stub.replay(dir.path(), &[]);
     let full_cost = full["replayed_nano_usd"].as_u64().expect("spend");
     assert!(full_cost > 0, "{full}");
-    assert_eq!(full["recorded_nano_usd"], 0, "the demo ran on the free local engine");
+    assert_eq!(
+        full["recorded_nano_usd"], 0,
+        "the demo ran on the free local engine"
+    );
     assert_eq!(full["mode_changes"].as_array().map(Vec::len), Some(0));
     let rows: u64 = full["spend"]
         .as_array()
@@ -229,7 +268,11 @@ fn on_bedrock_a_cheaper_catalog_spends_less_and_a_small_budget_changes_the_mode_
     // item that finds 80% of it spent that day. (Much less, and every call's reservation, sized
     // for its longest answer, would be refused before the spend reached 80%.)
     let budget_nano = full_cost * 9 / 10;
-    let budget = format!("{}.{:09}", budget_nano / 1_000_000_000, budget_nano % 1_000_000_000);
+    let budget = format!(
+        "{}.{:09}",
+        budget_nano / 1_000_000_000,
+        budget_nano % 1_000_000_000
+    );
     let tight = stub.replay(dir.path(), &["--daily-budget-usd", &budget]);
     let changes = tight["mode_changes"].as_array().expect("changes");
     assert!(!changes.is_empty(), "{tight}");
@@ -261,5 +304,9 @@ fn on_bedrock_a_cheaper_catalog_spends_less_and_a_small_budget_changes_the_mode_
         tight["replayed_nano_usd"].as_u64().expect("spend") < full_cost,
         "economy and the pause spend less"
     );
-    assert_eq!(checksums(dir.path()), before, "the replays changed the store");
+    assert_eq!(
+        checksums(dir.path()),
+        before,
+        "the replays changed the store"
+    );
 }

@@ -49,6 +49,8 @@ pub struct ReportData {
     pub objectives: Vec<Objective>,
     /// The two objectives the Pareto front is drawn for (the first two by default).
     pub pareto_axes: Option<(Objective, Objective)>,
+    /// A what-if replay's comparison to show (`evolve report --replay FILE`).
+    pub replay: Option<shared::stages::replay::ReplayReport>,
     pub confidence_percent: u32,
 }
 
@@ -280,6 +282,7 @@ pub async fn gather(
             .iter()
             .map(ToString::to_string)
             .collect(),
+        replay: None,
         pareto_axes: match constraints.objectives.as_slice() {
             [x, y, ..] => Some((x.clone(), y.clone())),
             _ => None,

@@ -95,6 +95,9 @@ pub fn render(data: &ReportData) -> Result<String, ChartError> {
     spend(&mut html, data)?;
     budget(&mut html, data)?;
     predictions(&mut html, data)?;
+    if let Some(replay) = &data.replay {
+        super::what_if::section(&mut html, replay);
+    }
     html.push_str("</main>\n</body>\n</html>\n");
     Ok(html)
 }

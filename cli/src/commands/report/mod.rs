@@ -6,12 +6,14 @@ pub mod charts;
 pub mod data;
 pub mod html;
 pub mod judging;
+pub mod what_if;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use shared::domain::SystemId;
+use shared::stages::replay::ReplayReport;
 use shared::store::FullStore;
 
 use super::{llm, open_existing, resolve_system};
@@ -43,7 +45,21 @@ pub async fn report(cli: &Cli, args: &ReportArgs) -> anyhow::Result<()> {
         [] => None,
         _ => return Err(bad_input("--pareto takes two objectives: A,B")),
     };
-    let bytes = write(store.as_ref(), &id, daily_budget, pareto, &path).await?;
+    let replay = match &args.replay {
+        Some(file) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| bad_input(format!("--replay {}: {e}", file.display())))?;
+            let report: ReplayReport = serde_json::from_str(text.trim()).map_err(|e| {
+                bad_input(format!(
+                    "--replay {}: not the output of `evolve replay --json`: {e}",
+                    file.display()
+                ))
+            })?;
+            Some(report)
+        }
+        None => None,
+    };
+    let bytes = write(store.as_ref(), &id, daily_budget, pareto, replay, &path).await?;
     eprintln!(
         "report: {} KiB in {} ms",
         bytes.div_ceil(1024),
@@ -59,9 +75,11 @@ pub async fn write(
     system_id: &SystemId,
     daily_budget_nano: Option<u64>,
     pareto: Option<(String, String)>,
+    replay: Option<ReplayReport>,
     path: &Path,
 ) -> anyhow::Result<usize> {
     let mut data = data::gather(store, system_id, daily_budget_nano).await?;
+    data.replay = replay;
     if let Some((x, y)) = pareto {
         let find = |name: &str| {
             data.objectives
@@ -91,7 +109,7 @@ pub async fn after_run(
     daily_budget_nano: Option<u64>,
 ) {
     let path = default_path(cli, system_id);
-    match write(store, system_id, daily_budget_nano, None, &path).await {
+    match write(store, system_id, daily_budget_nano, None, None, &path).await {
         Ok(_) => eprintln!("report in {}", path.display()),
         Err(e) => eprintln!("warning: no report: {e:#}"),
     }

@@ -159,14 +159,16 @@ impl ReplayReport {
     pub(super) fn finish(&mut self, spend: SpendBook) {
         self.spend = spend
             .into_iter()
-            .map(|((day, model), (rec, rep, rec_calls, rep_calls))| SpendRow {
-                day,
-                model,
-                recorded_nano_usd: rec,
-                replayed_nano_usd: rep,
-                recorded_calls: rec_calls,
-                replayed_calls: rep_calls,
-            })
+            .map(
+                |((day, model), (rec, rep, rec_calls, rep_calls))| SpendRow {
+                    day,
+                    model,
+                    recorded_nano_usd: rec,
+                    replayed_nano_usd: rep,
+                    recorded_calls: rec_calls,
+                    replayed_calls: rep_calls,
+                },
+            )
             .collect();
         let compared = self.decisions.len() as u32;
         let agreed = self.decisions.iter().filter(|d| d.agrees()).count() as u32;
@@ -220,7 +222,10 @@ mod tests {
         assert_eq!((report.recorded_nano_usd, report.replayed_nano_usd), (5, 3));
         assert_eq!(report.spend.len(), 2);
         assert_eq!(
-            (report.spend[0].recorded_nano_usd, report.spend[0].replayed_calls),
+            (
+                report.spend[0].recorded_nano_usd,
+                report.spend[0].replayed_calls
+            ),
             (5, 1)
         );
     }
