@@ -87,7 +87,7 @@ pub async fn replay(
         items.extend(recorded.items(&mut report));
         records.insert(id.clone(), recorded);
     }
-    items.sort_by(|a, b| (a.at(), a.order()).cmp(&(b.at(), b.order())));
+    items.sort_by_key(|item| (item.at(), item.order()));
     for item in items {
         clock.advance_to(item.at());
         let mode = follow_budget(deps, scratch, &mut report, item.at()).await?;
@@ -401,13 +401,11 @@ impl Recorded {
             (derive_id("ana", &[&call.envelope_id]), None)
         } else {
             let plan_id = derive_id("plan", &[&call.envelope_id]);
-            match deps.store.get_plan(id, &plan_id).await? {
-                Some(plan) => (plan.analysis_id.clone(), Some(plan)),
-                None => {
-                    skip_call(report, call, "its plan is not in the store");
-                    return Ok(());
-                }
-            }
+            let Some(plan) = deps.store.get_plan(id, &plan_id).await? else {
+                skip_call(report, call, "its plan is not in the store");
+                return Ok(());
+            };
+            (plan.analysis_id.clone(), Some(plan))
         };
         let Some(analysis) = deps.store.get_analysis(id, &analysis_id).await? else {
             skip_call(report, call, "its analysis is not in the store");

@@ -287,7 +287,8 @@ fn uri_path(path: &Path) -> String {
             '%' | '?' | '#' | ' ' => {
                 let mut buf = [0u8; 4];
                 for b in c.encode_utf8(&mut buf).bytes() {
-                    out.push_str(&format!("%{b:02X}"));
+                    out.push('%');
+                    out.push_str(&hex::encode_upper([b]));
                 }
             }
             c => out.push(c),

@@ -5,6 +5,7 @@ mod approval;
 mod cost_actions;
 mod helpers;
 mod judging;
+mod replay;
 mod resume;
 
 use chrono::Duration;

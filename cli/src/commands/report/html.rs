@@ -490,6 +490,7 @@ mod tests {
             guardrails: vec![],
             objectives: vec![],
             pareto_axes: None,
+            replay: None,
             confidence_percent: 80,
         }
     }

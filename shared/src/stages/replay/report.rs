@@ -180,6 +180,7 @@ impl ReplayReport {
 pub(super) type SpendBook = BTreeMap<(NaiveDate, String), (u64, u64, u32, u32)>;
 
 /// One charge to the book.
+#[derive(Clone, Copy)]
 pub(super) struct Charge<'a> {
     pub at: DateTime<Utc>,
     pub model: &'a str,
