@@ -89,20 +89,36 @@ pub async fn replay(
     }
     items.sort_by_key(|item| (item.at(), item.order()));
     for item in items {
-        clock.advance_to(item.at());
-        let mode = follow_budget(deps, scratch, &mut report, item.at()).await?;
+        let at = item.at();
+        clock.advance_to(at);
+        let mode = follow_budget(deps, scratch, &mut report, at).await?;
         let recorded = &records[item.system_id()];
-        match item {
-            Item::Decision { record, deferrals } => {
+        let (kind, id) = item.name();
+        let replayed = match item {
+            Item::Decision {
+                record, deferrals, ..
+            } => {
                 recorded
                     .replay_decision(deps, &mut report, &mut book, (record, deferrals), mode)
-                    .await?;
+                    .await
             }
-            Item::Call(call) => {
+            Item::Call { call, .. } => {
                 recorded
                     .replay_call(deps, &mut report, &mut book, &call)
-                    .await?;
+                    .await
             }
+        };
+        // A record that cannot be asked again (its generation purged, say) is reported; an
+        // outage of the store ends the replay.
+        match replayed {
+            Err(e) if !e.is_retryable() => report.skipped.push(Skipped {
+                kind,
+                id,
+                at,
+                reason: e.to_string(),
+                recorded_nano_usd: 0,
+            }),
+            other => other?,
         }
     }
     report.finish(book);
@@ -142,40 +158,49 @@ async fn follow_budget(
     Ok(required)
 }
 
-/// One recorded thing to ask again.
+/// One recorded thing to ask again, of one system.
 enum Item {
     Decision {
+        system_id: SystemId,
         record: Box<DecisionRecord>,
         /// How often this proposal had been deferred before.
         deferrals: u32,
     },
     /// An analysis or a plan.
-    Call(Box<LlmCallRecord>),
+    Call {
+        system_id: SystemId,
+        call: Box<LlmCallRecord>,
+    },
 }
 
 impl Item {
     fn at(&self) -> DateTime<Utc> {
         match self {
             Self::Decision { record, .. } => record.timestamp,
-            Self::Call(call) => call.at,
+            Self::Call { call, .. } => call.at,
         }
     }
 
     /// At one instant, analyses before plans before decisions, the order a cycle makes them.
     fn order(&self) -> u8 {
         match self {
-            Self::Call(call) if call.role == Role::Analyze => 0,
-            Self::Call(_) => 1,
+            Self::Call { call, .. } if call.role == Role::Analyze => 0,
+            Self::Call { .. } => 1,
             Self::Decision { .. } => 2,
         }
     }
 
     fn system_id(&self) -> &SystemId {
         match self {
-            Self::Decision { record, .. } => record.system_id.as_ref().unwrap_or_else(|| {
-                unreachable!("decisions without a system are skipped when loaded")
-            }),
-            Self::Call(call) => &call.system_id,
+            Self::Decision { system_id, .. } | Self::Call { system_id, .. } => system_id,
+        }
+    }
+
+    /// Its kind and id, for the list of skipped records.
+    fn name(&self) -> (String, String) {
+        match self {
+            Self::Decision { record, .. } => ("decision".into(), record.decision_id.clone()),
+            Self::Call { call, .. } => (call.role.as_str().into(), call.call_id.clone()),
         }
     }
 }
@@ -259,6 +284,7 @@ impl Recorded {
                     recorded_nano_usd: recorded_cost(d),
                 }),
                 None => items.push(Item::Decision {
+                    system_id: self.system.system_id.clone(),
                     record: Box::new(d.clone()),
                     deferrals: *deferrals,
                 }),
@@ -266,7 +292,10 @@ impl Recorded {
         }
         for call in &self.calls {
             match call.role {
-                Role::Analyze | Role::Strategize => items.push(Item::Call(Box::new(call.clone()))),
+                Role::Analyze | Role::Strategize => items.push(Item::Call {
+                    system_id: self.system.system_id.clone(),
+                    call: Box::new(call.clone()),
+                }),
                 Role::Decide => {}
                 Role::Resolve => report.skipped.push(Skipped {
                     kind: "conflict resolution".into(),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use shared::clock::SimClock;
-use shared::domain::Recommendation;
-use shared::local::{RunOptions, Silent};
+use shared::domain::{DecidedBy, Recommendation};
+use shared::local::{PendingPolicy, RunOptions, Silent};
 use shared::stages::replay::{self, Window};
 use shared::stages::{Deps, PipelineConfig};
 use shared::store::EvolutionStore;
@@ -27,7 +27,7 @@ async fn a_replay_under_the_recorded_settings_gives_back_every_verdict_deferrals
         strategy(vec![step("b", "x", 55)]),
     ]);
     *llm.decide_with.lock().expect("lock") = Some(Recommendation::Defer);
-    let h = harness(llm.clone(), config.clone()).await;
+    let h = harness(llm, config.clone()).await;
     let opts = RunOptions {
         generations: 1,
         max_idle: Duration::hours(3),
@@ -49,17 +49,7 @@ async fn a_replay_under_the_recorded_settings_gives_back_every_verdict_deferrals
         "{verdicts:?}"
     );
 
-    let scratch = Arc::new(MemoryStore::new());
-    let clock = Arc::new(SimClock::new(start()));
-    let deps = Deps {
-        store: h.store.clone(),
-        control: scratch.clone(),
-        ledger: scratch.clone(),
-        llm: llm.clone(),
-        clock: clock.clone(),
-        money_clock: clock.clone(),
-        config,
-    };
+    let (deps, scratch, clock) = replay_deps(&h, config);
     let before = format!(
         "{:?}",
         h.store.list_decisions(&system_id(), None, 100).await
@@ -85,4 +75,80 @@ async fn a_replay_under_the_recorded_settings_gives_back_every_verdict_deferrals
         h.store.list_decisions(&system_id(), None, 100).await
     );
     assert_eq!(before, after, "the replay wrote to the recorded store");
+}
+
+/// The replay's own deps over `h`'s recorded store.
+fn replay_deps(h: &Harness, config: PipelineConfig) -> (Deps, Arc<MemoryStore>, Arc<SimClock>) {
+    let scratch = Arc::new(MemoryStore::new());
+    let clock = Arc::new(SimClock::new(start()));
+    let deps = Deps {
+        store: h.store.clone(),
+        control: scratch.clone(),
+        ledger: scratch.clone(),
+        llm: h.llm.clone(),
+        clock: clock.clone(),
+        money_clock: clock.clone(),
+        config,
+    };
+    (deps, scratch, clock)
+}
+
+#[tokio::test]
+async fn operators_verdicts_are_skipped_and_a_gate_left_out_flips_what_it_held() {
+    // Every approval is held, and an operator approves each.
+    let gated = PipelineConfig {
+        approval_threshold: Some(0.0),
+        ..permissive()
+    };
+    let llm = Scripted::with(vec![strategy(vec![step("a", "x", 60), step("b", "x", 70)])]);
+    let h = harness(llm, gated.clone()).await;
+    let opts = RunOptions {
+        generations: 2,
+        pending: PendingPolicy::ApproveAll,
+        operator: "local user tester".into(),
+        max_idle: Duration::hours(6),
+        ..RunOptions::default()
+    };
+    h.home
+        .runner(&rises_with_x())
+        .run(&system_id(), &opts, &Silent)
+        .await
+        .expect("run");
+    let recorded = h
+        .store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("decisions");
+    let held = recorded
+        .iter()
+        .filter(|d| d.decision == Recommendation::PendingApproval)
+        .count();
+    let by_operator = recorded
+        .iter()
+        .filter(|d| d.decided_by == Some(DecidedBy::Operator))
+        .count();
+    assert!(held >= 2 && by_operator >= 2, "{recorded:?}");
+
+    // Under the same gate: every held decision is held again; the operators' are skipped.
+    let (deps, scratch, clock) = replay_deps(&h, gated);
+    let same = replay::replay(&deps, &(scratch as _), &clock, &Window::default(), "local")
+        .await
+        .expect("replay");
+    assert_eq!(same.decisions.len(), held);
+    assert_eq!(same.agreement.agreed, same.agreement.compared);
+    assert_eq!(same.skipped.len(), by_operator, "{:?}", same.skipped);
+    assert!(same.skipped.iter().all(|s| s.reason.contains("operator")));
+
+    // Without the gate, each held decision would have been an approval.
+    let (deps, scratch, clock) = replay_deps(&h, permissive());
+    let open = replay::replay(&deps, &(scratch as _), &clock, &Window::default(), "local")
+        .await
+        .expect("replay");
+    assert_eq!(open.flips().count(), held);
+    for d in open.flips() {
+        assert_eq!(
+            (d.recorded.decision, d.replayed.decision),
+            (Recommendation::PendingApproval, Recommendation::Approve)
+        );
+    }
 }
