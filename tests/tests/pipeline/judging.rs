@@ -427,6 +427,17 @@ async fn a_worse_canary_is_rolled_back_against_its_control_where_the_past_would_
             .iter()
             .all(|e| e.event_type != EventType::CanaryPromoted)
     );
+    // The reason names what the canary was held to: its concurrent control, not the parent's
+    // past (which it beat).
+    let rolled_back = events
+        .iter()
+        .find(|e| e.event_type == EventType::MutationRolledBack)
+        .and_then(|e| e.detail.clone())
+        .expect("a rollback event with its reason");
+    assert!(
+        rolled_back.contains("below its concurrent control") && !rolled_back.contains("parent"),
+        "{rolled_back}"
+    );
 }
 
 /// A canary that beats its control is promoted, but the latency of every instance doubles

@@ -330,13 +330,19 @@ impl Closing<'_> {
     }
 
     fn rollback_reason(&self) -> String {
+        // What the candidate was held to: a canary to its concurrent control, else the parent.
+        let held_to = if self.judged.canary.is_some() {
+            "its concurrent control"
+        } else {
+            "the parent"
+        };
         if !self.judged.breaches.is_empty() {
             self.breaches()
         } else if let Some(s) = &self.judged.significance {
             let found = if s.finding == Finding::Worse {
-                "below the parent"
+                format!("below {held_to}")
             } else {
-                "no better than the parent, after an extension"
+                format!("no better than {held_to}, after an extension")
             };
             format!("{found}: {}", significance_text(s))
         } else if self.outcome == EvaluationOutcome::Inconclusive {
@@ -348,9 +354,14 @@ impl Closing<'_> {
             )
         } else {
             format!(
-                "fitness {:.4} below parent {:.4}",
+                "fitness {:.4} below {held_to}'s {:.4}",
                 self.summary.mean.unwrap_or(f64::NAN),
-                self.eval.baseline_fitness.unwrap_or(f64::NAN)
+                if self.judged.canary.is_some() {
+                    self.judged.baseline
+                } else {
+                    self.eval.baseline_fitness
+                }
+                .unwrap_or(f64::NAN)
             )
         }
     }
