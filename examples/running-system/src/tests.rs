@@ -38,6 +38,7 @@ fn start_genes() -> ProductGenes {
 fn wire(system: &str, body: Body) -> String {
     serde_json::to_string(&Envelope::caused_by(
         "cause",
+        None,
         "snapshot",
         0,
         SystemId::parse(system).expect("id"),
@@ -471,6 +472,7 @@ fn canary_updated(
     });
     serde_json::to_string(&Envelope::caused_by(
         cause,
+        None,
         "snapshot",
         0,
         SystemId::parse(SYSTEM).expect("id"),

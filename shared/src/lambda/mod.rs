@@ -150,6 +150,7 @@ pub fn sweep_envelope(at: DateTime<Utc>) -> Envelope {
         system_id: SystemId::global(),
         base_generation: 0,
         sent_at: at,
+        traceparent: None,
         body: Body::BudgetSweep {},
     }
 }

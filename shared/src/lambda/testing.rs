@@ -130,6 +130,7 @@ impl TestFunction {
             system_id,
             base_generation: 0,
             sent_at: self.clock.now(),
+            traceparent: None,
             body: Body::FitnessReported {
                 generation: 0,
                 checksum: generation.checksum,

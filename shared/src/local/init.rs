@@ -124,6 +124,7 @@ fn creation(
         system_id: system_id.clone(),
         base_generation: 0,
         sent_at: now,
+        traceparent: None,
         body: Body::DnaUpdated {
             generation: 0,
             genes: serde_json::to_value(&generation.genes).unwrap_or_default(),

@@ -520,6 +520,7 @@ impl LocalRunner<'_> {
                 };
                 out.push(Outgoing::new(Envelope::caused_by(
                     &cause_id,
+                    cause.map(Envelope::trace).as_ref(),
                     "running-system",
                     i as usize * sides.len() + index,
                     system_id.clone(),
@@ -554,6 +555,7 @@ pub fn verdict_message(
         system_id: system_id.clone(),
         base_generation: 0,
         sent_at: now,
+        traceparent: None,
         body: Body::ApprovalGiven {
             decision_id: decision_id.to_owned(),
             approve,
@@ -588,6 +590,7 @@ pub fn resume_message(
         system_id: system_id.clone(),
         base_generation: generation,
         sent_at: now,
+        traceparent: None,
         body: Body::ResumeRequested {
             requested_by: requested_by.to_owned(),
             note: note.map(str::to_owned),

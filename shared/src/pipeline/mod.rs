@@ -322,6 +322,7 @@ async fn raise_security_alert(
     if let Some(env) = env {
         let message = crate::domain::Outgoing::new(Envelope::caused_by(
             &env.id,
+            Some(&env.trace()),
             "security",
             0,
             env.system_id.clone(),

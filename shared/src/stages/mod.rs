@@ -414,6 +414,7 @@ pub(crate) fn reply(
 ) -> Outgoing {
     Outgoing::new(Envelope::caused_by(
         &env.id,
+        Some(&env.trace()),
         stage,
         index,
         env.system_id.clone(),

@@ -110,6 +110,7 @@ fn tick_message(
         system_id: system.clone(),
         base_generation: 0,
         sent_at: now,
+        traceparent: None,
         body,
     })
 }
@@ -140,6 +141,7 @@ pub async fn handle_system(
         system_id: system.system_id.clone(),
         base_generation: head.generation,
         sent_at: now,
+        traceparent: None,
         body,
     };
     let mut messages = Vec::new();

@@ -262,6 +262,7 @@ pub fn alert(alert_id: &str, secs: i64) -> Alert {
 pub fn outgoing(id: &SystemId, n: u64) -> Outgoing {
     Outgoing::new(Envelope::caused_by(
         "cause-1",
+        None,
         "snapshot",
         0,
         id.clone(),
