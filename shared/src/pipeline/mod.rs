@@ -193,12 +193,33 @@ fn accepts(queue: Queue, body: &Body) -> bool {
 
 /// Handles one envelope exactly once in effect: claim, run, commit with the outbox, send.
 pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handled, PipelineError> {
+    let trace = env.trace();
+    let trace_id = trace.trace_id_hex();
+    // The record's span (the consumer's) was opened before the body was read: it gets the
+    // trace and the system now, so its log lines can be searched by them too.
+    let record = tracing::Span::current();
+    record.record("trace_id", trace_id.as_str());
+    record.record("system_id", env.system_id.as_str());
+    let stage = stage_of(&env.body);
+    // docs/architecture.md, "Tracing": a cycle's first message is the trace's root, named
+    // `cycle`; every other message is a span under the one that sent it.
+    let name =
+        if trace.parent_of(&env.id).is_none() && matches!(env.body, Body::CycleRequested { .. }) {
+            "cycle".to_owned()
+        } else {
+            format!("{stage} {}", env.body.type_name())
+        };
     let span = info_span!(
         "message",
+        otel.name = %name,
+        otel.kind = "consumer",
         id = %env.id,
         r#type = env.body.type_name(),
         system_id = %env.system_id,
-        base_generation = env.base_generation
+        base_generation = env.base_generation,
+        trace_id = %trace_id,
+        span_id = %hex::encode(crate::domain::trace::span_id_of(&env.id)),
+        parent_span_id = trace.parent_of(&env.id).map(hex::encode),
     );
     let payload = serde_json::to_vec(env).unwrap_or_default();
     exactly_once(
@@ -209,10 +230,24 @@ pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handle
         &sha256_hex(&payload),
         // On the heap: the stages' futures are large, and a function's whole handler future
         // would otherwise carry the largest of them on its stack.
-        || Box::pin(run_stage(deps, env)),
+        || Box::pin(run_stage(deps, env).instrument(info_span!("stage", otel.name = stage, stage))),
     )
     .instrument(span)
     .await
+}
+
+/// The stage a message's body is for, the name of its span.
+fn stage_of(body: &Body) -> &'static str {
+    match body {
+        Body::CycleRequested { .. } => "analyze",
+        Body::SystemTick { .. } | Body::TickPage { .. } => "tick",
+        Body::AnalysisReady { .. } => "strategize",
+        Body::FitnessReported { .. } => "snapshot",
+        b => match b.destination() {
+            Destination::Queue(q) => q.as_str(),
+            Destination::Topic(t) => t.as_str(),
+        },
+    }
 }
 
 /// Runs the tick for the minute `scheduled_at` with the same exactly-once discipline.
@@ -572,7 +607,18 @@ async fn commit_and_send(
                 }),
         }),
     };
-    if let Err(e) = deps.store.commit(tx).await {
+    let writes = tx.writes.len();
+    let committed = deps
+        .store
+        .commit(tx)
+        .instrument(info_span!(
+            "store_transaction",
+            otel.name = "store commit",
+            writes,
+            messages = output.messages.len()
+        ))
+        .await;
+    if let Err(e) = committed {
         if matches!(e, StoreError::ConditionFailed(_)) && !last_try {
             return Err(Failed::Conflict(e.into()));
         }

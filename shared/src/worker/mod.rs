@@ -336,11 +336,16 @@ fn event_of(queue: Queue, message: &Received) -> SqsEvent {
 
 /// Works on one message under a heartbeat; deletes it only once the pipeline has returned.
 async fn process(context: &Context, queue: Queue, deps: &FunctionDeps, message: Received) {
+    // The envelope is read here too (the pipeline reads it again), so that the heartbeat's and
+    // the deletion's log lines carry the trace and the system (docs/architecture.md, "Tracing").
+    let envelope = serde_json::from_str::<crate::domain::Envelope>(&message.body).ok();
     let span = info_span!(
         "received",
         queue = queue.as_str(),
         message_id = %message.message_id,
-        receive_count = message.receive_count
+        receive_count = message.receive_count,
+        trace_id = envelope.as_ref().map(|e| e.trace().trace_id_hex()),
+        system_id = envelope.as_ref().map(|e| e.system_id.to_string()),
     );
     async {
         let timing = context.timing;
