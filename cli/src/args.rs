@@ -345,6 +345,10 @@ pub struct DemoArgs {
     /// a rank test over three samples and a canary on a fifth of the instances.
     #[arg(long)]
     pub noisy: bool,
+    /// Write the run's spans to FILE as OTLP JSON: one trace per cycle, each message's stage,
+    /// LLM calls and store transactions under it, timed in the demo's simulated time.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]

@@ -5,7 +5,12 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::domain::{Alert, AlertLevel};
 use shared::local::{Observer, RunReport};
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+
+use shared::telemetry::SpanCollector;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Input the user can fix: one line naming the problem, exit code 2, nothing written.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +21,9 @@ pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
     BadInput(msg.into()).into()
 }
 
+/// The spans of the run, collected once `evolve demo --trace` starts the collector.
+static SPANS: OnceLock<SpanCollector> = OnceLock::new();
+
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -23,12 +31,22 @@ pub fn init_tracing(verbose: u8) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .compact()
+    let collector = SPANS.get_or_init(SpanCollector::default).clone();
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .compact()
+                .with_filter(filter),
+        )
+        .with(collector.with_filter(shared::telemetry::spans_only()))
         .init();
+}
+
+/// The collector the subscriber feeds (idle until started).
+pub fn spans() -> &'static SpanCollector {
+    SPANS.get_or_init(SpanCollector::default)
 }
 
 pub fn report_error(e: &anyhow::Error) -> ExitCode {

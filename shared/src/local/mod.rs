@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::bus::Bus;
 use crate::bus::local::{Delivery, LocalBus};
@@ -408,7 +408,10 @@ impl LocalRunner<'_> {
             }
             Destination::Topic(Topic::EvolutionEvents) => match &env.body {
                 Body::DnaUpdated { generation, .. } | Body::DnaRolledBack { generation, .. } => {
+                    // The running system's handling is a span of the trace too: its reports
+                    // are sent from it (docs/architecture.md, "Tracing").
                     self.measure_if_evaluating(&env.system_id, Some(&env))
+                        .instrument(pipeline::message_span(&env, "running-system"))
                         .await?;
                     debug!(generation, "subscriber notified");
                 }

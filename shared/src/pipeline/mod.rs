@@ -193,34 +193,14 @@ fn accepts(queue: Queue, body: &Body) -> bool {
 
 /// Handles one envelope exactly once in effect: claim, run, commit with the outbox, send.
 pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handled, PipelineError> {
-    let trace = env.trace();
-    let trace_id = trace.trace_id_hex();
+    let trace_id = env.trace().trace_id_hex();
     // The record's span (the consumer's) was opened before the body was read: it gets the
     // trace and the system now, so its log lines can be searched by them too.
     let record = tracing::Span::current();
     record.record("trace_id", trace_id.as_str());
     record.record("system_id", env.system_id.as_str());
     let stage = stage_of(&env.body);
-    // docs/architecture.md, "Tracing": a cycle's first message is the trace's root, named
-    // `cycle`; every other message is a span under the one that sent it.
-    let name =
-        if trace.parent_of(&env.id).is_none() && matches!(env.body, Body::CycleRequested { .. }) {
-            "cycle".to_owned()
-        } else {
-            format!("{stage} {}", env.body.type_name())
-        };
-    let span = info_span!(
-        "message",
-        otel.name = %name,
-        otel.kind = "consumer",
-        id = %env.id,
-        r#type = env.body.type_name(),
-        system_id = %env.system_id,
-        base_generation = env.base_generation,
-        trace_id = %trace_id,
-        span_id = %hex::encode(crate::domain::trace::span_id_of(&env.id)),
-        parent_span_id = trace.parent_of(&env.id).map(hex::encode),
-    );
+    let span = message_span(env, stage);
     let payload = serde_json::to_vec(env).unwrap_or_default();
     exactly_once(
         deps,
@@ -234,6 +214,31 @@ pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handle
     )
     .instrument(span)
     .await
+}
+
+/// The span of a message's handling by `handler` (a stage, or the running system), in the
+/// message's trace (docs/architecture.md, "Tracing"): a cycle's first message is the trace's
+/// root, named `cycle`; every other message is a span under the one that sent it.
+pub fn message_span(env: &Envelope, handler: &str) -> tracing::Span {
+    let trace = env.trace();
+    let parent = trace.parent_of(&env.id);
+    let name = if parent.is_none() && matches!(env.body, Body::CycleRequested { .. }) {
+        "cycle".to_owned()
+    } else {
+        format!("{handler} {}", env.body.type_name())
+    };
+    info_span!(
+        "message",
+        otel.name = %name,
+        otel.kind = "consumer",
+        id = %env.id,
+        r#type = env.body.type_name(),
+        system_id = %env.system_id,
+        base_generation = env.base_generation,
+        trace_id = %trace.trace_id_hex(),
+        span_id = %hex::encode(crate::domain::trace::span_id_of(&env.id)),
+        parent_span_id = parent.map(hex::encode),
+    )
 }
 
 /// The stage a message's body is for, the name of its span.

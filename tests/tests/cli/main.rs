@@ -10,6 +10,7 @@ pub(crate) use tests::bins::workspace_bin as bin;
 mod aws;
 mod crash;
 mod failover;
+mod trace;
 
 fn evolve(state: &Path, args: &[&str]) -> Output {
     Command::new(bin("evolve"))
