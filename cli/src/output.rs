@@ -5,8 +5,6 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::domain::{Alert, AlertLevel};
 use shared::local::{Observer, RunReport};
-use std::sync::OnceLock;
-
 use shared::telemetry::SpanCollector;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -21,9 +19,6 @@ pub fn bad_input(msg: impl Into<String>) -> anyhow::Error {
     BadInput(msg.into()).into()
 }
 
-/// The spans of the run, collected once `evolve demo --trace` starts the collector.
-static SPANS: OnceLock<SpanCollector> = OnceLock::new();
-
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -31,7 +26,7 @@ pub fn init_tracing(verbose: u8) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let collector = SPANS.get_or_init(SpanCollector::default).clone();
+    let collector = spans();
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
@@ -44,9 +39,10 @@ pub fn init_tracing(verbose: u8) {
         .init();
 }
 
-/// The collector the subscriber feeds (idle until started).
-pub fn spans() -> &'static SpanCollector {
-    SPANS.get_or_init(SpanCollector::default)
+/// The collector the subscriber feeds, idle until `evolve demo --trace` or the worker's trace
+/// export starts it.
+pub fn spans() -> SpanCollector {
+    shared::telemetry::export::collector()
 }
 
 pub fn report_error(e: &anyhow::Error) -> ExitCode {

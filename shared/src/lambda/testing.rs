@@ -96,6 +96,7 @@ impl TestFunction {
                 dead_letters: dead_letters.clone(),
                 sources,
                 function,
+                traces: None,
             },
             store,
             bus: home.bus,

@@ -120,6 +120,7 @@ pub fn function(
         dead_letters: Arc::new(SqsDeadLetters::new(sqs, &common.dead_letters)),
         sources,
         function: name,
+        traces: None,
     }
 }
 
@@ -148,12 +149,18 @@ pub async fn from_env<C: FunctionConfig>() -> Result<FunctionDeps, ConfigError> 
         }
     };
     let pipeline = deps(store, llm, config.pipeline());
-    Ok(function(
+    #[allow(unused_mut)]
+    let mut deps = function(
         C::consumer().function,
         config.common(),
         config.sources(),
         pipeline,
         aws_sdk_sqs::Client::new(&sdk),
         aws_sdk_sns::Client::new(&sdk),
-    ))
+    );
+    #[cfg(feature = "otlp")]
+    {
+        deps.traces = crate::telemetry::http::from_env(&format!("evolve-{}", deps.function));
+    }
+    Ok(deps)
 }

@@ -8,6 +8,9 @@
 //! rebuilds the same ids, and nothing here draws a random number. Spans outside a trace (a
 //! batch, a record before its body is read) are not collected.
 
+pub mod export;
+#[cfg(feature = "otlp")]
+pub mod http;
 pub mod otlp;
 
 use std::sync::atomic::{AtomicBool, Ordering};

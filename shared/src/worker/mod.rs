@@ -146,6 +146,12 @@ impl Worker {
         let without_llm = wiring::deps(store, wiring::no_llm(), config.pipeline());
         let mut consumers = BTreeMap::new();
         let mut urls = BTreeMap::new();
+        // docs/architecture.md, "Tracing": one export for the process, flushed after each
+        // message by whichever consumer handled it.
+        #[cfg(feature = "otlp")]
+        let traces = crate::telemetry::http::from_env("evolve-worker");
+        #[cfg(not(feature = "otlp"))]
+        let traces = None;
         for &queue in &config.consumes {
             // The stages that call an LLM get the configured engine; the others the local
             // engine, as their Lambdas do.
@@ -154,7 +160,7 @@ impl Worker {
             } else {
                 without_llm.clone()
             };
-            let deps = wiring::function(
+            let mut deps = wiring::function(
                 consumer_of(queue).function,
                 &common,
                 QueueSources::Only(queue),
@@ -162,6 +168,7 @@ impl Worker {
                 clients.sqs.clone(),
                 clients.sns.clone(),
             );
+            deps.traces.clone_from(&traces);
             consumers.insert(queue, deps);
             urls.insert(queue, config.queue_urls[&queue].clone());
         }

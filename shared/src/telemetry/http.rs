@@ -1,0 +1,104 @@
+//! The OTLP/HTTP exporter on the hyper and rustls stack the webhook client already uses (the
+//! `otlp` feature): one HTTP stack in a binary, not a second one for traces
+//! (docs/2026-12-06-tracing.md).
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::export::{ExportError, SpanExporter};
+
+/// How long one export may take: the invocation waits for it.
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `POST <url>` of OTLP JSON, built once at cold start; connections are pooled.
+#[derive(Clone)]
+pub struct OtlpHttp {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    url: hyper::Uri,
+}
+
+impl fmt::Debug for OtlpHttp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OtlpHttp")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OtlpHttp {
+    /// An exporter to `url` (`http` or `https`). The roots are the compiled-in Mozilla set, as
+    /// for the webhooks.
+    pub fn new(url: &str) -> Result<Self, ExportError> {
+        let url: hyper::Uri = url
+            .parse()
+            .map_err(|e| ExportError::Refused(format!("endpoint {url:?}: {e}")))?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::aws_lc_rs::default_provider())
+            .map_err(|e| ExportError::Refused(format!("TLS: {e}")))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Ok(Self { client, url })
+    }
+}
+
+#[async_trait]
+impl SpanExporter for OtlpHttp {
+    async fn export(&self, body: serde_json::Value) -> Result<(), ExportError> {
+        let request = hyper::Request::post(self.url.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| ExportError::Refused(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| ExportError::Unavailable(crate::pipeline::error_chain(&e)))?;
+            let status = response.status();
+            // Read the body so the connection returns to the pool.
+            let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+                .collect()
+                .await;
+            if status.is_success() {
+                Ok(())
+            } else if status.is_server_error() || status.as_u16() == 429 {
+                Err(ExportError::Unavailable(format!("HTTP {status}")))
+            } else {
+                Err(ExportError::Refused(format!("HTTP {status}")))
+            }
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| Err(ExportError::Unavailable("timed out".into())))
+    }
+}
+
+/// The export the environment asks for (`OTEL_EXPORTER_OTLP_*`), of the process's collector;
+/// `None` when no endpoint is set. A bad endpoint is logged and leaves tracing off: it never
+/// stops a function.
+pub fn from_env(service: &str) -> Option<super::export::TraceExport> {
+    let url = super::export::traces_url(|name| std::env::var(name).ok())?;
+    match OtlpHttp::new(&url) {
+        Ok(exporter) => Some(super::export::TraceExport::new(
+            super::export::collector(),
+            std::sync::Arc::new(exporter),
+            service,
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, "no trace export");
+            None
+        }
+    }
+}
