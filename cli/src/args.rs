@@ -81,6 +81,9 @@ pub enum Command {
     History(HistoryArgs),
     /// The decision audit trail.
     Decisions(ListArgs),
+    /// A cycle's timeline from the store: the events, LLM calls and decisions of one trace in
+    /// time order, each with its message id and trace id (to search the logs by).
+    Trace(TraceArgs),
     /// LLM spend: today, this month, by model, and the budget mode. With `--reconcile`: each
     /// past day's spend as the ledger counted it against what AWS billed for it.
     Cost(CostArgs),
@@ -353,6 +356,16 @@ pub struct DemoArgs {
     pub engine: EngineArgs,
     #[command(flatten)]
     pub pending: PendingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// A trace id (32 hex digits), or the id of a decision, an event, an LLM call or a message
+    /// of the cycle.
+    pub id: String,
+    /// One JSON array instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

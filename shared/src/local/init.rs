@@ -106,6 +106,8 @@ fn creation(
         version: 0,
     };
     let event = EvolutionEvent {
+        trace_id: None,
+        message_id: None,
         id: derive_id("evt", &[system_id.as_str(), "created"]),
         timestamp: now,
         event_type: EventType::SystemCreated,

@@ -10,6 +10,10 @@ use crate::domain::{Body, Destination, Envelope, Queue, sha256_hex};
 use crate::stages::{self, Deps, StageError, StageOutput};
 use crate::store::{Claim, Completion, StoreError, Transaction};
 
+mod trace;
+pub use trace::message_span;
+use trace::{stage_of, stamp_trace};
+
 /// What a committed message changed that operators watch: the LLM calls it made, the head's
 /// generation, the fitness of an evaluation it closed, rollbacks. Read off the committed writes,
 /// so the numbers are exactly what the store holds.
@@ -210,49 +214,19 @@ pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handle
         &sha256_hex(&payload),
         // On the heap: the stages' futures are large, and a function's whole handler future
         // would otherwise carry the largest of them on its stack.
-        || Box::pin(run_stage(deps, env).instrument(info_span!("stage", otel.name = stage, stage))),
+        || {
+            Box::pin(
+                async {
+                    let mut output = run_stage(deps, env).await?;
+                    stamp_trace(&mut output.writes, env);
+                    Ok(output)
+                }
+                .instrument(info_span!("stage", otel.name = stage, stage)),
+            )
+        },
     )
     .instrument(span)
     .await
-}
-
-/// The span of a message's handling by `handler` (a stage, or the running system), in the
-/// message's trace (docs/architecture.md, "Tracing"): a cycle's first message is the trace's
-/// root, named `cycle`; every other message is a span under the one that sent it.
-pub fn message_span(env: &Envelope, handler: &str) -> tracing::Span {
-    let trace = env.trace();
-    let parent = trace.parent_of(&env.id);
-    let name = if parent.is_none() && matches!(env.body, Body::CycleRequested { .. }) {
-        "cycle".to_owned()
-    } else {
-        format!("{handler} {}", env.body.type_name())
-    };
-    info_span!(
-        "message",
-        otel.name = %name,
-        otel.kind = "consumer",
-        id = %env.id,
-        r#type = env.body.type_name(),
-        system_id = %env.system_id,
-        base_generation = env.base_generation,
-        trace_id = %trace.trace_id_hex(),
-        span_id = %hex::encode(crate::domain::trace::span_id_of(&env.id)),
-        parent_span_id = parent.map(hex::encode),
-    )
-}
-
-/// The stage a message's body is for, the name of its span.
-fn stage_of(body: &Body) -> &'static str {
-    match body {
-        Body::CycleRequested { .. } => "analyze",
-        Body::SystemTick { .. } | Body::TickPage { .. } => "tick",
-        Body::AnalysisReady { .. } => "strategize",
-        Body::FitnessReported { .. } => "snapshot",
-        b => match b.destination() {
-            Destination::Queue(q) => q.as_str(),
-            Destination::Topic(t) => t.as_str(),
-        },
-    }
 }
 
 /// Runs the tick for the minute `scheduled_at` with the same exactly-once discipline.

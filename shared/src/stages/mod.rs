@@ -366,6 +366,7 @@ pub(crate) fn record_call<T>(
     .in_scope(|| tracing::debug!("LLM call recorded"));
     out.writes.push(Write::PutLlmCall {
         call: LlmCallRecord {
+            trace_id: None,
             call_id: derive_id("call", &[&env.id, role.as_str()]),
             system_id: env.system_id.clone(),
             envelope_id: env.id.clone(),

@@ -251,6 +251,8 @@ fn cost_action(
     system.cost_mode = mode;
     Write::PutEvent {
         event: EvolutionEvent {
+            trace_id: None,
+            message_id: None,
             id: derive_id("evt", &[tick_id, system.system_id.as_str(), "cost"]),
             timestamp: now,
             event_type: EventType::CostActionApplied,

@@ -110,3 +110,63 @@ fn demo_trace_writes_one_otlp_trace_per_cycle_with_stages_llm_calls_and_commits_
         assert_eq!(call["kind"], 3, "a client span");
     }
 }
+
+#[test]
+fn trace_prints_a_cycles_events_llm_calls_and_decision_in_time_order_by_any_of_its_ids() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = evolve(dir.path(), &["demo", "--generations", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let decisions = evolve(dir.path(), &["decisions", "--json"]);
+    let decisions: Value = serde_json::from_slice(&decisions.stdout).expect("decisions JSON");
+    let first = decisions[0]["decision_id"].as_str().expect("a decision");
+
+    let by_decision = evolve(dir.path(), &["trace", first, "--json"]);
+    assert!(by_decision.status.success(), "{}", stderr(&by_decision));
+    let timeline: Value = serde_json::from_slice(&by_decision.stdout).expect("timeline JSON");
+    let entries = timeline.as_array().expect("entries");
+    let trace_id = entries[0]["trace_id"].as_str().expect("trace id");
+    assert_eq!(trace_id.len(), 32);
+    assert!(
+        entries.iter().all(|e| e["trace_id"] == trace_id),
+        "{timeline}"
+    );
+    assert!(
+        entries.iter().all(|e| e["message_id"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("msg_"))),
+        "{timeline}"
+    );
+    let times: Vec<&str> = entries.iter().filter_map(|e| e["at"].as_str()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "time order: {times:?}"
+    );
+    let kinds: BTreeSet<&str> = entries.iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from(["decision", "event", "llm"]),
+        "{timeline}"
+    );
+    assert!(entries.iter().any(|e| e["id"] == first));
+    assert!(
+        entries.iter().any(|e| e["what"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("mutation_applied"))),
+        "the cycle's snapshot is in it: {timeline}"
+    );
+
+    // The trace id itself, and a message id of the cycle, give the same timeline.
+    for id in [
+        trace_id,
+        entries[0]["message_id"].as_str().expect("message"),
+    ] {
+        let again = evolve(dir.path(), &["trace", id, "--json"]);
+        assert!(again.status.success(), "{}", stderr(&again));
+        assert_eq!(
+            serde_json::from_slice::<Value>(&again.stdout).expect("JSON"),
+            timeline
+        );
+    }
+    let unknown = evolve(dir.path(), &["trace", "dec_nothing"]);
+    assert_eq!(unknown.status.code(), Some(2), "{}", stderr(&unknown));
+}
