@@ -183,7 +183,7 @@ mod tests {
 
     #[test]
     fn the_w3c_example_parses_and_formats_back() {
-        let ctx = TraceContext::parse_traceparent(W3C).unwrap();
+        let ctx = TraceContext::parse_traceparent(W3C).expect("the W3C example");
         assert_eq!(ctx.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hex::encode(ctx.parent_id), "00f067aa0ba902b7");
         assert!(ctx.sampled);
@@ -192,12 +192,15 @@ mod tests {
 
     #[test]
     fn the_xray_header_splits_the_trace_id_after_eight_digits() {
-        let ctx = TraceContext::parse_traceparent(W3C).unwrap();
+        let ctx = TraceContext::parse_traceparent(W3C).expect("the W3C example");
         assert_eq!(
             ctx.xray_header(),
             "Root=1-4bf92f35-77b34da6a3ce929d0e0e4736;Parent=00f067aa0ba902b7;Sampled=1"
         );
-        assert_eq!(TraceContext::parse_xray(&ctx.xray_header()).unwrap(), ctx);
+        assert_eq!(
+            TraceContext::parse_xray(&ctx.xray_header()).expect("round trip"),
+            ctx
+        );
     }
 
     #[test]
@@ -205,7 +208,7 @@ mod tests {
         let ctx = TraceContext::parse_xray(
             "Sampled=0;Root=1-5759e988-bd862e3fe1be46a994272793;Lineage=a87bd80c:0;Parent=53995c3f42cd8ad8",
         )
-        .unwrap();
+        .expect("an AWS header");
         assert_eq!(ctx.trace_id_hex(), "5759e988bd862e3fe1be46a994272793");
         assert_eq!(hex::encode(ctx.parent_id), "53995c3f42cd8ad8");
         assert!(!ctx.sampled);
@@ -249,7 +252,7 @@ mod tests {
         assert_eq!(child.trace_id, a.trace_id);
         assert_eq!(child.parent_of("msg_c"), Some(span_id_of("msg_a")));
         assert_eq!(
-            TraceContext::parse_traceparent(&child.traceparent()).unwrap(),
+            TraceContext::parse_traceparent(&child.traceparent()).expect("round trip"),
             child
         );
     }

@@ -149,8 +149,7 @@ pub async fn from_env<C: FunctionConfig>() -> Result<FunctionDeps, ConfigError> 
         }
     };
     let pipeline = deps(store, llm, config.pipeline());
-    #[allow(unused_mut)]
-    let mut deps = function(
+    let deps = function(
         C::consumer().function,
         config.common(),
         config.sources(),
@@ -158,9 +157,11 @@ pub async fn from_env<C: FunctionConfig>() -> Result<FunctionDeps, ConfigError> 
         aws_sdk_sqs::Client::new(&sdk),
         aws_sdk_sns::Client::new(&sdk),
     );
+    // docs/architecture.md, "Tracing": the spans go out when an OTLP endpoint is configured.
     #[cfg(feature = "otlp")]
-    {
-        deps.traces = crate::telemetry::http::from_env(&format!("evolve-{}", deps.function));
-    }
+    let deps = FunctionDeps {
+        traces: crate::telemetry::http::from_env(&format!("evolve-{}", deps.function)),
+        ..deps
+    };
     Ok(deps)
 }
