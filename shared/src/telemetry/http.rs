@@ -102,3 +102,58 @@ pub fn from_env(service: &str) -> Option<super::export::TraceExport> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+
+    use super::*;
+
+    /// A collector on loopback answering each path with the status it names.
+    async fn collector() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let app = axum::Router::new().fallback(
+            |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: String| async move {
+                let json = headers
+                    .get(axum::http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v == "application/json");
+                if !json || serde_json::from_str::<serde_json::Value>(&body).is_err() {
+                    return StatusCode::UNSUPPORTED_MEDIA_TYPE;
+                }
+                match uri.path() {
+                    "/busy/v1/traces" => StatusCode::SERVICE_UNAVAILABLE,
+                    "/bad/v1/traces" => StatusCode::BAD_REQUEST,
+                    _ => StatusCode::OK,
+                }
+            },
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        base
+    }
+
+    #[tokio::test]
+    async fn a_post_is_json_and_the_collectors_answer_says_whether_to_retry() {
+        let base = collector().await;
+        let body = serde_json::json!({"resourceSpans": []});
+        let post = |path: &str| OtlpHttp::new(&format!("{base}{path}/v1/traces")).expect("url");
+        assert!(post("").export(body.clone()).await.is_ok());
+        let busy = post("/busy").export(body.clone()).await.expect_err("503");
+        assert!(busy.is_retryable(), "{busy}");
+        let bad = post("/bad").export(body.clone()).await.expect_err("400");
+        assert!(!bad.is_retryable(), "{bad}");
+        let closed = OtlpHttp::new("http://127.0.0.1:9/v1/traces").expect("url");
+        assert!(
+            closed
+                .export(body)
+                .await
+                .expect_err("no collector")
+                .is_retryable()
+        );
+        assert!(OtlpHttp::new("not a url").is_err());
+    }
+}
