@@ -131,3 +131,80 @@ fn otlp_json_names_the_service_scope_ids_and_typed_attributes() {
         attrs.contains(&serde_json::json!({"key": "cache_hit", "value": {"boolValue": false}}))
     );
 }
+
+/// A writer the JSON log lines go to, for the test to read.
+#[derive(Clone, Default)]
+struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// docs/architecture.md, "Tracing": every log line of a record's handling names the trace and
+/// the system, in the JSON the functions log (the record's span and the message's).
+#[tokio::test]
+async fn a_functions_json_log_lines_of_a_record_name_its_trace_and_system() {
+    use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+
+    use crate::domain::Queue;
+    use crate::lambda::QueueSources;
+    use crate::lambda::testing::TestFunction;
+
+    let t = TestFunction::new("snapshot", QueueSources::Only(Queue::Snapshot))
+        .await
+        .expect("function");
+    let report = t.baseline_report(0.5).await.expect("report");
+    let mut record = SqsMessage::default();
+    record.message_id = Some("sqs-1".into());
+    record.body = Some(serde_json::to_string(&report).expect("json"));
+    let mut event = SqsEvent::default();
+    event.records = vec![record];
+
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    {
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let response = t.deps.sqs(&event).await;
+        assert!(response.batch_item_failures.is_empty());
+    }
+    let text = String::from_utf8(lines.0.lock().expect("lines").clone()).expect("utf-8");
+    let trace_id = report.trace().trace_id_hex();
+    let in_record: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .filter(|l: &serde_json::Value| {
+            l["spans"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == "record"))
+        })
+        .collect();
+    assert!(!in_record.is_empty(), "{text}");
+    for line in &in_record {
+        let spans = line["spans"].as_array().expect("spans");
+        assert!(
+            spans.iter().any(|s| s["trace_id"] == trace_id.as_str()),
+            "{line}"
+        );
+        assert!(
+            spans
+                .iter()
+                .any(|s| s["system_id"] == report.system_id.as_str()),
+            "{line}"
+        );
+    }
+}
