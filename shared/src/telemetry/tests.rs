@@ -208,3 +208,26 @@ async fn a_functions_json_log_lines_of_a_record_name_its_trace_and_system() {
         );
     }
 }
+
+/// The functions' subscriber feeds the process's collector, whatever the log level.
+#[test]
+fn the_functions_subscriber_feeds_the_collector() {
+    super::export::init_subscriber();
+    let collector = super::export::collector();
+    collector.start(Arc::new(SimClock::new(
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0)
+            .single()
+            .expect("time"),
+    )));
+    let trace = TraceContext::start("msg_global");
+    message_span("msg_global", &trace).in_scope(|| {
+        info_span!("stage", otel.name = "analyze").in_scope(|| {});
+    });
+    let mine: Vec<String> = collector
+        .drain()
+        .into_iter()
+        .filter(|s| s.trace_id == trace.trace_id)
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(mine, ["analyze", "analyze CycleRequested"]);
+}
