@@ -81,6 +81,9 @@ pub enum Command {
     History(HistoryArgs),
     /// The decision audit trail.
     Decisions(ListArgs),
+    /// A cycle's timeline from the store: the events, LLM calls and decisions of one trace in
+    /// time order, each with its message id and trace id (to search the logs by).
+    Trace(TraceArgs),
     /// LLM spend: today, this month, by model, and the budget mode. With `--reconcile`: each
     /// past day's spend as the ledger counted it against what AWS billed for it.
     Cost(CostArgs),
@@ -349,10 +352,24 @@ pub struct DemoArgs {
     /// a rank test over three samples and a canary on a fifth of the instances.
     #[arg(long)]
     pub noisy: bool,
+    /// Write the run's spans to FILE as OTLP JSON: one trace per cycle, each message's stage,
+    /// LLM calls and store transactions under it, timed in the demo's simulated time.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
     #[command(flatten)]
     pub pending: PendingArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// A trace id (32 hex digits), or the id of a decision, an event, an LLM call or a message
+    /// of the cycle.
+    pub id: String,
+    /// One JSON array instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

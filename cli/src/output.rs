@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use indicatif::{ProgressBar, ProgressStyle};
 use shared::domain::{Alert, AlertLevel};
 use shared::local::{Observer, RunReport};
-use tracing_subscriber::EnvFilter;
+use shared::telemetry::SpanCollector;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 /// Input the user can fix: one line naming the problem, exit code 2, nothing written.
 #[derive(Debug, thiserror::Error)]
@@ -23,12 +26,23 @@ pub fn init_tracing(verbose: u8) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .compact()
+    let collector = spans();
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .compact()
+                .with_filter(filter),
+        )
+        .with(collector.with_filter(shared::telemetry::spans_only()))
         .init();
+}
+
+/// The collector the subscriber feeds, idle until `evolve demo --trace` or the worker's trace
+/// export starts it.
+pub fn spans() -> SpanCollector {
+    shared::telemetry::export::collector()
 }
 
 pub fn report_error(e: &anyhow::Error) -> ExitCode {

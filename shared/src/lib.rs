@@ -18,6 +18,7 @@ pub mod sim;
 pub mod stages;
 pub mod stats;
 pub mod store;
+pub mod telemetry;
 pub mod topology;
 #[cfg(feature = "bedrock")]
 pub mod worker;

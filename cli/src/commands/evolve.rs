@@ -58,6 +58,9 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         demo.init_with(&home.deps, home.bus.as_ref(), settings)
             .await?;
     }
+    if args.trace.is_some() {
+        crate::output::spans().start(home.clock.clone());
+    }
     let continue_with = "evolve demo --continue";
     evolve(
         cli,
@@ -72,6 +75,12 @@ pub async fn demo(cli: &Cli, args: &DemoArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    if let Some(path) = &args.trace {
+        let spans = crate::output::spans().drain();
+        let otlp = shared::telemetry::otlp::encode("evolve-demo", &spans);
+        std::fs::write(path, serde_json::to_vec_pretty(&otlp)?)
+            .map_err(|e| anyhow::anyhow!("cannot write the trace to {}: {e}", path.display()))?;
+    }
     report::after_run(cli, store.as_ref(), &system_id, daily_budget).await;
     eprintln!(
         "state in {}; try `evolve status`, `evolve history`, `evolve decisions`",

@@ -9,6 +9,7 @@ mod llm;
 mod replay;
 mod report;
 mod resume;
+mod trace;
 mod views;
 mod worker;
 
@@ -34,6 +35,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => views::status(&cli, args).await,
         Command::History(args) => views::history(&cli, args).await,
         Command::Decisions(args) => views::decisions(&cli, args).await,
+        Command::Trace(args) => trace::trace(&cli, args).await,
         Command::Cost(args) => views::cost(&cli, args.json).await,
         Command::Rollback(args) => views::rollback(&cli, args).await,
         Command::Worker(args) => worker::run(&cli, args).await,

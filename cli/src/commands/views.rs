@@ -665,6 +665,7 @@ pub async fn rollback(cli: &Cli, args: &RollbackArgs) -> anyhow::Result<()> {
         system_id: id.clone(),
         base_generation: head.generation,
         sent_at: now,
+        traceparent: None,
         body: Body::RollbackRequested {
             to_generation: args.to,
             requested_by: operator,

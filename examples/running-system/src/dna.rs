@@ -14,6 +14,9 @@ pub type Genes = Map<String, Value>;
 pub struct DnaMessage {
     pub id: String,
     pub system_id: String,
+    /// The cycle's trace (W3C), echoed on the reports so they join it.
+    #[serde(default)]
+    pub traceparent: Option<String>,
     #[serde(flatten)]
     pub change: DnaChange,
 }

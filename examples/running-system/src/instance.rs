@@ -39,6 +39,8 @@ pub struct Running {
     pub round: u32,
     /// The message that started this round: a redelivery of it is not a new round.
     pub message_id: String,
+    /// That message's `traceparent`, echoed on this round's reports.
+    pub traceparent: Option<String>,
 }
 
 /// A DNA change the instance applied.
@@ -137,6 +139,7 @@ impl Instance {
         }
         let target = Target {
             id: &message.id,
+            traceparent: message.traceparent.as_deref(),
             change: &message.change,
         };
         // A canary: this instance's cohort says whether it runs the candidate or keeps the
@@ -211,6 +214,7 @@ impl Instance {
             cohort,
             round,
             message_id: target.id.to_owned(),
+            traceparent: target.traceparent.map(str::to_owned),
         });
         let applied = Applied {
             generation,
@@ -265,6 +269,7 @@ impl Instance {
             metrics,
             error,
             cohort: running.cohort,
+            traceparent: running.traceparent.clone(),
         })
     }
 }
@@ -273,6 +278,7 @@ impl Instance {
 #[derive(Clone, Copy)]
 struct Target<'a> {
     id: &'a str,
+    traceparent: Option<&'a str>,
     change: &'a DnaChange,
 }
 

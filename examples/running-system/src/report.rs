@@ -33,6 +33,9 @@ pub struct FitnessReport {
     /// The side of a canary measured (`canary` or `control`); absent outside canaries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cohort: Option<crate::dna::Cohort>,
+    /// The announcement's `traceparent`, so the report joins the cycle's trace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// The one type of message a running system sends.

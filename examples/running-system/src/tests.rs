@@ -38,6 +38,7 @@ fn start_genes() -> ProductGenes {
 fn wire(system: &str, body: Body) -> String {
     serde_json::to_string(&Envelope::caused_by(
         "cause",
+        None,
         "snapshot",
         0,
         SystemId::parse(system).expect("id"),
@@ -221,6 +222,20 @@ fn messages_for_another_system_or_of_another_type_or_malformed_are_not_applied()
 }
 
 /// An operator's rollback opens a window of its own: it says `measure: true` and is measured.
+/// docs/architecture.md, "Tracing": the reports echo the announcement's `traceparent`, so the
+/// product handles them in the cycle's trace; a report parses as the product's envelope.
+#[test]
+fn reports_carry_the_announcements_trace() {
+    let mut instance = instance(1024.0);
+    let message = updated(0, &start_genes());
+    let announced: Envelope = serde_json::from_str(&message).expect("envelope");
+    instance.handle(&message);
+    let report = instance.measure(1, Utc::now()).expect("a report");
+    assert_eq!(report.traceparent, announced.traceparent);
+    let parsed: Envelope = serde_json::from_str(&report.body()).expect("the product reads it");
+    assert_eq!(parsed.trace().trace_id, announced.trace().trace_id);
+}
+
 #[test]
 fn an_operators_rollback_is_measured() {
     let mut instance = instance(1024.0);
@@ -471,6 +486,7 @@ fn canary_updated(
     });
     serde_json::to_string(&Envelope::caused_by(
         cause,
+        None,
         "snapshot",
         0,
         SystemId::parse(SYSTEM).expect("id"),

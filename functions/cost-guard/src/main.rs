@@ -8,7 +8,7 @@ use shared::lambda::wiring;
 // uses, and worker threads would only add stacks and allocator arenas to its memory.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    shared::telemetry::export::init_subscriber();
     let deps = wiring::from_env::<CostGuardConfig>().await?;
     run(service_fn(|event| cost_guard::handler(&deps, event))).await
 }

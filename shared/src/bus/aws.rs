@@ -1,7 +1,9 @@
 //! The bus on SQS and SNS: queue messages go out with `SendMessageBatch` (ten at a time, each
 //! with its own delay), topic messages with `Publish`. Every message carries the `type` and
 //! `system_id` message attributes, so SNS subscription filter policies and operators can route
-//! and inspect messages without parsing bodies.
+//! and inspect messages without parsing bodies. Every message also carries its trace
+//! (docs/architecture.md, "Tracing"): a `traceparent` message attribute, and on SQS the
+//! `AWSTraceHeader` system attribute X-Ray reads.
 
 use std::collections::BTreeMap;
 
@@ -96,6 +98,7 @@ impl AwsBus {
             .message(body)
             .message_attributes("type", attribute(m.envelope.body.type_name())?)
             .message_attributes("system_id", attribute(m.envelope.system_id.as_str())?)
+            .message_attributes("traceparent", attribute(&m.envelope.trace().traceparent())?)
             .send()
             .await
             .map_err(|e| classify("Publish", &e))?;
@@ -151,12 +154,23 @@ fn batch_entry(index: usize, m: &Outgoing) -> Result<SendMessageBatchRequestEntr
             .map_err(|e| BusError::Refused(format!("message attribute: {e}")))
     };
     let delay = m.delay_seconds.min(MAX_DELAY_SECONDS);
+    let trace = m.envelope.trace();
+    let xray = aws_sdk_sqs::types::MessageSystemAttributeValue::builder()
+        .data_type("String")
+        .string_value(trace.xray_header())
+        .build()
+        .map_err(|e| BusError::Refused(format!("system attribute: {e}")))?;
     SendMessageBatchRequestEntry::builder()
         .id(index.to_string())
         .message_body(body_of(m)?)
         .delay_seconds(i32::try_from(delay).unwrap_or(0))
         .message_attributes("type", attribute(m.envelope.body.type_name())?)
         .message_attributes("system_id", attribute(m.envelope.system_id.as_str())?)
+        .message_attributes("traceparent", attribute(&trace.traceparent())?)
+        .message_system_attributes(
+            aws_sdk_sqs::types::MessageSystemAttributeNameForSends::AwsTraceHeader,
+            xray,
+        )
         .build()
         .map_err(|e| BusError::Refused(format!("batch entry: {e}")))
 }
@@ -288,6 +302,7 @@ mod tests {
                 system_id: SystemId::parse("svc").expect("valid id"),
                 base_generation: 3,
                 sent_at: at,
+                traceparent: None,
                 body: Body::EvaluationDue { generation: 3 },
             },
             delay_seconds: delay,
@@ -305,6 +320,24 @@ mod tests {
         assert_eq!(attrs["type"].string_value(), Some("EvaluationDue"));
         assert_eq!(attrs["system_id"].string_value(), Some("svc"));
         assert_eq!(attrs["type"].data_type(), "String");
+    }
+
+    #[test]
+    fn batch_entries_carry_the_trace_as_xray_header_and_traceparent() {
+        let entry = batch_entry(0, &outgoing(0)).expect("entry");
+        let trace = outgoing(0).envelope.trace();
+        let system = entry
+            .message_system_attributes()
+            .expect("system attributes");
+        let header = system
+            [&aws_sdk_sqs::types::MessageSystemAttributeNameForSends::AwsTraceHeader]
+            .string_value();
+        assert_eq!(header, Some(trace.xray_header().as_str()));
+        let attrs = entry.message_attributes().expect("attributes");
+        assert_eq!(
+            attrs["traceparent"].string_value(),
+            Some(trace.traceparent().as_str())
+        );
     }
 
     #[test]

@@ -121,7 +121,15 @@ where
             batch.batch_item_failures.push(message_id);
             continue;
         };
-        let span = info_span!("record", message_id = %message_id, queue);
+        // `trace_id` and `system_id` are filled in once the body is read
+        // (docs/architecture.md, "Tracing").
+        let span = info_span!(
+            "record",
+            message_id = %message_id,
+            queue,
+            trace_id = tracing::field::Empty,
+            system_id = tracing::field::Empty,
+        );
         let handled = isolated(work)
             .instrument(span.clone())
             .await

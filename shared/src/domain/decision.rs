@@ -119,4 +119,9 @@ pub struct DecisionRecord {
     /// model that gave it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_hit: bool,
+    /// The trace and the message that made the decision (docs/architecture.md, "Tracing").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }

@@ -167,4 +167,11 @@ pub struct EvolutionEvent {
     pub system_id: Option<SystemId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The trace of the message whose handling recorded this, and that message's id: what
+    /// `evolve trace` and a log search go by (docs/architecture.md, "Tracing"). Absent on
+    /// records from before tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }

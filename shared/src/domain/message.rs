@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::conflict::SystemConflict;
 use super::ids::{MetricName, SystemId, derive_id};
 use super::mutation::{Mutation, PlanStepRef};
+use super::trace::TraceContext;
 
 /// The queues of the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -343,14 +344,25 @@ pub struct Envelope {
     #[serde(default)]
     pub base_generation: u64,
     pub sent_at: DateTime<Utc>,
+    /// The W3C `traceparent` of the cycle this message belongs to (docs/architecture.md,
+    /// "Tracing"). Absent on messages from before tracing and from running systems that do not
+    /// trace: such a message starts a trace of its own, derived from its id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
     #[serde(flatten)]
     pub body: Body,
 }
 
 impl Envelope {
     /// A message caused by `cause`, with an id derived from the cause, the stage and an index.
+    ///
+    /// It continues the cause's trace (`trace`, the cause's [`Envelope::trace`]), except a
+    /// `CycleRequested`, which starts the trace of a new cycle: one trace per cycle
+    /// (docs/architecture.md, "Tracing").
+    #[allow(clippy::too_many_arguments)]
     pub fn caused_by(
         cause: &str,
+        trace: Option<&TraceContext>,
         stage: &str,
         index: usize,
         system_id: SystemId,
@@ -358,14 +370,29 @@ impl Envelope {
         sent_at: DateTime<Utc>,
         body: Body,
     ) -> Self {
+        let id = derive_id("msg", &[cause, stage, &index.to_string()]);
+        let context = match (trace, &body) {
+            (Some(trace), b) if !matches!(b, Body::CycleRequested { .. }) => trace.sent_from(cause),
+            _ => TraceContext::start(&id),
+        };
         Self {
-            id: derive_id("msg", &[cause, stage, &index.to_string()]),
             causation_id: cause.to_owned(),
             system_id,
             base_generation,
             sent_at,
+            traceparent: Some(context.traceparent()),
             body,
+            id,
         }
+    }
+
+    /// The trace this message belongs to: its `traceparent`, or a trace it starts (derived from
+    /// its id) when it has none or an unreadable one. The same for every delivery.
+    pub fn trace(&self) -> TraceContext {
+        self.traceparent
+            .as_deref()
+            .and_then(|t| TraceContext::parse_traceparent(t).ok())
+            .unwrap_or_else(|| TraceContext::start(&self.id))
     }
 }
 

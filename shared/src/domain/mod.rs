@@ -14,6 +14,7 @@ pub mod message;
 pub mod mutation;
 pub mod risk;
 pub mod task;
+pub mod trace;
 
 pub use analysis::*;
 pub use canary::{CanaryRollout, CanaryVerdict, CanaryWindow, Cohort};
@@ -28,3 +29,4 @@ pub use judging::{Breach, Direction, Guardrail, Objective};
 pub use message::*;
 pub use mutation::*;
 pub use task::*;
+pub use trace::{TraceContext, TraceParseError};

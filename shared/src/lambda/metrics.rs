@@ -249,6 +249,7 @@ mod tests {
             .single()
             .expect("valid time");
         let call = |model: &str, fallback: bool| LlmCallRecord {
+            trace_id: None,
             call_id: "c".into(),
             system_id: SystemId::parse("s").expect("id"),
             envelope_id: "e".into(),
@@ -366,6 +367,7 @@ mod tests {
         use crate::store::LlmCallRecord;
         let at = Utc::now();
         let call = LlmCallRecord {
+            trace_id: None,
             call_id: "c".into(),
             system_id: crate::domain::SystemId::parse("s").expect("id"),
             envelope_id: "e".into(),

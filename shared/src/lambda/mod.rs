@@ -38,6 +38,9 @@ pub struct FunctionDeps {
     pub sources: QueueSources,
     /// The function's name: the `Function` dimension of its metrics.
     pub function: &'static str,
+    /// Where the invocation's spans go when an OTLP endpoint is configured
+    /// (docs/architecture.md, "Tracing"); flushed at the end of each invocation.
+    pub traces: Option<crate::telemetry::export::TraceExport>,
 }
 
 /// Which queue a record came from.
@@ -150,6 +153,7 @@ pub fn sweep_envelope(at: DateTime<Utc>) -> Envelope {
         system_id: SystemId::global(),
         base_generation: 0,
         sent_at: at,
+        traceparent: None,
         body: Body::BudgetSweep {},
     }
 }
@@ -320,7 +324,15 @@ impl FunctionDeps {
         let now = self.pipeline.clock.now();
         metrics::emit(self.function, now, &batch_metrics(&batch.counts));
         metrics::emit_observed(self.function, now, &batch.done);
+        self.flush_traces().await;
         batch.into()
+    }
+
+    /// Sends the spans of the invocation, if tracing is exported; never fails.
+    pub async fn flush_traces(&self) {
+        if let Some(traces) = &self.traces {
+            traces.flush().await;
+        }
     }
 
     /// Runs `expected` for a scheduled invocation. A failure is returned (the invocation fails,
@@ -346,6 +358,7 @@ impl FunctionDeps {
                 handle_sweep(&self.pipeline, self.bus.as_ref(), at).await,
             ),
         };
+        self.flush_traces().await;
         let handled = result.inspect_err(|e| error!(%id, error = %e, "scheduled run failed"))?;
         let mut emitted = vec![Metric::count(metrics::SCHEDULED_RUNS, 1)];
         if expected == ScheduleKind::Sweep {

@@ -96,6 +96,7 @@ impl TestFunction {
                 dead_letters: dead_letters.clone(),
                 sources,
                 function,
+                traces: None,
             },
             store,
             bus: home.bus,
@@ -130,6 +131,7 @@ impl TestFunction {
             system_id,
             base_generation: 0,
             sent_at: self.clock.now(),
+            traceparent: None,
             body: Body::FitnessReported {
                 generation: 0,
                 checksum: generation.checksum,

@@ -40,6 +40,7 @@ fn envelope(t: &TestFunction, id: &str, system: &str, body: Body) -> String {
         system_id: SystemId::parse(system).expect("valid id"),
         base_generation: 0,
         sent_at: t.clock.now(),
+        traceparent: None,
         body,
     };
     serde_json::to_string(&env).expect("json")

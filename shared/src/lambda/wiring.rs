@@ -120,6 +120,7 @@ pub fn function(
         dead_letters: Arc::new(SqsDeadLetters::new(sqs, &common.dead_letters)),
         sources,
         function: name,
+        traces: None,
     }
 }
 
@@ -148,12 +149,19 @@ pub async fn from_env<C: FunctionConfig>() -> Result<FunctionDeps, ConfigError> 
         }
     };
     let pipeline = deps(store, llm, config.pipeline());
-    Ok(function(
+    let deps = function(
         C::consumer().function,
         config.common(),
         config.sources(),
         pipeline,
         aws_sdk_sqs::Client::new(&sdk),
         aws_sdk_sns::Client::new(&sdk),
-    ))
+    );
+    // docs/architecture.md, "Tracing": the spans go out when an OTLP endpoint is configured.
+    #[cfg(feature = "otlp")]
+    let deps = FunctionDeps {
+        traces: crate::telemetry::http::from_env(&format!("evolve-{}", deps.function)),
+        ..deps
+    };
+    Ok(deps)
 }

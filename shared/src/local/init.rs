@@ -106,6 +106,8 @@ fn creation(
         version: 0,
     };
     let event = EvolutionEvent {
+        trace_id: None,
+        message_id: None,
         id: derive_id("evt", &[system_id.as_str(), "created"]),
         timestamp: now,
         event_type: EventType::SystemCreated,
@@ -124,6 +126,7 @@ fn creation(
         system_id: system_id.clone(),
         base_generation: 0,
         sent_at: now,
+        traceparent: None,
         body: Body::DnaUpdated {
             generation: 0,
             genes: serde_json::to_value(&generation.genes).unwrap_or_default(),

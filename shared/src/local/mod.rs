@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::bus::Bus;
 use crate::bus::local::{Delivery, LocalBus};
@@ -408,7 +408,10 @@ impl LocalRunner<'_> {
             }
             Destination::Topic(Topic::EvolutionEvents) => match &env.body {
                 Body::DnaUpdated { generation, .. } | Body::DnaRolledBack { generation, .. } => {
+                    // The running system's handling is a span of the trace too: its reports
+                    // are sent from it (docs/architecture.md, "Tracing").
                     self.measure_if_evaluating(&env.system_id, Some(&env))
+                        .instrument(pipeline::message_span(&env, "running-system"))
                         .await?;
                     debug!(generation, "subscriber notified");
                 }
@@ -520,6 +523,7 @@ impl LocalRunner<'_> {
                 };
                 out.push(Outgoing::new(Envelope::caused_by(
                     &cause_id,
+                    cause.map(Envelope::trace).as_ref(),
                     "running-system",
                     i as usize * sides.len() + index,
                     system_id.clone(),
@@ -554,6 +558,7 @@ pub fn verdict_message(
         system_id: system_id.clone(),
         base_generation: 0,
         sent_at: now,
+        traceparent: None,
         body: Body::ApprovalGiven {
             decision_id: decision_id.to_owned(),
             approve,
@@ -588,6 +593,7 @@ pub fn resume_message(
         system_id: system_id.clone(),
         base_generation: generation,
         sent_at: now,
+        traceparent: None,
         body: Body::ResumeRequested {
             requested_by: requested_by.to_owned(),
             note: note.map(str::to_owned),

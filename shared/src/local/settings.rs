@@ -124,6 +124,8 @@ pub async fn change_settings(
         .map_or(0, |h| h.generation);
     let detail = format!("settings changed by {changed_by}: {}", changed.join(", "));
     let event = EvolutionEvent {
+        trace_id: None,
+        message_id: None,
         id: derive_id(
             "evt",
             &[system_id.as_str(), "settings", &now.to_rfc3339(), &detail],

@@ -68,6 +68,7 @@ fn envelope(alert: Alert) -> String {
         system_id: SystemId::global(),
         base_generation: 0,
         sent_at: alert.at,
+        traceparent: None,
         body: Body::AlertRaised { alert },
     })
     .expect("json")

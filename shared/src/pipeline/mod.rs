@@ -10,6 +10,10 @@ use crate::domain::{Body, Destination, Envelope, Queue, sha256_hex};
 use crate::stages::{self, Deps, StageError, StageOutput};
 use crate::store::{Claim, Completion, StoreError, Transaction};
 
+mod trace;
+pub use trace::message_span;
+use trace::{stage_of, stamp_trace};
+
 /// What a committed message changed that operators watch: the LLM calls it made, the head's
 /// generation, the fitness of an evaluation it closed, rollbacks. Read off the committed writes,
 /// so the numbers are exactly what the store holds.
@@ -193,13 +197,14 @@ fn accepts(queue: Queue, body: &Body) -> bool {
 
 /// Handles one envelope exactly once in effect: claim, run, commit with the outbox, send.
 pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handled, PipelineError> {
-    let span = info_span!(
-        "message",
-        id = %env.id,
-        r#type = env.body.type_name(),
-        system_id = %env.system_id,
-        base_generation = env.base_generation
-    );
+    let trace_id = env.trace().trace_id_hex();
+    // The record's span (the consumer's) was opened before the body was read: it gets the
+    // trace and the system now, so its log lines can be searched by them too.
+    let record = tracing::Span::current();
+    record.record("trace_id", trace_id.as_str());
+    record.record("system_id", env.system_id.as_str());
+    let stage = stage_of(&env.body);
+    let span = message_span(env, stage);
     let payload = serde_json::to_vec(env).unwrap_or_default();
     exactly_once(
         deps,
@@ -209,7 +214,16 @@ pub async fn handle(deps: &Deps, bus: &dyn Bus, env: &Envelope) -> Result<Handle
         &sha256_hex(&payload),
         // On the heap: the stages' futures are large, and a function's whole handler future
         // would otherwise carry the largest of them on its stack.
-        || Box::pin(run_stage(deps, env)),
+        || {
+            Box::pin(
+                async {
+                    let mut output = run_stage(deps, env).await?;
+                    stamp_trace(&mut output.writes, env);
+                    Ok(output)
+                }
+                .instrument(info_span!("stage", otel.name = stage, stage)),
+            )
+        },
     )
     .instrument(span)
     .await
@@ -322,6 +336,7 @@ async fn raise_security_alert(
     if let Some(env) = env {
         let message = crate::domain::Outgoing::new(Envelope::caused_by(
             &env.id,
+            Some(&env.trace()),
             "security",
             0,
             env.system_id.clone(),
@@ -571,7 +586,18 @@ async fn commit_and_send(
                 }),
         }),
     };
-    if let Err(e) = deps.store.commit(tx).await {
+    let writes = tx.writes.len();
+    let committed = deps
+        .store
+        .commit(tx)
+        .instrument(info_span!(
+            "store_transaction",
+            otel.name = "store commit",
+            writes,
+            messages = output.messages.len()
+        ))
+        .await;
+    if let Err(e) = committed {
         if matches!(e, StoreError::ConditionFailed(_)) && !last_try {
             return Err(Failed::Conflict(e.into()));
         }

@@ -78,6 +78,7 @@ async fn a_denied_store_read_raises_a_critical_security_alert_and_is_not_retried
     );
     let env = Envelope::caused_by(
         "cause",
+        None,
         "test",
         0,
         SystemId::parse("svc").expect("id"),

@@ -472,6 +472,8 @@ fn propose(
 /// An event noting a new plan, for the audit trail (used by strategize).
 pub(crate) fn plan_event(plan: &Plan) -> EvolutionEvent {
     EvolutionEvent {
+        trace_id: None,
+        message_id: None,
         id: derive_id("evt", &[&plan.plan_id]),
         timestamp: plan.created_at,
         event_type: EventType::PlanCreated,

@@ -254,6 +254,7 @@ async fn systems_over_budget(
                         system_id: system.system_id.clone(),
                         base_generation: 0,
                         sent_at: now,
+                        traceparent: None,
                         body: Body::SystemOverBudget {
                             period,
                             period_key: key,

@@ -126,6 +126,8 @@ impl Proposal<'_> {
     /// overrides what it knows.
     fn base_record(&self) -> DecisionRecord {
         DecisionRecord {
+            trace_id: None,
+            message_id: None,
             decision_id: self.decision_id.clone(),
             timestamp: self.now,
             mutation_id: self.mutation.id.clone(),
@@ -561,6 +563,8 @@ fn event(
     detail: String,
 ) -> EvolutionEvent {
     EvolutionEvent {
+        trace_id: None,
+        message_id: None,
         id: derive_id("evt", &[&env.id]),
         timestamp: at,
         event_type,

@@ -349,8 +349,25 @@ pub(crate) fn record_call<T>(
     answer: &LlmAnswer<T>,
     at: DateTime<Utc>,
 ) {
+    // The call has returned by now: its span marks it in the message's trace with what it cost
+    // (docs/architecture.md, "Tracing"); its duration is `latency_ms`.
+    tracing::info_span!(
+        "llm_call",
+        otel.name = %format!("llm {}", role.as_str()),
+        otel.kind = "client",
+        role = role.as_str(),
+        model = %answer.model_id,
+        input_tokens = answer.usage.input_tokens,
+        output_tokens = answer.usage.output_tokens,
+        cost_nano_usd = answer.cost_nano_usd,
+        latency_ms = answer.latency_ms,
+        cache_hit = answer.cache_hit,
+        fallback_reason = answer.fallback.as_deref(),
+    )
+    .in_scope(|| tracing::debug!("LLM call recorded"));
     out.writes.push(Write::PutLlmCall {
         call: LlmCallRecord {
+            trace_id: None,
             call_id: derive_id("call", &[&env.id, role.as_str()]),
             system_id: env.system_id.clone(),
             envelope_id: env.id.clone(),
@@ -415,6 +432,7 @@ pub(crate) fn reply(
 ) -> Outgoing {
     Outgoing::new(Envelope::caused_by(
         &env.id,
+        Some(&env.trace()),
         stage,
         index,
         env.system_id.clone(),

@@ -535,6 +535,8 @@ fn replay_envelope(
         base_generation,
         sent_at: at,
         body,
+        // A replay is no cycle of the system: its calls join no recorded trace.
+        traceparent: None,
     }
 }
 

@@ -573,6 +573,8 @@ fn event(
     detail: Option<String>,
 ) -> EvolutionEvent {
     EvolutionEvent {
+        trace_id: None,
+        message_id: None,
         id: derive_id("evt", &[&env.id, &index.to_string()]),
         timestamp: at,
         event_type,

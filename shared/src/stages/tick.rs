@@ -110,6 +110,7 @@ fn tick_message(
         system_id: system.clone(),
         base_generation: 0,
         sent_at: now,
+        traceparent: None,
         body,
     })
 }
@@ -140,6 +141,7 @@ pub async fn handle_system(
         system_id: system.system_id.clone(),
         base_generation: head.generation,
         sent_at: now,
+        traceparent: None,
         body,
     };
     let mut messages = Vec::new();
@@ -249,6 +251,8 @@ fn cost_action(
     system.cost_mode = mode;
     Write::PutEvent {
         event: EvolutionEvent {
+            trace_id: None,
+            message_id: None,
             id: derive_id("evt", &[tick_id, system.system_id.as_str(), "cost"]),
             timestamp: now,
             event_type: EventType::CostActionApplied,

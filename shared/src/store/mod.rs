@@ -170,6 +170,9 @@ pub struct LlmCallRecord {
     /// whose stored answer was reused.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_hit: bool,
+    /// The trace of the message that made the call (docs/architecture.md, "Tracing").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// The current budget mode with when and why it was set (control state).

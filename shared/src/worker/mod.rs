@@ -146,6 +146,12 @@ impl Worker {
         let without_llm = wiring::deps(store, wiring::no_llm(), config.pipeline());
         let mut consumers = BTreeMap::new();
         let mut urls = BTreeMap::new();
+        // docs/architecture.md, "Tracing": one export for the process, flushed after each
+        // message by whichever consumer handled it.
+        #[cfg(feature = "otlp")]
+        let traces = crate::telemetry::http::from_env("evolve-worker");
+        #[cfg(not(feature = "otlp"))]
+        let traces = None;
         for &queue in &config.consumes {
             // The stages that call an LLM get the configured engine; the others the local
             // engine, as their Lambdas do.
@@ -154,7 +160,7 @@ impl Worker {
             } else {
                 without_llm.clone()
             };
-            let deps = wiring::function(
+            let mut deps = wiring::function(
                 consumer_of(queue).function,
                 &common,
                 QueueSources::Only(queue),
@@ -162,6 +168,7 @@ impl Worker {
                 clients.sqs.clone(),
                 clients.sns.clone(),
             );
+            deps.traces.clone_from(&traces);
             consumers.insert(queue, deps);
             urls.insert(queue, config.queue_urls[&queue].clone());
         }
@@ -336,11 +343,16 @@ fn event_of(queue: Queue, message: &Received) -> SqsEvent {
 
 /// Works on one message under a heartbeat; deletes it only once the pipeline has returned.
 async fn process(context: &Context, queue: Queue, deps: &FunctionDeps, message: Received) {
+    // The envelope is read here too (the pipeline reads it again), so that the heartbeat's and
+    // the deletion's log lines carry the trace and the system (docs/architecture.md, "Tracing").
+    let envelope = serde_json::from_str::<crate::domain::Envelope>(&message.body).ok();
     let span = info_span!(
         "received",
         queue = queue.as_str(),
         message_id = %message.message_id,
-        receive_count = message.receive_count
+        receive_count = message.receive_count,
+        trace_id = envelope.as_ref().map(|e| e.trace().trace_id_hex()),
+        system_id = envelope.as_ref().map(|e| e.system_id.to_string()),
     );
     async {
         let timing = context.timing;

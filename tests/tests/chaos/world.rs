@@ -1133,6 +1133,7 @@ fn report_stand_in(id: &str) -> Outgoing {
             system_id: SystemId::global(),
             base_generation: 0,
             sent_at: Utc::now(),
+            traceparent: None,
             body: Body::BudgetSweep {},
         },
         delay_seconds: 0,

@@ -11,6 +11,7 @@ mod aws;
 mod crash;
 mod failover;
 mod replay;
+mod trace;
 
 fn evolve(state: &Path, args: &[&str]) -> Output {
     Command::new(bin("evolve"))

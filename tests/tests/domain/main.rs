@@ -425,6 +425,7 @@ fn every_message_body_round_trips_through_json() {
             system_id: SystemId::parse("svc").expect("id"),
             base_generation: 3,
             sent_at: at,
+            traceparent: None,
             body,
         };
         let text = serde_json::to_string(&env).expect("serializes");
@@ -520,6 +521,7 @@ fn a_dna_at_every_limit_fits_a_dynamodb_item_and_an_sns_message_with_room_to_spa
     // The message every subscriber receives.
     let updated = Envelope::caused_by(
         &"c".repeat(64),
+        None,
         "snapshot",
         0,
         system_id,

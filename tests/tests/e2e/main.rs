@@ -141,11 +141,18 @@ async fn a_cycle_keeps_an_improvement_and_rolls_back_a_regression() {
         for f in ["id", "timestamp", "type", "generation"] {
             assert!(v.get(f).is_some(), "event lacks {f}: {v}");
         }
+        // Beyond the seed's schema: the system, the detail, and the trace and message that
+        // recorded the event (docs/architecture.md, "Tracing").
         for key in v.as_object().expect("object").keys() {
             assert!(
-                event_fields.contains(key) || ["system_id", "detail"].contains(&key.as_str()),
+                event_fields.contains(key)
+                    || ["system_id", "detail", "trace_id", "message_id"].contains(&key.as_str()),
                 "unexpected event field {key}"
             );
+        }
+        // Every event but the creation (an operator's action, not a message) names its trace.
+        if v["type"] != "system_created" {
+            assert_eq!(v["trace_id"].as_str().map(str::len), Some(32), "{v}");
         }
     }
     let bodies = world.s3_event_bodies().await;

@@ -267,6 +267,7 @@ async fn the_decide_stage_decides_a_plans_three_proposals_with_one_request() {
         .expect("generation 0");
     let report = Envelope::caused_by(
         "baseline",
+        None,
         "subscriber",
         0,
         system_id(),
@@ -359,6 +360,7 @@ async fn the_decide_stage_decides_a_plans_three_proposals_with_one_request() {
         };
         let env = Envelope::caused_by(
             &format!("cycle-{i}"),
+            None,
             "analyze",
             0,
             system_id(),

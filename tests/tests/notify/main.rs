@@ -266,6 +266,7 @@ impl World {
             system_id: SystemId::parse("checkout-api").expect("id"),
             base_generation: 0,
             sent_at: alert.at,
+            traceparent: None,
             body: Body::AlertRaised { alert },
         };
         self.bus

@@ -338,6 +338,7 @@ async fn an_operator_rollback_supersedes_a_held_decision() {
         system_id: system_id(),
         base_generation: at.generation,
         sent_at: h.home.clock.now(),
+        traceparent: None,
         body: shared::domain::Body::RollbackRequested {
             to_generation: Some(0),
             requested_by: "local user bob".into(),

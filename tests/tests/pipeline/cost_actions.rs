@@ -271,6 +271,7 @@ async fn the_sweep_counts_the_budget_of_the_money_clocks_day() {
         system_id: shared::domain::SystemId::global(),
         base_generation: 0,
         sent_at: home.clock.now(),
+        traceparent: None,
         body: Body::BudgetSweep {},
     };
     pipeline::handle(&home.deps, home.bus.as_ref(), &sweep)

@@ -79,6 +79,7 @@ async fn report(
     let score = evaluator.evaluate(&genes).await.ok();
     let env = Envelope::caused_by(
         &cause.id,
+        None,
         "test-subscriber",
         0,
         cause.system_id.clone(),
@@ -206,6 +207,7 @@ async fn stale_proposal_is_a_no_op() {
         system_id: system_id(),
         base_generation: 0,
         sent_at: approved.sent_at,
+        traceparent: None,
         body: Body::MutationProposed {
             mutation,
             deferrals: 0,
@@ -463,6 +465,7 @@ async fn operator_rollback_during_a_plan_is_divergence() {
         system_id: system_id(),
         base_generation: head.generation,
         sent_at: head.updated_at,
+        traceparent: None,
         body: Body::RollbackRequested {
             to_generation: Some(0),
             requested_by: "test".into(),
@@ -685,6 +688,7 @@ async fn invalid_llm_mutation_is_rejected_with_its_reason() {
         system_id: system_id(),
         base_generation: 0,
         sent_at: start() + Duration::minutes(5),
+        traceparent: None,
         body: Body::MutationProposed {
             mutation: shared::domain::Mutation {
                 id: "mut_bad".into(),
@@ -755,6 +759,7 @@ async fn scheduled_cycle_while_evaluating_is_a_no_op() {
         system_id: system_id(),
         base_generation: 0,
         sent_at: start(),
+        traceparent: None,
         body: Body::CycleRequested {
             reason: CycleReason::Scheduled,
         },
@@ -881,6 +886,7 @@ async fn the_loser_of_two_closers_of_a_window_is_acknowledged_as_stale() {
         system_id: id.clone(),
         base_generation: 0,
         sent_at: t.clock.now_plus(Duration::zero()),
+        traceparent: None,
         body: Body::EvaluationDue { generation: 0 },
     };
     let handled = pipeline::handle(deps, t.bus.as_ref(), &due)

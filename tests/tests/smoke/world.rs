@@ -238,6 +238,7 @@ impl World {
             system_id: self.system.clone(),
             base_generation: 0,
             sent_at: deps.clock.now(),
+            traceparent: None,
             body: Body::FitnessReported {
                 generation: 0,
                 checksum: generation.checksum,

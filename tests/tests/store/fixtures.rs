@@ -100,6 +100,8 @@ pub fn advance(id: &SystemId, from: u64, status: HeadStatus) -> Vec<Write> {
 
 pub fn event(id: &SystemId, event_id: &str, secs: i64) -> EvolutionEvent {
     EvolutionEvent {
+        trace_id: None,
+        message_id: None,
         id: event_id.to_owned(),
         timestamp: t(secs),
         event_type: EventType::MutationApplied,
@@ -116,6 +118,8 @@ pub fn event(id: &SystemId, event_id: &str, secs: i64) -> EvolutionEvent {
 
 pub fn decision(id: &SystemId, decision_id: &str, secs: i64) -> DecisionRecord {
     DecisionRecord {
+        trace_id: None,
+        message_id: None,
         decision_id: decision_id.to_owned(),
         timestamp: t(secs),
         mutation_id: format!("mut-{decision_id}"),
@@ -227,6 +231,7 @@ pub fn history(n: u64, fitness: f64) -> HistoryEntry {
 
 pub fn llm_call(id: &SystemId, call_id: &str, secs: i64) -> LlmCallRecord {
     LlmCallRecord {
+        trace_id: None,
         call_id: call_id.to_owned(),
         system_id: id.clone(),
         envelope_id: "msg-1".to_owned(),
@@ -262,6 +267,7 @@ pub fn alert(alert_id: &str, secs: i64) -> Alert {
 pub fn outgoing(id: &SystemId, n: u64) -> Outgoing {
     Outgoing::new(Envelope::caused_by(
         "cause-1",
+        None,
         "snapshot",
         0,
         id.clone(),

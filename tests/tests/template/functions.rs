@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use super::cfn::{self, target, template};
+use super::role_of;
 use super::{functions, variables_of};
 
 #[test]
@@ -68,5 +69,28 @@ fn each_function_environment_is_exactly_what_its_config_reads() {
             variables, expected,
             "{id}: Environment.Variables must equal the config type's VARIABLES"
         );
+    }
+}
+
+/// docs/architecture.md, "Tracing": every function records its segments in X-Ray, so the
+/// trace a message's `AWSTraceHeader` names shows the invocations that handled it.
+#[test]
+fn every_function_traces_actively_and_may_write_its_segments() {
+    let t = template();
+    assert_eq!(t.root["Globals"]["Function"]["Tracing"], "Active");
+    let functions = functions(t);
+    assert!(functions.len() >= 6);
+    for (_, id, function) in functions {
+        let tracing = &function["Properties"]["Tracing"];
+        assert!(
+            tracing.is_null() || *tracing == "Active",
+            "{id} overrides the global tracing with {tracing}"
+        );
+        let role = t.resource(role_of(function));
+        let managed = role["Properties"]["ManagedPolicyArns"]
+            .as_array()
+            .map(|a| a.iter().filter_map(target).collect::<Vec<_>>())
+            .unwrap_or_default();
+        assert!(managed.contains(&"TraceWrite"), "{id}: {managed:?}");
     }
 }

@@ -35,7 +35,9 @@ const STAR_RESOURCES: &[(&str, &str, &str)] = &[
     ("Key", "AuditTrailEncryptsItsLogs", KEY_POLICY),
     ("WorkerExecutionRole", "EcrToken", ECR_TOKEN),
     ("CostGuardFunctionRole", "ReadsTheBill", COST_EXPLORER),
+    ("TraceWrite", "WritesTraces", XRAY_WRITES),
 ];
+const XRAY_WRITES: &str = "the X-Ray writes have no resource-level permissions";
 const COST_EXPLORER: &str = "ce:GetCostAndUsage has no resource-level permissions";
 const KEY_POLICY: &str = "a key policy names its own key as '*'";
 const ECR_TOKEN: &str = "ecr:GetAuthorizationToken has no resource-level permissions";
@@ -121,8 +123,8 @@ fn resource_star_appears_only_where_aws_requires_it_and_says_why() {
             "{line}"
         );
     }
-    // Identity policies (roles and managed policies) never use '*', but for the one action that
-    // has no resource to name.
+    // Identity policies (roles and managed policies) never use '*', but for the actions that
+    // have no resource to name.
     for (id, _, statement) in every_statement(t) {
         let kind = t.resource(id)["Type"].as_str().unwrap_or("");
         let identity = kind == "AWS::IAM::Role" || kind == "AWS::IAM::ManagedPolicy";
@@ -140,6 +142,12 @@ fn resource_star_appears_only_where_aws_requires_it_and_says_why() {
                             "CostGuardFunctionRole",
                             Some("ReadsTheBill"),
                             vec!["ce:GetCostAndUsage"]
+                        )
+                    || found
+                        == (
+                            "TraceWrite",
+                            Some("WritesTraces"),
+                            vec!["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
                         ),
                 "{found:?}"
             );

@@ -185,6 +185,8 @@ fn written_records() -> (EvolutionEvent, LlmCallRecord) {
         .expect("time")
         .with_timezone(&chrono::Utc);
     let event = EvolutionEvent {
+        trace_id: None,
+        message_id: None,
         id: "evt-1".into(),
         timestamp: at,
         event_type: EventType::MutationKept,
@@ -213,6 +215,7 @@ fn written_records() -> (EvolutionEvent, LlmCallRecord) {
         detail: Some("d".into()),
     };
     let call = LlmCallRecord {
+        trace_id: None,
         call_id: "c".into(),
         system_id: SystemId::parse("checkout-api").expect("id"),
         envelope_id: "e".into(),

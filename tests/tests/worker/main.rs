@@ -7,6 +7,7 @@
 
 mod running_system;
 mod stack;
+mod trace;
 
 use std::time::Duration;
 

@@ -168,6 +168,16 @@ impl Stack {
 
     /// Starts `evolve worker --store aws` on `queues` with extra flags.
     pub fn worker(&self, queues: &str, extra: &[&str]) -> WorkerProcess {
+        self.worker_with_env(queues, extra, &[])
+    }
+
+    /// [`Stack::worker`] with extra environment variables.
+    pub fn worker_with_env(
+        &self,
+        queues: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> WorkerProcess {
         let log = tempfile::NamedTempFile::new().expect("log file");
         let mut command = Command::new(evolve_bin());
         command
@@ -193,6 +203,7 @@ impl Stack {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("log file"));
+        command.envs(env.iter().copied());
         for q in Queue::ALL {
             command.env(vars::queue_url_variable(q), &self.queues[&q]);
             command.env(vars::dlq_url_variable(q), &self.dlqs[&q]);
