@@ -229,7 +229,7 @@ impl From<InvocationError> for lambda_runtime::Diagnostic {
     fn from(e: InvocationError) -> Self {
         Self {
             error_type: e.kind().to_owned(),
-            error_message: crate::pipeline::error_chain(&e),
+            error_message: crate::telemetry::error_chain(&e),
         }
     }
 }

@@ -69,7 +69,7 @@ impl WebhookPoster for HyperPoster {
                 // hyper-util's errors name the failure (connect, closed), never the URI.
                 PostError::Transport {
                     target,
-                    reason: crate::pipeline::error_chain(&e),
+                    reason: crate::telemetry::error_chain(&e),
                 }
             })?;
             let status = response.status();

@@ -244,7 +244,7 @@ impl Notifier {
                 Handled::Retry
             }
             Err(e) => {
-                let reason = crate::pipeline::error_chain(&e);
+                let reason = crate::telemetry::error_chain(&e);
                 dead_letter(self.dead_letters.as_ref(), QUEUE, body, &reason).await
             }
         }

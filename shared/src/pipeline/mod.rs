@@ -9,6 +9,7 @@ use crate::bus::{Bus, BusError};
 use crate::domain::{Body, Destination, Envelope, Queue, sha256_hex};
 use crate::stages::{self, Deps, StageError, StageOutput};
 use crate::store::{Claim, Completion, StoreError, Transaction};
+use crate::telemetry::error_chain;
 
 mod trace;
 pub use trace::message_span;
@@ -142,18 +143,6 @@ impl From<StoreError> for PipelineError {
     fn from(e: StoreError) -> Self {
         StageError::Store(e).into()
     }
-}
-
-/// The error and its sources on one line, for logs and DLQ reasons.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Decodes a raw message body received on `queue` and handles it.

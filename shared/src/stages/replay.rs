@@ -95,11 +95,9 @@ pub async fn replay(
         let recorded = &records[item.system_id()];
         let (kind, id) = item.name();
         let replayed = match item {
-            Item::Decision {
-                record, deferrals, ..
-            } => {
+            Item::Decision { asked, .. } => {
                 recorded
-                    .replay_decision(deps, &mut report, &mut book, (record, deferrals), mode)
+                    .replay_decision(deps, &mut report, &mut book, &asked, mode)
                     .await
             }
             Item::Call { call, .. } => {
@@ -162,9 +160,7 @@ async fn follow_budget(
 enum Item {
     Decision {
         system_id: SystemId,
-        record: Box<DecisionRecord>,
-        /// How often this proposal had been deferred before.
-        deferrals: u32,
+        asked: Box<Asked>,
     },
     /// An analysis or a plan.
     Call {
@@ -176,7 +172,7 @@ enum Item {
 impl Item {
     fn at(&self) -> DateTime<Utc> {
         match self {
-            Self::Decision { record, .. } => record.timestamp,
+            Self::Decision { asked, .. } => asked.record.timestamp,
             Self::Call { call, .. } => call.at,
         }
     }
@@ -199,10 +195,19 @@ impl Item {
     /// Its kind and id, for the list of skipped records.
     fn name(&self) -> (String, String) {
         match self {
-            Self::Decision { record, .. } => ("decision".into(), record.decision_id.clone()),
+            Self::Decision { asked, .. } => ("decision".into(), asked.record.decision_id.clone()),
             Self::Call { call, .. } => (call.role.as_str().into(), call.call_id.clone()),
         }
     }
+}
+
+/// A recorded decision with what it was asked: the mutation, against which generation, after how
+/// many deferrals of the same proposal.
+struct Asked {
+    record: DecisionRecord,
+    mutation: crate::domain::Mutation,
+    base_generation: u64,
+    deferrals: u32,
 }
 
 /// One system's records: its registry entry, its closed history and its recorded calls.
@@ -266,27 +271,28 @@ impl Recorded {
         for (d, deferrals) in &self.decisions {
             let operator = matches!(d.decided_by, Some(DecidedBy::Operator | DecidedBy::Expiry))
                 || d.resolves.is_some();
-            let why = if operator {
-                Some("an operator's verdict or an expired approval, not a model's")
-            } else if d.mutation.is_none() {
-                Some("the record does not hold its mutation")
-            } else if d.base_generation.is_none() {
-                Some("the record does not hold its base generation")
-            } else {
-                None
+            let asked = match (operator, &d.mutation, d.base_generation) {
+                (true, _, _) => Err("an operator's verdict or an expired approval, not a model's"),
+                (false, None, _) => Err("the record does not hold its mutation"),
+                (false, _, None) => Err("the record does not hold its base generation"),
+                (false, Some(mutation), Some(base_generation)) => Ok(Asked {
+                    record: d.clone(),
+                    mutation: mutation.clone(),
+                    base_generation,
+                    deferrals: *deferrals,
+                }),
             };
-            match why {
-                Some(reason) => report.skipped.push(Skipped {
+            match asked {
+                Err(reason) => report.skipped.push(Skipped {
                     kind: "decision".into(),
                     id: d.decision_id.clone(),
                     at: d.timestamp,
                     reason: reason.into(),
                     recorded_nano_usd: recorded_cost(d),
                 }),
-                None => items.push(Item::Decision {
+                Ok(asked) => items.push(Item::Decision {
                     system_id: self.system.system_id.clone(),
-                    record: Box::new(d.clone()),
-                    deferrals: *deferrals,
+                    asked: Box::new(asked),
                 }),
             }
         }
@@ -373,12 +379,16 @@ impl Recorded {
         deps: &Deps,
         report: &mut ReplayReport,
         book: &mut SpendBook,
-        (record, deferrals): (Box<DecisionRecord>, u32),
+        asked: &Asked,
         budget_mode: crate::domain::BudgetMode,
     ) -> Result<(), StageError> {
-        let (Some(mutation), Some(base)) = (&record.mutation, record.base_generation) else {
-            return Ok(());
-        };
+        let Asked {
+            record,
+            mutation,
+            base_generation: base,
+            deferrals,
+        } = asked;
+        let (base, deferrals) = (*base, *deferrals);
         let at = record.timestamp;
         let standing = self.standing(deps, base, at).await?;
         let env = replay_envelope(
@@ -410,7 +420,7 @@ impl Recorded {
             system_id: self.system.system_id.clone(),
             mutation_id: record.mutation_id.clone(),
             at,
-            recorded: side(&record, recorded_call.map(|c| c.cost_nano_usd)),
+            recorded: side(record, recorded_call.map(|c| c.cost_nano_usd)),
             replayed: side(replayed, call_of(&out).map(|c| c.cost_nano_usd)),
             budget_mode,
         });

@@ -65,7 +65,8 @@ impl SpanExporter for OtlpHttp {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| ExportError::Unavailable(chain(&e)))?;
+                // hyper-util's errors name the failure, never the URL.
+                .map_err(|e| ExportError::Unavailable(super::error_chain(&e)))?;
             let status = response.status();
             // Read the body so the connection returns to the pool.
             let _ = http_body_util::Limited::new(response.into_body(), 64 * 1024)
@@ -83,18 +84,6 @@ impl SpanExporter for OtlpHttp {
             .await
             .unwrap_or_else(|_| Err(ExportError::Unavailable("timed out".into())))
     }
-}
-
-/// The error and its sources on one line (hyper-util's name the failure, never the URL).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// The export the environment asks for (`OTEL_EXPORTER_OTLP_*`), of the process's collector;

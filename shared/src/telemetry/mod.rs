@@ -26,6 +26,18 @@ use tracing_subscriber::registry::LookupSpan;
 use crate::clock::{Clock, SystemClock};
 use crate::domain::trace::derived_span_id;
 
+/// The error and its sources on one line, for logs, DLQ reasons and export failures.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// An attribute's value, as OTLP types them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttrValue {

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 use shared::domain::sha256_hex;
+use shared::llm::catalog::ModelCatalog;
 
 use super::{bin, evolve, last_json, stderr};
 
@@ -167,30 +168,22 @@ impl Drop for Stub {
     }
 }
 
-/// The built-in catalog at a tenth of its prices.
+/// The built-in catalog at a tenth of its prices, as an operator's file.
 fn cheaper_catalog(dir: &Path) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/catalog/models.json"),
-    )
-    .expect("built-in catalog");
-    let mut doc: Value = serde_json::from_str(&text).expect("catalog JSON");
-    for model in doc["models"].as_array_mut().expect("models") {
-        for price in model["prices"].as_array_mut().expect("prices") {
-            for key in [
-                "input",
-                "output",
-                "cache_read",
-                "cache_write_5m",
-                "cache_write_1h",
-            ] {
-                if let Some(n) = price[key].as_u64() {
-                    price[key] = (n / 10).into();
-                }
-            }
+    let mut catalog = ModelCatalog::embedded().expect("built-in catalog");
+    for price in catalog.models.iter_mut().flat_map(|m| m.prices.iter_mut()) {
+        for rate in [
+            &mut price.input,
+            &mut price.output,
+            &mut price.cache_read,
+            &mut price.cache_write_5m,
+            &mut price.cache_write_1h,
+        ] {
+            *rate /= 10;
         }
     }
     let path = dir.join("cheaper.json");
-    std::fs::write(&path, doc.to_string()).expect("write catalog");
+    std::fs::write(&path, serde_json::to_string(&catalog).expect("encode")).expect("write catalog");
     path
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use shared::clock::SimClock;
-use shared::domain::{DecidedBy, Recommendation};
+use shared::domain::{DecidedBy, DecisionRecord, Recommendation};
 use shared::local::{PendingPolicy, RunOptions, Silent};
 use shared::stages::replay::{self, Window};
 use shared::stages::{Deps, PipelineConfig};
@@ -33,16 +33,7 @@ async fn a_replay_under_the_recorded_settings_gives_back_every_verdict_deferrals
         max_idle: Duration::hours(3),
         ..RunOptions::default()
     };
-    h.home
-        .runner(&rises_with_x())
-        .run(&system_id(), &opts, &Silent)
-        .await
-        .expect("run");
-    let recorded = h
-        .store
-        .list_decisions(&system_id(), None, 100)
-        .await
-        .expect("decisions");
+    let recorded = run_and_record(&h, &opts).await;
     let verdicts: Vec<Recommendation> = recorded.iter().map(|d| d.decision).collect();
     assert!(
         verdicts.contains(&Recommendation::Defer) && verdicts.contains(&Recommendation::Reject),
@@ -77,6 +68,19 @@ async fn a_replay_under_the_recorded_settings_gives_back_every_verdict_deferrals
     assert_eq!(before, after, "the replay wrote to the recorded store");
 }
 
+/// Runs `h`'s system with fitness rising with `x`; returns the decisions it recorded.
+async fn run_and_record(h: &Harness, opts: &RunOptions) -> Vec<DecisionRecord> {
+    h.home
+        .runner(&rises_with_x())
+        .run(&system_id(), opts, &Silent)
+        .await
+        .expect("run");
+    h.store
+        .list_decisions(&system_id(), None, 100)
+        .await
+        .expect("decisions")
+}
+
 /// The replay's own deps over `h`'s recorded store.
 fn replay_deps(h: &Harness, config: PipelineConfig) -> (Deps, Arc<MemoryStore>, Arc<SimClock>) {
     let scratch = Arc::new(MemoryStore::new());
@@ -109,16 +113,7 @@ async fn operators_verdicts_are_skipped_and_a_gate_left_out_flips_what_it_held()
         max_idle: Duration::hours(6),
         ..RunOptions::default()
     };
-    h.home
-        .runner(&rises_with_x())
-        .run(&system_id(), &opts, &Silent)
-        .await
-        .expect("run");
-    let recorded = h
-        .store
-        .list_decisions(&system_id(), None, 100)
-        .await
-        .expect("decisions");
+    let recorded = run_and_record(&h, &opts).await;
     let held = recorded
         .iter()
         .filter(|d| d.decision == Recommendation::PendingApproval)
